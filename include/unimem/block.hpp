@@ -1,0 +1,136 @@
+// unimem/block.hpp — Block: pinned, shareable pages at a stable address.
+//
+// A Block is the unit every other layer stands on. It owns one region of
+// memory that
+//   * stays at the same virtual address for its whole life (never moves,
+//     never grows), so a pointer into it can be handed to any device;
+//   * is backed by a shareable object (Linux: a memfd; Apple: an IOSurface),
+//     so other processes and devices can map the very same physical pages;
+//   * is pinned (Linux: mlock) by default, so the pages never go to swap and
+//     a device may address them directly.
+//
+// Pages are backed lazily by default: opening is a few system calls and costs
+// the same for 16 MiB as for 16 GiB; each page is zeroed and pinned on first
+// touch. Backing::warm faults every page in up front, with several threads for
+// large Blocks, so the first pass over the data runs at memory speed.
+//
+// Thread safety: every const member function may be called from any number of
+// threads at once. The memory itself is plain memory: concurrent access to the
+// same bytes needs the caller's synchronisation. Moving, assigning or
+// destroying a Block must not race with any other use of it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "unimem/error.hpp"
+
+namespace unimem {
+
+// What a Block hands to other devices and processes.
+#if defined(__APPLE__)
+using NativeHandle = struct __IOSurface*;  // IOSurfaceRef
+#else
+using NativeHandle = int;  // memfd file descriptor, owned by the Block
+#endif
+
+// Identifies a Block's pages machine-wide while any handle to them is open.
+// Linux: the memfd's inode number. Apple: the IOSurfaceID.
+using BlockId = std::uint64_t;
+
+enum class Backing {
+  lazy,  // pages are backed (and pinned) on first touch; opening is O(1)
+  warm,  // every page is backed before open() returns
+};
+
+enum class Pinning {
+  pinned,    // pages are locked in RAM; fails with Errc::memlock_limit past RLIMIT_MEMLOCK
+  unpinned,  // pages may be swapped out; no memlock limit applies
+};
+
+struct BlockOptions {
+  Backing backing = Backing::lazy;
+  Pinning pinning = Pinning::pinned;
+  // Threads used to fault pages in for Backing::warm. 0 picks from the size
+  // and the machine (one thread below 64 MiB).
+  unsigned warm_threads = 0;
+};
+
+namespace detail {
+// The platform's description of one mapped region. Internal: fields may change.
+struct Region {
+  std::byte* base = nullptr;
+  std::size_t size = 0;
+#if defined(__APPLE__)
+  NativeHandle handle = nullptr;
+#else
+  NativeHandle handle = -1;
+#endif
+  BlockId id = 0;
+  bool pinned = false;
+};
+}  // namespace detail
+
+class Block {
+ public:
+  // Opens a Block of at least `bytes` bytes, rounded up to the page size;
+  // size() reports the real size. The memory reads as zeros.
+  // Throws Error:
+  //   invalid_argument  bytes == 0, or rounding up overflows
+  //   out_of_memory     larger than the machine can back (or pin), or no address space
+  //   memlock_limit     pinning refused by RLIMIT_MEMLOCK (message names the limit
+  //                     and how to raise it); open with Pinning::unpinned to skip pinning
+  //   system            the memfd/mmap call failed for another reason (sys_errno() says why)
+  // On any error nothing stays allocated, mapped or open.
+  static Block open(std::size_t bytes, const BlockOptions& options = {});
+
+  // An empty Block: data() == nullptr, size() == 0. What a moved-from Block is.
+  Block() noexcept = default;
+  Block(Block&& other) noexcept;
+  Block& operator=(Block&& other) noexcept;
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  // Unpins, unmaps and closes everything. Never throws.
+  ~Block();
+
+  // The first byte; page-aligned. Stable for the Block's lifetime.
+  std::byte* data() const noexcept { return region_.base; }
+  // In bytes, a multiple of page_size().
+  std::size_t size() const noexcept { return region_.size; }
+  bool empty() const noexcept { return region_.size == 0; }
+  bool pinned() const noexcept { return region_.pinned; }
+
+  // Views of the whole Block. 16-bit float formats (f16, bf16) are raw uint16_t.
+  std::span<std::byte> bytes() const noexcept { return {region_.base, region_.size}; }
+  std::span<const float> as_f32() const noexcept { return view<const float>(); }
+  std::span<float> as_f32_mut() const noexcept { return view<float>(); }
+  std::span<const std::uint16_t> as_u16() const noexcept { return view<const std::uint16_t>(); }
+  std::span<std::uint16_t> as_u16_mut() const noexcept { return view<std::uint16_t>(); }
+
+  // The shareable object behind the pages (see NativeHandle). Owned by the
+  // Block: duplicate it (dup) to keep it past the Block's life.
+  NativeHandle handle() const noexcept { return region_.handle; }
+  BlockId id() const noexcept { return region_.id; }
+
+  // True when `p` points into this Block.
+  bool contains(const void* p) const noexcept {
+    auto* b = static_cast<const std::byte*>(p);
+    return region_.base != nullptr && b >= region_.base && b < region_.base + region_.size;
+  }
+
+  // The platform's page size: the granularity of size().
+  static std::size_t page_size() noexcept;
+
+ private:
+  explicit Block(const detail::Region& region) noexcept : region_(region) {}
+
+  template <class T>
+  std::span<T> view() const noexcept {
+    return {reinterpret_cast<T*>(region_.base), region_.size / sizeof(T)};
+  }
+
+  detail::Region region_;
+};
+
+}  // namespace unimem

@@ -1,0 +1,41 @@
+// unimem/error.hpp — the one exception type unimem throws.
+//
+// Only operations that acquire resources (opening a Block, building a Tape,
+// Grid or Layout) throw. Hot paths (Tape::take, Grid::take/give, clear) never
+// throw: they report failure through their return value instead.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace unimem {
+
+// What went wrong, in terms a caller can act on.
+enum class Errc {
+  invalid_argument = 1,  // zero or overflowing size, bad alignment, bad cell size...
+  out_of_memory,         // the machine cannot back the request (RAM, address space)
+  memlock_limit,         // pinning refused by RLIMIT_MEMLOCK; the message says how to raise it
+  system,                // an operating-system call failed; sys_errno() says which error
+  unsupported,           // the platform or build lacks the feature
+};
+
+// Returns a stable lowercase name for `code`, e.g. "memlock_limit". Never throws.
+const char* to_string(Errc code) noexcept;
+
+// Thrown by every unimem operation that can fail outside a hot path.
+// what() is a full sentence: what happened, and what to do about it.
+class Error : public std::runtime_error {
+ public:
+  Error(Errc code, int sys_errno, const std::string& message)
+      : std::runtime_error(message), code_(code), sys_errno_(sys_errno) {}
+
+  Errc code() const noexcept { return code_; }
+  // The errno of the failing system call, or 0 when no system call failed.
+  int sys_errno() const noexcept { return sys_errno_; }
+
+ private:
+  Errc code_;
+  int sys_errno_;
+};
+
+}  // namespace unimem

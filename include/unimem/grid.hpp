@@ -1,0 +1,192 @@
+// unimem/grid.hpp — Grid: a lock-free pool of fixed-size cells over a Block.
+//
+// A Grid cuts one Block into `cells` cells of `cell_size` bytes (a multiple
+// of 64; every cell is 64-byte aligned) and lends them out as owning Cell
+// handles. A Cell goes back to its Grid when destroyed, or earlier through
+// give(). Two forms share one implementation:
+//
+//   unimem::Grid<4096, 64> fixed;            // sizes fixed at compile time (the seed's form)
+//   unimem::Grid<> kv(block_bytes, blocks);  // sizes chosen at run time (a KV cache)
+//
+// Thread safety: take() and give() are lock-free and may be called from any
+// number of threads at once; no cell is ever out twice. Writes made to a cell
+// before it is given back happen-before the next take() that returns it.
+// A Cell may be moved to and destroyed on any thread.
+//
+// Lifetime: a Grid may be destroyed while Cells are still out. Their memory
+// stays valid, and the Grid's Block is released when the last of them is
+// destroyed. Destroying or moving a Grid must not race with its take()/give()
+// (destroying or resetting a Cell is a give).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <span>
+#include <utility>
+
+#include "unimem/block.hpp"
+
+namespace unimem {
+
+// Marks a Grid whose sizes are chosen at run time (cf. std::dynamic_extent).
+inline constexpr std::size_t dynamic = std::numeric_limits<std::size_t>::max();
+
+// Cell sizes are multiples of this, and cells are aligned to it.
+inline constexpr std::size_t kCellAlign = 64;
+
+enum class GiveStatus : std::uint8_t {
+  ok,            // the cell is back in the grid; the Cell handle is now empty
+  empty_cell,    // the Cell holds nothing (given already, or moved from); nothing changed
+  foreign_cell,  // the Cell belongs to another grid; nothing changed, the Cell still holds it
+};
+
+namespace detail {
+class GridCore;
+}
+
+// An owning handle to one cell. Move-only; returns the cell to its grid when
+// destroyed. An empty Cell (default-constructed, moved-from, given, or what
+// take() returns when the grid is exhausted) converts to false.
+class Cell {
+ public:
+  Cell() noexcept = default;
+  Cell(Cell&& other) noexcept
+      : core_(std::exchange(other.core_, nullptr)), data_(other.data_), index_(other.index_) {}
+  Cell& operator=(Cell&& other) noexcept {
+    if (this != &other) {
+      reset();
+      core_ = std::exchange(other.core_, nullptr);
+      data_ = other.data_;
+      index_ = other.index_;
+    }
+    return *this;
+  }
+  Cell(const Cell&) = delete;
+  Cell& operator=(const Cell&) = delete;
+  ~Cell() { reset(); }
+
+  explicit operator bool() const noexcept { return core_ != nullptr; }
+  // The cell's first byte (64-byte aligned), or nullptr when empty.
+  std::byte* data() const noexcept { return core_ ? data_ : nullptr; }
+  // The cell's size in bytes, or 0 when empty.
+  std::size_t size() const noexcept;
+  std::span<std::byte> bytes() const noexcept { return {data(), size()}; }
+  // The cell's position in its grid, in [0, cells()). Meaningless when empty.
+  std::uint32_t index() const noexcept { return index_; }
+
+  // The cell as an array of T (T must be implicit-lifetime, e.g. float).
+  template <class T>
+  std::span<T> as() const noexcept {
+    return {reinterpret_cast<T*>(data()), size() / sizeof(T)};
+  }
+
+  // Returns the cell to its grid now; the handle becomes empty. Never throws.
+  void reset() noexcept;
+
+ private:
+  friend class detail::GridCore;
+  Cell(detail::GridCore* core, std::byte* data, std::uint32_t index) noexcept
+      : core_(core), data_(data), index_(index) {}
+
+  detail::GridCore* core_ = nullptr;
+  std::byte* data_ = nullptr;
+  std::uint32_t index_ = 0;
+};
+
+namespace detail {
+
+// The size-agnostic implementation behind every Grid<...>. Internal.
+class GridCore {
+ public:
+  // Throws Error(invalid_argument) for bad sizes, and Block::open's errors.
+  GridCore(std::size_t cell_size, std::size_t cells, const BlockOptions& options);
+  GridCore(const GridCore&) = delete;
+  GridCore& operator=(const GridCore&) = delete;
+
+  Cell take() noexcept;
+  GiveStatus give(Cell& cell) noexcept;
+  // Called by a Cell returning home. Never throws.
+  void give_back(std::uint32_t index) noexcept;
+  // Called by the owning Grid's destructor: frees the core now, or when the
+  // last Cell out comes back.
+  void release_owner() noexcept;
+
+  std::size_t cell_size() const noexcept { return cell_size_; }
+  std::size_t cells() const noexcept { return cells_; }
+  const Block& block() const noexcept { return block_; }
+
+ private:
+  ~GridCore() = default;
+  static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+  void push(std::uint32_t index) noexcept;
+
+  std::size_t cell_size_;
+  std::size_t cells_;
+  Block block_;
+  std::unique_ptr<std::atomic<std::uint32_t>[]> next_;  // free-list links, one per cell
+  alignas(64) std::atomic<std::uint64_t> head_;          // (tag << 32) | first free index
+  alignas(64) std::atomic<bool> orphaned_{false};        // the Grid is gone; cells still out
+  std::atomic<std::size_t> outstanding_{0};              // cells out once orphaned
+};
+
+}  // namespace detail
+
+template <std::size_t CellSize = dynamic, std::size_t Cells = dynamic>
+class Grid {
+  static_assert((CellSize == dynamic) == (Cells == dynamic),
+                "give both CellSize and Cells, or neither (Grid<> is sized at run time)");
+  static_assert(CellSize == dynamic || (CellSize > 0 && CellSize % kCellAlign == 0),
+                "CellSize must be a non-zero multiple of 64 bytes");
+  static_assert(Cells == dynamic || (Cells > 0 && Cells < std::numeric_limits<std::uint32_t>::max()),
+                "Cells must be in [1, 2^32 - 1)");
+
+ public:
+  // Compile-time form. Throws Block::open's errors.
+  explicit Grid(const BlockOptions& options = {})
+    requires(CellSize != dynamic)
+      : core_(new detail::GridCore(CellSize, Cells, options)) {}
+
+  // Run-time form. Throws Error(invalid_argument) when cell_size is not a
+  // non-zero multiple of 64, cells is 0 or 2^32 - 1 or more, or their product
+  // overflows; and Block::open's errors.
+  Grid(std::size_t cell_size, std::size_t cells, const BlockOptions& options = {})
+    requires(CellSize == dynamic)
+      : core_(new detail::GridCore(cell_size, cells, options)) {}
+
+  Grid(Grid&& other) noexcept : core_(std::exchange(other.core_, nullptr)) {}
+  Grid& operator=(Grid&& other) noexcept {
+    if (this != &other) {
+      if (core_) core_->release_owner();
+      core_ = std::exchange(other.core_, nullptr);
+    }
+    return *this;
+  }
+  Grid(const Grid&) = delete;
+  Grid& operator=(const Grid&) = delete;
+  ~Grid() {
+    if (core_) core_->release_owner();
+  }
+
+  // A free cell, or an empty Cell when all are out. Lock-free; never throws.
+  Cell take() noexcept { return core_->take(); }
+  // Returns `cell` early. See GiveStatus. Lock-free; never throws.
+  GiveStatus give(Cell&& cell) noexcept { return core_->give(cell); }
+
+  std::size_t cell_size() const noexcept { return core_->cell_size(); }
+  std::size_t cells() const noexcept { return core_->cells(); }
+  const Block& block() const noexcept { return core_->block(); }
+
+ private:
+  detail::GridCore* core_;  // owned, but may outlive the Grid (see release_owner)
+};
+
+inline std::size_t Cell::size() const noexcept { return core_ ? core_->cell_size() : 0; }
+
+inline void Cell::reset() noexcept {
+  if (core_ != nullptr) std::exchange(core_, nullptr)->give_back(index_);
+}
+
+}  // namespace unimem

@@ -1,0 +1,16 @@
+// unimem/unimem.hpp — one piece of memory for every compute unit.
+//
+// Layers, each on the one below:
+//   Block   pinned, shareable pages at a stable address      <unimem/block.hpp>
+//   Tape    lock-free bump allocator over a Block            <unimem/tape.hpp>
+//   Grid    lock-free pool of fixed-size cells over a Block  <unimem/grid.hpp>
+//   Layout  weights / scratch / history Tapes for inference  <unimem/layout.hpp>
+// Errors are reported by one exception type, unimem::Error  <unimem/error.hpp>
+#pragma once
+
+#include "unimem/block.hpp"
+#include "unimem/error.hpp"
+#include "unimem/grid.hpp"
+#include "unimem/layout.hpp"
+#include "unimem/tape.hpp"
+#include "unimem/version.hpp"

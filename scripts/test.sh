@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test in three configurations:
+#   release  g++,     -O2 (also checks the headers with nvcc where CUDA is installed)
+#   asan     clang++, AddressSanitizer + UndefinedBehaviorSanitizer
+#   tsan     g++,     ThreadSanitizer
+# Exits non-zero if any build or test fails. Pass config names to run a subset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+
+configs=("$@")
+((${#configs[@]})) || configs=(release asan tsan)
+jobs=$(nproc)
+
+for config in "${configs[@]}"; do
+  case "$config" in
+    release) args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++) ;;
+    asan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DUNIMEM_SANITIZE=address) ;;
+    tsan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ -DUNIMEM_SANITIZE=thread) ;;
+    *) echo "unknown configuration '$config' (release, asan, tsan)" >&2; exit 2 ;;
+  esac
+  echo "=== $config ==="
+  cmake -S . -B "build/$config" -G Ninja "${args[@]}"
+  cmake --build "build/$config" -j "$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    ctest --test-dir "build/$config" --output-on-failure -j "$jobs"
+done
+echo "all tests passed: ${configs[*]}"

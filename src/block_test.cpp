@@ -1,0 +1,278 @@
+#include "unimem/block.hpp"
+
+#include <gtest/gtest.h>
+#include <grp.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <dirent.h>
+#include <thread>
+#include <vector>
+
+#include "format.hpp"
+#include "testing.hpp"
+
+namespace unimem {
+namespace {
+
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+BlockOptions unpinned() {
+  BlockOptions o;
+  o.pinning = Pinning::unpinned;
+  return o;
+}
+
+TEST(Block, RoundsUpToThePageSize) {
+  const std::size_t page = Block::page_size();
+  EXPECT_EQ(Block::open(1).size(), page);
+  EXPECT_EQ(Block::open(page).size(), page);
+  EXPECT_EQ(Block::open(page + 1).size(), 2 * page);
+}
+
+TEST(Block, IsPageAlignedZeroedAndWritable) {
+  Block b = Block::open(3 * MiB + 5);
+  ASSERT_NE(b.data(), nullptr);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(b.data()) % Block::page_size(), 0u);
+  for (std::byte x : b.bytes()) ASSERT_EQ(x, std::byte{0});
+  std::memset(b.data(), 0x5a, b.size());
+  EXPECT_EQ(b.bytes()[b.size() - 1], std::byte{0x5a});
+}
+
+TEST(Block, TypedViewsCoverTheWholeBlock) {
+  Block b = Block::open(MiB);
+  EXPECT_EQ(b.bytes().size(), b.size());
+  EXPECT_EQ(b.as_f32().size(), b.size() / 4);
+  EXPECT_EQ(b.as_u16().size(), b.size() / 2);
+  EXPECT_EQ(static_cast<const void*>(b.as_f32().data()), b.data());
+  b.as_f32_mut()[7] = 1.5f;
+  b.as_u16_mut()[0] = 0x3c00;  // f16 1.0 as raw bits
+  EXPECT_EQ(b.as_f32()[7], 1.5f);
+  EXPECT_EQ(b.as_u16()[0], 0x3c00);
+}
+
+TEST(Block, RejectsZeroAndOverflowingSizes) {
+  try {
+    (void)Block::open(0);
+    FAIL() << "open(0) succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::invalid_argument);
+    EXPECT_EQ(e.sys_errno(), 0);
+    EXPECT_NE(std::string(e.what()).find("at least one byte"), std::string::npos) << e.what();
+  }
+  try {
+    (void)Block::open(SIZE_MAX);
+    FAIL() << "open(SIZE_MAX) succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::invalid_argument);
+    EXPECT_NE(std::string(e.what()).find("overflows"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Block, RefusesMoreThanTheMachineCanBack) {
+  for (const BlockOptions& o : {BlockOptions{}, unpinned()}) {
+    try {
+      (void)Block::open(SIZE_MAX / 2, o);
+      FAIL() << "a Block of 8 EiB opened";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::out_of_memory) << e.what();
+      EXPECT_NE(std::string(e.what()).find("of RAM"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(testing::unimem_mappings(), 0);
+}
+
+TEST(Block, HandleIsASealedMemfdOfTheBlocksSize) {
+  Block b = Block::open(2 * MiB);
+  ASSERT_GE(b.handle(), 0);
+  struct stat st {};
+  ASSERT_EQ(::fstat(b.handle(), &st), 0);
+  EXPECT_EQ(static_cast<std::size_t>(st.st_size), b.size());
+  EXPECT_EQ(b.id(), static_cast<BlockId>(st.st_ino));
+  const int seals = ::fcntl(b.handle(), F_GET_SEALS);
+  EXPECT_TRUE(seals & F_SEAL_SHRINK);
+  EXPECT_TRUE(seals & F_SEAL_GROW);
+  EXPECT_NE(::ftruncate(b.handle(), 0), 0) << "a shared Block must not be truncatable";
+  EXPECT_TRUE(::fcntl(b.handle(), F_GETFD) & FD_CLOEXEC);
+}
+
+TEST(Block, IdsOfLiveBlocksDiffer) {
+  Block a = Block::open(4096), b = Block::open(4096);
+  EXPECT_NE(a.id(), b.id());
+}
+
+TEST(Block, SecondMappingOfTheHandleSeesTheSamePages) {
+  Block b = Block::open(MiB);
+  void* other = ::mmap(nullptr, b.size(), PROT_READ | PROT_WRITE, MAP_SHARED, b.handle(), 0);
+  ASSERT_NE(other, MAP_FAILED);
+  b.as_f32_mut()[1000] = 42.0f;
+  EXPECT_EQ(static_cast<float*>(other)[1000], 42.0f);
+  static_cast<float*>(other)[3] = -1.0f;
+  EXPECT_EQ(b.as_f32()[3], -1.0f);
+  ::munmap(other, b.size());
+}
+
+TEST(Block, PinnedByDefaultAndUnpinnedOnRequest) {
+  const std::size_t before = testing::locked_bytes();
+  {
+    Block b = Block::open(4 * MiB);
+    EXPECT_TRUE(b.pinned());
+    EXPECT_GE(testing::locked_bytes(), before + 4 * MiB);
+  }
+  EXPECT_EQ(testing::locked_bytes(), before);
+  Block u = Block::open(4 * MiB, unpinned());
+  EXPECT_FALSE(u.pinned());
+  EXPECT_EQ(testing::locked_bytes(), before);
+}
+
+TEST(Block, LazyBacksPagesOnFirstTouch) {
+  const std::size_t page = Block::page_size();
+  Block b = Block::open(8 * MiB);
+  EXPECT_EQ(testing::resident_pages(b.data(), b.size(), page), 0u);
+  b.bytes()[5 * page] = std::byte{1};
+  EXPECT_EQ(testing::resident_pages(b.data(), b.size(), page), 1u);
+}
+
+TEST(Block, WarmBacksEveryPageWithSeveralThreads) {
+  const std::size_t page = Block::page_size();
+  for (unsigned threads : {0u, 1u, 3u, 64u}) {
+    BlockOptions o;
+    o.backing = Backing::warm;
+    o.warm_threads = threads;
+    Block b = Block::open(9 * MiB + page, o);
+    EXPECT_EQ(testing::resident_pages(b.data(), b.size(), page), b.size() / page) << threads << " threads";
+    for (std::size_t i = 0; i < b.size(); i += page) ASSERT_EQ(b.bytes()[i], std::byte{0});
+  }
+}
+
+TEST(Block, MoveTransfersOwnershipAndAssignmentReleasesTheOld) {
+  Block a = Block::open(MiB);
+  std::byte* data = a.data();
+  const int fd = a.handle();
+  Block b = std::move(a);
+  EXPECT_EQ(b.data(), data);
+  EXPECT_EQ(b.handle(), fd);
+  EXPECT_TRUE(a.empty());
+  EXPECT_EQ(a.data(), nullptr);
+  EXPECT_FALSE(a.contains(data));
+
+  Block c = Block::open(MiB);
+  const int old_fd = c.handle();
+  std::byte* old_data = c.data();
+  c = std::move(b);
+  EXPECT_EQ(c.data(), data);
+  EXPECT_FALSE(testing::fd_is_open(old_fd));
+  EXPECT_FALSE(testing::is_mapped(old_data));
+}
+
+TEST(Block, DestructionUnmapsAndClosesEverything) {
+  std::byte* data;
+  int fd;
+  {
+    Block b = Block::open(MiB);
+    data = b.data();
+    fd = b.handle();
+    EXPECT_TRUE(testing::is_mapped(data));
+    EXPECT_TRUE(testing::fd_is_open(fd));
+  }
+  EXPECT_FALSE(testing::is_mapped(data));
+  EXPECT_FALSE(testing::fd_is_open(fd));
+}
+
+TEST(Block, ContainsExactlyItsBytes) {
+  Block b = Block::open(4096);
+  EXPECT_TRUE(b.contains(b.data()));
+  EXPECT_TRUE(b.contains(b.data() + b.size() - 1));
+  EXPECT_FALSE(b.contains(b.data() + b.size()));
+  EXPECT_FALSE(b.contains(b.data() - 1));
+  EXPECT_FALSE(b.contains(nullptr));
+}
+
+TEST(Block, ConstAccessFromManyThreads) {
+  Block b = Block::open(MiB, unpinned());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&b, t] {
+      auto f = b.as_f32_mut();
+      const std::size_t n = f.size() / 8;
+      for (std::size_t i = t * n; i < (t + 1) * n; ++i) f[i] = static_cast<float>(i);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (std::size_t i = 0; i < b.as_f32().size(); ++i) ASSERT_EQ(b.as_f32()[i], static_cast<float>(i));
+}
+
+int open_fds() {
+  int n = 0;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (::readdir(d)) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
+
+// Runs in a forked child: as an unprivileged user with an 8 MiB memlock limit
+// (what a non-root user gets here), pinning 16 MiB must fail cleanly.
+[[noreturn]] void open_past_the_memlock_limit() {
+  if (::geteuid() == 0) {
+    // root ignores RLIMIT_MEMLOCK (CAP_IPC_LOCK): become nobody.
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0) {
+      std::fprintf(stderr, "cannot drop privileges: %s\n", std::strerror(errno));
+      std::_Exit(3);
+    }
+    ::prctl(PR_SET_DUMPABLE, 1);
+  }
+  rlimit limit{};
+  ::getrlimit(RLIMIT_MEMLOCK, &limit);
+  limit.rlim_cur = limit.rlim_max == RLIM_INFINITY ? 8 * MiB : std::min<rlim_t>(limit.rlim_max, 8 * MiB);
+  if (::setrlimit(RLIMIT_MEMLOCK, &limit) != 0) std::_Exit(3);
+
+  const int fds = open_fds();
+  try {
+    Block b = Block::open(16 * MiB);
+    std::fprintf(stderr, "a 16 MiB Block was pinned under an %s memlock limit\n",
+                 detail::format_bytes(limit.rlim_cur).c_str());
+    std::_Exit(4);
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    bool ok = e.code() == Errc::memlock_limit && (e.sys_errno() == ENOMEM || e.sys_errno() == EPERM);
+    for (const std::string& needle : {std::string("RLIMIT_MEMLOCK is ") + detail::format_bytes(limit.rlim_cur),
+                                      std::string("16.0 MiB"), std::string("ulimit -l"),
+                                      std::string("Pinning::unpinned")}) {
+      if (what.find(needle) == std::string::npos) {
+        std::fprintf(stderr, "message lacks '%s': %s\n", needle.c_str(), what.c_str());
+        ok = false;
+      }
+    }
+    if (open_fds() != fds || testing::unimem_mappings() != 0) {
+      std::fprintf(stderr, "a failed open left a descriptor or mapping behind\n");
+      ok = false;
+    }
+    // Below the limit, and unpinned above it, opening still works.
+    Block small = Block::open(4 * MiB);
+    BlockOptions o;
+    o.pinning = Pinning::unpinned;
+    Block big = Block::open(16 * MiB, o);
+    ok = ok && small.pinned() && !big.pinned();
+    std::_Exit(ok ? 0 : 5);
+  }
+}
+
+TEST(BlockDeathTest, MemlockLimitGivesAClearErrorAndLeavesNothing) {
+  EXPECT_EXIT(open_past_the_memlock_limit(), ::testing::ExitedWithCode(0), "");
+}
+
+TEST(Errc, HasNames) {
+  EXPECT_STREQ(to_string(Errc::memlock_limit), "memlock_limit");
+  EXPECT_STREQ(to_string(Errc::invalid_argument), "invalid_argument");
+  EXPECT_STREQ(to_string(static_cast<Errc>(999)), "unknown");
+}
+
+}  // namespace
+}  // namespace unimem

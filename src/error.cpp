@@ -1,0 +1,17 @@
+// src/error.cpp — names for error codes.
+#include "unimem/error.hpp"
+
+namespace unimem {
+
+const char* to_string(Errc code) noexcept {
+  switch (code) {
+    case Errc::invalid_argument: return "invalid_argument";
+    case Errc::out_of_memory: return "out_of_memory";
+    case Errc::memlock_limit: return "memlock_limit";
+    case Errc::system: return "system";
+    case Errc::unsupported: return "unsupported";
+  }
+  return "unknown";
+}
+
+}  // namespace unimem

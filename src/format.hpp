@@ -1,0 +1,12 @@
+// src/format.hpp — human-readable sizes for messages and stat().
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace unimem::detail {
+
+// "512 B", "4.0 KiB", "16.0 MiB", "1.5 GiB"... Never throws except std::bad_alloc.
+std::string format_bytes(std::size_t bytes);
+
+}  // namespace unimem::detail

@@ -1,0 +1,228 @@
+#include "unimem/grid.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "testing.hpp"
+
+namespace unimem {
+namespace {
+
+TEST(Grid, FixedFormHandsOutEveryCellOnce) {
+  Grid<4096, 16> grid;
+  EXPECT_EQ(grid.cell_size(), 4096u);
+  EXPECT_EQ(grid.cells(), 16u);
+  EXPECT_GE(grid.block().size(), 16u * 4096);
+  std::vector<Cell> out;
+  std::set<std::byte*> seen;
+  for (int i = 0; i < 16; ++i) {
+    Cell c = grid.take();
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c.size(), 4096u);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(c.data()) % kCellAlign, 0u);
+    EXPECT_EQ(c.data(), grid.block().data() + std::size_t{c.index()} * 4096);
+    EXPECT_TRUE(seen.insert(c.data()).second) << "cell handed out twice";
+    out.push_back(std::move(c));
+  }
+  Cell none = grid.take();
+  EXPECT_FALSE(none);
+  EXPECT_EQ(none.data(), nullptr);
+  EXPECT_EQ(none.size(), 0u);
+
+  EXPECT_EQ(grid.give(std::move(out[5])), GiveStatus::ok);
+  EXPECT_FALSE(out[5]);
+  Cell again = grid.take();
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again.index(), 5u);
+}
+
+TEST(Grid, RuntimeFormTakesSizesAtRunTime) {
+  Grid<> grid(192, 1000);
+  EXPECT_EQ(grid.cell_size(), 192u);
+  EXPECT_EQ(grid.cells(), 1000u);
+  Cell c = grid.take();
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c.as<float>().size(), 48u);
+  c.as<float>()[47] = 2.0f;
+  EXPECT_EQ(c.as<float>()[47], 2.0f);
+  EXPECT_EQ(c.bytes().size(), 192u);
+}
+
+TEST(Grid, RejectsBadSizes) {
+  struct Case {
+    std::size_t cell_size, cells;
+  };
+  for (Case bad : {Case{0, 4}, Case{100, 4}, Case{65, 4}, Case{64, 0}, Case{64, 0xFFFFFFFFu},
+                   Case{std::size_t{1} << 40, std::size_t{1} << 30}}) {
+    try {
+      Grid<> g(bad.cell_size, bad.cells);
+      FAIL() << bad.cell_size << " x " << bad.cells << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::invalid_argument) << e.what();
+      EXPECT_NE(std::string(e.what()).find("Grid"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(testing::unimem_mappings(), 0);
+}
+
+TEST(Grid, CellsGoBackWhenDestroyed) {
+  Grid<> grid(64, 4);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Cell> out;
+    for (int i = 0; i < 4; ++i) out.push_back(grid.take());
+    for (const Cell& c : out) ASSERT_TRUE(c);
+    EXPECT_FALSE(grid.take());
+  }  // each round's cells return here
+  Cell c = grid.take();
+  ASSERT_TRUE(c);
+  c.reset();
+  EXPECT_FALSE(c);
+  std::vector<Cell> all;
+  for (int i = 0; i < 4; ++i) all.push_back(grid.take());
+  for (const Cell& x : all) EXPECT_TRUE(x);
+}
+
+TEST(Grid, RefusesACellFromAnotherGrid) {
+  Grid<> a(64, 2), b(64, 2);
+  Cell from_a = a.take();
+  ASSERT_TRUE(from_a);
+  std::byte* data = from_a.data();
+  EXPECT_EQ(b.give(std::move(from_a)), GiveStatus::foreign_cell);
+  EXPECT_TRUE(from_a) << "a refused cell stays with its holder";
+  EXPECT_EQ(from_a.data(), data);
+
+  // b is intact: exactly its own two cells, both inside its Block.
+  Cell b1 = b.take(), b2 = b.take();
+  ASSERT_TRUE(b1 && b2);
+  EXPECT_FALSE(b.take());
+  EXPECT_TRUE(b.block().contains(b1.data()) && b.block().contains(b2.data()));
+
+  // a is intact: the cell goes home and a has exactly two again.
+  EXPECT_EQ(a.give(std::move(from_a)), GiveStatus::ok);
+  Cell a1 = a.take(), a2 = a.take();
+  EXPECT_TRUE(a1 && a2);
+  EXPECT_FALSE(a.take());
+}
+
+TEST(Grid, ACellCannotBeGivenTwice) {
+  Grid<> grid(64, 2);
+  Cell c = grid.take();
+  EXPECT_EQ(grid.give(std::move(c)), GiveStatus::ok);
+  EXPECT_EQ(grid.give(std::move(c)), GiveStatus::empty_cell);
+  Cell moved = grid.take();
+  Cell to = std::move(moved);
+  EXPECT_EQ(grid.give(std::move(moved)), GiveStatus::empty_cell);
+  EXPECT_EQ(grid.give(Cell{}), GiveStatus::empty_cell);
+  // Two cells exist, one is out (to), so exactly one can be taken.
+  Cell one = grid.take();
+  EXPECT_TRUE(one);
+  EXPECT_FALSE(grid.take());
+}
+
+TEST(Grid, MoveAssignmentOfCellsReturnsTheOverwrittenOne) {
+  Grid<> grid(64, 2);
+  Cell a = grid.take(), b = grid.take();
+  EXPECT_FALSE(grid.take());
+  a = std::move(b);  // a's old cell goes back
+  Cell c = grid.take();
+  EXPECT_TRUE(c);
+}
+
+TEST(Grid, MovedGridKeepsItsCells) {
+  Grid<> a(64, 2);
+  Cell c = a.take();
+  Grid<> b = std::move(a);
+  c.reset();  // returns to the grid now owned by b
+  Cell x = b.take(), y = b.take();
+  EXPECT_TRUE(x && y);
+}
+
+TEST(Grid, OutlivedByItsCellsKeepsTheirMemoryValid) {
+  int fd;
+  std::vector<Cell> survivors;
+  {
+    Grid<> grid(4096, 8);
+    fd = grid.block().handle();
+    for (int i = 0; i < 3; ++i) survivors.push_back(grid.take());
+  }
+  EXPECT_TRUE(testing::fd_is_open(fd)) << "the Block must live while cells are out";
+  for (Cell& c : survivors) {
+    std::memset(c.data(), 0x7f, c.size());
+    EXPECT_EQ(c.bytes()[4095], std::byte{0x7f});
+  }
+  survivors.pop_back();
+  survivors.pop_back();
+  EXPECT_TRUE(testing::fd_is_open(fd));
+  survivors.clear();  // the last cell frees the grid
+  EXPECT_FALSE(testing::fd_is_open(fd));
+}
+
+TEST(Grid, DestroyedWithEveryCellHomeFreesAtOnce) {
+  int fd;
+  {
+    Grid<64, 4> grid;
+    fd = grid.block().handle();
+    Cell c = grid.take();
+  }
+  EXPECT_FALSE(testing::fd_is_open(fd));
+}
+
+// Threads take and give cells as fast as they can, sometimes holding several.
+// A per-cell flag catches any cell out twice; a pattern written into each cell
+// while held catches two holders writing the same memory.
+TEST(GridStress, NoCellIsEverOutTwice) {
+  constexpr int kThreads = 8;
+  constexpr int kCells = 64;
+  constexpr int kRounds = 20000;
+  Grid<> grid(128, kCells);
+  std::vector<std::atomic<int>> out(kCells);
+  std::atomic<long> takes{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int id = 0; id < kThreads; ++id) {
+    threads.emplace_back([&, id] {
+      std::mt19937 rng(id);
+      std::vector<Cell> held;
+      while (!go.load()) {
+      }
+      for (int r = 0; r < kRounds; ++r) {
+        const std::size_t want = 1 + rng() % 4;
+        while (held.size() < want) {
+          Cell c = grid.take();
+          if (!c) break;
+          ASSERT_LT(c.index(), static_cast<std::uint32_t>(kCells));
+          ASSERT_EQ(out[c.index()].exchange(1), 0) << "cell " << c.index() << " out twice";
+          std::memset(c.data(), id, c.size());
+          held.push_back(std::move(c));
+          takes.fetch_add(1, std::memory_order_relaxed);
+        }
+        while (!held.empty() && (rng() & 1)) {
+          Cell& c = held.back();
+          for (std::byte x : c.bytes()) ASSERT_EQ(x, std::byte(id)) << "another thread wrote my cell";
+          out[c.index()].store(0);
+          if (rng() & 2) {
+            ASSERT_EQ(grid.give(std::move(c)), GiveStatus::ok);
+          }  // else the Cell's destructor gives it back
+          held.pop_back();
+        }
+      }
+      for (Cell& c : held) out[c.index()].store(0);
+    });
+  }
+  go = true;
+  for (auto& t : threads) t.join();
+  EXPECT_GT(takes.load(), kThreads * kRounds / 2);
+  // Every cell is home again: exactly kCells can be taken.
+  std::vector<Cell> all;
+  for (Cell c = grid.take(); c; c = grid.take()) all.push_back(std::move(c));
+  EXPECT_EQ(all.size(), static_cast<std::size_t>(kCells));
+}
+
+}  // namespace
+}  // namespace unimem

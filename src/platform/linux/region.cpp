@@ -1,0 +1,166 @@
+// src/platform/linux/region.cpp — Linux regions: memfd + mmap(MAP_SHARED) + mlock2.
+//
+// Why these calls:
+//   * memfd_create gives an anonymous shmem object with a file descriptor:
+//     other processes can map it (SCM_RIGHTS, fork, /proc/<pid>/fd) and the
+//     storage stack can read into it, with no name left in any file system.
+//   * The size is sealed (F_SEAL_SHRINK | F_SEAL_GROW) so no process that
+//     shares the descriptor can truncate the pages under our mapping, which
+//     would turn our accesses into SIGBUS.
+//   * mlock2(MLOCK_ONFAULT) pins lazily: the call itself is O(1) and checks
+//     RLIMIT_MEMLOCK for the whole range up front, then each page is locked
+//     when first touched. Plain mlock would fault every page in, in one thread.
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "format.hpp"
+#include "platform/linux/warm.hpp"
+#include "platform/region.hpp"
+
+#ifndef MLOCK_ONFAULT
+#define MLOCK_ONFAULT 0x01
+#endif
+
+namespace unimem::platform {
+namespace {
+
+using detail::format_bytes;
+
+[[noreturn]] void fail(Errc code, int err, const std::string& what) {
+  std::string message = "unimem: " + what;
+  if (err != 0) message += std::string(" (") + std::strerror(err) + ")";
+  throw Error(code, err, message);
+}
+
+// Bytes this process already has locked (VmLck), or 0 when unknown.
+std::size_t locked_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmLck:") {
+      std::size_t kib = 0;
+      status >> kib;
+      return kib * 1024;
+    }
+    status.ignore(4096, '\n');
+  }
+  return 0;
+}
+
+[[noreturn]] void fail_pin(int err, std::size_t bytes) {
+  rlimit limit{};
+  ::getrlimit(RLIMIT_MEMLOCK, &limit);
+  const bool limited = limit.rlim_cur != RLIM_INFINITY;
+  if ((err == ENOMEM || err == EPERM) && limited) {
+    const std::string cur = format_bytes(static_cast<std::size_t>(limit.rlim_cur));
+    const std::string max = limit.rlim_max == RLIM_INFINITY
+                                ? std::string("unlimited")
+                                : format_bytes(static_cast<std::size_t>(limit.rlim_max));
+    fail(Errc::memlock_limit, err,
+         "cannot pin a Block of " + format_bytes(bytes) + ": RLIMIT_MEMLOCK is " + cur +
+             " (hard limit " + max + ") and this process already has " +
+             format_bytes(locked_bytes()) +
+             " locked. Raise the limit (`ulimit -l unlimited` in the shell, "
+             "`memlock` in /etc/security/limits.conf, LimitMEMLOCK=infinity for a systemd "
+             "service, --ulimit memlock=-1 for docker), or open the Block with "
+             "Pinning::unpinned");
+  }
+  fail(err == ENOMEM ? Errc::out_of_memory : Errc::system, err,
+       "cannot pin a Block of " + format_bytes(bytes) + " with mlock2");
+}
+
+// Refuses requests the machine can never satisfy, so they fail here with a
+// clear message instead of at some later page fault.
+void check_capacity(std::size_t bytes, bool pinned) {
+  struct sysinfo info {};
+  if (::sysinfo(&info) != 0) return;  // unknown: let the kernel decide
+  const std::size_t ram = static_cast<std::size_t>(info.totalram) * info.mem_unit;
+  const std::size_t swap = static_cast<std::size_t>(info.totalswap) * info.mem_unit;
+  const std::size_t limit = pinned ? ram : ram + swap;
+  if (bytes > limit) {
+    fail(Errc::out_of_memory, 0,
+         "cannot open a Block of " + format_bytes(bytes) + ": the machine has " +
+             format_bytes(ram) + " of RAM" + (pinned ? "" : " plus " + format_bytes(swap) + " of swap") +
+             ". Open a smaller Block");
+  }
+}
+
+}  // namespace
+
+std::size_t page_size() noexcept {
+  static const std::size_t size = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  return size;
+}
+
+detail::Region map_region(std::size_t bytes, const BlockOptions& options) {
+  const bool pin = options.pinning == Pinning::pinned;
+  check_capacity(bytes, pin);
+
+  detail::Region region;
+  region.size = bytes;
+  // Undo whatever succeeded if a later step throws.
+  struct Guard {
+    detail::Region& r;
+    bool armed = true;
+    ~Guard() {
+      if (armed) unmap_region(r);
+    }
+  } guard{region};
+
+  region.handle = ::memfd_create("unimem", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (region.handle < 0) {
+    const int err = errno;
+    fail(Errc::system, err, "memfd_create failed while opening a Block of " + format_bytes(bytes) +
+                                (err == EMFILE || err == ENFILE ? "; too many open files" : ""));
+  }
+  if (::ftruncate(region.handle, static_cast<off_t>(bytes)) != 0) {
+    const int err = errno;
+    fail(err == EFBIG || err == EINVAL || err == ENOSPC ? Errc::out_of_memory : Errc::system, err,
+         "cannot size a memfd to " + format_bytes(bytes));
+  }
+  if (::fcntl(region.handle, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) {
+    fail(Errc::system, errno, "cannot seal the size of a Block's memfd");
+  }
+  struct stat st {};
+  if (::fstat(region.handle, &st) != 0) fail(Errc::system, errno, "fstat of a Block's memfd failed");
+  region.id = static_cast<BlockId>(st.st_ino);
+
+  void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, region.handle, 0);
+  if (base == MAP_FAILED) {
+    const int err = errno;
+    fail(err == ENOMEM ? Errc::out_of_memory : Errc::system, err,
+         "cannot map a Block of " + format_bytes(bytes) + " (address space exhausted or map count limit)");
+  }
+  region.base = static_cast<std::byte*>(base);
+
+  if (pin) {
+    if (::mlock2(region.base, bytes, MLOCK_ONFAULT) != 0) fail_pin(errno, bytes);
+    region.pinned = true;
+  }
+  if (options.backing == Backing::warm) {
+    linux_detail::warm_pages(region.base, bytes, options.warm_threads);
+  }
+  guard.armed = false;
+  return region;
+}
+
+void unmap_region(detail::Region& region) noexcept {
+  if (region.base != nullptr) {
+    // munmap drops the lock too; no separate munlock needed.
+    ::munmap(region.base, region.size);
+  }
+  if (region.handle >= 0) ::close(region.handle);
+  region = detail::Region{};
+}
+
+}  // namespace unimem::platform

@@ -1,0 +1,72 @@
+// src/tape.cpp — Tape: one atomic cursor, advanced by compare-exchange.
+//
+// The cursor is an offset into the Block. take() computes the aligned address
+// from the real address (so alignments larger than a page work), checks the
+// fit, and publishes the new end with one compare-exchange; a failed take
+// never stores. clear() is a single release store of 0, which pairs with the
+// acquire in take() so that everything done before a clear happens-before the
+// reuse of that memory.
+#include "unimem/tape.hpp"
+
+#include <utility>
+
+#include "poison.hpp"
+
+namespace unimem {
+
+Tape Tape::start(std::size_t bytes, const BlockOptions& options) {
+  return Tape(Block::open(bytes, options));
+}
+
+Tape::Tape(Block block) : block_(std::move(block)) {
+  if (block_.empty()) {
+    throw Error(Errc::invalid_argument, 0, "unimem: a Tape needs a non-empty Block");
+  }
+  detail::poison(block_.data(), block_.size());
+}
+
+Tape::Tape(Tape&& other) noexcept
+    : block_(std::move(other.block_)),
+      cursor_(other.cursor_.exchange(0, std::memory_order_relaxed)) {}
+
+Tape& Tape::operator=(Tape&& other) noexcept {
+  if (this != &other) {
+    detail::unpoison(block_.data(), block_.size());  // our pages are about to be unmapped
+    block_ = std::move(other.block_);
+    cursor_.store(other.cursor_.exchange(0, std::memory_order_relaxed), std::memory_order_relaxed);
+  }
+  return *this;
+}
+
+Tape::~Tape() {
+  // Shadow memory outlives the mapping: leave none poisoned for whoever maps here next.
+  detail::unpoison(block_.data(), block_.size());
+}
+
+Taken Tape::take(std::size_t size, std::size_t align) noexcept {
+  if (align == 0 || (align & (align - 1)) != 0) return {nullptr, TakeStatus::invalid_align};
+  const std::size_t capacity = block_.size();
+  if (size == 0 || size > capacity) return {nullptr, TakeStatus::invalid_size};
+
+  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(block_.data());
+  std::size_t cursor = cursor_.load(std::memory_order_acquire);
+  for (;;) {
+    std::uintptr_t bumped;
+    if (__builtin_add_overflow(base + cursor, align - 1, &bumped)) return {nullptr, TakeStatus::full};
+    const std::size_t offset = (bumped & ~(std::uintptr_t{align} - 1)) - base;
+    if (offset > capacity || size > capacity - offset) return {nullptr, TakeStatus::full};
+    if (cursor_.compare_exchange_weak(cursor, offset + size, std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
+      std::byte* p = block_.data() + offset;
+      detail::unpoison(p, size);
+      return {p, TakeStatus::ok};
+    }
+  }
+}
+
+void Tape::clear() noexcept {
+  cursor_.store(0, std::memory_order_release);
+  detail::poison(block_.data(), block_.size());
+}
+
+}  // namespace unimem

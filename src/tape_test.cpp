@@ -1,0 +1,279 @@
+#include "unimem/tape.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "poison.hpp"
+
+namespace unimem {
+namespace {
+
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+bool aligned(const void* p, std::size_t a) { return reinterpret_cast<std::uintptr_t>(p) % a == 0; }
+
+TEST(Tape, StartsEmptyOverAWholeBlock) {
+  Tape t = Tape::start(MiB);
+  EXPECT_EQ(t.total(), MiB);
+  EXPECT_EQ(t.used(), 0u);
+  EXPECT_EQ(t.free(), MiB);
+  EXPECT_EQ(t.block().size(), MiB);
+  EXPECT_TRUE(t.block().pinned());
+}
+
+TEST(Tape, TakesConsecutiveAlignedPiecesInsideItsBlock) {
+  Tape t = Tape::start(64 * 1024);
+  Taken a = t.take(10, 1);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a.status, TakeStatus::ok);
+  EXPECT_EQ(a.ptr, t.block().data());
+  EXPECT_EQ(t.used(), 10u);
+
+  Taken b = t.take(100, 64);
+  ASSERT_TRUE(b);
+  EXPECT_TRUE(aligned(b.ptr, 64));
+  EXPECT_EQ(b.ptr, t.block().data() + 64);
+  EXPECT_EQ(t.used(), 164u);  // padding counts as used
+  EXPECT_EQ(t.free(), t.total() - 164u);
+  EXPECT_TRUE(t.owns(b.ptr));
+  EXPECT_TRUE(t.owns(b.ptr + 99));
+
+  std::memset(a.ptr, 1, 10);
+  std::memset(b.ptr, 2, 100);
+  EXPECT_EQ(a.ptr[9], std::byte{1});
+}
+
+TEST(Tape, DefaultAlignmentIsMaxAlign) {
+  Tape t = Tape::start(4096);
+  ASSERT_TRUE(t.take(1));
+  Taken p = t.take(8);
+  ASSERT_TRUE(p);
+  EXPECT_TRUE(aligned(p.ptr, alignof(std::max_align_t)));
+}
+
+TEST(Tape, AlignsAddressesNotJustOffsets) {
+  // An alignment larger than the page: only the address tells.
+  const std::size_t align = 4 * Block::page_size();
+  Tape t = Tape::start(16 * Block::page_size());
+  ASSERT_TRUE(t.take(1, 1));
+  Taken p = t.take(64, align);
+  ASSERT_TRUE(p);
+  EXPECT_TRUE(aligned(p.ptr, align));
+  EXPECT_LT(p.ptr - t.block().data(), static_cast<std::ptrdiff_t>(align + 1));
+}
+
+TEST(Tape, RejectsBadAlignmentWithoutMovingTheCursor) {
+  Tape t = Tape::start(4096);
+  ASSERT_TRUE(t.take(3, 1));
+  for (std::size_t align : {std::size_t{0}, std::size_t{3}, std::size_t{48}, SIZE_MAX}) {
+    Taken r = t.take(8, align);
+    EXPECT_FALSE(r) << align;
+    EXPECT_EQ(r.status, TakeStatus::invalid_align) << align;
+    EXPECT_EQ(t.used(), 3u);
+  }
+}
+
+TEST(Tape, RejectsZeroAndImpossibleSizesWithoutMovingTheCursor) {
+  Tape t = Tape::start(4096);
+  ASSERT_TRUE(t.take(3, 1));
+  for (std::size_t size : {std::size_t{0}, t.total() + 1, SIZE_MAX, SIZE_MAX - 63}) {
+    Taken r = t.take(size, 64);
+    EXPECT_FALSE(r) << size;
+    EXPECT_EQ(r.status, TakeStatus::invalid_size) << size;
+    EXPECT_EQ(t.used(), 3u);
+  }
+}
+
+TEST(Tape, FullIsToldApartAndClearMakesRoom) {
+  Tape t = Tape::start(4096);
+  ASSERT_TRUE(t.take(4000, 1));
+  Taken r = t.take(200, 1);
+  EXPECT_EQ(r.status, TakeStatus::full);
+  EXPECT_EQ(t.used(), 4000u);
+  // Fits in size, but not once aligned.
+  r = t.take(64, 2048);
+  EXPECT_EQ(r.status, TakeStatus::full);
+  EXPECT_TRUE(t.take(96, 1));  // exactly what is left
+  EXPECT_EQ(t.free(), 0u);
+  EXPECT_EQ(t.take(1, 1).status, TakeStatus::full);
+  // An alignment no address in the Block can meet within it.
+  EXPECT_EQ(t.take(1, std::size_t{1} << 62).status, TakeStatus::full);
+
+  t.clear();
+  EXPECT_EQ(t.used(), 0u);
+  EXPECT_EQ(t.free(), t.total());
+  Taken again = t.take(4096, 1);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again.ptr, t.block().data());
+}
+
+TEST(Tape, TypedTakeReturnsSpansOfT) {
+  Tape t = Tape::start(4096);
+  ASSERT_TRUE(t.take(1, 1));
+  std::span<double> d = t.take<double>(10);
+  ASSERT_EQ(d.size(), 10u);
+  EXPECT_TRUE(aligned(d.data(), alignof(double)));
+  d[9] = 3.25;
+  EXPECT_EQ(d[9], 3.25);
+  EXPECT_TRUE(t.take<float>(0).empty());
+  EXPECT_TRUE(t.take<float>(SIZE_MAX / 2).empty());  // count * sizeof overflows
+  EXPECT_TRUE(t.take<float>(4096).empty());          // larger than the Tape
+  const std::size_t used = t.used();
+  EXPECT_TRUE(t.take<std::uint64_t>(1000).empty());  // does not fit
+  EXPECT_EQ(t.used(), used);
+}
+
+TEST(Tape, OverAnExistingBlock) {
+  Block b = Block::open(8192);
+  std::byte* data = b.data();
+  Tape t(std::move(b));
+  EXPECT_EQ(t.block().data(), data);
+  EXPECT_EQ(t.take(16, 16).ptr, data);
+  EXPECT_THROW(Tape(Block{}), Error);
+  try {
+    Tape bad{Block{}};
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::invalid_argument);
+  }
+}
+
+TEST(Tape, MoveKeepsTheCursor) {
+  Tape a = Tape::start(4096);
+  ASSERT_TRUE(a.take(100, 1));
+  Tape b = std::move(a);
+  EXPECT_EQ(b.used(), 100u);
+  EXPECT_EQ(a.total(), 0u);
+  EXPECT_EQ(a.take(1, 1).status, TakeStatus::invalid_size);  // a moved-from Tape has no room
+  Tape c = Tape::start(4096);
+  c = std::move(b);
+  EXPECT_EQ(c.used(), 100u);
+  EXPECT_TRUE(c.take(1, 1));
+}
+
+TEST(Tape, StartPropagatesBlockErrors) {
+  try {
+    (void)Tape::start(0);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::invalid_argument);
+  }
+}
+
+// Many threads take random sizes and alignments at once; every piece must be
+// inside the Block, aligned, and disjoint from every other piece.
+TEST(TapeStress, ConcurrentTakesNeverOverlap) {
+  constexpr int kThreads = 8;
+  Tape t = Tape::start(16 * MiB);
+  struct Piece {
+    std::byte* p;
+    std::size_t n;
+  };
+  std::vector<std::vector<Piece>> pieces(kThreads);
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int id = 0; id < kThreads; ++id) {
+    threads.emplace_back([&, id] {
+      std::mt19937 rng(id);
+      while (!go.load()) {
+      }
+      for (;;) {
+        const std::size_t n = 1 + rng() % 700;
+        const std::size_t align = std::size_t{1} << (rng() % 8);
+        Taken r = t.take(n, align);
+        if (!r) {
+          ASSERT_EQ(r.status, TakeStatus::full);
+          break;
+        }
+        ASSERT_TRUE(aligned(r.ptr, align));
+        std::memset(r.ptr, id + 1, n);  // each thread paints its own pieces
+        pieces[id].push_back({r.ptr, n});
+      }
+    });
+  }
+  go = true;
+  for (auto& th : threads) th.join();
+
+  std::vector<Piece> all;
+  for (int id = 0; id < kThreads; ++id) {
+    for (const Piece& piece : pieces[id]) {
+      for (std::size_t i = 0; i < piece.n; ++i) ASSERT_EQ(piece.p[i], std::byte(id + 1)) << "overwritten";
+      all.push_back(piece);
+    }
+  }
+  std::sort(all.begin(), all.end(), [](const Piece& a, const Piece& b) { return a.p < b.p; });
+  std::size_t sum = 0;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    ASSERT_TRUE(t.owns(all[i].p) && t.owns(all[i].p + all[i].n - 1));
+    if (i > 0) {
+      ASSERT_LE(all[i - 1].p + all[i - 1].n, all[i].p) << "two pieces overlap";
+    }
+    sum += all[i].n;
+  }
+  EXPECT_LE(sum, t.used());
+  EXPECT_GT(t.used(), t.total() - 1024);  // it really ran to full
+}
+
+// clear() racing with takes keeps the cursor consistent: every take is in
+// bounds and aligned, and a final clear leaves the Tape empty.
+TEST(TapeStress, ClearRacingWithTakesKeepsTheTapeConsistent) {
+  Tape t = Tape::start(256 * 1024);
+  std::atomic<bool> stop{false};
+  std::atomic<long> taken{0};
+  std::vector<std::thread> threads;
+  for (int id = 0; id < 4; ++id) {
+    threads.emplace_back([&, id] {
+      std::mt19937 rng(id);
+      while (!stop.load(std::memory_order_relaxed)) {
+        const std::size_t n = 1 + rng() % 2000;
+        Taken r = t.take(n, 64);
+        if (r) {
+          ASSERT_TRUE(aligned(r.ptr, 64));
+          ASSERT_TRUE(t.owns(r.ptr) && t.owns(r.ptr + n - 1));
+          taken.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          ASSERT_EQ(r.status, TakeStatus::full);
+        }
+      }
+    });
+  }
+  for (int i = 0; i < 2000; ++i) {
+    t.clear();
+    std::this_thread::yield();
+  }
+  stop = true;
+  for (auto& th : threads) th.join();
+  t.clear();
+  EXPECT_EQ(t.used(), 0u);
+  EXPECT_GT(taken.load(), 0);
+}
+
+#if defined(UNIMEM_ASAN)
+TEST(TapeAsan, OnlyTakenBytesAreAddressable) {
+  Tape t = Tape::start(4096);
+  EXPECT_TRUE(__asan_address_is_poisoned(t.block().data()));
+  Taken r = t.take(32, 64);
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(__asan_address_is_poisoned(r.ptr));
+  EXPECT_FALSE(__asan_address_is_poisoned(r.ptr + 31));
+  EXPECT_TRUE(__asan_address_is_poisoned(r.ptr + 32));
+  t.clear();
+  EXPECT_TRUE(__asan_address_is_poisoned(r.ptr));
+}
+
+TEST(TapeAsanDeathTest, UseAfterClearIsReported) {
+  Tape t = Tape::start(4096);
+  auto* p = reinterpret_cast<volatile int*>(t.take(64, 64).ptr);
+  *p = 7;
+  t.clear();
+  EXPECT_DEATH(*p = 8, "use-after-poison");
+}
+#endif
+
+}  // namespace
+}  // namespace unimem

@@ -1,0 +1,62 @@
+// src/testing.hpp — helpers shared by the unit tests (never part of the library).
+#pragma once
+
+#include <fcntl.h>
+#include <sys/mman.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <fstream>
+#include <string>
+
+namespace unimem::testing {
+
+// Bytes this process has locked, from /proc/self/status (VmLck).
+inline std::size_t locked_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmLck:") {
+      std::size_t kib = 0;
+      status >> kib;
+      return kib * 1024;
+    }
+    status.ignore(4096, '\n');
+  }
+  return 0;
+}
+
+inline bool fd_is_open(int fd) { return ::fcntl(fd, F_GETFD) != -1; }
+
+// True when some mapping of this process covers `address`.
+inline bool is_mapped(const void* address) {
+  std::ifstream maps("/proc/self/maps");
+  const auto a = reinterpret_cast<std::uintptr_t>(address);
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2 && a >= lo && a < hi) return true;
+  }
+  return false;
+}
+
+// Pages of [p, p + bytes) that are resident, by mincore.
+inline std::size_t resident_pages(const void* p, std::size_t bytes, std::size_t page) {
+  const std::size_t pages = (bytes + page - 1) / page;
+  std::string vec(pages, '\0');
+  if (::mincore(const_cast<void*>(p), bytes, reinterpret_cast<unsigned char*>(vec.data())) != 0) return 0;
+  std::size_t n = 0;
+  for (char c : vec) n += (c & 1);
+  return n;
+}
+
+// Mappings in this process whose name mentions "memfd:unimem".
+inline int unimem_mappings() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  int n = 0;
+  while (std::getline(maps, line)) n += line.find("memfd:unimem") != std::string::npos;
+  return n;
+}
+
+}  // namespace unimem::testing
