@@ -1,9 +1,15 @@
-// src/block.cpp — Block: size validation and ownership; the platform does the rest.
+// src/block.cpp — Block: size validation, ownership, backing and GPU visibility.
+//
+// The platform (src/platform/) creates and maps the pages; the GPU module
+// (src/gpu/) registers them. Block sequences the two and guarantees the
+// teardown order: unregister, then unmap and close.
 #include "unimem/block.hpp"
 
 #include <limits>
 #include <utility>
 
+#include "gpu/registration.hpp"
+#include "parallel.hpp"
 #include "platform/region.hpp"
 
 namespace unimem {
@@ -21,19 +27,54 @@ Block Block::open(std::size_t bytes, const BlockOptions& options) {
                     "): the size overflows when rounded up to the page size");
   }
   const std::size_t rounded = (bytes + page - 1) / page * page;
-  return Block(platform::map_region(rounded, options));
+  Block block(platform::map_region(rounded, options));  // released on any throw below
+  if (options.visibility == Visibility::gpus) {
+    block.make_gpu_visible(options.warm_threads);  // backs every page as it registers
+  } else if (options.backing == Backing::warm) {
+    std::byte* base = block.data();
+    detail::for_each_slice(rounded, options.warm_threads, std::size_t{2} << 20, SIZE_MAX,
+                           [base](std::size_t begin, std::size_t end) { platform::populate(base + begin, end - begin); });
+  }
+  return block;
 }
 
-Block::Block(Block&& other) noexcept : region_(std::exchange(other.region_, detail::Region{})) {}
+Block::Block() noexcept = default;
+
+Block::Block(const detail::Region& region) noexcept : region_(region) {}
+
+Block::Block(Block&& other) noexcept
+    : region_(std::exchange(other.region_, detail::Region{})), gpu_(std::move(other.gpu_)) {}
 
 Block& Block::operator=(Block&& other) noexcept {
   if (this != &other) {
-    platform::unmap_region(region_);
+    release();
     region_ = std::exchange(other.region_, detail::Region{});
+    gpu_ = std::move(other.gpu_);
   }
   return *this;
 }
 
-Block::~Block() { platform::unmap_region(region_); }
+Block::~Block() { release(); }
+
+void Block::release() noexcept {
+  gpu_.reset();  // devices stop seeing the pages before they go away
+  platform::unmap_region(region_);
+}
+
+void Block::make_gpu_visible(unsigned threads) {
+  if (gpu_) return;
+  if (empty()) throw Error(Errc::invalid_argument, 0, "unimem: an empty Block cannot be made GPU-visible");
+  gpu_ = detail::GpuRegistration::create(region_.base, region_.size, threads);
+}
+
+int Block::gpu_count() const noexcept { return gpu_ ? gpu_->device_count() : 0; }
+
+void* Block::device_pointer(int ordinal, const void* host) const noexcept {
+  return gpu_ && contains(host) ? gpu_->device_pointer(ordinal, host) : nullptr;
+}
+
+std::size_t Block::huge_page_bytes() const {
+  return empty() ? 0 : platform::huge_page_bytes(region_.base, region_.size);
+}
 
 }  // namespace unimem

@@ -10,6 +10,9 @@ const char* to_string(Errc code) noexcept {
     case Errc::memlock_limit: return "memlock_limit";
     case Errc::system: return "system";
     case Errc::unsupported: return "unsupported";
+    case Errc::no_cuda_driver: return "no_cuda_driver";
+    case Errc::no_cuda_device: return "no_cuda_device";
+    case Errc::cuda: return "cuda";
   }
   return "unknown";
 }

@@ -14,14 +14,22 @@
 // touch. Backing::warm faults every page in up front, with several threads for
 // large Blocks, so the first pass over the data runs at memory speed.
 //
+// GPU visibility: a Block opened with Visibility::gpus, or made visible later
+// with make_gpu_visible(), is registered with every CUDA device (portable,
+// device-mapped host memory). Kernels then read and write its pages over the
+// bus, in place; on current systems at the very address the CPU uses (see
+// device_pointer). The registration is undone before the pages are unmapped.
+//
 // Thread safety: every const member function may be called from any number of
 // threads at once. The memory itself is plain memory: concurrent access to the
-// same bytes needs the caller's synchronisation. Moving, assigning or
-// destroying a Block must not race with any other use of it.
+// same bytes needs the caller's synchronisation. Moving, assigning,
+// destroying or make_gpu_visible() must not race with any other use of the
+// Block.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "unimem/error.hpp"
@@ -49,15 +57,29 @@ enum class Pinning {
   unpinned,  // pages may be swapped out; no memlock limit applies
 };
 
+enum class Visibility {
+  host,  // CPU only (other processes can still map the pages)
+  gpus,  // also registered with every CUDA device: kernels read and write it in place
+};
+
 struct BlockOptions {
   Backing backing = Backing::lazy;
   Pinning pinning = Pinning::pinned;
-  // Threads used to fault pages in for Backing::warm. 0 picks from the size
-  // and the machine (one thread below 64 MiB).
+  // Visibility::gpus implies every page is backed at open (Backing::warm).
+  Visibility visibility = Visibility::host;
+  // Ask the kernel for transparent huge pages (fewer faults, faster GPU
+  // registration). Linux gives memfd pages huge pages only where
+  // /sys/kernel/mm/transparent_hugepage/shmem_enabled allows; huge_page_bytes()
+  // tells what was obtained.
+  bool huge_pages = false;
+  // Threads used to back pages (Backing::warm, Visibility::gpus). 0 picks from
+  // the size and the machine: one thread per 64 MiB, at most one per core.
   unsigned warm_threads = 0;
 };
 
 namespace detail {
+class GpuRegistration;
+
 // The platform's description of one mapped region. Internal: fields may change.
 struct Region {
   std::byte* base = nullptr;
@@ -82,11 +104,12 @@ class Block {
   //   memlock_limit     pinning refused by RLIMIT_MEMLOCK (message names the limit
   //                     and how to raise it); open with Pinning::unpinned to skip pinning
   //   system            the memfd/mmap call failed for another reason (sys_errno() says why)
-  // On any error nothing stays allocated, mapped or open.
+  //   and, for Visibility::gpus, what make_gpu_visible() throws.
+  // On any error nothing stays allocated, mapped, registered or open.
   static Block open(std::size_t bytes, const BlockOptions& options = {});
 
   // An empty Block: data() == nullptr, size() == 0. What a moved-from Block is.
-  Block() noexcept = default;
+  Block() noexcept;
   Block(Block&& other) noexcept;
   Block& operator=(Block&& other) noexcept;
   Block(const Block&) = delete;
@@ -113,6 +136,30 @@ class Block {
   NativeHandle handle() const noexcept { return region_.handle; }
   BlockId id() const noexcept { return region_.id; }
 
+  // Registers the Block with every CUDA device, backing all its pages first
+  // (with options-like `threads`; 0 picks from the size). Does nothing if the
+  // Block is already visible. Throws Error:
+  //   invalid_argument  the Block is empty
+  //   no_cuda_driver    libcuda.so.1 cannot be loaded (the Block stays host-only and usable)
+  //   no_cuda_device    the driver sees no device
+  //   cuda              registration failed (the message names the CUDA error)
+  //   out_of_memory     the pages cannot be backed
+  // On error the Block is unchanged: nothing stays registered.
+  void make_gpu_visible(unsigned threads = 0);
+
+  bool gpu_visible() const noexcept { return gpu_ != nullptr; }
+  // Number of CUDA devices that see the Block: all of them once visible, else 0.
+  int gpu_count() const noexcept;
+  // Where device `ordinal` sees the byte at `host` (a pointer into this Block):
+  // equal to `host` wherever gpu::Device::host_pointer_is_device_pointer.
+  // nullptr when the Block is not GPU-visible, `host` is outside it, or there
+  // is no such device. Never throws.
+  void* device_pointer(int ordinal, const void* host) const noexcept;
+  void* device_pointer(int ordinal) const noexcept { return device_pointer(ordinal, data()); }
+
+  // Bytes of the Block currently backed by huge pages. Reads /proc; not for hot paths.
+  std::size_t huge_page_bytes() const;
+
   // True when `p` points into this Block.
   bool contains(const void* p) const noexcept {
     auto* b = static_cast<const std::byte*>(p);
@@ -123,7 +170,8 @@ class Block {
   static std::size_t page_size() noexcept;
 
  private:
-  explicit Block(const detail::Region& region) noexcept : region_(region) {}
+  explicit Block(const detail::Region& region) noexcept;
+  void release() noexcept;
 
   template <class T>
   std::span<T> view() const noexcept {
@@ -131,6 +179,7 @@ class Block {
   }
 
   detail::Region region_;
+  std::unique_ptr<detail::GpuRegistration> gpu_;  // null while host-only
 };
 
 }  // namespace unimem

@@ -17,6 +17,9 @@ enum class Errc {
   memlock_limit,         // pinning refused by RLIMIT_MEMLOCK; the message says how to raise it
   system,                // an operating-system call failed; sys_errno() says which error
   unsupported,           // the platform or build lacks the feature
+  no_cuda_driver,        // GPU visibility asked for, but the CUDA driver cannot be loaded
+  no_cuda_device,        // the CUDA driver is there but sees no device
+  cuda,                  // a CUDA driver call failed; the message names the call and the CUDA error
 };
 
 // Returns a stable lowercase name for `code`, e.g. "memlock_limit". Never throws.

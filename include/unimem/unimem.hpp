@@ -5,11 +5,13 @@
 //   Tape    lock-free bump allocator over a Block            <unimem/tape.hpp>
 //   Grid    lock-free pool of fixed-size cells over a Block  <unimem/grid.hpp>
 //   Layout  weights / scratch / history Tapes for inference  <unimem/layout.hpp>
+// GPU visibility: what the CUDA driver offers               <unimem/gpu.hpp>
 // Errors are reported by one exception type, unimem::Error  <unimem/error.hpp>
 #pragma once
 
 #include "unimem/block.hpp"
 #include "unimem/error.hpp"
+#include "unimem/gpu.hpp"
 #include "unimem/grid.hpp"
 #include "unimem/layout.hpp"
 #include "unimem/tape.hpp"

@@ -1,6 +1,6 @@
 // src/platform/region.hpp — the seam between Block and the operating system.
 //
-// Everything Block needs from a platform is here: create, map, pin and warm a
+// Everything Block needs from a platform is here: create, map, pin and back a
 // shareable region, and tear it down. Linux implements it in platform/linux/
 // (memfd + mmap + mlock2); Apple Silicon will implement it in platform/apple/
 // (IOSurface + lock). A new platform is one new folder and one line in
@@ -18,9 +18,23 @@ std::size_t page_size() noexcept;
 
 // Creates and maps a fresh shareable region of exactly `bytes` bytes, which the
 // caller has already validated as non-zero and a multiple of page_size().
-// Applies options.pinning and options.backing. Throws Error; on throw, nothing
+// Applies options.pinning and options.huge_pages; pages stay unbacked (the
+// caller populates them for Backing::warm). Throws Error; on throw, nothing
 // stays created, mapped or open.
 detail::Region map_region(std::size_t bytes, const BlockOptions& options);
+
+// Backs every page of [base, base + bytes), a page-aligned slice of a mapped
+// region whose contents are still zero. Safe to call on disjoint slices from
+// several threads. Throws Error(out_of_memory) when the pages cannot be backed.
+void populate(std::byte* base, std::size_t bytes);
+
+// Asks the kernel for huge pages over the range. Returns false where it
+// refuses outright; whether huge pages were obtained shows in
+// huge_page_bytes() once the pages are backed. Never throws.
+bool advise_huge_pages(std::byte* base, std::size_t bytes) noexcept;
+
+// Bytes of [base, base + bytes) currently mapped with huge pages.
+std::size_t huge_page_bytes(const std::byte* base, std::size_t bytes);
 
 // Undoes map_region. Safe on an empty Region. Never throws.
 void unmap_region(detail::Region& region) noexcept;

@@ -24,7 +24,6 @@
 #include <string>
 
 #include "format.hpp"
-#include "platform/linux/warm.hpp"
 #include "platform/region.hpp"
 
 #ifndef MLOCK_ONFAULT
@@ -147,9 +146,7 @@ detail::Region map_region(std::size_t bytes, const BlockOptions& options) {
     if (::mlock2(region.base, bytes, MLOCK_ONFAULT) != 0) fail_pin(errno, bytes);
     region.pinned = true;
   }
-  if (options.backing == Backing::warm) {
-    linux_detail::warm_pages(region.base, bytes, options.warm_threads);
-  }
+  if (options.huge_pages) advise_huge_pages(region.base, bytes);
   guard.armed = false;
   return region;
 }

@@ -1,0 +1,126 @@
+// src/gpu/driver.cpp — dlopen of libcuda.so.1, once per process.
+#include "gpu/driver.hpp"
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "unimem/error.hpp"
+
+namespace unimem::gpu::detail {
+namespace {
+
+struct Loaded {
+  Driver driver{};
+  Errc failure{};
+  std::string message;  // empty when the driver is usable
+};
+
+template <class F>
+bool bind(void* library, const char* name, F*& slot) {
+  slot = reinterpret_cast<F*>(::dlsym(library, name));
+  return slot != nullptr;
+}
+
+Loaded load() {
+  Loaded out;
+  const char* override_path = std::getenv("UNIMEM_CUDA_DRIVER");
+  const std::string path = override_path && *override_path ? override_path : "libcuda.so.1";
+  // The handle is never closed: registered memory and contexts live until exit.
+  void* library = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (library == nullptr) {
+    const char* why = ::dlerror();
+    out.failure = Errc::no_cuda_driver;
+    out.message = "unimem: no CUDA driver: cannot load " + path + " (" + (why ? why : "unknown error") +
+                  "). Install the NVIDIA driver, or keep the Block host-only (Visibility::host)";
+    return out;
+  }
+  Driver& d = out.driver;
+  // Versioned names are the ones the CUDA headers map the plain names to.
+  const bool bound = bind(library, "cuInit", d.cuInit) && bind(library, "cuDriverGetVersion", d.cuDriverGetVersion) &&
+                     bind(library, "cuDeviceGetCount", d.cuDeviceGetCount) &&
+                     bind(library, "cuDeviceGet", d.cuDeviceGet) && bind(library, "cuDeviceGetName", d.cuDeviceGetName) &&
+                     bind(library, "cuDeviceGetAttribute", d.cuDeviceGetAttribute) &&
+                     bind(library, "cuDevicePrimaryCtxRetain", d.cuDevicePrimaryCtxRetain) &&
+                     bind(library, "cuCtxPushCurrent_v2", d.cuCtxPushCurrent) &&
+                     bind(library, "cuCtxPopCurrent_v2", d.cuCtxPopCurrent) &&
+                     bind(library, "cuMemHostRegister_v2", d.cuMemHostRegister) &&
+                     bind(library, "cuMemHostUnregister", d.cuMemHostUnregister) &&
+                     bind(library, "cuMemHostGetDevicePointer_v2", d.cuMemHostGetDevicePointer) &&
+                     bind(library, "cuGetErrorName", d.cuGetErrorName);
+  if (!bound) {
+    out.failure = Errc::no_cuda_driver;
+    out.message = "unimem: no usable CUDA driver: " + path + " lacks a driver API entry point (" + ::dlerror() +
+                  "). Update the NVIDIA driver";
+    return out;
+  }
+  if (CUresult r = d.cuInit(0); r != 0) {
+    const char* name = nullptr;
+    d.cuGetErrorName(r, &name);
+    out.failure = r == kErrorNoDevice ? Errc::no_cuda_device : Errc::no_cuda_driver;
+    out.message = std::string("unimem: the CUDA driver did not initialise: ") + (name ? name : "error") + " (" +
+                  std::to_string(r) + ")" +
+                  (r == kErrorNoDevice ? ". This machine has no CUDA device visible to this process" : "");
+    return out;
+  }
+  d.cuDriverGetVersion(&d.version);
+  if (d.cuDeviceGetCount(&d.device_count) != 0 || d.device_count <= 0) {
+    out.failure = Errc::no_cuda_device;
+    out.message = "unimem: the CUDA driver sees no device (check CUDA_VISIBLE_DEVICES and nvidia-smi)";
+  }
+  return out;
+}
+
+const Loaded& loaded() {
+  static const Loaded result = load();  // thread-safe, once
+  return result;
+}
+
+}  // namespace
+
+const Driver& driver() {
+  const Loaded& l = loaded();
+  if (!l.message.empty()) throw Error(l.failure, 0, l.message);
+  return l.driver;
+}
+
+void check(CUresult r, const std::string& what) {
+  if (r == 0) return;
+  const char* name = nullptr;
+  if (loaded().driver.cuGetErrorName) loaded().driver.cuGetErrorName(r, &name);
+  throw Error(Errc::cuda, 0,
+              "unimem: " + what + " failed: " + (name ? name : "CUDA error") + " (" + std::to_string(r) + ")");
+}
+
+CUcontext primary_context(int ordinal) {
+  const Driver& d = driver();
+  static std::mutex lock;
+  static std::vector<CUcontext> contexts;
+  std::lock_guard<std::mutex> hold(lock);
+  if (contexts.empty()) contexts.resize(static_cast<std::size_t>(d.device_count), nullptr);
+  if (ordinal < 0 || ordinal >= d.device_count) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: no CUDA device " + std::to_string(ordinal) + " (there are " + std::to_string(d.device_count) + ")");
+  }
+  CUcontext& c = contexts[static_cast<std::size_t>(ordinal)];
+  if (c == nullptr) {
+    CUdevice device = 0;
+    check(d.cuDeviceGet(&device, ordinal), "cuDeviceGet");
+    check(d.cuDevicePrimaryCtxRetain(&c, device), "retaining the primary context of device " + std::to_string(ordinal));
+  }
+  return c;
+}
+
+ContextScope::ContextScope(int ordinal) {
+  check(driver().cuCtxPushCurrent(primary_context(ordinal)), "cuCtxPushCurrent");
+}
+
+ContextScope::~ContextScope() {
+  CUcontext ignored = nullptr;
+  driver().cuCtxPopCurrent(&ignored);
+}
+
+}  // namespace unimem::gpu::detail

@@ -1,0 +1,71 @@
+// src/gpu/driver.hpp — the CUDA driver, loaded at run time.
+//
+// unimem never links against CUDA: the library must build and run where no
+// CUDA is installed. The driver (libcuda.so.1) is opened with dlopen on first
+// use, and only the few entry points unimem needs are looked up. Their types
+// are declared here, from the driver API's stable ABI, so no CUDA header is
+// needed to build. The environment variable UNIMEM_CUDA_DRIVER names another
+// library to load instead (tests use a path that does not exist to force the
+// "no driver" path on a machine that has one).
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace unimem::gpu::detail {
+
+using CUresult = int;
+using CUdevice = int;
+using CUcontext = struct CUctx_st*;
+using CUdeviceptr = unsigned long long;
+
+inline constexpr unsigned kHostRegisterPortable = 0x01;   // CU_MEMHOSTREGISTER_PORTABLE
+inline constexpr unsigned kHostRegisterDeviceMap = 0x02;  // CU_MEMHOSTREGISTER_DEVICEMAP
+inline constexpr int kAttrUnifiedAddressing = 41;         // CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING
+inline constexpr int kAttrHostPointerForRegistered = 91;  // ..._CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM
+inline constexpr int kAttrHostRegisterSupported = 99;     // CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED
+inline constexpr CUresult kErrorNoDevice = 100;           // CUDA_ERROR_NO_DEVICE
+
+struct Driver {
+  CUresult (*cuInit)(unsigned flags);
+  CUresult (*cuDriverGetVersion)(int* version);
+  CUresult (*cuDeviceGetCount)(int* count);
+  CUresult (*cuDeviceGet)(CUdevice* device, int ordinal);
+  CUresult (*cuDeviceGetName)(char* name, int length, CUdevice device);
+  CUresult (*cuDeviceGetAttribute)(int* value, int attribute, CUdevice device);
+  CUresult (*cuDevicePrimaryCtxRetain)(CUcontext* context, CUdevice device);
+  CUresult (*cuCtxPushCurrent)(CUcontext context);
+  CUresult (*cuCtxPopCurrent)(CUcontext* context);
+  CUresult (*cuMemHostRegister)(void* p, std::size_t bytes, unsigned flags);
+  CUresult (*cuMemHostUnregister)(void* p);
+  CUresult (*cuMemHostGetDevicePointer)(CUdeviceptr* device_pointer, void* p, unsigned flags);
+  CUresult (*cuGetErrorName)(CUresult error, const char** name);
+
+  int version = 0;       // e.g. 13000 for CUDA 13.0
+  int device_count = 0;  // at least 1 once driver() returned
+};
+
+// The loaded and initialised driver, with at least one device. Loading is
+// tried once per process; the outcome is kept. Thread-safe. Throws
+// Error(no_cuda_driver) when the library cannot be loaded or initialised,
+// Error(no_cuda_device) when it reports no device.
+const Driver& driver();
+
+// Throws Error(cuda) naming `what` and the driver's error when r != 0.
+void check(CUresult r, const std::string& what);
+
+// The primary context of `ordinal`, retained for the rest of the process (as
+// the CUDA runtime does), so kernels launched through the runtime API see
+// everything registered through it. Throws Error(cuda).
+CUcontext primary_context(int ordinal);
+
+// Makes a device's primary context current on this thread for a scope.
+class ContextScope {
+ public:
+  explicit ContextScope(int ordinal);  // throws Error(cuda)
+  ~ContextScope();
+  ContextScope(const ContextScope&) = delete;
+  ContextScope& operator=(const ContextScope&) = delete;
+};
+
+}  // namespace unimem::gpu::detail

@@ -1,0 +1,179 @@
+// Tests that launch CUDA kernels on Blocks, Tapes and Grids. Built where nvcc
+// is found; every test skips with "skipped: no CUDA device" where there is no
+// GPU, and runs for real on a GPU machine.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gpu/test_kernels.hpp"
+#include "unimem/unimem.hpp"
+
+namespace unimem {
+namespace {
+
+using gpu_test::pattern;
+
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+#define UNIMEM_REQUIRE_GPUS(n)                                                          \
+  do {                                                                                  \
+    if (gpu_test::device_count() < (n) || !gpu::available())                            \
+      GTEST_SKIP() << ((n) > 1 ? "skipped: fewer than " #n " CUDA devices"              \
+                               : "skipped: no CUDA device");                            \
+  } while (0)
+
+BlockOptions visible() {
+  BlockOptions o;
+  o.visibility = Visibility::gpus;
+  return o;
+}
+
+// The pointer a kernel on `device` should use for `host`.
+template <class T>
+T* on_device(const Block& b, int device, T* host) {
+  return static_cast<T*>(b.device_pointer(device, host));
+}
+
+TEST(Gpu, DevicesAreReported) {
+  UNIMEM_REQUIRE_GPUS(1);
+  std::vector<gpu::Device> devices = gpu::devices();
+  ASSERT_EQ(static_cast<int>(devices.size()), gpu_test::device_count());
+  for (const gpu::Device& d : devices) {
+    EXPECT_FALSE(d.name.empty());
+    std::printf("device %d: %s, host pointer is device pointer: %s\n", d.ordinal, d.name.c_str(),
+                d.host_pointer_is_device_pointer ? "yes" : "no");
+  }
+  EXPECT_GE(gpu::driver_version(), 1000);
+}
+
+TEST(Gpu, KernelReadsWhatTheCpuWroteThroughTheSamePointer) {
+  UNIMEM_REQUIRE_GPUS(1);
+  Block b = Block::open(64 * MiB, visible());
+  ASSERT_TRUE(b.gpu_visible());
+  auto* words = reinterpret_cast<std::uint32_t*>(b.data());
+  const std::size_t n = b.size() / sizeof *words;
+  for (std::size_t i = 0; i < n; ++i) words[i] = pattern(i, 7);
+
+  for (const gpu::Device& d : gpu::devices()) {
+    EXPECT_EQ(b.gpu_count(), gpu_test::device_count());
+    if (d.host_pointer_is_device_pointer) {
+      EXPECT_EQ(b.device_pointer(d.ordinal), b.data()) << "device " << d.ordinal;
+    }
+    unsigned long long bad = ~0ull;
+    ASSERT_EQ(gpu_test::count_mismatches(d.ordinal, on_device(b, d.ordinal, words), n, 7, &bad), "");
+    EXPECT_EQ(bad, 0u) << "device " << d.ordinal;
+    // A wrong expectation must be caught: the check is real.
+    ASSERT_EQ(gpu_test::count_mismatches(d.ordinal, on_device(b, d.ordinal, words), n, 8, &bad), "");
+    EXPECT_EQ(bad, n);
+  }
+}
+
+TEST(Gpu, CpuReadsWhatAKernelWrote) {
+  UNIMEM_REQUIRE_GPUS(1);
+  Block b = Block::open(32 * MiB + 4096, visible());
+  auto* words = reinterpret_cast<std::uint32_t*>(b.data());
+  const std::size_t n = b.size() / sizeof *words;
+  std::memset(words, 0xff, b.size());  // poison: every word must be written
+  for (int device = 0; device < gpu_test::device_count(); ++device) {
+    ASSERT_EQ(gpu_test::fill(device, on_device(b, device, words), n, 100 + device), "");
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) bad += words[i] != pattern(i, 100 + device);
+    EXPECT_EQ(bad, 0u) << "device " << device;
+  }
+}
+
+TEST(Gpu, ExistingBlockMadeVisibleKeepsItsContents) {
+  UNIMEM_REQUIRE_GPUS(1);
+  Block b = Block::open(8 * MiB);  // lazy, host-only
+  auto* words = reinterpret_cast<std::uint32_t*>(b.data());
+  const std::size_t n = b.size() / sizeof *words;
+  for (std::size_t i = 0; i < n; i += 3) words[i] = pattern(i, 1);  // some pages touched, some not
+  for (std::size_t i = 0; i < n; ++i) words[i] = pattern(i, 1);
+  EXPECT_FALSE(b.gpu_visible());
+  b.make_gpu_visible();
+  ASSERT_TRUE(b.gpu_visible());
+  void* first = b.device_pointer(0);
+  b.make_gpu_visible();  // again: nothing changes
+  EXPECT_EQ(b.device_pointer(0), first);
+  unsigned long long bad = ~0ull;
+  ASSERT_EQ(gpu_test::count_mismatches(0, on_device(b, 0, words), n, 1, &bad), "");
+  EXPECT_EQ(bad, 0u);
+}
+
+TEST(Gpu, TapeAndGridAllocationsAreUsedByKernelsDirectly) {
+  UNIMEM_REQUIRE_GPUS(1);
+  Tape tape = Tape::start(16 * MiB, visible());
+  ASSERT_TRUE(tape.block().gpu_visible());
+  ASSERT_TRUE(tape.take(12, 4));  // so the next piece starts mid-page
+  std::span<std::uint32_t> piece = tape.take<std::uint32_t>(1'000'003);
+  ASSERT_EQ(piece.size(), 1'000'003u);
+  ASSERT_EQ(gpu_test::fill(0, on_device(tape.block(), 0, piece.data()), piece.size(), 42), "");
+  for (std::size_t i = 0; i < piece.size(); ++i) ASSERT_EQ(piece[i], pattern(i, 42)) << i;
+
+  Grid<> grid(64 * 1024, 32, visible());
+  ASSERT_TRUE(grid.block().gpu_visible());
+  std::vector<Cell> cells;
+  for (int i = 0; i < 5; ++i) cells.push_back(grid.take());
+  for (Cell& c : cells) {
+    auto words = c.as<std::uint32_t>();
+    ASSERT_EQ(gpu_test::fill(0, on_device(grid.block(), 0, words.data()), words.size(), c.index()), "");
+  }
+  for (Cell& c : cells) {
+    auto words = c.as<std::uint32_t>();
+    for (std::size_t i = 0; i < words.size(); ++i) ASSERT_EQ(words[i], pattern(i, c.index()));
+  }
+}
+
+TEST(Gpu, RegisterUnregisterCyclesLeaveNothingRegistered) {
+  UNIMEM_REQUIRE_GPUS(1);
+  for (int cycle = 0; cycle < 20; ++cycle) {
+    std::byte* data;
+    {
+      Block b = Block::open(8 * MiB, visible());
+      data = b.data();
+      ASSERT_TRUE(gpu_test::is_registered_host_memory(data)) << "cycle " << cycle;
+      ASSERT_TRUE(gpu_test::is_registered_host_memory(data + b.size() - 1));
+    }
+    ASSERT_FALSE(gpu_test::is_registered_host_memory(data)) << "still registered after destruction";
+  }
+  // Move-assignment unregisters the Block it overwrites.
+  Block a = Block::open(4 * MiB, visible());
+  std::byte* old = a.data();
+  a = Block::open(4 * MiB);
+  EXPECT_FALSE(gpu_test::is_registered_host_memory(old));
+  EXPECT_FALSE(a.gpu_visible());
+}
+
+TEST(Gpu, DevicePointerIsNullOutsideTheBlock) {
+  UNIMEM_REQUIRE_GPUS(1);
+  Block b = Block::open(MiB, visible());
+  EXPECT_NE(b.device_pointer(0, b.data() + b.size() - 1), nullptr);
+  EXPECT_EQ(b.device_pointer(0, b.data() + b.size()), nullptr);
+  EXPECT_EQ(b.device_pointer(gpu_test::device_count(), b.data()), nullptr);
+  EXPECT_EQ(b.device_pointer(-1, b.data()), nullptr);
+}
+
+TEST(Gpu, TwoGpusReadAndWriteOneBlock) {
+  UNIMEM_REQUIRE_GPUS(2);
+  Block b = Block::open(64 * MiB, visible());
+  ASSERT_EQ(b.gpu_count(), gpu_test::device_count());
+  auto* words = reinterpret_cast<std::uint32_t*>(b.data());
+  const std::size_t half = b.size() / sizeof *words / 2;
+  std::memset(words, 0, b.size());
+  // GPU 0 writes the first half, GPU 1 the second; then each checks the other's.
+  ASSERT_EQ(gpu_test::fill(0, on_device(b, 0, words), half, 10), "");
+  ASSERT_EQ(gpu_test::fill(1, on_device(b, 1, words + half), half, 11), "");
+  unsigned long long bad0 = ~0ull, bad1 = ~0ull;
+  ASSERT_EQ(gpu_test::count_mismatches(1, on_device(b, 1, words), half, 10, &bad1), "");
+  ASSERT_EQ(gpu_test::count_mismatches(0, on_device(b, 0, words + half), half, 11, &bad0), "");
+  EXPECT_EQ(bad1, 0u);
+  EXPECT_EQ(bad0, 0u);
+  for (std::size_t i = 0; i < half; ++i) {
+    ASSERT_EQ(words[i], pattern(i, 10));
+    ASSERT_EQ(words[half + i], pattern(i, 11));
+  }
+}
+
+}  // namespace
+}  // namespace unimem

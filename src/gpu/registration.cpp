@@ -1,0 +1,86 @@
+// src/gpu/registration.cpp — fast, chunked, parallel host registration.
+//
+// cuMemHostRegister pins every page of the range; on an untouched mapping it
+// faults them in itself, in one thread, as slowly as cudaHostAlloc. So each
+// worker first backs its slice (platform::populate, at first-touch speed)
+// and then registers that slice, while other workers are still backing
+// theirs: faulting runs in parallel and registration overlaps it. Slices are
+// 2 MiB-aligned and at most kMaxChunk, and each is one registration.
+//
+// Registration is portable (all contexts) and device-mapped. On current
+// systems (UVA, canUseHostPointerForRegisteredMem) a device sees the pages at
+// the host's address; where it does not, the device address of every chunk is
+// recorded per device and device_pointer() translates.
+#include "gpu/registration.hpp"
+
+#include <algorithm>
+#include <mutex>
+#include <string>
+
+#include "format.hpp"
+#include "parallel.hpp"
+#include "platform/region.hpp"
+#include "unimem/error.hpp"
+
+namespace unimem::detail {
+
+using gpu::detail::check;
+using gpu::detail::ContextScope;
+using gpu::detail::CUdeviceptr;
+using gpu::detail::driver;
+
+std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::size_t bytes, unsigned threads) {
+  const gpu::detail::Driver& d = driver();  // throws when there is no driver or device
+  std::unique_ptr<GpuRegistration> r(new GpuRegistration);
+  r->device_count_ = d.device_count;
+  std::mutex lock;  // guards r->chunks_ while workers add to it
+
+  // On error, the destructor of r unregisters whatever chunks were added.
+  for_each_slice(bytes, threads, std::size_t{2} << 20, kMaxChunk, [&](std::size_t begin, std::size_t end) {
+    std::byte* host = base + begin;
+    const std::size_t n = end - begin;
+    platform::populate(host, n);
+    ContextScope context(0);  // portable: any device's context registers for all
+    check(d.cuMemHostRegister(host, n, gpu::detail::kHostRegisterPortable | gpu::detail::kHostRegisterDeviceMap),
+          "registering " + format_bytes(n) + " of a Block with CUDA (cuMemHostRegister)");
+    std::lock_guard<std::mutex> hold(lock);
+    r->chunks_.push_back({host, n, {}});
+  });
+
+  std::sort(r->chunks_.begin(), r->chunks_.end(), [](const Chunk& a, const Chunk& b) { return a.host < b.host; });
+  for (int ordinal = 0; ordinal < r->device_count_; ++ordinal) {
+    ContextScope context(ordinal);
+    for (Chunk& c : r->chunks_) {
+      CUdeviceptr p = 0;
+      check(d.cuMemHostGetDevicePointer(&p, c.host, 0),
+            "mapping a Block into device " + std::to_string(ordinal) + " (cuMemHostGetDevicePointer)");
+      c.device.push_back(p);
+    }
+  }
+  return r;
+}
+
+GpuRegistration::~GpuRegistration() {
+  if (chunks_.empty()) return;
+  const gpu::detail::Driver& d = driver();  // cannot throw: chunks exist, so the driver loaded
+  try {
+    ContextScope context(0);
+    for (Chunk& c : chunks_) d.cuMemHostUnregister(c.host);
+  } catch (...) {
+    // The context could not be made current (e.g. after a device reset):
+    // the registrations went with it.
+  }
+}
+
+void* GpuRegistration::device_pointer(int ordinal, const void* host) const noexcept {
+  if (ordinal < 0 || ordinal >= device_count_) return nullptr;
+  const auto* h = static_cast<const std::byte*>(host);
+  auto it = std::upper_bound(chunks_.begin(), chunks_.end(), h,
+                             [](const std::byte* p, const Chunk& c) { return p < c.host; });
+  if (it == chunks_.begin()) return nullptr;
+  const Chunk& c = *--it;
+  if (h >= c.host + c.bytes || c.device.size() <= static_cast<std::size_t>(ordinal)) return nullptr;
+  return reinterpret_cast<void*>(c.device[static_cast<std::size_t>(ordinal)] + static_cast<CUdeviceptr>(h - c.host));
+}
+
+}  // namespace unimem::detail

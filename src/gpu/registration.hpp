@@ -1,0 +1,46 @@
+// src/gpu/registration.hpp — a Block's pages registered with every CUDA device.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "gpu/driver.hpp"
+
+namespace unimem::detail {
+
+// Owns the CUDA host registration of one mapped range. Created by
+// Block::make_gpu_visible, destroyed by the Block before it unmaps.
+class GpuRegistration {
+ public:
+  // Backs every page of [base, base + bytes) and registers the range with all
+  // devices (portable, device-mapped), in chunks of at most kMaxChunk, using
+  // `threads` threads (0: chosen from the size). Throws Error(no_cuda_driver,
+  // no_cuda_device, cuda, out_of_memory); on throw nothing stays registered.
+  static std::unique_ptr<GpuRegistration> create(std::byte* base, std::size_t bytes, unsigned threads);
+
+  // Unregisters every chunk. Never throws.
+  ~GpuRegistration();
+
+  // Where `host` (inside the range) is seen by device `ordinal`, or nullptr
+  // when `host` is outside the range or `ordinal` is not a device.
+  void* device_pointer(int ordinal, const void* host) const noexcept;
+  int device_count() const noexcept { return device_count_; }
+  std::size_t chunk_count() const noexcept { return chunks_.size(); }
+
+  // Drivers fail single registrations of 512 GiB or more; stay well below.
+  static constexpr std::size_t kMaxChunk = std::size_t{64} << 30;
+
+ private:
+  struct Chunk {
+    std::byte* host;
+    std::size_t bytes;
+    std::vector<gpu::detail::CUdeviceptr> device;  // per device ordinal
+  };
+  GpuRegistration() = default;
+
+  std::vector<Chunk> chunks_;  // sorted by host address
+  int device_count_ = 0;
+};
+
+}  // namespace unimem::detail
