@@ -10,6 +10,8 @@
 // Usage: unimem_gpu_benchmark [--pin-gib N] [--bw-mib N]   (defaults 8 and 1024)
 // Data is never zeros: buffers are filled with a pattern before being read.
 #include <cuda_runtime.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -103,6 +105,54 @@ void bench_pin(std::size_t bytes, int reps, const char* label) {
   add(g, "Block::open(gpus) vs cudaMallocHost", median(block_t), false, "cudaMallocHost");
   add(g, "Block::open(gpus, huge_pages) [" + std::to_string(huge_bytes >> 20) + " MiB huge]", median(huge_t), false,
       "cudaHostAlloc(portable|mapped)");
+}
+
+// Where the time of a pinned, GPU-visible allocation goes, for three kinds of
+// pages: shareable memfd pages (what a Block uses), private anonymous pages
+// with transparent huge pages, and private anonymous 4 KiB pages. Each is
+// populated by all threads, then registered in one call.
+void bench_pin_breakdown(std::size_t bytes, const char* label) {
+  const unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  struct Kind {
+    const char* name;
+    int advice;  // madvise for anonymous memory; -1 for memfd
+  };
+  for (Kind kind : {Kind{"memfd 4K", -1}, Kind{"anon THP", MADV_HUGEPAGE}, Kind{"anon 4K", MADV_NOHUGEPAGE}}) {
+    void* p = MAP_FAILED;
+    int fd = -1;
+    if (kind.advice < 0) {
+      fd = memfd_create("breakdown", MFD_CLOEXEC);
+      if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) continue;
+      p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    } else {
+      p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p != MAP_FAILED) madvise(p, bytes, kind.advice);
+    }
+    if (p == MAP_FAILED) continue;
+    auto t = Clock::now();
+    std::vector<std::thread> pool;
+    const std::size_t slice = (bytes / threads + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+    for (unsigned k = 0; k < threads; ++k) {
+      pool.emplace_back([=] {
+        const std::size_t b = std::min(bytes, k * slice), e = std::min(bytes, b + slice);
+        if (b < e) madvise(static_cast<char*>(p) + b, e - b, 23 /* MADV_POPULATE_WRITE */);
+      });
+    }
+    for (auto& th : pool) th.join();
+    const double populate = seconds_since(t);
+    t = Clock::now();
+    CHECK(cudaHostRegister(p, bytes, cudaHostRegisterPortable | cudaHostRegisterMapped));
+    const double reg = seconds_since(t);
+    t = Clock::now();
+    CHECK(cudaHostUnregister(p));
+    const double unreg = seconds_since(t);
+    munmap(p, bytes);
+    if (fd >= 0) close(fd);
+    const std::string g = std::string("split ") + label;
+    add(g, std::string(kind.name) + ": populate, " + std::to_string(threads) + " threads", populate, false);
+    add(g, std::string(kind.name) + ": cudaHostRegister, one call", reg, false);
+    add(g, std::string(kind.name) + ": cudaHostUnregister", unreg, false);
+  }
 }
 
 // ---- kernel bandwidth --------------------------------------------------------
@@ -288,7 +338,10 @@ int main(int argc, char** argv) {
   CHECK(cudaFree(nullptr));  // create the context outside every timing
 
   bench_pin(16u << 20, 9, "16MiB");
-  if (pin_gib) bench_pin(pin_gib << 30, 3, (std::to_string(pin_gib) + "GiB").c_str());
+  if (pin_gib) {
+    bench_pin_breakdown(pin_gib << 30, (std::to_string(pin_gib) + "GiB").c_str());
+    bench_pin(pin_gib << 30, 3, (std::to_string(pin_gib) + "GiB").c_str());
+  }
   bench_kernel(bw_mib << 20, prop.multiProcessorCount);
   bench_copy(bw_mib << 20);
   bench_cpu(bw_mib << 20);

@@ -1,11 +1,12 @@
 // src/gpu/registration.cpp — fast, chunked, parallel host registration.
 //
 // cuMemHostRegister pins every page of the range; on an untouched mapping it
-// faults them in itself, in one thread, as slowly as cudaHostAlloc. So each
-// worker first backs its slice (platform::populate, at first-touch speed)
-// and then registers that slice, while other workers are still backing
-// theirs: faulting runs in parallel and registration overlaps it. Slices are
-// 2 MiB-aligned and at most kMaxChunk, and each is one registration.
+// faults them in itself, in one thread, as slowly as cudaHostAlloc. So the
+// pages are first backed by several threads (platform::populate, at first-
+// touch speed), then registered in as few calls as the driver allows: one per
+// kMaxChunk (64 GiB). Fewer registrations matter beyond speed: an async copy
+// from host memory must lie within a single registration, so a Block below
+// 64 GiB is one registration and any copy from it works.
 //
 // Registration is portable (all contexts) and device-mapped. On current
 // systems (UVA, canUseHostPointerForRegisteredMem) a device sees the pages at
@@ -14,6 +15,7 @@
 #include "gpu/registration.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <mutex>
 #include <string>
 
@@ -23,6 +25,10 @@
 #include "unimem/error.hpp"
 
 namespace unimem::detail {
+
+namespace {
+constexpr std::size_t kGrain = std::size_t{2} << 20;  // slices keep 2 MiB runs whole
+}  // namespace
 
 using gpu::detail::check;
 using gpu::detail::ContextScope;
@@ -35,11 +41,18 @@ std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::s
   r->device_count_ = d.device_count;
   std::mutex lock;  // guards r->chunks_ while workers add to it
 
+  // Back every page first, in parallel: registering untouched pages would
+  // make the driver fault them in itself, in one thread.
+  for_each_slice(bytes, threads, kGrain, SIZE_MAX,
+                 [base](std::size_t begin, std::size_t end) { platform::populate(base + begin, end - begin); });
+
+  // Then register as few ranges as possible: a copy (cudaMemcpy*) must lie
+  // within one registration, and the driver serialises registrations anyway.
   // On error, the destructor of r unregisters whatever chunks were added.
-  for_each_slice(bytes, threads, std::size_t{2} << 20, kMaxChunk, [&](std::size_t begin, std::size_t end) {
+  const std::size_t chunks = (bytes + kMaxChunk - 1) / kMaxChunk;
+  for_each_slice(bytes, static_cast<unsigned>(chunks), kGrain, kMaxChunk, [&](std::size_t begin, std::size_t end) {
     std::byte* host = base + begin;
     const std::size_t n = end - begin;
-    platform::populate(host, n);
     ContextScope context(0);  // portable: any device's context registers for all
     check(d.cuMemHostRegister(host, n, gpu::detail::kHostRegisterPortable | gpu::detail::kHostRegisterDeviceMap),
           "registering " + format_bytes(n) + " of a Block with CUDA (cuMemHostRegister)");

@@ -13,9 +13,10 @@ namespace unimem::detail {
 // Block::make_gpu_visible, destroyed by the Block before it unmaps.
 class GpuRegistration {
  public:
-  // Backs every page of [base, base + bytes) and registers the range with all
-  // devices (portable, device-mapped), in chunks of at most kMaxChunk, using
-  // `threads` threads (0: chosen from the size). Throws Error(no_cuda_driver,
+  // Backs every page of [base, base + bytes) using `threads` threads (0:
+  // chosen from the size), then registers the range with all devices
+  // (portable, device-mapped) in chunks of at most kMaxChunk. A host-to-device
+  // copy must not span two chunks (CUDA's rule for registered memory). Throws Error(no_cuda_driver,
   // no_cuda_device, cuda, out_of_memory); on throw nothing stays registered.
   static std::unique_ptr<GpuRegistration> create(std::byte* base, std::size_t bytes, unsigned threads);
 
