@@ -150,6 +150,26 @@ TEST(Block, WarmBacksEveryPageWithSeveralThreads) {
   }
 }
 
+TEST(Block, PrivateBlocksHaveNoHandleAndMayGetHugePages) {
+  BlockOptions o;
+  o.shareable = false;
+  o.huge_pages = true;
+  o.backing = Backing::warm;
+  Block b = Block::open(16 * MiB + 1, o);
+  EXPECT_EQ(b.size(), 16 * MiB + Block::page_size());
+  EXPECT_EQ(b.handle(), -1);
+  EXPECT_EQ(b.id(), 0u);
+  EXPECT_TRUE(b.pinned());
+  EXPECT_EQ(testing::unimem_mappings(), 0) << "a private Block has no memfd";
+  for (std::byte x : b.bytes()) ASSERT_EQ(x, std::byte{0});
+  b.as_u16_mut()[12345] = 7;
+  EXPECT_EQ(b.as_u16()[12345], 7);
+  const std::size_t huge = b.huge_page_bytes();
+  EXPECT_LE(huge, b.size());
+  EXPECT_EQ(huge % (2 * MiB), 0u);
+  std::printf("private Block: %zu of %zu bytes in huge pages\n", huge, b.size());
+}
+
 TEST(Block, MoveTransfersOwnershipAndAssignmentReleasesTheOld) {
   Block a = Block::open(MiB);
   std::byte* data = a.data();

@@ -12,7 +12,7 @@
 namespace unimem::detail {
 
 // The thread count used for `bytes` when the caller asks for 0: one thread
-// per 64 MiB, at most the hardware's. Never throws.
+// per 4 MiB, at most the hardware's. Never throws.
 unsigned default_threads(std::size_t bytes) noexcept;
 
 // Calls work(begin, end) for consecutive slices covering [0, bytes), on up to

@@ -44,7 +44,8 @@ using NativeHandle = int;  // memfd file descriptor, owned by the Block
 #endif
 
 // Identifies a Block's pages machine-wide while any handle to them is open.
-// Linux: the memfd's inode number. Apple: the IOSurfaceID.
+// Linux: the memfd's inode number. Apple: the IOSurfaceID. 0 for a Block that
+// is not shareable.
 using BlockId = std::uint64_t;
 
 enum class Backing {
@@ -67,13 +68,17 @@ struct BlockOptions {
   Pinning pinning = Pinning::pinned;
   // Visibility::gpus implies every page is backed at open (Backing::warm).
   Visibility visibility = Visibility::host;
-  // Ask the kernel for transparent huge pages (fewer faults, faster GPU
-  // registration). Linux gives memfd pages huge pages only where
-  // /sys/kernel/mm/transparent_hugepage/shmem_enabled allows; huge_page_bytes()
-  // tells what was obtained.
+  // Shareable Blocks are backed by an object other processes can map (Linux:
+  // a memfd). false gives process-private memory: handle() is -1 and id() 0,
+  // but transparent huge pages become available where shmem gets none.
+  bool shareable = true;
+  // Ask the kernel for transparent huge pages: fewer faults, faster backing
+  // and GPU registration. Linux gives shareable (memfd) pages huge pages only
+  // where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows, private
+  // pages where .../enabled allows; huge_page_bytes() tells what was obtained.
   bool huge_pages = false;
   // Threads used to back pages (Backing::warm, Visibility::gpus). 0 picks from
-  // the size and the machine: one thread per 64 MiB, at most one per core.
+  // the size and the machine: one thread per 4 MiB, at most one per core.
   unsigned warm_threads = 0;
 };
 
@@ -131,8 +136,9 @@ class Block {
   std::span<const std::uint16_t> as_u16() const noexcept { return view<const std::uint16_t>(); }
   std::span<std::uint16_t> as_u16_mut() const noexcept { return view<std::uint16_t>(); }
 
-  // The shareable object behind the pages (see NativeHandle). Owned by the
-  // Block: duplicate it (dup) to keep it past the Block's life.
+  // The shareable object behind the pages (see NativeHandle); -1 (nullptr on
+  // Apple) for a Block opened with shareable = false. Owned by the Block:
+  // duplicate it (dup) to keep it past the Block's life.
   NativeHandle handle() const noexcept { return region_.handle; }
   BlockId id() const noexcept { return region_.id; }
 

@@ -77,6 +77,7 @@ void bench_pin(std::size_t bytes, int reps, const char* label) {
     {
       unimem::BlockOptions o;
       o.visibility = unimem::Visibility::gpus;
+      o.shareable = false;
       o.huge_pages = true;
       auto t = Clock::now();
       unimem::Block b = unimem::Block::open(bytes, o);
@@ -103,8 +104,9 @@ void bench_pin(std::size_t bytes, int reps, const char* label) {
   add(g, "cudaMallocHost", median(malloc_host_t), false);
   add(g, "Block::open(gpus)", median(block_t), false, "cudaHostAlloc(portable|mapped)");
   add(g, "Block::open(gpus) vs cudaMallocHost", median(block_t), false, "cudaMallocHost");
-  add(g, "Block::open(gpus, huge_pages) [" + std::to_string(huge_bytes >> 20) + " MiB huge]", median(huge_t), false,
-      "cudaHostAlloc(portable|mapped)");
+  const std::string huge = "Block::open(gpus, private, huge_pages) [" + std::to_string(huge_bytes >> 20) + " MiB huge]";
+  add(g, huge, median(huge_t), false, "cudaHostAlloc(portable|mapped)");
+  add(g, huge + " vs cudaMallocHost", median(huge_t), false, "cudaMallocHost");
 }
 
 // Where the time of a pinned, GPU-visible allocation goes, for three kinds of
