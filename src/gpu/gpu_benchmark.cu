@@ -269,37 +269,35 @@ void bench_copy(std::size_t bytes) {
 
 // ---- CPU bandwidth -----------------------------------------------------------
 
-double cpu_pass(void* p, std::size_t bytes, unsigned threads, bool write, int reps) {
-  std::vector<double> t;
+// One pass over [p, p + bytes) by `threads` threads; returns seconds.
+double cpu_pass(void* p, std::size_t bytes, unsigned threads, bool write, std::uint64_t salt) {
   std::vector<std::uint64_t> sums(threads * 8);
-  for (int r = 0; r < reps + 1; ++r) {
-    auto start = Clock::now();
-    std::vector<std::thread> pool;
-    for (unsigned k = 0; k < threads; ++k) {
-      pool.emplace_back([=, &sums] {
-        const std::size_t words = bytes / 8, per = words / threads;
-        auto* w = static_cast<std::uint64_t*>(p) + k * per;
-        if (write) {
-          const std::uint64_t v = 0x0101010101010101ull * (r + 1);
-          for (std::size_t i = 0; i < per; ++i) w[i] = v;
-        } else {
-          std::uint64_t a = 0, b = 0, c = 0, d = 0;
-          for (std::size_t i = 0; i + 4 <= per; i += 4) {
-            a += w[i];
-            b ^= w[i + 1];
-            c += w[i + 2];
-            d ^= w[i + 3];
-          }
-          sums[k * 8] = a + b + c + d;
+  auto start = Clock::now();
+  std::vector<std::thread> pool;
+  for (unsigned k = 0; k < threads; ++k) {
+    pool.emplace_back([=, &sums] {
+      const std::size_t per = bytes / 8 / threads;
+      auto* w = static_cast<std::uint64_t*>(p) + k * per;
+      if (write) {
+        const std::uint64_t v = 0x0101010101010101ull * (salt % 255 + 1);
+        for (std::size_t i = 0; i < per; ++i) w[i] = v;
+      } else {
+        std::uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (std::size_t i = 0; i + 4 <= per; i += 4) {
+          a += w[i];
+          b ^= w[i + 1];
+          c += w[i + 2];
+          d ^= w[i + 3];
         }
-      });
-    }
-    for (auto& th : pool) th.join();
-    if (r > 0) t.push_back(seconds_since(start));  // first pass is warm-up
+        sums[k * 8] = a + b + c + d;
+      }
+    });
   }
-  return bytes / 1e9 / median(t);
+  for (auto& th : pool) th.join();
+  return seconds_since(start);
 }
 
+// Block and malloc passes alternate, so drift in the machine hits both alike.
 void bench_cpu(std::size_t bytes) {
   unimem::BlockOptions o;
   o.visibility = unimem::Visibility::gpus;
@@ -309,11 +307,21 @@ void bench_cpu(std::size_t bytes) {
   fill_pattern(heap, bytes);
   const unsigned all = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned threads : {1u, all}) {
-    const std::string t = std::to_string(threads) + "T";
-    add("cpu", "read malloc " + t, cpu_pass(heap, bytes, threads, false, 5), true);
-    add("cpu", "read Block " + t, cpu_pass(block.data(), bytes, threads, false, 5), true, "read malloc " + t);
-    add("cpu", "write malloc " + t, cpu_pass(heap, bytes, threads, true, 5), true);
-    add("cpu", "write Block " + t, cpu_pass(block.data(), bytes, threads, true, 5), true, "write malloc " + t);
+    for (bool write : {false, true}) {
+      std::vector<double> heap_t, block_t;
+      for (int r = 0; r < 12; ++r) {
+        const double h = cpu_pass(heap, bytes, threads, write, r);
+        const double b = cpu_pass(block.data(), bytes, threads, write, r);
+        if (r > 0) {  // the first round warms caches and TLBs
+          heap_t.push_back(h);
+          block_t.push_back(b);
+        }
+      }
+      const std::string what = std::string(write ? "write " : "read ");
+      const std::string t = " " + std::to_string(threads) + "T";
+      add("cpu", what + "malloc" + t, bytes / 1e9 / median(heap_t), true);
+      add("cpu", what + "Block" + t, bytes / 1e9 / median(block_t), true, what + "malloc" + t);
+    }
   }
   std::free(heap);
 }
