@@ -1,4 +1,5 @@
-// src/tape.cpp — Tape: one atomic cursor, advanced by compare-exchange.
+// src/tape.cpp — Tape: one atomic cursor, advanced by compare-exchange, and
+// the slow paths of lanes (see the lane protocol in tape.hpp).
 //
 // The cursor is an offset into the Block. take() computes the aligned address
 // from the real address (so alignments larger than a page work), checks the
@@ -43,7 +44,7 @@ Tape::~Tape() {
   detail::unpoison(block_.data(), block_.size());
 }
 
-Taken Tape::take(std::size_t size, std::size_t align) noexcept {
+Taken Tape::reserve(std::size_t size, std::size_t align) noexcept {
   if (align == 0 || (align & (align - 1)) != 0) return {nullptr, TakeStatus::invalid_align};
   const std::size_t capacity = block_.size();
   if (size == 0 || size > capacity) return {nullptr, TakeStatus::invalid_size};
@@ -57,16 +58,46 @@ Taken Tape::take(std::size_t size, std::size_t align) noexcept {
     if (offset > capacity || size > capacity - offset) return {nullptr, TakeStatus::full};
     if (cursor_.compare_exchange_weak(cursor, offset + size, std::memory_order_acq_rel,
                                       std::memory_order_acquire)) {
-      std::byte* p = block_.data() + offset;
-      detail::unpoison(p, size);
-      return {p, TakeStatus::ok};
+      return {block_.data() + offset, TakeStatus::ok};
     }
   }
 }
 
+Taken Tape::take(std::size_t size, std::size_t align) noexcept {
+  Taken t = reserve(size, align);
+  if (t) detail::unpoison(t.ptr, size);
+  return t;
+}
+
 void Tape::clear() noexcept {
-  cursor_.store(0, std::memory_order_release);
+  // Order matters (see the lane protocol in tape.hpp): a lane that sees the
+  // new epoch must also see the rewound cursor.
+  cursor_.store(0, std::memory_order_relaxed);
+  epoch_.fetch_add(1, std::memory_order_release);
   detail::poison(block_.data(), block_.size());
+}
+
+Taken Tape::Lane::hand_out(std::byte* p, std::size_t size) noexcept {
+  detail::unpoison(p, size);
+  return {p, TakeStatus::ok};
+}
+
+Taken Tape::Lane::take_slow(std::size_t size, std::size_t align) noexcept {
+  // A large request would waste most of a chunk: serve it from the cursor.
+  if (size > chunk_ / 2 || align > chunk_ / 2) return tape_->take(size, align);
+  for (;;) {
+    const std::uint64_t epoch = tape_->epoch_.load(std::memory_order_acquire);
+    const Taken chunk = tape_->reserve(chunk_, 64);
+    if (!chunk) return tape_->take(size, align);  // no room for a chunk; the request may still fit
+    if (tape_->epoch_.load(std::memory_order_acquire) != epoch) continue;  // may predate a clear
+    next_ = reinterpret_cast<std::uintptr_t>(chunk.ptr);
+    end_ = next_ + chunk_;
+    epoch_ = epoch;
+    // Fits: the chunk is at least twice the request and twice the alignment.
+    const std::uintptr_t p = (next_ + (align - 1)) & ~(std::uintptr_t{align} - 1);
+    next_ = p + size;
+    return hand_out(reinterpret_cast<std::byte*>(p), size);
+  }
 }
 
 }  // namespace unimem

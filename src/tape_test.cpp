@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -253,7 +254,169 @@ TEST(TapeStress, ClearRacingWithTakesKeepsTheTapeConsistent) {
   EXPECT_GT(taken.load(), 0);
 }
 
+TEST(TapeLane, TakesFromAReservedChunkWithPlainArithmetic) {
+  Tape t = Tape::start(MiB);
+  Tape::Lane lane(t, 4096);
+  EXPECT_EQ(lane.chunk_bytes(), 4096u);
+  Taken a = lane.take(100, 64);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(t.used(), 4096u) << "the first take reserves one chunk";
+  Taken b = lane.take(100, 64);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b.ptr, a.ptr + 128);
+  EXPECT_EQ(t.used(), 4096u) << "later takes do not touch the Tape";
+  EXPECT_TRUE(aligned(b.ptr, 64));
+  // The shared take continues after the lane's chunk.
+  Taken shared = t.take(10, 1);
+  ASSERT_TRUE(shared);
+  EXPECT_GE(shared.ptr, a.ptr + 4096);
+  std::span<double> d = lane.take<double>(5);
+  ASSERT_EQ(d.size(), 5u);
+  EXPECT_TRUE(t.owns(d.data()));
+}
+
+TEST(TapeLane, RejectsBadArgumentsLikeTheTape) {
+  Tape t = Tape::start(8192);
+  Tape::Lane lane(t);
+  EXPECT_EQ(lane.take(8, 0).status, TakeStatus::invalid_align);
+  EXPECT_EQ(lane.take(8, 24).status, TakeStatus::invalid_align);
+  EXPECT_EQ(lane.take(0, 8).status, TakeStatus::invalid_size);
+  EXPECT_EQ(lane.take(t.total() + 1, 8).status, TakeStatus::invalid_size);
+  EXPECT_EQ(lane.take(SIZE_MAX, 8).status, TakeStatus::invalid_size);
+  EXPECT_EQ(t.used(), 0u);
+  EXPECT_TRUE(lane.take<float>(0).empty());
+}
+
+TEST(TapeLane, LargeRequestsAndAFullTapeFallBackToTheCursor) {
+  Tape t = Tape::start(16384);
+  Tape::Lane lane(t, 4096);
+  Taken big = lane.take(3000, 64);  // more than half a chunk
+  ASSERT_TRUE(big);
+  EXPECT_EQ(t.used(), 3000u);
+  ASSERT_TRUE(t.take(16384 - 3000 - 100, 1));  // leave 100 bytes: no room for a chunk
+  Taken small = lane.take(50, 1);
+  ASSERT_TRUE(small) << "a request that fits is served even when a chunk does not";
+  EXPECT_EQ(lane.take(200, 1).status, TakeStatus::full);
+}
+
+TEST(TapeLane, ClearInvalidatesEveryLane) {
+  Tape t = Tape::start(MiB);
+  Tape::Lane one(t, 4096), two(t, 4096);
+  ASSERT_TRUE(one.take(64, 64));
+  ASSERT_TRUE(two.take(64, 64));
+  EXPECT_EQ(t.used(), 8192u);
+  t.clear();
+  // After clear, a lane never continues in its old chunk: the first lane to
+  // take gets the start of the Tape, the second the chunk after it.
+  Taken b = two.take(64, 64);
+  Taken a = one.take(64, 64);
+  EXPECT_EQ(b.ptr, t.block().data());
+  EXPECT_EQ(a.ptr, t.block().data() + 4096);
+  EXPECT_EQ(t.used(), 8192u);
+}
+
+// Lanes on several threads take while another thread clears. A take that
+// starts after a clear returned and ends before the next clear starts is
+// "clean"; clean pieces of the same generation must never overlap. A lane that
+// kept handing out its pre-clear chunk would overlap fresh pieces.
+TEST(TapeLaneStress, NoLaneHandsOutMemoryFromBeforeAClear) {
+  constexpr int kThreads = 4;
+  Tape t = Tape::start(4 * MiB);
+  std::atomic<std::uint64_t> seq{0};  // odd while a clear runs
+  std::atomic<bool> stop{false};
+  struct Piece {
+    std::uint64_t generation;
+    std::byte* p;
+    std::size_t n;
+  };
+  std::vector<std::vector<Piece>> pieces(kThreads);
+  std::vector<std::thread> threads;
+  for (int id = 0; id < kThreads; ++id) {
+    threads.emplace_back([&, id] {
+      Tape::Lane lane(t, 1024 * (id + 1));
+      std::mt19937 rng(id);
+      while (!stop.load(std::memory_order_relaxed)) {
+        const std::uint64_t before = seq.load(std::memory_order_acquire);
+        const std::size_t n = 1 + rng() % 300;
+        Taken r = lane.take(n, std::size_t{1} << (rng() % 7));
+        const std::uint64_t after = seq.load(std::memory_order_acquire);
+        if (r && before == after && before % 2 == 0 && pieces[id].size() < 200000) {
+          pieces[id].push_back({before, r.ptr, n});
+        }
+      }
+    });
+  }
+  for (int i = 0; i < 300; ++i) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    seq.fetch_add(1, std::memory_order_acq_rel);
+    t.clear();
+    seq.fetch_add(1, std::memory_order_acq_rel);
+  }
+  stop = true;
+  for (auto& th : threads) th.join();
+
+  std::vector<Piece> all;
+  for (auto& v : pieces) all.insert(all.end(), v.begin(), v.end());
+  ASSERT_GT(all.size(), 1000u);
+  std::sort(all.begin(), all.end(), [](const Piece& a, const Piece& b) {
+    return a.generation != b.generation ? a.generation < b.generation : a.p < b.p;
+  });
+  std::size_t generations = 1;
+  for (std::size_t i = 1; i < all.size(); ++i) {
+    if (all[i].generation != all[i - 1].generation) {
+      ++generations;
+      continue;
+    }
+    ASSERT_LE(all[i - 1].p + all[i - 1].n, all[i].p) << "two pieces of generation " << all[i].generation << " overlap";
+  }
+  EXPECT_GT(generations, 10u);
+}
+
+// Lanes and shared takes together, run to full: every piece disjoint.
+TEST(TapeLaneStress, LanesAndSharedTakesNeverOverlap) {
+  constexpr int kThreads = 6;
+  Tape t = Tape::start(8 * MiB);
+  std::vector<std::vector<std::pair<std::byte*, std::size_t>>> pieces(kThreads);
+  std::vector<std::thread> threads;
+  for (int id = 0; id < kThreads; ++id) {
+    threads.emplace_back([&, id] {
+      Tape::Lane lane(t, 8192);
+      std::mt19937 rng(id);
+      for (;;) {
+        const std::size_t n = 1 + rng() % 500;
+        Taken r = (id % 3 == 0) ? t.take(n, 16) : lane.take(n, 16);
+        if (!r) break;
+        std::memset(r.ptr, id + 1, n);
+        pieces[id].emplace_back(r.ptr, n);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  std::vector<std::pair<std::byte*, std::size_t>> all;
+  for (int id = 0; id < kThreads; ++id) {
+    for (auto [p, n] : pieces[id]) {
+      for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(p[i], std::byte(id + 1)) << "overwritten";
+      all.emplace_back(p, n);
+    }
+  }
+  std::sort(all.begin(), all.end());
+  for (std::size_t i = 1; i < all.size(); ++i) {
+    ASSERT_LE(all[i - 1].first + all[i - 1].second, all[i].first) << "overlap";
+  }
+}
+
 #if defined(UNIMEM_ASAN)
+TEST(TapeAsan, LanesUnpoisonOnlyWhatTheyHandOut) {
+  Tape t = Tape::start(MiB);
+  Tape::Lane lane(t, 4096);
+  Taken r = lane.take(40, 64);
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(__asan_address_is_poisoned(r.ptr + 39));
+  EXPECT_TRUE(__asan_address_is_poisoned(r.ptr + 64)) << "the rest of the chunk stays poisoned";
+  t.clear();
+  EXPECT_TRUE(__asan_address_is_poisoned(r.ptr));
+}
+
 TEST(TapeAsan, OnlyTakenBytesAreAddressable) {
   Tape t = Tape::start(4096);
   EXPECT_TRUE(__asan_address_is_poisoned(t.block().data()));

@@ -5,13 +5,35 @@
 // ends together (a token's activations, a conversation's KV entries) lives on
 // one Tape and is released in O(1).
 //
-// Thread safety: take(), clear() and every observer may be called from any
-// number of threads at once; take() never hands out the same byte twice
-// between two clears. clear() only rewinds the cursor: the caller must make
-// sure nobody still uses memory taken before the clear (in AddressSanitizer
-// builds such uses are reported). A clear() happens-before every take() that
-// observes it, so memory reused after a clear() needs no further fence.
-// Moving or destroying a Tape must not race with any other use of it.
+// Two ways to take:
+//   tape.take(size, align)   shared: one compare-exchange on the Tape's cursor
+//                            per take; any thread, no setup.
+//   Tape::Lane lane(tape);   per owner (usually per thread): reserves a chunk
+//   lane.take(size, align)   of the Tape with one atomic operation, then hands
+//                            out memory from it with plain arithmetic. On x86
+//                            a locked instruction costs as much as a whole
+//                            malloc+free, so this is the fast path.
+//
+// Thread safety: Tape::take(), clear() and every observer may be called from
+// any number of threads at once; no byte is handed out twice between two
+// clears, by any mix of shared takes and lanes. clear() only rewinds: the
+// caller must make sure nobody still uses memory taken before the clear (in
+// AddressSanitizer builds such uses are reported). A take() that races with a
+// clear() may return memory from before it, which is then already released.
+// A clear() happens-before every take() that observes it, so memory reused
+// after a clear() needs no further fence. Moving or destroying a Tape must not
+// race with any other use of it, and invalidates its Lanes.
+//
+// Lane protocol (how clear() invalidates lanes it never touches): the Tape
+// keeps an epoch beside its cursor. clear() stores 0 to the cursor, then
+// increments the epoch (release). A lane remembers the epoch its chunk was
+// reserved in and checks it (one acquire load of a line that only clear()
+// writes, so it stays in every core's cache) before each take; on a mismatch
+// it reserves a new chunk. A reservation reads the epoch before and after
+// taking its chunk from the cursor and keeps the chunk only if both reads
+// agree; otherwise the chunk may predate the clear and is dropped. Hence, once
+// clear() returns, every lane's next take sees the new epoch and hands out
+// only memory reserved after the clear.
 #pragma once
 
 #include <atomic>
@@ -74,10 +96,14 @@ class Tape {
     return {reinterpret_cast<T*>(t.ptr), count};
   }
 
-  // Rewinds to empty in O(1); touches no memory. Never throws.
+  // Rewinds to empty in O(1) and invalidates every Lane; touches no memory.
+  // Never throws.
   void clear() noexcept;
 
-  // Bytes handed out since the last clear, alignment padding included.
+  class Lane;
+
+  // Bytes handed out since the last clear, alignment padding and the unused
+  // rest of lanes' chunks included.
   std::size_t used() const noexcept { return cursor_.load(std::memory_order_relaxed); }
   std::size_t free() const noexcept { return total() - used(); }
   std::size_t total() const noexcept { return block_.size(); }
@@ -86,8 +112,65 @@ class Tape {
   const Block& block() const noexcept { return block_; }
 
  private:
+  // Moves the cursor past `size` bytes at `align`; no ASan unpoisoning.
+  Taken reserve(std::size_t size, std::size_t align) noexcept;
+
   Block block_;
-  std::atomic<std::size_t> cursor_{0};  // offset of the first free byte
+  // The cursor is written by every shared take and lane refill; the epoch only
+  // by clear(). Separate lines keep lanes' epoch checks from missing the cache.
+  alignas(64) std::atomic<std::size_t> cursor_{0};  // offset of the first free byte
+  alignas(64) std::atomic<std::uint64_t> epoch_{0};  // number of clears so far
+};
+
+// A private allocation front for one owner (one thread at a time) over a Tape.
+// Not thread-safe itself: give each thread its own Lane. A Lane must not
+// outlive its Tape, nor be used after the Tape is moved.
+class Tape::Lane {
+ public:
+  static constexpr std::size_t kDefaultChunk = std::size_t{64} << 10;
+
+  // A lane over `tape` that reserves `chunk_bytes` (rounded up to a multiple
+  // of 64, at least 64) at a time. Reserves nothing until the first take.
+  explicit Lane(Tape& tape, std::size_t chunk_bytes = kDefaultChunk) noexcept
+      : tape_(&tape), chunk_(chunk_bytes < 64 ? 64 : (chunk_bytes + 63) / 64 * 64) {}
+
+  // As Tape::take. Requests larger than half a chunk go to the shared cursor
+  // directly. Never throws.
+  Taken take(std::size_t size, std::size_t align = alignof(std::max_align_t)) noexcept {
+    if (align == 0 || (align & (align - 1)) != 0) return {nullptr, TakeStatus::invalid_align};
+    if (size == 0 || size > tape_->block_.size()) return {nullptr, TakeStatus::invalid_size};
+    if (tape_->epoch_.load(std::memory_order_acquire) == epoch_) {
+      const std::uintptr_t p = (next_ + (align - 1)) & ~(std::uintptr_t{align} - 1);
+      if (p >= next_ && p <= end_ && size <= end_ - p) {
+        next_ = p + size;
+        return hand_out(reinterpret_cast<std::byte*>(p), size);
+      }
+    }
+    return take_slow(size, align);
+  }
+
+  // As Tape::take<T>. Never throws.
+  template <class T>
+  std::span<T> take(std::size_t count) noexcept {
+    static_assert(std::is_trivially_destructible_v<T>, "a Tape never runs destructors");
+    if (count > SIZE_MAX / sizeof(T)) return {};
+    Taken t = take(count * sizeof(T), alignof(T));
+    if (!t) return {};
+    return {reinterpret_cast<T*>(t.ptr), count};
+  }
+
+  std::size_t chunk_bytes() const noexcept { return chunk_; }
+  Tape& tape() const noexcept { return *tape_; }
+
+ private:
+  Taken take_slow(std::size_t size, std::size_t align) noexcept;
+  static Taken hand_out(std::byte* p, std::size_t size) noexcept;
+
+  Tape* tape_;
+  std::size_t chunk_;
+  std::uintptr_t next_ = 0;  // [next_, end_) is what is left of the chunk
+  std::uintptr_t end_ = 0;
+  std::uint64_t epoch_ = ~std::uint64_t{0};  // the epoch the chunk belongs to; none yet
 };
 
 }  // namespace unimem
