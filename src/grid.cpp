@@ -1,18 +1,31 @@
-// src/grid.cpp — Grid: a Treiber stack of cell indices with an ABA tag.
+// src/grid.cpp — Grid's shared free list and lifetime.
 //
 // The free list is a stack of 32-bit indices whose head shares one 64-bit
 // word with a 32-bit tag bumped on every change, so a compare-exchange cannot
 // succeed against a head that was popped and pushed back in between (ABA).
-// The links live in a side array of atomics, not in the cells: a stale pop
-// may read the link of a cell that another thread already owns, and that
-// must not race with the owner's writes to the cell.
+// Cells move on and off it in batches (thread caches, src/grid_cache.cpp): a
+// batch pop walks up to N links from the head and swings the head past them
+// in one compare-exchange; if the head is unchanged (same tag), no push or pop
+// happened meanwhile, so the walked links were stable. The links live in a
+// side array of atomics, not in the cells: a stale walk may read the link of
+// a cell another thread now owns, and must not race with the owner's writes.
 //
-// Membership is checked by identity: a Cell remembers its GridCore, so a
-// cell from another grid is refused before any index is used, and a Cell
-// handle is emptied when given, so the same cell cannot go back twice.
+// Membership is checked by identity: a Cell remembers its GridCore, so a cell
+// from another grid is refused before any index is used, and a Cell handle is
+// emptied when given, so the same cell cannot go back twice.
+//
+// Lifetime: refs_ counts the Grid itself plus every cell not on the shared
+// list (out as a Cell, or in some thread's cache). The Grid's destructor
+// drops its reference; whoever brings refs_ to zero (the destructor, or the
+// last Cell or thread cache to come back) frees the core and its Block. Cells
+// that come back to an orphaned core only count down.
 #include "unimem/grid.hpp"
 
+#include <algorithm>
 #include <string>
+#include <thread>
+
+#include "grid_cache.hpp"
 
 namespace unimem::detail {
 namespace {
@@ -20,6 +33,8 @@ namespace {
 constexpr std::uint64_t pack(std::uint64_t tag, std::uint32_t index) { return (tag << 32) | index; }
 constexpr std::uint32_t index_of(std::uint64_t head) { return static_cast<std::uint32_t>(head); }
 constexpr std::uint64_t next_tag(std::uint64_t head) { return (head >> 32) + 1; }
+
+std::atomic<std::uint64_t> next_uid{1};
 
 [[noreturn]] void bad_size(const std::string& why) {
   throw Error(Errc::invalid_argument, 0, "unimem: cannot build a Grid: " + why);
@@ -38,41 +53,80 @@ Block open_cells(std::size_t cell_size, std::size_t cells, const BlockOptions& o
   return Block::open(cell_size * cells, options);
 }
 
+// Enough cached cells to amortise the shared list, few enough that caches on
+// every hardware thread hold at most an eighth of the grid.
+std::uint32_t choose_cache_cells(std::size_t cells) {
+  const std::size_t threads = std::max(1u, std::thread::hardware_concurrency());
+  const std::size_t n = std::min<std::size_t>(GridCore::kMaxCacheCells, cells / (8 * threads));
+  return n < 4 ? 0 : static_cast<std::uint32_t>(n & ~std::size_t{1});
+}
+
 }  // namespace
 
 GridCore::GridCore(std::size_t cell_size, std::size_t cells, const BlockOptions& options)
     : cell_size_(cell_size),
       cells_(cells),
+      cache_cells_(0),
+      uid_(next_uid.fetch_add(1, std::memory_order_relaxed)),
       block_(open_cells(cell_size, cells, options)),
       next_(new std::atomic<std::uint32_t>[cells]),
-      head_(pack(0, 0)) {
+      head_(pack(0, 0)),
+      refs_(1) {
+  cache_cells_ = choose_cache_cells(cells);
   // Hand cells out lowest index first: 0 -> 1 -> ... -> cells-1 -> none.
   for (std::size_t i = 0; i + 1 < cells; ++i) next_[i].store(static_cast<std::uint32_t>(i + 1), std::memory_order_relaxed);
   next_[cells - 1].store(kNone, std::memory_order_relaxed);
 }
 
-Cell GridCore::take() noexcept {
+Cell GridCore::make_cell(std::uint32_t index) noexcept {
+  return Cell(this, block_.data() + std::size_t{index} * cell_size_, index);
+}
+
+std::uint32_t GridCore::pop_batch(std::uint32_t* out, std::uint32_t max) noexcept {
   std::uint64_t head = head_.load(std::memory_order_acquire);
   for (;;) {
-    const std::uint32_t index = index_of(head);
-    if (index == kNone) return Cell();
-    const std::uint32_t next = next_[index].load(std::memory_order_relaxed);
-    if (head_.compare_exchange_weak(head, pack(next_tag(head), next), std::memory_order_acq_rel,
+    std::uint32_t n = 0;
+    std::uint32_t i = index_of(head);
+    while (i != kNone && n < max) {
+      out[n++] = i;
+      i = next_[i].load(std::memory_order_relaxed);
+    }
+    if (n == 0) return 0;
+    if (head_.compare_exchange_weak(head, pack(next_tag(head), i), std::memory_order_acq_rel,
                                     std::memory_order_acquire)) {
-      return Cell(this, block_.data() + std::size_t{index} * cell_size_, index);
+      refs_.fetch_add(n, std::memory_order_relaxed);
+      return n;
     }
   }
 }
 
-void GridCore::push(std::uint32_t index) noexcept {
+void GridCore::push_batch(const std::uint32_t* cells, std::uint32_t n) noexcept {
+  for (std::uint32_t k = 0; k + 1 < n; ++k) next_[cells[k]].store(cells[k + 1], std::memory_order_relaxed);
   std::uint64_t head = head_.load(std::memory_order_relaxed);
   for (;;) {
-    next_[index].store(index_of(head), std::memory_order_relaxed);
-    if (head_.compare_exchange_weak(head, pack(next_tag(head), index), std::memory_order_release,
+    next_[cells[n - 1]].store(index_of(head), std::memory_order_relaxed);
+    if (head_.compare_exchange_weak(head, pack(next_tag(head), cells[0]), std::memory_order_release,
                                     std::memory_order_relaxed)) {
       return;
     }
   }
+}
+
+void GridCore::release_refs(std::size_t n) noexcept {
+  if (refs_.fetch_sub(n, std::memory_order_acq_rel) == n) delete this;
+}
+
+void GridCore::flush(const std::uint32_t* cells, std::uint32_t n) noexcept {
+  if (n == 0) return;
+  // Once orphaned nobody takes again: the cells need not be listed.
+  if (!orphaned_.load(std::memory_order_acquire)) push_batch(cells, n);
+  release_refs(n);  // last access: may free this core
+}
+
+Cell GridCore::take() noexcept {
+  if (cache_cells_ != 0) return grid_cache::take(*this);
+  std::uint32_t index;
+  return pop_batch(&index, 1) ? make_cell(index) : Cell();
 }
 
 GiveStatus GridCore::give(Cell& cell) noexcept {
@@ -83,27 +137,14 @@ GiveStatus GridCore::give(Cell& cell) noexcept {
 }
 
 void GridCore::give_back(std::uint32_t index) noexcept {
-  if (orphaned_.load(std::memory_order_acquire)) {
-    // The Grid is gone: nobody takes again, so the cell need not be listed.
-    if (outstanding_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-    return;
-  }
-  push(index);
+  if (cache_cells_ != 0 && grid_cache::give(*this, index)) return;
+  flush(&index, 1);
 }
 
 void GridCore::release_owner() noexcept {
-  // No take/give runs concurrently (the Grid's contract), so the list is still.
-  std::size_t free_cells = 0;
-  for (std::uint32_t i = index_of(head_.load(std::memory_order_acquire)); i != kNone;
-       i = next_[i].load(std::memory_order_relaxed)) {
-    ++free_cells;
-  }
-  if (free_cells == cells_) {
-    delete this;
-    return;
-  }
-  outstanding_.store(cells_ - free_cells, std::memory_order_relaxed);
   orphaned_.store(true, std::memory_order_release);
+  if (cache_cells_ != 0) grid_cache::drop(*this);  // this thread's cached cells
+  release_refs(1);
 }
 
 }  // namespace unimem::detail

@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <set>
 #include <thread>
@@ -170,6 +173,154 @@ TEST(Grid, DestroyedWithEveryCellHomeFreesAtOnce) {
     fd = grid.block().handle();
     Cell c = grid.take();
   }
+  EXPECT_FALSE(testing::fd_is_open(fd));
+}
+
+// A grid large enough that every thread gets a full cache.
+std::size_t cached_grid_cells() { return 8 * std::max(1u, std::thread::hardware_concurrency()) * 32; }
+
+// Blocks a thread until released, so a test can act while it is alive.
+struct Gate {
+  std::atomic<bool> open{false};
+  void wait() const {
+    while (!open.load()) std::this_thread::yield();
+  }
+};
+
+TEST(GridCache, ThreadsCacheCellsAndReturnThemWhenTheyExit) {
+  Grid<> grid(64, cached_grid_cells());
+  const std::size_t n = grid.cells();
+  ASSERT_GT(grid.cache_cells(), 0u);
+  Gate cached, release;
+  std::thread worker([&] {
+    Cell c = grid.take();
+    ASSERT_TRUE(c);
+    c.reset();  // back into this thread's cache
+    cached.open = true;
+    release.wait();
+  });
+  cached.wait();
+  std::vector<Cell> mine;
+  for (Cell c = grid.take(); c; c = grid.take()) mine.push_back(std::move(c));
+  EXPECT_LT(mine.size(), n) << "the worker's cache holds some free cells";
+  EXPECT_GE(mine.size(), n - grid.cache_cells());
+  mine.clear();
+  release.open = true;
+  worker.join();  // its cache flushes on exit
+  for (Cell c = grid.take(); c; c = grid.take()) mine.push_back(std::move(c));
+  EXPECT_EQ(mine.size(), n) << "every cell is back after the worker exited";
+}
+
+TEST(GridCache, GridDestroyedWhileAnotherThreadCachesItsCells) {
+  int fd;
+  Gate cached, destroyed;
+  std::thread worker;
+  {
+    Grid<> grid(64, cached_grid_cells());
+    fd = grid.block().handle();
+    worker = std::thread([&] {
+      for (int i = 0; i < 3; ++i) grid.take().reset();
+      cached.open = true;
+      destroyed.wait();
+      // The grid is gone; this thread's cache still holds its cells, and
+      // using another grid must not disturb them.
+      Grid<> other(64, cached_grid_cells());
+      Cell c = other.take();
+      EXPECT_TRUE(c);
+    });
+    cached.wait();
+  }
+  EXPECT_TRUE(testing::fd_is_open(fd)) << "cells cached by a live thread keep the Block alive";
+  destroyed.open = true;
+  worker.join();
+  EXPECT_FALSE(testing::fd_is_open(fd)) << "the last cached cells freed the grid";
+}
+
+TEST(GridCache, CellOutlivingItsGridIsReturnedFromAnotherThread) {
+  int fd;
+  Cell survivor;
+  {
+    Grid<> grid(64, cached_grid_cells());
+    fd = grid.block().handle();
+    survivor = grid.take();
+    grid.take().reset();  // and some cached on this thread
+  }
+  EXPECT_TRUE(testing::fd_is_open(fd));
+  std::thread([&] { survivor.reset(); }).join();
+  EXPECT_FALSE(testing::fd_is_open(fd));
+}
+
+TEST(GridCache, ManyGridsPerThreadStayCorrect) {
+  // More grids than a thread caches at once: entries are recycled.
+  std::vector<Grid<>> grids;
+  for (int g = 0; g < 7; ++g) grids.emplace_back(64, cached_grid_cells());
+  for (int round = 0; round < 50; ++round) {
+    for (auto& grid : grids) {
+      Cell c = grid.take();
+      ASSERT_TRUE(c);
+      ASSERT_TRUE(grid.block().contains(c.data()));
+    }
+  }
+  for (auto& grid : grids) {
+    std::size_t n = 0;
+    std::vector<Cell> all;
+    for (Cell c = grid.take(); c; c = grid.take()) all.push_back(std::move(c));
+    n = all.size();
+    EXPECT_EQ(n, grid.cells());
+  }
+}
+
+// Waves of short-lived threads take and give; each exit flushes its cache.
+// The last wave exits while the grid is being destroyed.
+TEST(GridCacheStress, ThreadsThatExitReturnEverything) {
+  const std::size_t cells = cached_grid_cells();
+  int fd;
+  {
+    Grid<> grid(64, cells);
+    fd = grid.block().handle();
+    std::vector<std::atomic<int>> out(cells);
+    for (int wave = 0; wave < 20; ++wave) {
+      std::vector<std::thread> threads;
+      for (int id = 0; id < 4; ++id) {
+        threads.emplace_back([&, id, wave] {
+          std::mt19937 rng(wave * 10 + id);
+          std::vector<Cell> held;
+          for (int i = 0; i < 2000; ++i) {
+            if (held.size() < 8 && (rng() & 1)) {
+              Cell c = grid.take();
+              if (!c) continue;
+              ASSERT_EQ(out[c.index()].exchange(1), 0) << "cell out twice";
+              held.push_back(std::move(c));
+            } else if (!held.empty()) {
+              out[held.back().index()].store(0);
+              held.pop_back();
+            }
+          }
+          for (Cell& c : held) out[c.index()].store(0);
+        });
+      }
+      for (auto& t : threads) t.join();
+    }
+    std::vector<Cell> all;
+    for (Cell c = grid.take(); c; c = grid.take()) all.push_back(std::move(c));
+    EXPECT_EQ(all.size(), cells);
+    all.clear();
+
+    // Threads caching cells exit while the grid is destroyed. They touch the
+    // grid only before `ready`; their exit flushes race with the destructor.
+    auto ready = std::make_shared<std::atomic<int>>(0);
+    auto go = std::make_shared<std::atomic<bool>>(false);
+    for (int id = 0; id < 4; ++id) {
+      std::thread([&grid, ready, go] {
+        for (int i = 0; i < 100; ++i) grid.take().reset();
+        ready->fetch_add(1);
+        while (!go->load()) std::this_thread::yield();
+      }).detach();
+    }
+    while (ready->load() < 4) std::this_thread::yield();
+    go->store(true);
+  }
+  for (int i = 0; i < 1000 && testing::fd_is_open(fd); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_FALSE(testing::fd_is_open(fd));
 }
 

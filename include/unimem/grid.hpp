@@ -13,9 +13,18 @@
 // before it is given back happen-before the next take() that returns it.
 // A Cell may be moved to and destroyed on any thread.
 //
-// Lifetime: a Grid may be destroyed while Cells are still out. Their memory
-// stays valid, and the Grid's Block is released when the last of them is
-// destroyed. Destroying or moving a Grid must not race with its take()/give()
+// Thread caches: each thread keeps up to cache_cells() free cells of a Grid in
+// a private cache in front of the shared lock-free list, moving them to and
+// from the list in batches; a take/give pair on one thread then touches no
+// shared cache line. So take() may come back empty while other threads'
+// caches still hold free cells (at most cache_cells() per thread; grids too
+// small to afford that have no caches). A thread's cached cells go back to
+// their grid when it exits. Caches cover up to 4 grids per thread at a time.
+//
+// Lifetime: a Grid may be destroyed while Cells are still out or cached by
+// other threads. Their memory stays valid, and the Grid's Block is released
+// when the last of them has come back (a Cell destroyed, a thread exited).
+// Destroying or moving a Grid must not race with its take()/give()
 // (destroying or resetting a Cell is a give).
 #pragma once
 
@@ -101,6 +110,8 @@ namespace detail {
 // The size-agnostic implementation behind every Grid<...>. Internal.
 class GridCore {
  public:
+  static constexpr std::uint32_t kMaxCacheCells = 32;
+
   // Throws Error(invalid_argument) for bad sizes, and Block::open's errors.
   GridCore(std::size_t cell_size, std::size_t cells, const BlockOptions& options);
   GridCore(const GridCore&) = delete;
@@ -111,25 +122,43 @@ class GridCore {
   // Called by a Cell returning home. Never throws.
   void give_back(std::uint32_t index) noexcept;
   // Called by the owning Grid's destructor: frees the core now, or when the
-  // last Cell out comes back.
+  // last cell out or cached comes back.
   void release_owner() noexcept;
+
+  // The shared list, for thread caches (src/grid_cache.cpp). pop_batch takes
+  // up to `max` cells; flush returns `n` cells and may free the core (when
+  // orphaned and they were the last ones out), so the caller must not touch
+  // the core after it.
+  std::uint32_t pop_batch(std::uint32_t* out, std::uint32_t max) noexcept;
+  void flush(const std::uint32_t* cells, std::uint32_t n) noexcept;
+  Cell make_cell(std::uint32_t index) noexcept;
 
   std::size_t cell_size() const noexcept { return cell_size_; }
   std::size_t cells() const noexcept { return cells_; }
+  std::uint32_t cache_cells() const noexcept { return cache_cells_; }
+  std::uint64_t uid() const noexcept { return uid_; }
+  bool orphaned() const noexcept { return orphaned_.load(std::memory_order_acquire); }
   const Block& block() const noexcept { return block_; }
 
  private:
   ~GridCore() = default;
   static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
-  void push(std::uint32_t index) noexcept;
 
+  void push_batch(const std::uint32_t* cells, std::uint32_t n) noexcept;
+  void release_refs(std::size_t n) noexcept;
+
+  // Read on every take/give; written once (orphaned_ at most once).
   std::size_t cell_size_;
   std::size_t cells_;
+  std::uint32_t cache_cells_;
+  std::uint64_t uid_;  // never reused, unlike addresses: names the core in thread caches
+  std::atomic<bool> orphaned_{false};  // the Grid is gone; cells still out or cached
   Block block_;
   std::unique_ptr<std::atomic<std::uint32_t>[]> next_;  // free-list links, one per cell
-  alignas(64) std::atomic<std::uint64_t> head_;          // (tag << 32) | first free index
-  alignas(64) std::atomic<bool> orphaned_{false};        // the Grid is gone; cells still out
-  std::atomic<std::size_t> outstanding_{0};              // cells out once orphaned
+
+  // Written when cells move between the shared list and thread caches or Cells.
+  alignas(64) std::atomic<std::uint64_t> head_;  // (tag << 32) | first free index
+  std::atomic<std::size_t> refs_;                 // 1 (the Grid) + cells not in the shared list
 };
 
 }  // namespace detail
@@ -177,6 +206,9 @@ class Grid {
 
   std::size_t cell_size() const noexcept { return core_->cell_size(); }
   std::size_t cells() const noexcept { return core_->cells(); }
+  // Free cells one thread may keep in its cache (0: no caching). Chosen from
+  // the grid's size and the machine: cells / (8 x hardware threads), at most 32.
+  std::size_t cache_cells() const noexcept { return core_->cache_cells(); }
   const Block& block() const noexcept { return core_->block(); }
 
  private:
