@@ -3,7 +3,8 @@
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again.
 set -euo pipefail
 
-UNIMEM_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libgtest-dev libbenchmark-dev)
+UNIMEM_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libgtest-dev libbenchmark-dev
+                 libboost-dev libmimalloc-dev libjemalloc-dev python3)
 
 missing=()
 for p in "${UNIMEM_PACKAGES[@]}"; do

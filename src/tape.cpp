@@ -83,6 +83,8 @@ Taken Tape::Lane::hand_out(std::byte* p, std::size_t size) noexcept {
 }
 
 Taken Tape::Lane::take_slow(std::size_t size, std::size_t align) noexcept {
+  if (align == 0 || (align & (align - 1)) != 0) return {nullptr, TakeStatus::invalid_align};
+  if (size == 0 || size > tape_->total()) return {nullptr, TakeStatus::invalid_size};
   // A large request would waste most of a chunk: serve it from the cursor.
   if (size > chunk_ / 2 || align > chunk_ / 2) return tape_->take(size, align);
   for (;;) {

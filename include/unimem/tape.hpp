@@ -137,11 +137,12 @@ class Tape::Lane {
   // As Tape::take. Requests larger than half a chunk go to the shared cursor
   // directly. Never throws.
   Taken take(std::size_t size, std::size_t align = alignof(std::max_align_t)) noexcept {
-    if (align == 0 || (align & (align - 1)) != 0) return {nullptr, TakeStatus::invalid_align};
-    if (size == 0 || size > tape_->block_.size()) return {nullptr, TakeStatus::invalid_size};
-    if (tape_->epoch_.load(std::memory_order_acquire) == epoch_) {
+    // Fast path: the chunk is current and the request fits. Invalid requests
+    // never fit (align 0 wraps p below next_; size 0 wraps size - 1), so the
+    // slow path sorts them out.
+    if ((align & (align - 1)) == 0 && tape_->epoch_.load(std::memory_order_acquire) == epoch_) {
       const std::uintptr_t p = (next_ + (align - 1)) & ~(std::uintptr_t{align} - 1);
-      if (p >= next_ && p <= end_ && size <= end_ - p) {
+      if (p >= next_ && p <= end_ && size - 1 < end_ - p) {
         next_ = p + size;
         return hand_out(reinterpret_cast<std::byte*>(p), size);
       }

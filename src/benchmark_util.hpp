@@ -1,0 +1,40 @@
+// src/benchmark_util.hpp — shared by the *_benchmark.cpp files (never part of the library).
+//
+// Benchmarks are registered by name as "<group>/<implementation>/<parameter>"
+// so that unimem-bench can pair each unimem row with its peers: rows of one
+// group with the same parameter and thread count are compared.
+#pragma once
+
+#include <benchmark/benchmark.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace unimem::bench {
+
+// 1, 2 and every hardware thread (without repeats).
+inline std::vector<int> thread_counts() {
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<int> out{1};
+  if (hw >= 2) out.push_back(2);
+  if (hw > 2) out.push_back(hw);
+  return out;
+}
+
+inline benchmark::internal::Benchmark* with_threads(benchmark::internal::Benchmark* b) {
+  for (int t : thread_counts()) b->Threads(t);
+  return b->UseRealTime();
+}
+
+// Which malloc this process runs: the allocator variants of the benchmark
+// binaries link mimalloc or jemalloc, which replace malloc for the process.
+inline std::string malloc_name() {
+  if (::dlsym(RTLD_DEFAULT, "mi_version") != nullptr) return "mimalloc";
+  if (::dlsym(RTLD_DEFAULT, "mallctl") != nullptr) return "jemalloc";
+  return "glibc";
+}
+
+}  // namespace unimem::bench

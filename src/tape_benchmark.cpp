@@ -1,0 +1,138 @@
+// Tape take against what a user would call instead, side by side:
+//   take/tape-shared   Tape::take from every thread on one cursor
+//   take/tape-lane     Tape::Lane::take, one lane per thread, one shared Tape
+//   take/malloc[...]   malloc + free (glibc here; mimalloc or jemalloc in the
+//                      allocator variants of this binary)
+//   take/new-delete    operator new + delete
+//   take/pmr-monotonic std::pmr::monotonic_buffer_resource, one per thread
+// Every row asks for `size` bytes at align 64 and touches nothing. The Tape is
+// sized for every timed take (iterations are fixed), so no take runs on a
+// full tape, and a failed take aborts the row.
+#include <memory_resource>
+#include <new>
+#include <cstdlib>
+
+#include "benchmark_util.hpp"
+#include "unimem/tape.hpp"
+
+namespace unimem::bench {
+namespace {
+
+constexpr std::size_t kAlign = 64;
+
+// Iterations per thread for a size: enough to time, few enough that the Tape
+// holds them all (256 MiB per thread).
+std::int64_t iterations_for(std::size_t size) {
+  return static_cast<std::int64_t>(std::clamp<std::size_t>((std::size_t{256} << 20) / size, 256, 4u << 20));
+}
+
+std::unique_ptr<Tape> tape;  // one per benchmark run, shared by its threads
+
+void make_tape(const benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  const auto iterations = static_cast<std::size_t>(iterations_for(size));
+  BlockOptions o;
+  o.pinning = Pinning::unpinned;  // lazy and never touched: costs address space only
+  // Every thread's takes, with their padding, plus one lane chunk of slack each.
+  const std::size_t per_take = (size + kAlign - 1) / kAlign * kAlign;
+  const std::size_t bytes = static_cast<std::size_t>(state.threads()) * (iterations * per_take + (1u << 20));
+  tape = std::make_unique<Tape>(Tape::start(bytes, o));
+}
+void drop_tape(const benchmark::State&) { tape.reset(); }
+
+void shared_take(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  std::size_t failed = 0;
+  for (auto _ : state) {
+    Taken t = tape->take(size, kAlign);
+    failed += !t;
+    benchmark::DoNotOptimize(t.ptr);
+  }
+  if (failed) state.SkipWithError("a timed take failed");
+  state.SetItemsProcessed(state.iterations());
+}
+
+void lane_take(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  Tape::Lane lane(*tape, std::max<std::size_t>(Tape::Lane::kDefaultChunk, 2 * size));
+  std::size_t failed = 0;
+  for (auto _ : state) {
+    Taken t = lane.take(size, kAlign);
+    failed += !t;
+    benchmark::DoNotOptimize(t.ptr);
+  }
+  if (failed) state.SkipWithError("a timed take failed");
+  state.SetItemsProcessed(state.iterations());
+}
+
+void malloc_free(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = std::aligned_alloc(kAlign, (size + kAlign - 1) / kAlign * kAlign);
+    benchmark::DoNotOptimize(p);
+    std::free(p);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void new_delete(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = ::operator new(size, std::align_val_t{kAlign});
+    benchmark::DoNotOptimize(p);
+    ::operator delete(p, std::align_val_t{kAlign});
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void pmr_monotonic(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  // Sized like the Tape: every timed allocation fits in the initial buffer.
+  const std::size_t per_take = (size + kAlign - 1) / kAlign * kAlign;
+  const std::size_t bytes = static_cast<std::size_t>(iterations_for(size)) * per_take + kAlign;
+  std::unique_ptr<std::byte[]> buffer(new std::byte[bytes]);  // untouched, like the Tape's pages
+  std::pmr::monotonic_buffer_resource pool(buffer.get(), bytes, std::pmr::null_memory_resource());
+  for (auto _ : state) {
+    void* p = pool.allocate(size, kAlign);
+    benchmark::DoNotOptimize(p);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void clear_only(benchmark::State& state) {
+  for (auto _ : state) tape->clear();
+  state.SetItemsProcessed(state.iterations());
+}
+
+void take_then_clear(benchmark::State& state) {
+  std::size_t failed = 0;
+  for (auto _ : state) {
+    failed += !tape->take(64, kAlign);
+    tape->clear();
+  }
+  if (failed) state.SkipWithError("a timed take failed");
+  state.SetItemsProcessed(state.iterations());
+}
+
+int register_all() {
+  const std::string malloc_row = "take/malloc[" + malloc_name() + "]";
+  for (std::size_t size : {std::size_t{64}, std::size_t{4096}, std::size_t{1} << 20}) {
+    const auto n = iterations_for(size);
+    with_threads(benchmark::RegisterBenchmark("take/tape-shared", shared_take))
+        ->Arg(static_cast<std::int64_t>(size))->Iterations(n)->Setup(make_tape)->Teardown(drop_tape);
+    with_threads(benchmark::RegisterBenchmark("take/tape-lane", lane_take))
+        ->Arg(static_cast<std::int64_t>(size))->Iterations(n)->Setup(make_tape)->Teardown(drop_tape);
+    with_threads(benchmark::RegisterBenchmark(malloc_row.c_str(), malloc_free))->Arg(static_cast<std::int64_t>(size));
+    with_threads(benchmark::RegisterBenchmark("take/new-delete", new_delete))->Arg(static_cast<std::int64_t>(size));
+    with_threads(benchmark::RegisterBenchmark("take/pmr-monotonic", pmr_monotonic))
+        ->Arg(static_cast<std::int64_t>(size))->Iterations(n);
+  }
+  benchmark::RegisterBenchmark("clear/tape", clear_only)->Arg(64)->Setup(make_tape)->Teardown(drop_tape)->Iterations(1 << 22);
+  benchmark::RegisterBenchmark("clear/tape-take-then-clear", take_then_clear)
+      ->Arg(64)->Setup(make_tape)->Teardown(drop_tape)->Iterations(1 << 22);
+  return 0;
+}
+const int registered = register_all();
+
+}  // namespace
+}  // namespace unimem::bench
