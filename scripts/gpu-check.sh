@@ -2,8 +2,9 @@
 # GPU checks in two steps, for a GPU machine without network or build tools:
 #   bash scripts/gpu-check.sh build DIR   (here) build Release with nvcc for sm_90 and
 #                                          copy the test and benchmark binaries into DIR
-#   bash scripts/gpu-check.sh run DIR     (on the GPU machine) run them all; logs go to
-#                                          $OUT when set, else DIR/logs
+#   bash scripts/gpu-check.sh run DIR [ARGS]  (on the GPU machine) run the tests, the GPU
+#                                          benchmark (ARGS go to it) and unimem-bench; logs
+#                                          go to $OUT when set, else DIR/logs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step=${1:?build or run}
@@ -14,9 +15,13 @@ if [ "$step" = build ]; then
   cmake -S . -B build/device -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90
   cmake --build build/device
   mkdir -p "$dir"
-  cp build/device/tests/unimem_test build/device/tests/unimem_gpu_test \
-     build/device/bench/unimem_gpu_benchmark build/device/bench/unimem_block_benchmark "$dir"/
-  cp -L /usr/lib/x86_64-linux-gnu/libbenchmark.so.1debian "$dir"/
+  cp build/device/tests/unimem_test build/device/tests/unimem_gpu_test build/device/bench/unimem_gpu_benchmark \
+     build/device/bench/unimem_block_benchmark build/device/bench/unimem_alloc_benchmark* \
+     build/device/bench/unimem-bench "$dir"/
+  # The shared libraries they need that the GPU machine lacks.
+  for lib in libbenchmark.so.1debian libmimalloc.so.2 libjemalloc.so.2; do
+    cp -L "/usr/lib/x86_64-linux-gnu/$lib" "$dir"/ 2>/dev/null || echo "note: $lib not found"
+  done
   exit 0
 fi
 
@@ -33,6 +38,11 @@ status=0
 } 2>&1 | tee "$logs/machine.txt"
 "$dir/unimem_gpu_test" 2>&1 | tee "$logs/gpu_test.txt" || status=1
 "$dir/unimem_test" --gtest_death_test_style=threadsafe 2>&1 | tee "$logs/unit_test.txt" | tail -3 || status=1
-"$dir/unimem_block_benchmark" 2>&1 | tee "$logs/block_benchmark.txt" || status=1
 "$dir/unimem_gpu_benchmark" "${@:3}" 2>&1 | tee "$logs/gpu_benchmark.txt" || status=1
+# The allocation suite on 16 cores (the size of the single-GPU machine), whatever this host has.
+cpus=$(( $(nproc) < 16 ? $(nproc) : 16 ))
+pin=""
+command -v taskset >/dev/null && pin="taskset -c 0-$((cpus - 1))"
+$pin python3 "$dir/unimem-bench" --min-time 0.2 --json "$logs/unimem-bench.json" \
+  > "$logs/unimem-bench.txt" 2> "$logs/unimem-bench.err" || status=1
 exit $status

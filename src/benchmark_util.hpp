@@ -7,6 +7,7 @@
 
 #include <benchmark/benchmark.h>
 #include <dlfcn.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <string>
@@ -15,9 +16,16 @@
 
 namespace unimem::bench {
 
-// 1, 2 and every hardware thread (without repeats).
+// CPUs this process may run on (taskset narrows it), at least 1.
+inline int usable_cpus() {
+  cpu_set_t set;
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// 1, 2 and every usable CPU (without repeats).
 inline std::vector<int> thread_counts() {
-  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int hw = usable_cpus();
   std::vector<int> out{1};
   if (hw >= 2) out.push_back(2);
   if (hw > 2) out.push_back(hw);

@@ -3,8 +3,9 @@
 //   open-lazy/...    Block::open (lazy) vs malloc, mmap: address space only
 //   open-warm/...    Block::open(Backing::warm) vs malloc + memset, mmap with
 //                    MAP_POPULATE, mmap + mlock: every page backed
-//   read/..., write/...  sequential bandwidth of a Block vs malloc'ed vs
-//                    mmap'ed memory; the buffer is split across the threads.
+//   read/..., write/...  sequential bandwidth of a Block (shareable, and
+//                    private with huge pages) vs malloc'ed vs mmap'ed memory;
+//                    the buffer is split across the threads.
 // Sizes 16 MiB and 1 GiB for opening, 64 MiB and 1 GiB for bandwidth. Buffers
 // read are filled with a non-zero pattern first; writes store non-zero words.
 #include <sys/mman.h>
@@ -28,6 +29,19 @@ void block_lazy(benchmark::State& state) {
 void block_warm(benchmark::State& state) {
   BlockOptions o;
   o.backing = Backing::warm;
+  for (auto _ : state) {
+    Block b = Block::open(static_cast<std::size_t>(state.range(0)), o);
+    benchmark::DoNotOptimize(b.data());
+  }
+}
+
+// Private memory with transparent huge pages: not shareable, but backed in
+// 2 MiB pages where shmem gets none (shmem_enabled=never).
+void block_warm_private_huge(benchmark::State& state) {
+  BlockOptions o;
+  o.backing = Backing::warm;
+  o.shareable = false;
+  o.huge_pages = true;
   for (auto _ : state) {
     Block b = Block::open(static_cast<std::size_t>(state.range(0)), o);
     benchmark::DoNotOptimize(b.data());
@@ -72,6 +86,7 @@ void mmap_mlock(benchmark::State& state) { mmap_with(state, 0, true); }
 
 struct Buffer {
   std::unique_ptr<Block> block;
+  std::unique_ptr<Block> huge;  // private, huge pages
   void* heap = nullptr;
   void* mapped = nullptr;
   std::size_t bytes = 0;
@@ -88,6 +103,10 @@ void make_buffers(const benchmark::State& state) {
   BlockOptions o;
   o.pinning = Pinning::unpinned;  // 1 GiB exceeds a non-root memlock limit
   buffer.block = std::make_unique<Block>(Block::open(buffer.bytes, o));
+  o.shareable = false;
+  o.huge_pages = true;
+  buffer.huge = std::make_unique<Block>(Block::open(buffer.bytes, o));
+  fill(buffer.huge->data(), buffer.bytes);
   buffer.heap = std::malloc(buffer.bytes);
   buffer.mapped = ::mmap(nullptr, buffer.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   fill(buffer.block->data(), buffer.bytes);
@@ -96,13 +115,19 @@ void make_buffers(const benchmark::State& state) {
 }
 void drop_buffers(const benchmark::State&) {
   buffer.block.reset();
+  buffer.huge.reset();
   std::free(buffer.heap);
   ::munmap(buffer.mapped, buffer.bytes);
   buffer = Buffer{};
 }
 
 void* base_of(int which) {
-  return which == 0 ? static_cast<void*>(buffer.block->data()) : which == 1 ? buffer.heap : buffer.mapped;
+  switch (which) {
+    case 0: return buffer.block->data();
+    case 1: return buffer.heap;
+    case 2: return buffer.mapped;
+    default: return buffer.huge->data();
+  }
 }
 
 void read_pass(benchmark::State& state, int which) {
@@ -144,13 +169,14 @@ int register_all() {
     add("open-lazy/malloc", malloc_only);
     add("open-lazy/mmap", mmap_only);
     add("open-warm/block", block_warm);
+    add("open-warm/block-private-huge", block_warm_private_huge);
     add("open-warm/malloc-memset", malloc_touched);
     add("open-warm/mmap-populate", mmap_populate);
     add("open-warm/mmap-mlock", mmap_mlock);
   }
-  const char* names[] = {"block", "malloc", "mmap"};
+  const char* names[] = {"block", "malloc", "mmap", "block-private-huge"};
   for (std::int64_t bytes : {std::int64_t{64} << 20, std::int64_t{1} << 30}) {
-    for (int which = 0; which < 3; ++which) {
+    for (int which = 0; which < 4; ++which) {
       const std::string p = names[which];
       for (int t : thread_counts()) {
         if (t == 2 && thread_counts().size() > 2) continue;  // 1 thread and all threads
