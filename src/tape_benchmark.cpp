@@ -8,6 +8,7 @@
 // Every row asks for `size` bytes at align 64 and touches nothing. The Tape is
 // sized for every timed take (iterations are fixed), so no take runs on a
 // full tape, and a failed take aborts the row.
+#include <algorithm>
 #include <memory_resource>
 #include <new>
 #include <cstdlib>
@@ -33,9 +34,9 @@ void make_tape(const benchmark::State& state) {
   const auto iterations = static_cast<std::size_t>(iterations_for(size));
   BlockOptions o;
   o.pinning = Pinning::unpinned;  // lazy and never touched: costs address space only
-  // Every thread's takes, with their padding, plus one lane chunk of slack each.
+  // Every thread's takes, with their padding, plus two lane chunks of slack each.
   const std::size_t per_take = (size + kAlign - 1) / kAlign * kAlign;
-  const std::size_t bytes = static_cast<std::size_t>(state.threads()) * (iterations * per_take + (1u << 20));
+  const std::size_t bytes = static_cast<std::size_t>(state.threads()) * (iterations * per_take + (8u << 20));
   tape = std::make_unique<Tape>(Tape::start(bytes, o));
 }
 void drop_tape(const benchmark::State&) { tape.reset(); }
@@ -54,7 +55,9 @@ void shared_take(benchmark::State& state) {
 
 void lane_take(benchmark::State& state) {
   const auto size = static_cast<std::size_t>(state.range(0));
-  Tape::Lane lane(*tape, std::max<std::size_t>(Tape::Lane::kDefaultChunk, 2 * size));
+  // A chunk worth 64 takes (64 KiB at least, 4 MiB at most): what a user
+  // would pick for this request size.
+  Tape::Lane lane(*tape, std::clamp<std::size_t>(64 * size, Tape::Lane::kDefaultChunk, std::size_t{4} << 20));
   std::size_t failed = 0;
   for (auto _ : state) {
     Taken t = lane.take(size, kAlign);
