@@ -25,5 +25,10 @@ for config in "${configs[@]}"; do
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     ctest --test-dir "build/$config" --output-on-failure -j "$jobs"
+  # ctest hides what skipped tests print: show the GPU tests' verdict here.
+  gpu_test="build/$config/tests/unimem_gpu_test"
+  if [ -x "$gpu_test" ]; then
+    "$gpu_test" --gtest_filter=Gpu.DevicesAreReported | grep -E "skipped:|device [0-9]+:" || true
+  fi
 done
 echo "all tests passed: ${configs[*]}"

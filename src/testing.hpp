@@ -9,22 +9,12 @@
 #include <fstream>
 #include <string>
 
+#include "platform/region.hpp"
+
 namespace unimem::testing {
 
-// Bytes this process has locked, from /proc/self/status (VmLck).
-inline std::size_t locked_bytes() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  while (status >> key) {
-    if (key == "VmLck:") {
-      std::size_t kib = 0;
-      status >> kib;
-      return kib * 1024;
-    }
-    status.ignore(4096, '\n');
-  }
-  return 0;
-}
+// Bytes this process has locked (VmLck).
+inline std::size_t locked_bytes() { return platform::locked_bytes(); }
 
 inline bool fd_is_open(int fd) { return ::fcntl(fd, F_GETFD) != -1; }
 

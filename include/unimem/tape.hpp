@@ -61,6 +61,18 @@ struct Taken {
   explicit operator bool() const noexcept { return ptr != nullptr; }
 };
 
+namespace detail {
+// take<T>(count) for Tape and Tape::Lane: room for `count` raw T, or empty.
+template <class T, class Taker>
+std::span<T> take_span(Taker& taker, std::size_t count) noexcept {
+  static_assert(std::is_trivially_destructible_v<T>, "a Tape never runs destructors");
+  if (count > SIZE_MAX / sizeof(T)) return {};
+  Taken t = taker.take(count * sizeof(T), alignof(T));
+  if (!t) return {};
+  return {reinterpret_cast<T*>(t.ptr), count};
+}
+}  // namespace detail
+
 class Tape {
  public:
   // Opens a Block of at least `bytes` (see Block::open, whose errors it throws)
@@ -89,11 +101,7 @@ class Tape {
   // take() fails (count == 0 included). Never throws.
   template <class T>
   std::span<T> take(std::size_t count) noexcept {
-    static_assert(std::is_trivially_destructible_v<T>, "a Tape never runs destructors");
-    if (count > SIZE_MAX / sizeof(T)) return {};
-    Taken t = take(count * sizeof(T), alignof(T));
-    if (!t) return {};
-    return {reinterpret_cast<T*>(t.ptr), count};
+    return detail::take_span<T>(*this, count);
   }
 
   // Rewinds to empty in O(1) and invalidates every Lane; touches no memory.
@@ -153,11 +161,7 @@ class Tape::Lane {
   // As Tape::take<T>. Never throws.
   template <class T>
   std::span<T> take(std::size_t count) noexcept {
-    static_assert(std::is_trivially_destructible_v<T>, "a Tape never runs destructors");
-    if (count > SIZE_MAX / sizeof(T)) return {};
-    Taken t = take(count * sizeof(T), alignof(T));
-    if (!t) return {};
-    return {reinterpret_cast<T*>(t.ptr), count};
+    return detail::take_span<T>(*this, count);
   }
 
   std::size_t chunk_bytes() const noexcept { return chunk_; }

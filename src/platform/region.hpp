@@ -33,6 +33,9 @@ void populate(std::byte* base, std::size_t bytes);
 // huge_page_bytes() once the pages are backed. Never throws.
 bool advise_huge_pages(std::byte* base, std::size_t bytes) noexcept;
 
+// Bytes this process has pinned in all (Linux: VmLck), or 0 when unknown.
+std::size_t locked_bytes();
+
 // Bytes of [base, base + bytes) currently mapped with huge pages.
 std::size_t huge_page_bytes(const std::byte* base, std::size_t bytes);
 

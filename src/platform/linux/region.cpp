@@ -46,21 +46,6 @@ using detail::format_bytes;
   throw Error(code, err, message);
 }
 
-// Bytes this process already has locked (VmLck), or 0 when unknown.
-std::size_t locked_bytes() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  while (status >> key) {
-    if (key == "VmLck:") {
-      std::size_t kib = 0;
-      status >> kib;
-      return kib * 1024;
-    }
-    status.ignore(4096, '\n');
-  }
-  return 0;
-}
-
 [[noreturn]] void fail_pin(int err, std::size_t bytes) {
   rlimit limit{};
   ::getrlimit(RLIMIT_MEMLOCK, &limit);
@@ -122,6 +107,20 @@ void create_memfd(detail::Region& region) {
 }
 
 }  // namespace
+
+std::size_t locked_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmLck:") {
+      std::size_t kib = 0;
+      status >> kib;
+      return kib * 1024;
+    }
+    status.ignore(4096, '\n');
+  }
+  return 0;
+}
 
 std::size_t page_size() noexcept {
   static const std::size_t size = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
