@@ -32,8 +32,8 @@ int main() try {
   unimem::Block block = unimem::Block::open(1 << 20, options);
   auto f32 = block.as_f32_mut();
   std::iota(f32.begin(), f32.end(), 0.0f);
-  std::printf("Block   %zu bytes at %p, fd %d, id %llu, %s, sum of f32 view = %.0f\n", block.size(),
-              static_cast<void*>(block.data()), block.handle(), static_cast<unsigned long long>(block.id()),
+  std::printf("Block   %zu bytes at %p, fd %d, id %s, %s, sum of f32 view = %.0f\n", block.size(),
+              static_cast<void*>(block.data()), block.handle(), block.id().to_string().c_str(),
               block.pinned() ? "pinned" : "unpinned", std::accumulate(f32.begin(), f32.end(), 0.0));
 
   // Tape: bump allocation, released all at once.

@@ -5,6 +5,10 @@
 // teardown order: unregister, then unmap and close.
 #include "unimem/block.hpp"
 
+#include <fcntl.h>
+
+#include <cerrno>
+#include <cstdint>
 #include <limits>
 #include <utility>
 
@@ -28,14 +32,42 @@ Block Block::open(std::size_t bytes, const BlockOptions& options) {
   }
   const std::size_t rounded = (bytes + page - 1) / page * page;
   Block block(platform::map_region(rounded, options));  // released on any throw below
+  block.finish_open(options);
+  return block;
+}
+
+Block Block::attach(const BlockId& id, const BlockOptions& options) {
+  Block block(platform::adopt_region(platform::open_by_id(id, options.read_only), id.object, options));
+  block.finish_open(options);
+  return block;
+}
+
+Block Block::adopt(int fd, const BlockOptions& options) {
+  Block block(platform::adopt_region(fd, 0, options));
+  block.finish_open(options);
+  return block;
+}
+
+void Block::finish_open(const BlockOptions& options) {
   if (options.visibility == Visibility::gpus) {
-    block.make_gpu_visible(options.warm_threads);  // backs every page as it registers
-  } else if (options.backing == Backing::warm) {
-    std::byte* base = block.data();
-    detail::for_each_slice(rounded, options.warm_threads, std::size_t{2} << 20, SIZE_MAX,
+    make_gpu_visible(options.warm_threads);  // backs every page as it registers
+  } else if (options.backing == Backing::warm && !region_.read_only) {
+    std::byte* base = region_.base;
+    detail::for_each_slice(region_.size, options.warm_threads, std::size_t{2} << 20, SIZE_MAX,
                            [base](std::size_t begin, std::size_t end) { platform::populate(base + begin, end - begin); });
   }
-  return block;
+}
+
+BlockId Block::id() const noexcept {
+  if (region_.object == 0) return {};
+  return {platform::current_pid(), region_.handle, region_.object};
+}
+
+int Block::inheritable_handle() const {
+  if (region_.handle < 0) throw Error(Errc::invalid_argument, 0, "unimem: a non-shareable Block has no handle to inherit");
+  const int fd = ::fcntl(region_.handle, F_DUPFD, 0);  // F_DUPFD leaves close-on-exec off
+  if (fd < 0) throw Error(Errc::system, errno, "unimem: cannot duplicate a Block's descriptor");
+  return fd;
 }
 
 Block::Block() noexcept = default;

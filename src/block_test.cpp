@@ -93,7 +93,9 @@ TEST(Block, HandleIsASealedMemfdOfTheBlocksSize) {
   struct stat st {};
   ASSERT_EQ(::fstat(b.handle(), &st), 0);
   EXPECT_EQ(static_cast<std::size_t>(st.st_size), b.size());
-  EXPECT_EQ(b.id(), static_cast<BlockId>(st.st_ino));
+  EXPECT_EQ(b.id().object, static_cast<std::uint64_t>(st.st_ino));
+  EXPECT_EQ(b.id().fd, b.handle());
+  EXPECT_EQ(b.id().pid, ::getpid());
   const int seals = ::fcntl(b.handle(), F_GET_SEALS);
   EXPECT_TRUE(seals & F_SEAL_SHRINK);
   EXPECT_TRUE(seals & F_SEAL_GROW);
@@ -158,7 +160,7 @@ TEST(Block, PrivateBlocksHaveNoHandleAndMayGetHugePages) {
   Block b = Block::open(16 * MiB + 1, o);
   EXPECT_EQ(b.size(), 16 * MiB + Block::page_size());
   EXPECT_EQ(b.handle(), -1);
-  EXPECT_EQ(b.id(), 0u);
+  EXPECT_FALSE(b.id());
   EXPECT_TRUE(b.pinned());
   EXPECT_EQ(testing::unimem_mappings(), 0) << "a private Block has no memfd";
   for (std::byte x : b.bytes()) ASSERT_EQ(x, std::byte{0});

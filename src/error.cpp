@@ -13,6 +13,10 @@ const char* to_string(Errc code) noexcept {
     case Errc::no_cuda_driver: return "no_cuda_driver";
     case Errc::no_cuda_device: return "no_cuda_device";
     case Errc::cuda: return "cuda";
+    case Errc::not_found: return "not_found";
+    case Errc::permission_denied: return "permission_denied";
+    case Errc::not_a_block: return "not_a_block";
+    case Errc::disconnected: return "disconnected";
   }
   return "unknown";
 }

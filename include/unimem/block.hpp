@@ -31,6 +31,8 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
+#include <string_view>
 
 #include "unimem/error.hpp"
 
@@ -43,10 +45,27 @@ using NativeHandle = struct __IOSurface*;  // IOSurfaceRef
 using NativeHandle = int;  // memfd file descriptor, owned by the Block
 #endif
 
-// Identifies a Block's pages machine-wide while any handle to them is open.
-// Linux: the memfd's inode number. Apple: the IOSurfaceID. 0 for a Block that
-// is not shareable.
-using BlockId = std::uint64_t;
+// Names a Block so that another process of the same user can attach to it
+// (Block::attach) while the process that handed out the id keeps the Block
+// open. Linux: that process, its descriptor for the Block, and the memfd's
+// inode, which attach checks so that a stale id (descriptor closed or reused)
+// is refused; the kernel refuses other users (/proc/<pid>/fd needs the same
+// user). Apple: the IOSurfaceID in `object`. No name is created anywhere: when
+// the last process holding the Block exits (SIGKILL included), it is gone.
+// A default-constructed BlockId (object 0) names nothing.
+struct BlockId {
+  std::int32_t pid = 0;
+  std::int32_t fd = -1;
+  std::uint64_t object = 0;
+
+  explicit operator bool() const noexcept { return object != 0; }
+  friend bool operator==(const BlockId&, const BlockId&) = default;
+
+  // "unimem:<pid>:<fd>:<object>", for argv, environment variables, files.
+  std::string to_string() const;
+  // Parses to_string()'s form. Throws Error(invalid_argument) on anything else.
+  static BlockId parse(std::string_view text);
+};
 
 enum class Backing {
   lazy,  // pages are backed (and pinned) on first touch; opening is O(1)
@@ -80,6 +99,9 @@ struct BlockOptions {
   // Threads used to back pages (Backing::warm, Visibility::gpus). 0 picks from
   // the size and the machine: one thread per 4 MiB, at most one per core.
   unsigned warm_threads = 0;
+  // For attach/adopt/receive only: map the pages read-only, so that this
+  // process cannot change them (a write faults). open() refuses it.
+  bool read_only = false;
 };
 
 namespace detail {
@@ -94,8 +116,9 @@ struct Region {
 #else
   NativeHandle handle = -1;
 #endif
-  BlockId id = 0;
+  std::uint64_t object = 0;  // what BlockId::object names
   bool pinned = false;
+  bool read_only = false;
 };
 }  // namespace detail
 
@@ -112,6 +135,21 @@ class Block {
   //   and, for Visibility::gpus, what make_gpu_visible() throws.
   // On any error nothing stays allocated, mapped, registered or open.
   static Block open(std::size_t bytes, const BlockOptions& options = {});
+
+  // Maps the Block another process named with id(). `options` apply to this
+  // process's mapping (pinning, read_only, visibility, backing). Throws Error:
+  //   invalid_argument   the id names nothing (object 0, bad pid or fd)
+  //   not_found          no such process or descriptor, or the descriptor now
+  //                      names another object (a stale id)
+  //   permission_denied  the Block belongs to another user
+  //   not_a_block        the descriptor is not a unimem Block
+  //   and what open() throws for mapping, pinning and GPU visibility.
+  static Block attach(const BlockId& id, const BlockOptions& options = {});
+
+  // Takes ownership of `fd`, a descriptor of a unimem Block (inherited across
+  // exec, received over a socket), and maps it. Closes `fd` on error. Throws
+  // Error(not_a_block) when it is not one, and what attach() throws.
+  static Block adopt(int fd, const BlockOptions& options = {});
 
   // An empty Block: data() == nullptr, size() == 0. What a moved-from Block is.
   Block() noexcept;
@@ -140,7 +178,15 @@ class Block {
   // Apple) for a Block opened with shareable = false. Owned by the Block:
   // duplicate it (dup) to keep it past the Block's life.
   NativeHandle handle() const noexcept { return region_.handle; }
-  BlockId id() const noexcept { return region_.id; }
+  // Names the Block for Block::attach in another process (see BlockId); an
+  // empty id for a Block that is not shareable. Never throws.
+  BlockId id() const noexcept;
+  // A duplicate of handle() that survives exec (no close-on-exec), for a
+  // child process to adopt(); the caller owns it. Throws Error(system) when
+  // descriptors run out, Error(invalid_argument) for a non-shareable Block.
+  int inheritable_handle() const;
+  // True when this process mapped the pages read-only (BlockOptions::read_only).
+  bool read_only() const noexcept { return region_.read_only; }
 
   // Registers the Block with every CUDA device, backing all its pages first
   // (with options-like `threads`; 0 picks from the size). Does nothing if the
@@ -177,6 +223,8 @@ class Block {
 
  private:
   explicit Block(const detail::Region& region) noexcept;
+  // Backing and GPU visibility as `options` ask, after mapping.
+  void finish_open(const BlockOptions& options);
   void release() noexcept;
 
   template <class T>

@@ -20,6 +20,10 @@ enum class Errc {
   no_cuda_driver,        // GPU visibility asked for, but the CUDA driver cannot be loaded
   no_cuda_device,        // the CUDA driver is there but sees no device
   cuda,                  // a CUDA driver call failed; the message names the call and the CUDA error
+  not_found,             // no Block by that id (process gone, descriptor closed or reused)
+  permission_denied,     // the Block belongs to another user
+  not_a_block,           // a descriptor or header that is not (this kind of) unimem Block
+  disconnected,          // the peer closed the socket before a Block arrived
 };
 
 // Returns a stable lowercase name for `code`, e.g. "memlock_limit". Never throws.

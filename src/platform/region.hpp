@@ -39,6 +39,20 @@ std::size_t locked_bytes();
 // Bytes of [base, base + bytes) currently mapped with huge pages.
 std::size_t huge_page_bytes(const std::byte* base, std::size_t bytes);
 
+// Maps an existing shareable object, taking ownership of `fd` (closed on
+// error). Checks that it is a unimem Block and, where expected_object is not
+// 0, that it is that object. Applies options.pinning, options.read_only and
+// options.huge_pages. Throws Error(not_a_block, not_found, ...).
+detail::Region adopt_region(int fd, std::uint64_t expected_object, const BlockOptions& options);
+
+// Opens another process's Block by id (read-only when asked); returns a
+// descriptor the caller owns. Throws Error(invalid_argument, not_found,
+// permission_denied).
+int open_by_id(const BlockId& id, bool read_only);
+
+// This process's id. Never throws.
+int current_pid() noexcept;
+
 // Undoes map_region. Safe on an empty Region. Never throws.
 void unmap_region(detail::Region& region) noexcept;
 

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -103,7 +104,7 @@ void create_memfd(detail::Region& region) {
   }
   struct stat st {};
   if (::fstat(region.handle, &st) != 0) fail(Errc::system, errno, "fstat of a Block's memfd failed");
-  region.id = static_cast<BlockId>(st.st_ino);
+  region.object = static_cast<std::uint64_t>(st.st_ino);
 }
 
 }  // namespace
@@ -127,39 +128,76 @@ std::size_t page_size() noexcept {
   return size;
 }
 
-detail::Region map_region(std::size_t bytes, const BlockOptions& options) {
-  const bool pin = options.pinning == Pinning::pinned;
-  check_capacity(bytes, pin);
-
-  detail::Region region;
-  region.size = bytes;
-  // Undo whatever succeeded if a later step throws.
-  struct Guard {
-    detail::Region& r;
-    bool armed = true;
-    ~Guard() {
-      if (armed) unmap_region(r);
-    }
-  } guard{region};
-
-  int flags = MAP_PRIVATE | MAP_ANONYMOUS;
-  if (options.shareable) {
-    create_memfd(region);
-    flags = MAP_SHARED;
+// Unmaps and closes whatever of `region` exists if a later step throws.
+struct RegionGuard {
+  detail::Region& region;
+  bool armed = true;
+  ~RegionGuard() {
+    if (armed) unmap_region(region);
   }
-  void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, region.handle, 0);
+};
+
+// Maps region.handle (or anonymous memory when it is -1) and applies the
+// options' pinning and huge pages. region.size must be set.
+void map_and_pin(detail::Region& region, const BlockOptions& options) {
+  const std::size_t bytes = region.size;
+  const int flags = region.handle >= 0 ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS;
+  const int prot = options.read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+  void* base = ::mmap(nullptr, bytes, prot, flags, region.handle, 0);
   if (base == MAP_FAILED) {
     const int err = errno;
     fail(err == ENOMEM ? Errc::out_of_memory : Errc::system, err,
          "cannot map a Block of " + format_bytes(bytes) + " (address space exhausted or map count limit)");
   }
   region.base = static_cast<std::byte*>(base);
-
-  if (pin) {
+  region.read_only = options.read_only;
+  if (options.pinning == Pinning::pinned) {
     if (::mlock2(region.base, bytes, MLOCK_ONFAULT) != 0) fail_pin(errno, bytes);
     region.pinned = true;
   }
   if (options.huge_pages) advise_huge_pages(region.base, bytes);
+}
+
+detail::Region map_region(std::size_t bytes, const BlockOptions& options) {
+  if (options.read_only) {
+    fail(Errc::invalid_argument, 0, "a new Block cannot be read-only (BlockOptions::read_only is for attaching)");
+  }
+  check_capacity(bytes, options.pinning == Pinning::pinned);
+  detail::Region region;
+  region.size = bytes;
+  RegionGuard guard{region};
+  if (options.shareable) create_memfd(region);
+  map_and_pin(region, options);
+  guard.armed = false;
+  return region;
+}
+
+detail::Region adopt_region(int fd, std::uint64_t expected_object, const BlockOptions& options) {
+  detail::Region region;
+  region.handle = fd;
+  RegionGuard guard{region};
+  if (fd < 0) fail(Errc::invalid_argument, 0, "adopting descriptor " + std::to_string(fd) + ": not a descriptor");
+  // A unimem Block is a memfd named "unimem" whose size is sealed.
+  char link[64] = {};
+  const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  const ssize_t n = ::readlink(path.c_str(), link, sizeof link - 1);
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  struct stat st {};
+  if (n < 0 || std::strncmp(link, "/memfd:unimem", 13) != 0 || seals < 0 ||
+      (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW) || ::fstat(fd, &st) != 0 ||
+      st.st_size <= 0 || static_cast<std::size_t>(st.st_size) % page_size() != 0) {
+    fail(Errc::not_a_block, 0,
+         "descriptor " + std::to_string(fd) + " (" + (n > 0 ? std::string(link, static_cast<std::size_t>(n)) : "?") +
+             ") is not a unimem Block: expected a size-sealed memfd named 'unimem'");
+  }
+  region.object = static_cast<std::uint64_t>(st.st_ino);
+  if (expected_object != 0 && region.object != expected_object) {
+    fail(Errc::not_found, 0,
+         "stale Block id: the descriptor now names object " + std::to_string(region.object) + ", not " +
+             std::to_string(expected_object) + " (the Block was closed and the descriptor reused)");
+  }
+  region.size = static_cast<std::size_t>(st.st_size);
+  map_and_pin(region, options);
   guard.armed = false;
   return region;
 }
