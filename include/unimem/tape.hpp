@@ -50,7 +50,8 @@ enum class TakeStatus : std::uint8_t {
   ok,
   full,          // does not fit in what is left; may fit after clear()
   invalid_size,  // size is 0, or larger than the whole Tape: can never succeed
-  invalid_align, // align is 0 or not a power of two
+  invalid_align, // align is 0 or not a power of two (or, for SharedTape, above the page size)
+  read_only,     // the memory is mapped read-only in this process (SharedTape)
 };
 
 // What take() returns: a pointer, or why there is none.

@@ -5,6 +5,7 @@
 //   Tape    lock-free bump allocator over a Block            <unimem/tape.hpp>
 //   Grid    lock-free pool of fixed-size cells over a Block  <unimem/grid.hpp>
 //   Layout  weights / scratch / history Tapes for inference  <unimem/layout.hpp>
+// Sharing: Blocks, Tapes and Grids across processes           <unimem/share.hpp>
 // GPU visibility: what the CUDA driver offers               <unimem/gpu.hpp>
 // Errors are reported by one exception type, unimem::Error  <unimem/error.hpp>
 #pragma once
@@ -14,5 +15,6 @@
 #include "unimem/gpu.hpp"
 #include "unimem/grid.hpp"
 #include "unimem/layout.hpp"
+#include "unimem/share.hpp"
 #include "unimem/tape.hpp"
 #include "unimem/version.hpp"

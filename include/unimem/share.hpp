@@ -1,0 +1,190 @@
+// unimem/share.hpp — one Block, several processes.
+//
+// Three ways to hand a Block to another process, all mapping the very same
+// pages (writes on either side are seen by the other):
+//   * over a connected Unix domain socket: send_block / receive_block
+//     (SCM_RIGHTS: needs no ptrace permission, unlike pidfd_getfd);
+//   * to a child across fork/exec: pass block.inheritable_handle() and have
+//     the child call Block::adopt(fd);
+//   * by name: block.id().to_string() to any process of the same user, which
+//     calls Block::attach(BlockId::parse(text)) while the owner keeps it open.
+// No named object is ever created: the pages go away when the last process
+// holding them exits, however it exits.
+//
+// SharedTape and SharedGrid keep their allocation state (cursor, free list)
+// inside the Block, as offsets, so several processes allocate from one Block
+// at once without handing out the same bytes twice. Each process builds its
+// own SharedTape/SharedGrid object over its own mapping of the Block.
+//
+// Thread and process safety: as Tape and Grid, across every process that
+// maps the Block. A process killed while it holds cells or taken memory
+// leaves the others working; what it held stays taken until the Block is
+// cleared (SharedTape) or re-created (SharedGrid).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <utility>
+
+#include "unimem/block.hpp"
+#include "unimem/grid.hpp"
+#include "unimem/tape.hpp"
+
+namespace unimem {
+
+// Sends `block` (its descriptor and a short header naming it) over the
+// connected Unix socket `socket`. The receiver gets its own descriptor.
+// Throws Error(invalid_argument) for a Block that is not shareable,
+// Error(disconnected) when the peer is gone, Error(system) otherwise.
+void send_block(int socket, const Block& block);
+
+// Receives a Block sent with send_block and maps it with `options`.
+// Throws Error(disconnected) when the peer closed the socket first,
+// Error(not_a_block) when what arrived is not a unimem Block or does not match
+// its header, and what Block::adopt throws.
+Block receive_block(int socket, const BlockOptions& options = {});
+
+namespace detail {
+struct SharedTapeHeader;
+struct SharedGridHeader;
+}  // namespace detail
+
+// A bump allocator whose cursor lives in its Block. Alignments up to the page
+// size hold in every process (offsets are aligned, and every process maps the
+// Block page-aligned).
+class SharedTape {
+ public:
+  // Formats `block` as an empty shared tape: the first page holds the state,
+  // the rest is handed out. Throws Error(invalid_argument) for a Block that is
+  // read-only or too small (under two pages).
+  static SharedTape create(Block block);
+  // Uses a Block another process formatted with create(). Throws
+  // Error(not_a_block) when its header does not match. A read-only Block can
+  // be attached for reading what others wrote; take() and clear() on it fail.
+  static SharedTape attach(Block block);
+
+  SharedTape(SharedTape&&) noexcept = default;
+  SharedTape& operator=(SharedTape&&) noexcept = default;
+
+  // As Tape::take, with align at most the page size (larger: invalid_align);
+  // TakeStatus::read_only on a read-only mapping. Never throws.
+  Taken take(std::size_t size, std::size_t align = alignof(std::max_align_t)) noexcept;
+  template <class T>
+  std::span<T> take(std::size_t count) noexcept {
+    return detail::take_span<T>(*this, count);
+  }
+  // As Tape::clear, for every process. Never throws (no-op when read-only).
+  void clear() noexcept;
+
+  std::size_t used() const noexcept;
+  std::size_t total() const noexcept { return capacity_; }
+  std::size_t free() const noexcept { return total() - used(); }
+  // The offset of `p` from the Block's start, the same in every process.
+  std::size_t offset_of(const void* p) const noexcept {
+    return static_cast<std::size_t>(static_cast<const std::byte*>(p) - block_.data());
+  }
+  // The pointer, in this process, for an offset from offset_of(); nullptr when
+  // the offset is outside the handed-out area.
+  std::byte* at(std::size_t offset) const noexcept {
+    return offset >= data_offset_ && offset < data_offset_ + capacity_ ? block_.data() + offset : nullptr;
+  }
+  const Block& block() const noexcept { return block_; }
+
+ private:
+  SharedTape(Block block, bool format);
+  detail::SharedTapeHeader* header() const noexcept;
+
+  Block block_;
+  std::size_t data_offset_ = 0;
+  std::size_t capacity_ = 0;
+};
+
+class SharedGrid;
+
+// An owning handle to a cell of a SharedGrid; goes back when destroyed.
+class SharedCell {
+ public:
+  SharedCell() noexcept = default;
+  SharedCell(SharedCell&& other) noexcept
+      : grid_(std::exchange(other.grid_, nullptr)), data_(other.data_), index_(other.index_) {}
+  SharedCell& operator=(SharedCell&& other) noexcept {
+    if (this != &other) {
+      reset();
+      grid_ = std::exchange(other.grid_, nullptr);
+      data_ = other.data_;
+      index_ = other.index_;
+    }
+    return *this;
+  }
+  ~SharedCell() { reset(); }
+
+  explicit operator bool() const noexcept { return grid_ != nullptr; }
+  std::byte* data() const noexcept { return grid_ ? data_ : nullptr; }
+  std::size_t size() const noexcept;
+  std::uint32_t index() const noexcept { return index_; }
+  template <class T>
+  std::span<T> as() const noexcept {
+    return {reinterpret_cast<T*>(data()), size() / sizeof(T)};
+  }
+  void reset() noexcept;
+
+ private:
+  friend class SharedGrid;
+  SharedCell(SharedGrid* grid, std::byte* data, std::uint32_t index) noexcept
+      : grid_(grid), data_(data), index_(index) {}
+  SharedGrid* grid_ = nullptr;
+  std::byte* data_ = nullptr;
+  std::uint32_t index_ = 0;
+};
+
+// A pool of fixed-size cells whose free list lives in its Block (a tagged
+// Treiber stack of indices, as Grid's shared list; no thread caches, since
+// they cannot survive a process being killed).
+class SharedGrid {
+ public:
+  // Formats `block` for `cells` cells of `cell_size` bytes (a non-zero
+  // multiple of 64); the state takes the first pages. Throws
+  // Error(invalid_argument) when the sizes are bad or do not fit the Block.
+  static SharedGrid create(Block block, std::size_t cell_size, std::size_t cells);
+  // Uses a Block another process formatted with create(). Throws
+  // Error(not_a_block) when its header does not match.
+  static SharedGrid attach(Block block);
+
+  // Cells point back at their SharedGrid, so it stays where it was built.
+  SharedGrid(const SharedGrid&) = delete;
+  SharedGrid& operator=(const SharedGrid&) = delete;
+
+  // A free cell, or an empty SharedCell when all are out. Lock-free across
+  // processes; never throws.
+  SharedCell take() noexcept;
+  // Returns `cell` early. Refuses (and leaves untouched) a cell of another
+  // grid and an empty one. Never throws.
+  GiveStatus give(SharedCell&& cell) noexcept;
+
+  std::size_t cell_size() const noexcept { return cell_size_; }
+  std::size_t cells() const noexcept { return cells_; }
+  // The offset of a cell's data from the Block's start, the same in every process.
+  std::size_t offset_of(std::uint32_t index) const noexcept { return data_offset_ + std::size_t{index} * cell_size_; }
+  const Block& block() const noexcept { return block_; }
+
+ private:
+  friend class SharedCell;
+  // Formats (cells != 0) or validates (cells == 0) the Block's header.
+  SharedGrid(Block block, std::size_t cell_size, std::size_t cells);
+  detail::SharedGridHeader* header() const noexcept;
+  void push(std::uint32_t index) noexcept;
+
+  Block block_;
+  std::size_t data_offset_ = 0;
+  std::size_t cell_size_ = 0;
+  std::size_t cells_ = 0;
+};
+
+inline std::size_t SharedCell::size() const noexcept { return grid_ ? grid_->cell_size() : 0; }
+inline void SharedCell::reset() noexcept {
+  if (grid_ != nullptr) std::exchange(grid_, nullptr)->push(index_);
+}
+
+}  // namespace unimem

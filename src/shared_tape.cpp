@@ -1,0 +1,85 @@
+// src/shared_tape.cpp — a Tape whose cursor lives in its Block.
+//
+// Page 0 of the Block holds the header (magic, capacity, cursor); pages 1..n
+// are handed out. The cursor is an offset, so every process, whatever address
+// it mapped the Block at, agrees on what is taken. Alignment is applied to the
+// offset, which equals alignment of the address for any align up to the page
+// size (every mapping is page-aligned).
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "unimem/share.hpp"
+
+namespace unimem {
+namespace detail {
+
+struct SharedTapeHeader {
+  char magic[8];
+  std::uint64_t data_offset;
+  std::uint64_t capacity;
+  alignas(64) std::atomic<std::uint64_t> cursor;
+};
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "shared state needs address-free atomics");
+
+}  // namespace detail
+
+namespace {
+constexpr char kMagic[8] = {'u', 'n', 'i', 'm', 'e', 'm', 'T', '1'};
+}
+
+SharedTape::SharedTape(Block block, bool format) : block_(std::move(block)) {
+  const std::size_t page = Block::page_size();
+  if (format) {
+    if (block_.read_only()) throw Error(Errc::invalid_argument, 0, "unimem: SharedTape::create: the Block is read-only");
+    if (block_.size() < 2 * page) throw Error(Errc::invalid_argument, 0, "unimem: SharedTape::create: the Block needs at least two pages");
+    auto* h = new (block_.data()) detail::SharedTapeHeader{};
+    h->data_offset = page;
+    h->capacity = block_.size() - page;
+    h->cursor.store(0, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    std::memcpy(h->magic, kMagic, sizeof kMagic);
+  } else {
+    const auto* h = header();
+    if (block_.size() < 2 * page || std::memcmp(h->magic, kMagic, sizeof kMagic) != 0 || h->data_offset != page ||
+        h->capacity != block_.size() - page) {
+      throw Error(Errc::not_a_block, 0,
+                  "unimem: SharedTape::attach: the Block's header is not a shared tape's (or was formatted for "
+                  "another size or page size)");
+    }
+  }
+  data_offset_ = page;
+  capacity_ = block_.size() - page;
+}
+
+SharedTape SharedTape::create(Block block) { return SharedTape(std::move(block), true); }
+SharedTape SharedTape::attach(Block block) { return SharedTape(std::move(block), false); }
+
+detail::SharedTapeHeader* SharedTape::header() const noexcept {
+  return std::launder(reinterpret_cast<detail::SharedTapeHeader*>(block_.data()));
+}
+
+Taken SharedTape::take(std::size_t size, std::size_t align) noexcept {
+  if (align == 0 || (align & (align - 1)) != 0 || align > Block::page_size()) return {nullptr, TakeStatus::invalid_align};
+  if (size == 0 || size > capacity_) return {nullptr, TakeStatus::invalid_size};
+  if (block_.read_only()) return {nullptr, TakeStatus::read_only};
+  auto& cursor = header()->cursor;
+  std::uint64_t current = cursor.load(std::memory_order_acquire);
+  for (;;) {
+    const std::uint64_t offset = (current + align - 1) & ~std::uint64_t{align - 1};
+    if (offset > capacity_ || size > capacity_ - offset) return {nullptr, TakeStatus::full};
+    if (cursor.compare_exchange_weak(current, offset + size, std::memory_order_acq_rel, std::memory_order_acquire)) {
+      return {block_.data() + data_offset_ + offset, TakeStatus::ok};
+    }
+  }
+}
+
+void SharedTape::clear() noexcept {
+  if (!block_.read_only()) header()->cursor.store(0, std::memory_order_release);
+}
+
+std::size_t SharedTape::used() const noexcept {
+  return static_cast<std::size_t>(header()->cursor.load(std::memory_order_relaxed));
+}
+
+}  // namespace unimem
