@@ -15,7 +15,8 @@ if [ "$step" = build ]; then
   cmake -S . -B build/device -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90
   cmake --build build/device
   mkdir -p "$dir"
-  cp build/device/tests/unimem_test build/device/tests/unimem_gpu_test build/device/bench/unimem_gpu_benchmark \
+  cp build/device/tests/unimem_test build/device/tests/unimem_share_helper build/device/tests/unimem_gpu_test \
+     build/device/bench/unimem_gpu_benchmark \
      build/device/bench/unimem_block_benchmark build/device/bench/unimem_alloc_benchmark* \
      build/device/bench/unimem-bench "$dir"/
   # The shared libraries they need that the GPU machine lacks.
@@ -28,6 +29,7 @@ fi
 logs=${OUT:-$dir/logs}
 mkdir -p "$logs"
 export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export UNIMEM_SHARE_HELPER="$(cd "$dir" && pwd)/unimem_share_helper"
 status=0
 {
   date -u

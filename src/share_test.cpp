@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <fstream>
@@ -68,7 +69,8 @@ pid_t start_helper(std::vector<std::string> args, int* out_fd = nullptr) {
   if (pid == 0) {
     if (out_fd != nullptr) ::dup2(pipefd[1], 1);
     std::vector<char*> argv;
-    args.insert(args.begin(), UNIMEM_SHARE_HELPER);
+    const char* helper = std::getenv("UNIMEM_SHARE_HELPER");  // where the build tree is not
+    args.insert(args.begin(), helper != nullptr ? helper : UNIMEM_SHARE_HELPER);
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     ::execv(argv[0], argv.data());

@@ -3,6 +3,10 @@
 // GPU, and runs for real on a GPU machine.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -175,5 +179,63 @@ TEST(Gpu, TwoGpusReadAndWriteOneBlock) {
   }
 }
 
+// The second process of GpuShare: attaches by id, registers its own mapping
+// with its own GPU (the last one), checks pattern(60) there and writes
+// pattern(61) back with a kernel.
+}  // namespace
+
+int share_child(const char* id_text) {
+  BlockOptions o = visible();
+  Block b = Block::attach(BlockId::parse(id_text), o);
+  const int device = gpu_test::device_count() - 1;
+  auto* words = reinterpret_cast<std::uint32_t*>(b.data());
+  const std::size_t n = b.size() / sizeof *words;
+  unsigned long long bad = ~0ull;
+  if (!gpu_test::count_mismatches(device, on_device(b, device, words), n, 60, &bad).empty() || bad != 0) return 2;
+  if (!gpu_test::fill(device, on_device(b, device, words), n, 61).empty()) return 3;
+  std::printf("child process: GPU %d read and wrote %zu words of a Block it attached\n", device, n);
+  return 0;
+}
+
+namespace {
+
+TEST(GpuShare, AnotherProcessesKernelReadsAndWritesBack) {
+  UNIMEM_REQUIRE_GPUS(1);
+  Block a = Block::open(32 * MiB, visible());
+  auto* words = reinterpret_cast<std::uint32_t*>(a.data());
+  const std::size_t n = a.size() / sizeof *words;
+  for (std::size_t i = 0; i < n; ++i) words[i] = pattern(i, 60);
+  const std::string id = a.id().to_string();
+  const pid_t pid = ::fork();
+  if (pid == 0) {  // exec at once: a forked CUDA process may not use CUDA
+    ::setenv("UNIMEM_GPU_SHARE_CHILD", id.c_str(), 1);
+    ::execl("/proc/self/exe", "unimem_gpu_test", static_cast<char*>(nullptr));
+    std::_Exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  std::size_t cpu_bad = 0;
+  for (std::size_t i = 0; i < n; ++i) cpu_bad += words[i] != pattern(i, 61);
+  EXPECT_EQ(cpu_bad, 0u) << "process A's CPU sees what process B's kernel wrote";
+  unsigned long long gpu_bad = ~0ull;
+  ASSERT_EQ(gpu_test::count_mismatches(0, on_device(a, 0, words), n, 61, &gpu_bad), "");
+  EXPECT_EQ(gpu_bad, 0u) << "and so does process A's GPU 0";
+}
+
 }  // namespace
 }  // namespace unimem
+
+int main(int argc, char** argv) {
+  if (const char* id = std::getenv("UNIMEM_GPU_SHARE_CHILD")) {
+    try {
+      return unimem::share_child(id);
+    } catch (const unimem::Error& e) {
+      std::fprintf(stderr, "child process: %s\n", e.what());
+      return 4;
+    }
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
