@@ -96,7 +96,7 @@ void Block::release() noexcept {
 void Block::make_gpu_visible(unsigned threads) {
   if (gpu_) return;
   if (empty()) throw Error(Errc::invalid_argument, 0, "unimem: an empty Block cannot be made GPU-visible");
-  gpu_ = detail::GpuRegistration::create(region_.base, region_.size, threads);
+  gpu_ = detail::GpuRegistration::create(region_.base, region_.size, threads, region_.read_only);
 }
 
 int Block::gpu_count() const noexcept { return gpu_ ? gpu_->device_count() : 0; }

@@ -19,4 +19,11 @@ std::string format_bytes(std::size_t bytes) {
   return text;
 }
 
+std::string format_usage_line(const char* name, std::size_t used, std::size_t total, const char* note) {
+  char line[160];
+  std::snprintf(line, sizeof line, "%-8s %10s / %10s  (%5.1f%%)%s\n", name, format_bytes(used).c_str(),
+                format_bytes(total).c_str(), total ? 100.0 * double(used) / double(total) : 0.0, note);
+  return line;
+}
+
 }  // namespace unimem::detail

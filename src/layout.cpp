@@ -1,7 +1,6 @@
 // src/layout.cpp — Layout: three independently backed Tapes and their report.
 #include "unimem/layout.hpp"
 
-#include <cstdio>
 #include <utility>
 
 #include "format.hpp"
@@ -21,18 +20,9 @@ Layout::Layout(Tape weights, Tape scratch, Tape history) noexcept
     : weights_(std::move(weights)), scratch_(std::move(scratch)), history_(std::move(history)) {}
 
 std::string Layout::stat() const {
-  std::string out;
-  const std::pair<const char*, const Tape*> tapes[] = {
-      {"weights", &weights_}, {"scratch", &scratch_}, {"history", &history_}};
-  for (const auto& [name, tape] : tapes) {
-    const std::size_t used = tape->used();
-    const std::size_t total = tape->total();
-    char line[128];
-    std::snprintf(line, sizeof line, "%-8s %10s / %10s  (%5.1f%%)\n", name, detail::format_bytes(used).c_str(),
-                  detail::format_bytes(total).c_str(), total ? 100.0 * double(used) / double(total) : 0.0);
-    out += line;
-  }
-  return out;
+  return detail::format_usage_line("weights", weights_.used(), weights_.total()) +
+         detail::format_usage_line("scratch", scratch_.used(), scratch_.total()) +
+         detail::format_usage_line("history", history_.used(), history_.total());
 }
 
 }  // namespace unimem

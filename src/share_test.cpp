@@ -379,6 +379,53 @@ TEST(Share, MemoryOutlivesAKilledOwnerAndGoesWithTheLastHolder) {
   EXPECT_EQ(error_of([&] { (void)Block::attach(id); }), Errc::not_found);
 }
 
+TEST(Share, AttachingWarmKeepsTheContents) {
+  Block a = Block::open(8 * MiB);
+  fill(a, 70);
+  BlockOptions warm;
+  warm.backing = Backing::warm;
+  warm.warm_threads = 3;
+  Block b = Block::attach(a.id(), warm);
+  EXPECT_TRUE(holds(b, 70));
+  BlockOptions ro = warm;
+  ro.read_only = true;
+  Block c = Block::attach(a.id(), ro);
+  EXPECT_TRUE(holds(c, 70));
+}
+
+// One process loads the weights; another uses them read-only beside its own
+// scratch and history.
+TEST(SharedLayout, OneProcessLoadsOthersRead) {
+  SharedLayout loader = SharedLayout::create(4 * MiB, MiB, MiB);
+  EXPECT_GE(loader.weights().total(), 4 * MiB);
+  std::span<float> w = loader.weights().take<float>(100000);
+  ASSERT_EQ(w.size(), 100000u);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i) * 0.5f;
+  const std::size_t offset = loader.weights().offset_of(w.data());
+  EXPECT_NE(loader.stat().find("(shared)"), std::string::npos) << loader.stat();
+  const BlockId id = loader.weights().block().id();
+  EXPECT_EQ(in_child([&] {
+              SharedLayout user = SharedLayout::attach(id, MiB, MiB);
+              if (!user.weights().block().read_only()) return 2;
+              if (user.weights().used() != 100000 * sizeof(float)) return 3;
+              const auto* mine = reinterpret_cast<const float*>(user.weights().at(offset));
+              if (mine == nullptr) return 4;
+              double sum = 0;
+              for (std::size_t i = 0; i < 100000; ++i) sum += mine[i];
+              if (sum != 0.5 * (99999.0 * 100000.0 / 2)) return 5;
+              if (user.weights().take(64, 64).status != TakeStatus::read_only) return 6;
+              std::span<float> act = user.scratch().take<float>(1000);  // its own scratch
+              if (act.size() != 1000) return 7;
+              user.clear_pass();
+              if (user.scratch().used() != 0) return 8;
+              if (user.stat().find("(shared, read-only)") == std::string::npos) return 9;
+              return 0;
+            }),
+            0);
+  loader.clear_talk();
+  EXPECT_EQ(loader.weights().used(), 100000 * sizeof(float)) << "clear_talk leaves the weights";
+}
+
 TEST(SharedTape, ProcessesTakeDisjointPieces) {
   constexpr int kChildren = 4;
   constexpr int kTakes = 2000;

@@ -21,6 +21,7 @@ using CUdeviceptr = unsigned long long;
 
 inline constexpr unsigned kHostRegisterPortable = 0x01;   // CU_MEMHOSTREGISTER_PORTABLE
 inline constexpr unsigned kHostRegisterDeviceMap = 0x02;  // CU_MEMHOSTREGISTER_DEVICEMAP
+inline constexpr unsigned kHostRegisterReadOnly = 0x08;   // CU_MEMHOSTREGISTER_READ_ONLY
 inline constexpr int kAttrUnifiedAddressing = 41;         // CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING
 inline constexpr int kAttrHostPointerForRegistered = 91;  // ..._CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM
 inline constexpr int kAttrHostRegisterSupported = 99;     // CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED

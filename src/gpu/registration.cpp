@@ -35,7 +35,8 @@ using gpu::detail::ContextScope;
 using gpu::detail::CUdeviceptr;
 using gpu::detail::driver;
 
-std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::size_t bytes, unsigned threads) {
+std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::size_t bytes, unsigned threads,
+                                                         bool read_only) {
   const gpu::detail::Driver& d = driver();  // throws when there is no driver or device
   std::unique_ptr<GpuRegistration> r(new GpuRegistration);
   r->device_count_ = d.device_count;
@@ -44,7 +45,7 @@ std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::s
   // Back every page first, in parallel: registering untouched pages would
   // make the driver fault them in itself, in one thread.
   for_each_slice(bytes, threads, kGrain, SIZE_MAX,
-                 [base](std::size_t begin, std::size_t end) { platform::populate(base + begin, end - begin); });
+                 [=](std::size_t begin, std::size_t end) { platform::populate(base + begin, end - begin, !read_only); });
 
   // Then register as few ranges as possible: a copy (cudaMemcpy*) must lie
   // within one registration, and the driver serialises registrations anyway.
@@ -54,7 +55,9 @@ std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::s
     std::byte* host = base + begin;
     const std::size_t n = end - begin;
     ContextScope context(0);  // portable: any device's context registers for all
-    check(d.cuMemHostRegister(host, n, gpu::detail::kHostRegisterPortable | gpu::detail::kHostRegisterDeviceMap),
+    const unsigned flags = gpu::detail::kHostRegisterPortable | gpu::detail::kHostRegisterDeviceMap |
+                           (read_only ? gpu::detail::kHostRegisterReadOnly : 0u);
+    check(d.cuMemHostRegister(host, n, flags),
           "registering " + format_bytes(n) + " of a Block with CUDA (cuMemHostRegister)");
     std::lock_guard<std::mutex> hold(lock);
     r->chunks_.push_back({host, n, {}});

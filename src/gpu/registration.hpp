@@ -18,7 +18,9 @@ class GpuRegistration {
   // (portable, device-mapped) in chunks of at most kMaxChunk. A host-to-device
   // copy must not span two chunks (CUDA's rule for registered memory). Throws Error(no_cuda_driver,
   // no_cuda_device, cuda, out_of_memory); on throw nothing stays registered.
-  static std::unique_ptr<GpuRegistration> create(std::byte* base, std::size_t bytes, unsigned threads);
+  // A read-only mapping is registered read-only (devices may only read it).
+  static std::unique_ptr<GpuRegistration> create(std::byte* base, std::size_t bytes, unsigned threads,
+                                                 bool read_only);
 
   // Unregisters every chunk. Never throws.
   ~GpuRegistration();

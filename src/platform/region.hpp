@@ -24,9 +24,11 @@ std::size_t page_size() noexcept;
 detail::Region map_region(std::size_t bytes, const BlockOptions& options);
 
 // Backs every page of [base, base + bytes), a page-aligned slice of a mapped
-// region whose contents are still zero. Safe to call on disjoint slices from
-// several threads. Throws Error(out_of_memory) when the pages cannot be backed.
-void populate(std::byte* base, std::size_t bytes);
+// region, mapped writable (or only readable, as a read-only mapping needs),
+// without changing its contents. Safe to call on disjoint slices from several
+// threads and while other processes write. Throws Error(out_of_memory) when
+// the pages cannot be backed.
+void populate(std::byte* base, std::size_t bytes, bool for_writing = true);
 
 // Asks the kernel for huge pages over the range. Returns false where it
 // refuses outright; whether huge pages were obtained shows in

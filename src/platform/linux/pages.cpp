@@ -2,9 +2,10 @@
 //
 // First touch of fresh memory runs at ~1.5 GB/s per thread in a VM (the
 // kernel zeroes each page); callers split large ranges across threads (see
-// parallel.hpp) and call populate() per slice. MADV_POPULATE_WRITE (Linux
-// 5.14+) backs a range in one call and reports ENOMEM instead of letting a
-// later touch be killed; older kernels fall back to writing one zero per page.
+// parallel.hpp) and call populate() per slice. MADV_POPULATE_WRITE/READ (Linux
+// 5.14+) back a range in one call and report ENOMEM instead of letting a
+// later touch be killed; older kernels fall back to touching each page.
+// Neither changes the contents: attached Blocks hold other processes' data.
 //
 // Huge pages: memfd memory is shmem, which gets transparent huge pages only
 // where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows (advise,
@@ -23,20 +24,31 @@
 #include "format.hpp"
 #include "platform/region.hpp"
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
 
 namespace unimem::platform {
 
-void populate(std::byte* base, std::size_t bytes) {
-  if (::madvise(base, bytes, MADV_POPULATE_WRITE) == 0) return;
+void populate(std::byte* base, std::size_t bytes, bool for_writing) {
+  if (::madvise(base, bytes, for_writing ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0) return;
   const int err = errno;
   if (err == EINVAL) {
-    // Kernel without MADV_POPULATE_WRITE. The memory is zero, so writing zero
-    // changes nothing but forces each page to be backed.
+    // Kernel without MADV_POPULATE_*: touch each page. An atomic add of 0
+    // write-faults the page without changing it, even if another process
+    // writes the same byte at the same time.
     const std::size_t page = page_size();
-    for (std::size_t off = 0; off < bytes; off += page) reinterpret_cast<volatile unsigned char*>(base)[off] = 0;
+    for (std::size_t off = 0; off < bytes; off += page) {
+      auto* p = reinterpret_cast<unsigned char*>(base) + off;
+      if (for_writing) {
+        __atomic_fetch_add(p, 0, __ATOMIC_RELAXED);
+      } else {
+        (void)*reinterpret_cast<volatile unsigned char*>(p);
+      }
+    }
     return;
   }
   throw Error(err == ENOMEM ? Errc::out_of_memory : Errc::system, err,
