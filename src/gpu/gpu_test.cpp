@@ -224,6 +224,25 @@ TEST(GpuShare, AnotherProcessesKernelReadsAndWritesBack) {
   EXPECT_EQ(gpu_bad, 0u) << "and so does process A's GPU 0";
 }
 
+TEST(GpuShare, ReadOnlyAttachIsRegisteredReadOnlyAndReadByKernels) {
+  UNIMEM_REQUIRE_GPUS(1);
+  Block a = Block::open(8 * MiB);
+  auto* words = reinterpret_cast<std::uint32_t*>(a.data());
+  const std::size_t n = a.size() / sizeof *words;
+  for (std::size_t i = 0; i < n; ++i) words[i] = pattern(i, 80);
+  BlockOptions o = visible();
+  o.read_only = true;
+  Block ro = Block::attach(a.id(), o);
+  ASSERT_TRUE(ro.gpu_visible());
+  ASSERT_TRUE(ro.read_only());
+  for (int device = 0; device < gpu_test::device_count(); ++device) {
+    unsigned long long bad = ~0ull;
+    ASSERT_EQ(gpu_test::count_mismatches(device, on_device(ro, device, reinterpret_cast<const std::uint32_t*>(ro.data())),
+                                         n, 80, &bad), "");
+    EXPECT_EQ(bad, 0u) << "device " << device;
+  }
+}
+
 }  // namespace
 }  // namespace unimem
 
