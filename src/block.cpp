@@ -51,10 +51,12 @@ Block Block::adopt(int fd, const BlockOptions& options) {
 void Block::finish_open(const BlockOptions& options) {
   if (options.visibility == Visibility::gpus) {
     make_gpu_visible(options.warm_threads);  // backs every page as it registers
-  } else if (options.backing == Backing::warm && !region_.read_only) {
+  } else if (options.backing == Backing::warm) {
     std::byte* base = region_.base;
-    detail::for_each_slice(region_.size, options.warm_threads, std::size_t{2} << 20, SIZE_MAX,
-                           [base](std::size_t begin, std::size_t end) { platform::populate(base + begin, end - begin); });
+    const bool writable = !region_.read_only;
+    detail::for_each_slice(region_.size, options.warm_threads, std::size_t{2} << 20, SIZE_MAX, [=](std::size_t begin, std::size_t end) {
+      platform::populate(base + begin, end - begin, writable);
+    });
   }
 }
 

@@ -130,8 +130,8 @@ Cell GridCore::take() noexcept {
 }
 
 GiveStatus GridCore::give(Cell& cell) noexcept {
-  if (cell.core_ == nullptr) return GiveStatus::empty_cell;
-  if (cell.core_ != this) return GiveStatus::foreign_cell;
+  if (cell.pool_ == nullptr) return GiveStatus::empty_cell;
+  if (cell.pool_ != this) return GiveStatus::foreign_cell;
   cell.reset();
   return GiveStatus::ok;
 }

@@ -112,7 +112,7 @@ SharedCell SharedGrid::take() noexcept {
   }
 }
 
-void SharedGrid::push(std::uint32_t index) noexcept {
+void SharedGrid::give_back(std::uint32_t index) noexcept {
   auto* h = header();
   std::uint64_t head = h->head.load(std::memory_order_relaxed);
   for (;;) {
@@ -125,8 +125,8 @@ void SharedGrid::push(std::uint32_t index) noexcept {
 }
 
 GiveStatus SharedGrid::give(SharedCell&& cell) noexcept {
-  if (cell.grid_ == nullptr) return GiveStatus::empty_cell;
-  if (cell.grid_ != this) return GiveStatus::foreign_cell;
+  if (cell.pool_ == nullptr) return GiveStatus::empty_cell;
+  if (cell.pool_ != this) return GiveStatus::foreign_cell;
   cell.reset();
   return GiveStatus::ok;
 }

@@ -54,36 +54,38 @@ enum class GiveStatus : std::uint8_t {
 
 namespace detail {
 class GridCore;
-}
 
-// An owning handle to one cell. Move-only; returns the cell to its grid when
-// destroyed. An empty Cell (default-constructed, moved-from, given, or what
-// take() returns when the grid is exhausted) converts to false.
-class Cell {
+// An owning handle to one cell of a `Pool` (GridCore, SharedGrid). Move-only;
+// returns the cell to its pool when destroyed. An empty handle (default-
+// constructed, moved-from, given, or what take() returns when the pool is
+// exhausted) converts to false. The pool provides cell_size() and
+// give_back(index).
+template <class Pool>
+class CellHandle {
  public:
-  Cell() noexcept = default;
-  Cell(Cell&& other) noexcept
-      : core_(std::exchange(other.core_, nullptr)), data_(other.data_), index_(other.index_) {}
-  Cell& operator=(Cell&& other) noexcept {
+  CellHandle() noexcept = default;
+  CellHandle(CellHandle&& other) noexcept
+      : pool_(std::exchange(other.pool_, nullptr)), data_(other.data_), index_(other.index_) {}
+  CellHandle& operator=(CellHandle&& other) noexcept {
     if (this != &other) {
       reset();
-      core_ = std::exchange(other.core_, nullptr);
+      pool_ = std::exchange(other.pool_, nullptr);
       data_ = other.data_;
       index_ = other.index_;
     }
     return *this;
   }
-  Cell(const Cell&) = delete;
-  Cell& operator=(const Cell&) = delete;
-  ~Cell() { reset(); }
+  CellHandle(const CellHandle&) = delete;
+  CellHandle& operator=(const CellHandle&) = delete;
+  ~CellHandle() { reset(); }
 
-  explicit operator bool() const noexcept { return core_ != nullptr; }
+  explicit operator bool() const noexcept { return pool_ != nullptr; }
   // The cell's first byte (64-byte aligned), or nullptr when empty.
-  std::byte* data() const noexcept { return core_ ? data_ : nullptr; }
+  std::byte* data() const noexcept { return pool_ ? data_ : nullptr; }
   // The cell's size in bytes, or 0 when empty.
-  std::size_t size() const noexcept;
+  std::size_t size() const noexcept { return pool_ ? pool_->cell_size() : 0; }
   std::span<std::byte> bytes() const noexcept { return {data(), size()}; }
-  // The cell's position in its grid, in [0, cells()). Meaningless when empty.
+  // The cell's position in its pool, in [0, cells()). Meaningless when empty.
   std::uint32_t index() const noexcept { return index_; }
 
   // The cell as an array of T (T must be implicit-lifetime, e.g. float).
@@ -92,18 +94,23 @@ class Cell {
     return {reinterpret_cast<T*>(data()), size() / sizeof(T)};
   }
 
-  // Returns the cell to its grid now; the handle becomes empty. Never throws.
-  void reset() noexcept;
+  // Returns the cell to its pool now; the handle becomes empty. Never throws.
+  void reset() noexcept {
+    if (pool_ != nullptr) std::exchange(pool_, nullptr)->give_back(index_);
+  }
 
  private:
-  friend class detail::GridCore;
-  Cell(detail::GridCore* core, std::byte* data, std::uint32_t index) noexcept
-      : core_(core), data_(data), index_(index) {}
+  friend Pool;
+  CellHandle(Pool* pool, std::byte* data, std::uint32_t index) noexcept : pool_(pool), data_(data), index_(index) {}
 
-  detail::GridCore* core_ = nullptr;
+  Pool* pool_ = nullptr;
   std::byte* data_ = nullptr;
   std::uint32_t index_ = 0;
 };
+}  // namespace detail
+
+// A cell of a Grid: see detail::CellHandle.
+using Cell = detail::CellHandle<detail::GridCore>;
 
 namespace detail {
 
@@ -214,11 +221,5 @@ class Grid {
  private:
   detail::GridCore* core_;  // owned, but may outlive the Grid (see release_owner)
 };
-
-inline std::size_t Cell::size() const noexcept { return core_ ? core_->cell_size() : 0; }
-
-inline void Cell::reset() noexcept {
-  if (core_ != nullptr) std::exchange(core_, nullptr)->give_back(index_);
-}
 
 }  // namespace unimem

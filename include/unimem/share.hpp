@@ -104,41 +104,8 @@ class SharedTape {
 
 class SharedGrid;
 
-// An owning handle to a cell of a SharedGrid; goes back when destroyed.
-class SharedCell {
- public:
-  SharedCell() noexcept = default;
-  SharedCell(SharedCell&& other) noexcept
-      : grid_(std::exchange(other.grid_, nullptr)), data_(other.data_), index_(other.index_) {}
-  SharedCell& operator=(SharedCell&& other) noexcept {
-    if (this != &other) {
-      reset();
-      grid_ = std::exchange(other.grid_, nullptr);
-      data_ = other.data_;
-      index_ = other.index_;
-    }
-    return *this;
-  }
-  ~SharedCell() { reset(); }
-
-  explicit operator bool() const noexcept { return grid_ != nullptr; }
-  std::byte* data() const noexcept { return grid_ ? data_ : nullptr; }
-  std::size_t size() const noexcept;
-  std::uint32_t index() const noexcept { return index_; }
-  template <class T>
-  std::span<T> as() const noexcept {
-    return {reinterpret_cast<T*>(data()), size() / sizeof(T)};
-  }
-  void reset() noexcept;
-
- private:
-  friend class SharedGrid;
-  SharedCell(SharedGrid* grid, std::byte* data, std::uint32_t index) noexcept
-      : grid_(grid), data_(data), index_(index) {}
-  SharedGrid* grid_ = nullptr;
-  std::byte* data_ = nullptr;
-  std::uint32_t index_ = 0;
-};
+// A cell of a SharedGrid (see detail::CellHandle): goes back when destroyed.
+using SharedCell = detail::CellHandle<SharedGrid>;
 
 // A pool of fixed-size cells whose free list lives in its Block (a tagged
 // Treiber stack of indices, as Grid's shared list; no thread caches, since
@@ -171,11 +138,12 @@ class SharedGrid {
   const Block& block() const noexcept { return block_; }
 
  private:
-  friend class SharedCell;
+  friend SharedCell;
   // Formats (cells != 0) or validates (cells == 0) the Block's header.
   SharedGrid(Block block, std::size_t cell_size, std::size_t cells);
   detail::SharedGridHeader* header() const noexcept;
-  void push(std::uint32_t index) noexcept;
+  // Pushes a cell back on the shared list (what SharedCell::reset calls).
+  void give_back(std::uint32_t index) noexcept;
 
   Block block_;
   std::size_t data_offset_ = 0;
@@ -218,10 +186,5 @@ class SharedLayout {
   Tape scratch_;
   Tape history_;
 };
-
-inline std::size_t SharedCell::size() const noexcept { return grid_ ? grid_->cell_size() : 0; }
-inline void SharedCell::reset() noexcept {
-  if (grid_ != nullptr) std::exchange(grid_, nullptr)->push(index_);
-}
 
 }  // namespace unimem
