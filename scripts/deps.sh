@@ -4,7 +4,8 @@
 set -euo pipefail
 
 UNIMEM_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libgtest-dev libbenchmark-dev
-                 libboost-dev libmimalloc-dev libjemalloc-dev python3)
+                 libboost-dev libmimalloc-dev libjemalloc-dev python3
+                 liburing-dev nlohmann-json3-dev pkg-config)
 
 missing=()
 for p in "${UNIMEM_PACKAGES[@]}"; do

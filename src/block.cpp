@@ -42,6 +42,14 @@ Block Block::attach(const BlockId& id, const BlockOptions& options) {
   return block;
 }
 
+Block Block::map_file(const std::string& path, const BlockOptions& options) {
+  Block block(platform::map_file_region(path, options));
+  BlockOptions read_only = options;
+  read_only.read_only = true;
+  block.finish_open(read_only);
+  return block;
+}
+
 Block Block::adopt(int fd, const BlockOptions& options) {
   Block block(platform::adopt_region(fd, 0, options));
   block.finish_open(options);

@@ -146,6 +146,15 @@ class Block {
   //   and what open() throws for mapping, pinning and GPU visibility.
   static Block attach(const BlockId& id, const BlockOptions& options = {});
 
+  // Maps the file at `path` read-only: the page cache's own pages, nothing
+  // copied. size() is the file size rounded up to the page size (bytes past
+  // the end read as zero); id() is empty (a file is not a shareable Block).
+  // `options` apply as for open(): pinning locks the file's pages, Backing::warm
+  // reads them all in now, Visibility::gpus registers them read-only with
+  // every GPU. Throws Error(not_found, permission_denied), Error(invalid_argument)
+  // for an empty or non-regular file, and what open() throws.
+  static Block map_file(const std::string& path, const BlockOptions& options = {});
+
   // Takes ownership of `fd`, a descriptor of a unimem Block (inherited across
   // exec, received over a socket), and maps it. Closes `fd` on error. Throws
   // Error(not_a_block) when it is not one, and what attach() throws.

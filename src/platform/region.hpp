@@ -47,6 +47,10 @@ std::size_t huge_page_bytes(const std::byte* base, std::size_t bytes);
 // options.huge_pages. Throws Error(not_a_block, not_found, ...).
 detail::Region adopt_region(int fd, std::uint64_t expected_object, const BlockOptions& options);
 
+// Maps the file at `path` read-only with `options` (read_only is implied).
+// Throws Error(not_found, permission_denied, invalid_argument, ...).
+detail::Region map_file_region(const std::string& path, const BlockOptions& options);
+
 // Opens another process's Block by id (read-only when asked); returns a
 // descriptor the caller owns. Throws Error(invalid_argument, not_found,
 // permission_denied).

@@ -202,6 +202,29 @@ detail::Region adopt_region(int fd, std::uint64_t expected_object, const BlockOp
   return region;
 }
 
+detail::Region map_file_region(const std::string& path, const BlockOptions& options) {
+  detail::Region region;
+  region.handle = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (region.handle < 0) {
+    const int err = errno;
+    fail(err == ENOENT || err == ENOTDIR ? Errc::not_found : err == EACCES || err == EPERM ? Errc::permission_denied : Errc::system,
+         err, "cannot open " + path + " to map it");
+  }
+  RegionGuard guard{region};
+  struct stat st {};
+  if (::fstat(region.handle, &st) != 0) fail(Errc::system, errno, "fstat of " + path + " failed");
+  if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
+    fail(Errc::invalid_argument, 0, path + " is " + (S_ISREG(st.st_mode) ? "empty" : "not a regular file") + ": nothing to map");
+  }
+  const std::size_t page = page_size();
+  region.size = (static_cast<std::size_t>(st.st_size) + page - 1) / page * page;
+  BlockOptions read_only = options;
+  read_only.read_only = true;
+  map_and_pin(region, read_only);
+  guard.armed = false;
+  return region;
+}
+
 void unmap_region(detail::Region& region) noexcept {
   if (region.base != nullptr) {
     // munmap drops the lock too; no separate munlock needed.

@@ -1,0 +1,77 @@
+// unimem/file.hpp — storage straight into Blocks.
+//
+// read_file() moves bytes from a file into memory you own (a Block, a Tape
+// allocation) at the disk's speed: O_DIRECT reads, aligned to what the file
+// system asks for, many in flight through io_uring. Where that cannot work it
+// falls back on its own, and says which path it took and why:
+//   io_uring_direct    io_uring + O_DIRECT: the page cache is bypassed
+//   io_uring_buffered  io_uring through the page cache (O_DIRECT refused, e.g. tmpfs)
+//   pread_direct       parallel pread + O_DIRECT (io_uring unavailable)
+//   pread_buffered     parallel pread through the page cache
+// Pieces that O_DIRECT cannot take (unaligned head and tail of a segment, or a
+// destination whose alignment does not match the file offset's) are read
+// through the page cache; the report counts them.
+//
+// Block::map_file (block.hpp) maps a file read-only instead: for files already
+// in the page cache, nothing is copied at all.
+//
+// Thread safety: read_file may run on several threads at once; the segments'
+// destinations must not overlap and must stay valid until it returns.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+
+#include "unimem/error.hpp"
+
+namespace unimem {
+
+enum class ReadPath { io_uring_direct, io_uring_buffered, pread_direct, pread_buffered };
+
+// "io_uring_direct", ... Never throws.
+const char* to_string(ReadPath path) noexcept;
+
+// One piece of a file and where it goes.
+struct ReadSegment {
+  std::uint64_t file_offset = 0;
+  std::byte* dest = nullptr;
+  std::size_t bytes = 0;
+};
+
+struct ReadOptions {
+  unsigned queue_depth = 32;                  // reads in flight (io_uring)
+  std::size_t chunk_bytes = std::size_t{1} << 20;  // the size of one read
+  unsigned threads = 0;                       // pread fallback threads; 0: the cores, at most 16
+  bool direct = true;                         // try O_DIRECT
+  bool io_uring = true;                       // try io_uring
+  // Called on the calling thread as reads complete, with bytes done and the
+  // total; keep it cheap. May be empty.
+  std::function<void(std::uint64_t done, std::uint64_t total)> progress;
+};
+
+struct ReadReport {
+  std::uint64_t bytes = 0;           // all bytes read
+  std::uint64_t buffered_bytes = 0;  // of which through the page cache (unaligned pieces, fallbacks)
+  ReadPath path = ReadPath::pread_buffered;
+  double seconds = 0;
+  std::string fallback_reason;  // why not io_uring_direct; empty when it was
+};
+
+// Reads every segment of the file at `path`. Throws Error:
+//   not_found          no such file
+//   permission_denied  the file cannot be opened for reading
+//   invalid_argument   a segment lies outside the file, or has a null destination
+//   system             an I/O error, or the file ended early (it shrank while read)
+ReadReport read_file(const std::string& path, std::span<const ReadSegment> segments, const ReadOptions& options = {});
+
+// Reads dest.size() bytes from `offset` of the file into `dest`.
+ReadReport read_file(const std::string& path, std::uint64_t offset, std::span<std::byte> dest,
+                     const ReadOptions& options = {});
+
+// The size of the file at `path`. Throws Error(not_found, permission_denied, system).
+std::uint64_t file_size(const std::string& path);
+
+}  // namespace unimem

@@ -1,0 +1,192 @@
+#include "unimem/file.hpp"
+
+#include <gtest/gtest.h>
+#include <grp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <vector>
+
+#include "unimem/block.hpp"
+
+namespace unimem {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+// A file of random bytes that removes itself.
+struct TempFile {
+  fs::path path;
+  std::vector<std::byte> data;
+  TempFile(std::size_t bytes, const fs::path& dir = fs::temp_directory_path(), unsigned seed = 1) {
+    static std::atomic<int> counter{0};
+    path = dir / ("unimem_file_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    data.resize(bytes);
+    std::mt19937_64 rng(seed);
+    for (auto& b : data) b = static_cast<std::byte>(rng());
+    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(bytes));
+  }
+  ~TempFile() { fs::remove(path); }
+};
+
+template <class F>
+Errc error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.code();
+  }
+  return Errc{};
+}
+
+void expect_consistent(const ReadReport& r) {
+  EXPECT_EQ(r.path == ReadPath::io_uring_direct, r.fallback_reason.empty()) << to_string(r.path) << ": " << r.fallback_reason;
+  std::printf("path %s%s%s, %llu of %llu bytes buffered\n", to_string(r.path), r.fallback_reason.empty() ? "" : ": ",
+              r.fallback_reason.c_str(), static_cast<unsigned long long>(r.buffered_bytes),
+              static_cast<unsigned long long>(r.bytes));
+}
+
+TEST(ReadFile, WholeFileIntoABlock) {
+  TempFile f(7 * MiB + 123);
+  Block b = Block::open(f.data.size());
+  ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()));
+  EXPECT_EQ(r.bytes, f.data.size());
+  EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
+  expect_consistent(r);
+  if (r.path == ReadPath::io_uring_direct) {
+    EXPECT_LT(r.buffered_bytes, 4096u) << "only the unaligned tail goes through the page cache";
+  }
+}
+
+TEST(ReadFile, EveryPathGivesTheSameBytes) {
+  TempFile f(3 * MiB + 5000);
+  for (bool ring : {true, false}) {
+    for (bool direct : {true, false}) {
+      Block b = Block::open(f.data.size());
+      ReadOptions o;
+      o.io_uring = ring;
+      o.direct = direct;
+      o.chunk_bytes = 256 * 1024;
+      o.queue_depth = 4;
+      o.threads = 3;
+      ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()), o);
+      EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0) << ring << direct;
+      if (!ring) {
+        EXPECT_TRUE(r.path == ReadPath::pread_direct || r.path == ReadPath::pread_buffered);
+      }
+      if (!direct) {
+        EXPECT_EQ(r.buffered_bytes, r.bytes);
+      }
+      expect_consistent(r);
+    }
+  }
+}
+
+TEST(ReadFile, UnalignedOffsetsAndDestinationsAndScatter) {
+  TempFile f(5 * MiB + 77);
+  Block b = Block::open(6 * MiB);
+  const ReadSegment segments[] = {
+      {4096 * 3, b.data() + 4096, 2 * MiB},              // aligned: O_DIRECT where possible
+      {12345, b.data() + 3 * MiB + 12345 % 4096, MiB},   // offset and destination agree mod 4 KiB
+      {999, b.data() + 4 * MiB + 4097, 70000},           // they do not: page cache only
+      {f.data.size() - 10, b.data() + 5 * MiB, 10},      // the file's last bytes
+  };
+  ReadReport r = read_file(f.path, segments);
+  for (const ReadSegment& s : segments) {
+    EXPECT_EQ(std::memcmp(s.dest, f.data.data() + s.file_offset, s.bytes), 0) << s.file_offset;
+  }
+  EXPECT_EQ(r.bytes, 2 * MiB + MiB + 70000 + 10);
+  EXPECT_GE(r.buffered_bytes, 70000u + 10u);
+  expect_consistent(r);
+}
+
+TEST(ReadFile, ReportsProgressUpToTheTotal) {
+  TempFile f(4 * MiB);
+  Block b = Block::open(f.data.size());
+  for (bool ring : {true, false}) {
+    std::uint64_t last = 0, calls = 0, total_seen = 0;
+    ReadOptions o;
+    o.io_uring = ring;
+    o.chunk_bytes = 512 * 1024;
+    o.progress = [&](std::uint64_t done, std::uint64_t total) {
+      EXPECT_GE(done, last);
+      last = done;
+      total_seen = total;
+      ++calls;
+    };
+    read_file(f.path, 0, b.bytes().first(f.data.size()), o);
+    EXPECT_GT(calls, 0u);
+    EXPECT_EQ(last, f.data.size());
+    EXPECT_EQ(total_seen, f.data.size());
+  }
+}
+
+TEST(ReadFile, TmpfsFallsBackToThePageCache) {
+  if (!fs::exists("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  TempFile f(2 * MiB + 1, "/dev/shm");
+  Block b = Block::open(f.data.size());
+  ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()));
+  EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
+  if (r.path != ReadPath::io_uring_direct && r.path != ReadPath::pread_direct) {
+    EXPECT_EQ(r.buffered_bytes, r.bytes);
+    EXPECT_NE(r.fallback_reason.find("O_DIRECT"), std::string::npos) << r.fallback_reason;
+  }
+  expect_consistent(r);
+}
+
+TEST(ReadFile, BadInputGivesClearErrors) {
+  TempFile f(MiB);
+  Block b = Block::open(2 * MiB);
+  EXPECT_EQ(error_of([&] { read_file("/nonexistent/unimem.bin", 0, b.bytes()); }), Errc::not_found);
+  EXPECT_EQ(error_of([&] { read_file(f.path, 1, b.bytes().first(MiB)); }), Errc::invalid_argument) << "past the end";
+  EXPECT_EQ(error_of([&] { read_file(f.path, 2 * MiB, b.bytes().first(1)); }), Errc::invalid_argument);
+  const ReadSegment null_dest{0, nullptr, 10};
+  EXPECT_EQ(error_of([&] { read_file(f.path, std::span<const ReadSegment>(&null_dest, 1)); }), Errc::invalid_argument);
+  EXPECT_EQ(error_of([&] { read_file(fs::temp_directory_path(), 0, b.bytes().first(1)); }), Errc::invalid_argument);
+  EXPECT_EQ(error_of([&] { (void)file_size("/nonexistent/unimem.bin"); }), Errc::not_found);
+  EXPECT_EQ(file_size(f.path), MiB);
+  // Nothing to read is fine.
+  EXPECT_EQ(read_file(f.path, 0, std::span<std::byte>()).bytes, 0u);
+}
+
+TEST(ReadFile, UnreadableFileIsPermissionDenied) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  TempFile f(4096);
+  fs::permissions(f.path, fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_EXIT(
+      {
+        if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+          std::_Exit(4);
+        }
+        std::vector<std::byte> dest(4096);
+        std::_Exit(error_of([&] { read_file(f.path, 0, dest); }) == Errc::permission_denied ? 0 : 5);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST(MapFile, MapsThePageCacheReadOnly) {
+  TempFile f(3 * MiB + 10);
+  for (Backing backing : {Backing::lazy, Backing::warm}) {
+    BlockOptions o;
+    o.backing = backing;
+    Block b = Block::map_file(f.path, o);
+    EXPECT_TRUE(b.read_only());
+    EXPECT_FALSE(b.id()) << "a mapped file is not a shareable Block";
+    EXPECT_EQ(b.size(), (f.data.size() + Block::page_size() - 1) / Block::page_size() * Block::page_size());
+    EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
+    EXPECT_EQ(b.bytes()[f.data.size()], std::byte{0}) << "past the end reads as zero";
+  }
+  EXPECT_EQ(error_of([] { (void)Block::map_file("/nonexistent/unimem.bin"); }), Errc::not_found);
+  TempFile empty(0);
+  EXPECT_EQ(error_of([&] { (void)Block::map_file(empty.path); }), Errc::invalid_argument);
+  EXPECT_EQ(error_of([] { (void)Block::map_file(fs::temp_directory_path()); }), Errc::invalid_argument);
+}
+
+}  // namespace
+}  // namespace unimem

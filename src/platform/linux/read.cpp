@@ -1,0 +1,290 @@
+// src/platform/linux/read.cpp — read_file: io_uring + O_DIRECT, with fallbacks.
+//
+// The plan: open the file twice, buffered and (if the file system allows)
+// O_DIRECT. Split every segment into an O_DIRECT body, whose file offset,
+// length and destination address meet the file system's direct-I/O alignment
+// (statx STATX_DIOALIGN where the kernel reports it, 4 KiB otherwise), and a
+// buffered head and tail. Cut everything into chunk_bytes reads and keep
+// queue_depth of them in flight with io_uring; where io_uring cannot be set up
+// (old kernel, seccomp, io_uring_disabled), threads run pread over the same
+// list. Short reads are resubmitted for the rest; a read of 0 bytes means the
+// file shrank, which is an error.
+#include <fcntl.h>
+#include <liburing.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "format.hpp"
+#include "unimem/file.hpp"
+
+namespace unimem {
+namespace {
+
+struct Chunk {
+  bool direct;
+  std::uint64_t offset;
+  std::byte* dest;
+  std::size_t bytes;
+};
+
+[[noreturn]] void fail_open(const std::string& path, int err) {
+  const Errc code = err == ENOENT || err == ENOTDIR ? Errc::not_found
+                    : err == EACCES || err == EPERM ? Errc::permission_denied
+                                                    : Errc::system;
+  throw Error(code, err, "unimem: cannot open " + path + " for reading: " + std::strerror(err));
+}
+
+struct Files {
+  int buffered = -1;
+  int direct = -1;
+  std::uint64_t size = 0;
+  std::size_t mem_align = 4096;
+  std::size_t offset_align = 4096;
+  std::string no_direct;  // why O_DIRECT is off
+  ~Files() {
+    if (buffered >= 0) ::close(buffered);
+    if (direct >= 0) ::close(direct);
+  }
+};
+
+void open_files(const std::string& path, bool want_direct, Files& f) {
+  f.buffered = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f.buffered < 0) fail_open(path, errno);
+  struct stat st {};
+  if (::fstat(f.buffered, &st) != 0) fail_open(path, errno);
+  if (!S_ISREG(st.st_mode)) throw Error(Errc::invalid_argument, 0, "unimem: " + path + " is not a regular file");
+  f.size = static_cast<std::uint64_t>(st.st_size);
+  if (!want_direct) {
+    f.no_direct = "O_DIRECT not asked for";
+    return;
+  }
+#ifdef STATX_DIOALIGN
+  struct statx sx {};
+  if (::statx(f.buffered, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
+    if (sx.stx_dio_mem_align == 0) {
+      f.no_direct = "the file system does not support O_DIRECT for this file";
+      return;
+    }
+    f.mem_align = std::max<std::size_t>(sx.stx_dio_mem_align, 512);
+    f.offset_align = std::max<std::size_t>(sx.stx_dio_offset_align, 512);
+  }
+#endif
+  f.direct = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  if (f.direct < 0) f.no_direct = std::string("O_DIRECT refused (") + std::strerror(errno) + ")";
+}
+
+// Cuts the segments into chunks: O_DIRECT bodies where alignment allows.
+std::vector<Chunk> plan(std::span<const ReadSegment> segments, const Files& f, std::size_t chunk_bytes,
+                        std::uint64_t& buffered_bytes) {
+  std::vector<Chunk> chunks;
+  auto add = [&](bool direct, std::uint64_t off, std::byte* dest, std::uint64_t n) {
+    if (!direct) buffered_bytes += n;
+    for (std::uint64_t done = 0; done < n; done += chunk_bytes) {
+      chunks.push_back({direct, off + done, dest + done, static_cast<std::size_t>(std::min<std::uint64_t>(chunk_bytes, n - done))});
+    }
+  };
+  const std::size_t align = std::max(f.mem_align, f.offset_align);
+  for (const ReadSegment& s : segments) {
+    if (s.bytes == 0) continue;
+    const auto dest = reinterpret_cast<std::uintptr_t>(s.dest);
+    // O_DIRECT body: the first aligned offset whose destination is aligned too.
+    const std::uint64_t body_begin = (s.file_offset + align - 1) / align * align;
+    const std::uint64_t body_end = (s.file_offset + s.bytes) / align * align;
+    const bool direct = f.direct >= 0 && (dest - s.file_offset) % align == 0 && body_begin < body_end;
+    if (!direct) {
+      add(false, s.file_offset, s.dest, s.bytes);
+      continue;
+    }
+    add(false, s.file_offset, s.dest, body_begin - s.file_offset);
+    add(true, body_begin, s.dest + (body_begin - s.file_offset), body_end - body_begin);
+    add(false, body_end, s.dest + (body_end - s.file_offset), s.file_offset + s.bytes - body_end);
+  }
+  return chunks;
+}
+
+[[noreturn]] void fail_read(const std::string& path, int err, std::uint64_t offset) {
+  if (err == 0) {
+    throw Error(Errc::system, 0, "unimem: " + path + " ended early at byte " + std::to_string(offset) + " (did it shrink?)");
+  }
+  throw Error(Errc::system, err, "unimem: reading " + path + " at byte " + std::to_string(offset) + " failed: " + std::strerror(err));
+}
+
+// io_uring path. Returns false (and sets why) when a ring cannot be set up.
+bool run_io_uring(const std::string& path, const Files& f, std::vector<Chunk>& chunks, const ReadOptions& o,
+                  std::uint64_t total, std::string& why) {
+  io_uring ring;
+  const unsigned depth = std::clamp(o.queue_depth, 1u, 4096u);
+  if (int err = io_uring_queue_init(depth, &ring, 0); err < 0) {
+    why = std::string("io_uring unavailable (") + std::strerror(-err) + ")";
+    return false;
+  }
+  struct RingGuard {
+    io_uring* r;
+    ~RingGuard() { io_uring_queue_exit(r); }
+  } guard{&ring};
+
+  std::vector<std::size_t> pending;  // chunk indices still to submit (resubmits go last)
+  pending.reserve(chunks.size());
+  for (std::size_t i = chunks.size(); i-- > 0;) pending.push_back(i);
+  unsigned inflight = 0;
+  std::uint64_t done = 0;
+  while (!pending.empty() || inflight != 0) {
+    while (inflight < depth && !pending.empty()) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+      if (sqe == nullptr) break;
+      const std::size_t i = pending.back();
+      pending.pop_back();
+      const Chunk& c = chunks[i];
+      io_uring_prep_read(sqe, c.direct ? f.direct : f.buffered, c.dest, static_cast<unsigned>(c.bytes), c.offset);
+      io_uring_sqe_set_data64(sqe, i);
+      ++inflight;
+    }
+    if (int err = io_uring_submit_and_wait(&ring, 1); err < 0 && err != -EINTR) fail_read(path, -err, 0);
+    io_uring_cqe* cqe;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+      ++seen;
+      --inflight;
+      Chunk& c = chunks[io_uring_cqe_get_data64(cqe)];
+      if (cqe->res < 0) {
+        if (cqe->res == -EAGAIN || cqe->res == -EINTR) {
+          pending.push_back(io_uring_cqe_get_data64(cqe));
+          continue;
+        }
+        fail_read(path, -cqe->res, c.offset);
+      }
+      const auto n = static_cast<std::size_t>(cqe->res);
+      if (n == 0) fail_read(path, 0, c.offset);
+      done += n;
+      if (n < c.bytes) {  // short read: the rest goes through the page cache
+        c.direct = false;
+        c.offset += n;
+        c.dest += n;
+        c.bytes -= n;
+        pending.push_back(io_uring_cqe_get_data64(cqe));
+      }
+    }
+    io_uring_cq_advance(&ring, seen);
+    if (o.progress) o.progress(done, total);
+  }
+  return true;
+}
+
+void run_pread(const std::string& path, const Files& f, const std::vector<Chunk>& chunks, const ReadOptions& o,
+               std::uint64_t total) {
+  unsigned threads = o.threads ? o.threads : std::min(16u, std::max(1u, std::thread::hardware_concurrency()));
+  threads = static_cast<unsigned>(std::min<std::size_t>(threads, std::max<std::size_t>(1, chunks.size())));
+  std::atomic<std::size_t> next{0};
+  std::atomic<std::uint64_t> done{0};
+  std::mutex error_lock;
+  std::exception_ptr error;
+  auto worker = [&] {
+    try {
+      for (std::size_t i; (i = next.fetch_add(1)) < chunks.size();) {
+        Chunk c = chunks[i];
+        while (c.bytes != 0) {
+          const ssize_t n = ::pread(c.direct ? f.direct : f.buffered, c.dest, c.bytes, static_cast<off_t>(c.offset));
+          if (n < 0 && errno == EINTR) continue;
+          if (n < 0) fail_read(path, errno, c.offset);
+          if (n == 0) fail_read(path, 0, c.offset);
+          c.direct = false;  // any rest of a short read goes through the page cache
+          c.offset += static_cast<std::uint64_t>(n);
+          c.dest += n;
+          c.bytes -= static_cast<std::size_t>(n);
+          done.fetch_add(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
+        }
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> hold(error_lock);
+      if (!error) error = std::current_exception();
+      next.store(chunks.size());
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
+  if (o.progress) {
+    // The calling thread reports progress while the others read.
+    std::thread last(worker);
+    while (next.load() < chunks.size()) {
+      o.progress(done.load(), total);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    last.join();
+  } else {
+    worker();
+  }
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+  if (o.progress) o.progress(done.load(), total);
+}
+
+}  // namespace
+
+const char* to_string(ReadPath path) noexcept {
+  switch (path) {
+    case ReadPath::io_uring_direct: return "io_uring_direct";
+    case ReadPath::io_uring_buffered: return "io_uring_buffered";
+    case ReadPath::pread_direct: return "pread_direct";
+    case ReadPath::pread_buffered: return "pread_buffered";
+  }
+  return "unknown";
+}
+
+std::uint64_t file_size(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail_open(path, errno);
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+ReadReport read_file(const std::string& path, std::span<const ReadSegment> segments, const ReadOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  Files f;
+  open_files(path, options.direct, f);
+  ReadReport report;
+  for (const ReadSegment& s : segments) {
+    if (s.bytes != 0 && s.dest == nullptr) throw Error(Errc::invalid_argument, 0, "unimem: read_file: a segment has no destination");
+    if (s.file_offset > f.size || s.bytes > f.size - s.file_offset) {
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: read_file: bytes [" + std::to_string(s.file_offset) + ", " + std::to_string(s.file_offset + s.bytes) +
+                      ") lie outside " + path + " (" + std::to_string(f.size) + " bytes)");
+    }
+    report.bytes += s.bytes;
+  }
+  const std::size_t chunk = std::max<std::size_t>(options.chunk_bytes / 4096 * 4096, 4096);
+  std::vector<Chunk> chunks = plan(segments, f, chunk, report.buffered_bytes);
+  const bool any_direct = std::any_of(chunks.begin(), chunks.end(), [](const Chunk& c) { return c.direct; });
+
+  std::string why = f.no_direct;
+  if (f.direct >= 0 && !any_direct && report.bytes != 0) why = "no piece is aligned for O_DIRECT";
+  bool ring = false;
+  if (options.io_uring) {
+    std::string ring_why;
+    ring = run_io_uring(path, f, chunks, options, report.bytes, ring_why);
+    if (!ring) why = why.empty() ? ring_why : ring_why + "; " + why;
+  } else {
+    why = why.empty() ? "io_uring not asked for" : "io_uring not asked for; " + why;
+  }
+  if (!ring) run_pread(path, f, chunks, options, report.bytes);
+  report.path = ring ? (any_direct ? ReadPath::io_uring_direct : ReadPath::io_uring_buffered)
+                     : (any_direct ? ReadPath::pread_direct : ReadPath::pread_buffered);
+  report.fallback_reason = report.path == ReadPath::io_uring_direct ? "" : why;
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+ReadReport read_file(const std::string& path, std::uint64_t offset, std::span<std::byte> dest, const ReadOptions& options) {
+  const ReadSegment segment{offset, dest.data(), dest.size()};
+  return read_file(path, std::span<const ReadSegment>(&segment, 1), options);
+}
+
+}  // namespace unimem
