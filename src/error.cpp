@@ -17,6 +17,7 @@ const char* to_string(Errc code) noexcept {
     case Errc::permission_denied: return "permission_denied";
     case Errc::not_a_block: return "not_a_block";
     case Errc::disconnected: return "disconnected";
+    case Errc::bad_format: return "bad_format";
   }
   return "unknown";
 }

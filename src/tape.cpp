@@ -69,6 +69,15 @@ Taken Tape::take(std::size_t size, std::size_t align) noexcept {
   return t;
 }
 
+bool Tape::untake(const Taken& taken, std::size_t size) noexcept {
+  if (!taken || !owns(taken.ptr)) return false;
+  const std::size_t begin = static_cast<std::size_t>(taken.ptr - block_.data());
+  std::size_t end = begin + size;
+  if (!cursor_.compare_exchange_strong(end, begin, std::memory_order_acq_rel)) return false;
+  detail::poison(taken.ptr, size);
+  return true;
+}
+
 void Tape::clear() noexcept {
   // Order matters (see the lane protocol in tape.hpp): a lane that sees the
   // new epoch must also see the rewound cursor.

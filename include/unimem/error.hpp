@@ -24,6 +24,7 @@ enum class Errc {
   permission_denied,     // the Block belongs to another user
   not_a_block,           // a descriptor or header that is not (this kind of) unimem Block
   disconnected,          // the peer closed the socket before a Block arrived
+  bad_format,            // a file that does not follow its format (the message says where)
 };
 
 // Returns a stable lowercase name for `code`, e.g. "memlock_limit". Never throws.

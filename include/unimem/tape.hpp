@@ -105,6 +105,11 @@ class Tape {
     return detail::take_span<T>(*this, count);
   }
 
+  // Gives back `taken` (of `size` bytes) when nothing was taken after it, so
+  // that a failed multi-step fill leaves no trace. Returns whether it did.
+  // The alignment padding before it stays taken. Never throws.
+  bool untake(const Taken& taken, std::size_t size) noexcept;
+
   // Rewinds to empty in O(1) and invalidates every Lane; touches no memory.
   // Never throws.
   void clear() noexcept;

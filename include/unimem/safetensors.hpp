@@ -1,0 +1,114 @@
+// unimem/safetensors.hpp — safetensors files straight into a Tape.
+//
+// A .safetensors file is an 8-byte little-endian header length, a JSON header
+// naming every tensor (dtype, shape, [begin, end) within the data section),
+// and the data. Safetensors::load validates the whole header before taking any
+// memory, places every tensor at the alignment asked for, and reads the data
+// with read_file (O_DIRECT + io_uring where possible):
+//   * when the file already has every tensor at that alignment (relative to a
+//     4 KiB-aligned placement of the file), the data section is read in one
+//     pass and the tensors stay where they land: no copy at all;
+//   * otherwise each tensor is read to its own aligned place.
+// A file that does not follow the format gives Error(bad_format) naming what
+// is wrong; a failed load leaves nothing half-loaded in the Tape (the space is
+// given back when no other take came after it).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "unimem/file.hpp"
+#include "unimem/tape.hpp"
+
+namespace unimem {
+
+enum class DType : std::uint8_t { BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16, I32, U32, F32, I64, U64, F64 };
+
+// "BF16", ... as safetensors spells them. Never throws.
+const char* to_string(DType dtype) noexcept;
+// Bytes per element. Never throws.
+std::size_t dtype_bytes(DType dtype) noexcept;
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::U8;
+  std::vector<std::uint64_t> shape;
+  std::uint64_t file_offset = 0;  // of the first byte, from the start of the file
+  std::uint64_t bytes = 0;
+};
+
+struct SafetensorsHeader {
+  std::uint64_t data_offset = 0;  // where the data section starts in the file
+  std::vector<TensorInfo> tensors;  // ordered by file_offset
+  std::vector<std::pair<std::string, std::string>> metadata;
+};
+
+// Parses and validates the header of a safetensors file of `file_size` bytes
+// whose first bytes are `prefix` (at least the length field and the header).
+// Throws Error(bad_format) for: a truncated length or header, a header larger
+// than the file or than 100 MB, malformed JSON, a missing or ill-typed field,
+// an unknown dtype, a shape whose byte size overflows or disagrees with the
+// offsets, offsets out of bounds, and overlapping tensors.
+SafetensorsHeader parse_safetensors_header(std::span<const std::byte> prefix, std::uint64_t file_size);
+
+// Reads and parses the header of the file at `path`. Throws what
+// parse_safetensors_header and read_file throw.
+SafetensorsHeader read_safetensors_header(const std::string& path);
+
+// A tensor to write with save_safetensors.
+struct TensorData {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<std::uint64_t> shape;
+  std::span<const std::byte> data;  // exactly the shape's bytes
+};
+
+// Writes a safetensors file (tensors in the given order, header padded to 8
+// bytes). Throws Error(invalid_argument) when a tensor's data does not match
+// its shape or names repeat, Error(system) when the file cannot be written.
+void save_safetensors(const std::string& path, std::span<const TensorData> tensors,
+                      std::span<const std::pair<std::string, std::string>> metadata = {});
+
+// A tensor loaded into memory.
+struct Tensor {
+  const TensorInfo* info = nullptr;
+  std::byte* data = nullptr;
+
+  template <class T>
+  std::span<T> as() const noexcept {
+    return {reinterpret_cast<T*>(data), static_cast<std::size_t>(info->bytes / sizeof(T))};
+  }
+};
+
+class Safetensors {
+ public:
+  // Loads every tensor of the file at `path` into `weights`, each at `align`
+  // (a power of two). Throws what read_safetensors_header and read_file throw,
+  // Error(invalid_argument) for a bad alignment, and Error(out_of_memory) when
+  // the Tape has no room (then nothing is taken).
+  static Safetensors load(const std::string& path, Tape& weights, std::size_t align = 64,
+                          const ReadOptions& options = {});
+
+  // The tensor called `name`, or nullptr. Never throws.
+  const Tensor* find(std::string_view name) const noexcept;
+  // The tensor called `name`. Throws Error(not_found).
+  const Tensor& at(std::string_view name) const;
+  std::span<const Tensor> tensors() const noexcept { return tensors_; }
+  const SafetensorsHeader& header() const noexcept { return header_; }
+  const ReadReport& report() const noexcept { return report_; }
+  // True when the data was read in one pass and left in place (no per-tensor reads).
+  bool in_place() const noexcept { return in_place_; }
+
+ private:
+  SafetensorsHeader header_;
+  std::vector<Tensor> tensors_;  // in header order
+  ReadReport report_;
+  bool in_place_ = false;
+};
+
+}  // namespace unimem

@@ -1,0 +1,184 @@
+#include "unimem/safetensors.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <vector>
+
+namespace unimem {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+fs::path temp_path(const char* what) {
+  static std::atomic<int> counter{0};
+  return fs::temp_directory_path() / ("unimem_st_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + what);
+}
+
+struct Owned {
+  std::string name;
+  DType dtype;
+  std::vector<std::uint64_t> shape;
+  std::vector<std::byte> bytes;
+};
+
+std::vector<Owned> sample_tensors() {
+  std::mt19937 rng(7);
+  auto make = [&](std::string name, DType dt, std::vector<std::uint64_t> shape) {
+    std::uint64_t n = dtype_bytes(dt);
+    for (auto d : shape) n *= d;
+    Owned o{std::move(name), dt, std::move(shape), std::vector<std::byte>(n)};
+    for (auto& b : o.bytes) b = static_cast<std::byte>(rng());
+    return o;
+  };
+  return {make("embed.weight", DType::BF16, {1000, 64}), make("norm.weight", DType::F32, {64}),
+          make("odd", DType::U8, {3, 7}), make("empty", DType::F16, {0, 5}), make("ids", DType::I64, {17}),
+          make("big", DType::F32, {300, 1000})};
+}
+
+fs::path write(const std::vector<Owned>& tensors, std::vector<std::pair<std::string, std::string>> meta = {}) {
+  std::vector<TensorData> views;
+  for (const Owned& o : tensors) views.push_back({o.name, o.dtype, o.shape, o.bytes});
+  fs::path p = temp_path(".safetensors");
+  save_safetensors(p, views, meta);
+  return p;
+}
+
+fs::path write_raw(const std::string& header, std::size_t data_bytes, std::uint64_t claimed_length = ~0ull) {
+  fs::path p = temp_path(".raw");
+  std::ofstream out(p, std::ios::binary);
+  const std::uint64_t n = claimed_length == ~0ull ? header.size() : claimed_length;
+  for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xff));
+  out << header << std::string(data_bytes, '\x5a');
+  return p;
+}
+
+template <class F>
+std::pair<Errc, std::string> error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return {e.code(), e.what()};
+  }
+  return {Errc{}, ""};
+}
+
+TEST(Safetensors, RoundTripsEveryTensorAtTheAskedAlignment) {
+  const auto tensors = sample_tensors();
+  const fs::path p = write(tensors, {{"format", "pt"}});
+  for (std::size_t align : {std::size_t{64}, std::size_t{4096}, std::size_t{2} << 20}) {
+    Tape tape = Tape::start(16 * MiB);
+    Safetensors model = Safetensors::load(p, tape, align);
+    ASSERT_EQ(model.tensors().size(), tensors.size());
+    for (const Owned& o : tensors) {
+      const Tensor& t = model.at(o.name);
+      EXPECT_EQ(t.info->dtype, o.dtype) << o.name;
+      EXPECT_EQ(t.info->shape, o.shape) << o.name;
+      EXPECT_EQ(t.info->bytes, o.bytes.size()) << o.name;
+      if (!o.bytes.empty()) {
+        EXPECT_EQ(reinterpret_cast<std::uintptr_t>(t.data) % align, 0u) << o.name << " at align " << align;
+        EXPECT_EQ(std::memcmp(t.data, o.bytes.data(), o.bytes.size()), 0) << o.name;
+        EXPECT_TRUE(tape.owns(t.data));
+      }
+    }
+    EXPECT_EQ(model.find("missing"), nullptr);
+    EXPECT_EQ(error_of([&] { (void)model.at("missing"); }).first, Errc::not_found);
+    ASSERT_EQ(model.header().metadata.size(), 1u);
+    EXPECT_EQ(model.header().metadata[0].second, "pt");
+    std::printf("align %zu: %s, path %s\n", align, model.in_place() ? "in place" : "per tensor", to_string(model.report().path));
+  }
+  fs::remove(p);
+}
+
+TEST(Safetensors, AlignedFilesLoadInPlaceInOnePass) {
+  // Every tensor a multiple of 8 bytes: the data section keeps them 8-aligned.
+  std::vector<Owned> tensors = sample_tensors();
+  tensors.erase(tensors.begin() + 2);  // "odd" (21 bytes) would misalign the rest
+  const fs::path p = write(tensors);
+  Tape tape = Tape::start(8 * MiB);
+  Safetensors model = Safetensors::load(p, tape, 8);
+  EXPECT_TRUE(model.in_place());
+  for (const Owned& o : tensors) {
+    EXPECT_EQ(std::memcmp(model.at(o.name).data, o.bytes.data(), o.bytes.size()), 0) << o.name;
+  }
+  fs::remove(p);
+}
+
+TEST(Safetensors, RefusesMalformedFilesAndTakesNothing) {
+  const std::string ok_tensor = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+  struct Case {
+    const char* what;
+    fs::path file;
+    const char* message;
+  };
+  std::vector<Case> cases = {
+      {"too short", [] {
+         fs::path p = temp_path(".short");
+         std::ofstream(p, std::ios::binary) << "abc";
+         return p;
+       }(), "shorter than its 8-byte header length"},
+      {"header larger than file", write_raw("{}", 0, 1000), "larger than the file"},
+      {"not json", write_raw("{not json", 8), "not valid JSON"},
+      {"not an object", write_raw("[1,2]", 8), "not a JSON object"},
+      {"unknown dtype", write_raw(R"({"a":{"dtype":"F7","shape":[2],"data_offsets":[0,8]}})", 8), "unknown dtype 'F7'"},
+      {"missing dtype", write_raw(R"({"a":{"shape":[2],"data_offsets":[0,8]}})", 8), "no dtype"},
+      {"negative shape", write_raw(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "non-negative"},
+      {"shape vs offsets", write_raw(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8), "need 12"},
+      {"out of bounds", write_raw(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 8), "outside the data"},
+      {"reversed offsets", write_raw(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", 8), "outside the data"},
+      {"overflow", write_raw(R"({"a":{"dtype":"F64","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", 8), "overflows"},
+      {"overlap", write_raw("{" + ok_tensor + R"(,"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 16), "overlap"},
+      {"bad metadata", write_raw(R"({"__metadata__":{"k":1}})", 0), "__metadata__"},
+      {"truncated data", write_raw("{" + ok_tensor + "}", 4), "outside the data"},
+  };
+  Tape tape = Tape::start(MiB);
+  ASSERT_TRUE(tape.take(100, 1));
+  for (const Case& c : cases) {
+    auto [code, message] = error_of([&] { (void)Safetensors::load(c.file, tape); });
+    EXPECT_EQ(code, Errc::bad_format) << c.what << ": " << message;
+    EXPECT_NE(message.find(c.message), std::string::npos) << c.what << ": " << message;
+    EXPECT_EQ(tape.used(), 100u) << c.what << ": a refused file takes nothing";
+    fs::remove(c.file);
+  }
+  EXPECT_EQ(error_of([&] { (void)Safetensors::load("/nonexistent.safetensors", tape); }).first, Errc::not_found);
+  EXPECT_EQ(error_of([&] { (void)Safetensors::load("/nonexistent.safetensors", tape, 3); }).first, Errc::invalid_argument);
+}
+
+TEST(Safetensors, ATapeTooSmallIsOutOfMemoryAndTakesNothing) {
+  const fs::path p = write(sample_tensors());
+  Tape tape = Tape::start(64 * 1024);
+  auto [code, message] = error_of([&] { (void)Safetensors::load(p, tape); });
+  EXPECT_EQ(code, Errc::out_of_memory) << message;
+  EXPECT_EQ(tape.used(), 0u);
+  fs::remove(p);
+}
+
+TEST(Safetensors, SaveRefusesInconsistentTensors) {
+  std::vector<std::byte> seven(7);
+  const TensorData bad_size[] = {{"a", DType::F32, {2}, seven}};
+  EXPECT_EQ(error_of([&] { save_safetensors(temp_path(".x"), bad_size); }).first, Errc::invalid_argument);
+  std::vector<std::byte> eight(8);
+  const TensorData twice[] = {{"a", DType::F32, {2}, eight}, {"a", DType::F32, {2}, eight}};
+  EXPECT_EQ(error_of([&] { save_safetensors(temp_path(".x"), twice); }).first, Errc::invalid_argument);
+}
+
+TEST(TapeUntake, GivesBackOnlyTheLastTake) {
+  Tape t = Tape::start(4096);
+  Taken a = t.take(100, 1);
+  Taken b = t.take(50, 1);
+  EXPECT_FALSE(t.untake(a, 100)) << "something was taken after a";
+  EXPECT_TRUE(t.untake(b, 50));
+  EXPECT_EQ(t.used(), 100u);
+  EXPECT_TRUE(t.untake(a, 100));
+  EXPECT_EQ(t.used(), 0u);
+  EXPECT_FALSE(t.untake(Taken{}, 1));
+}
+
+}  // namespace
+}  // namespace unimem
