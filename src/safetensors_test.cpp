@@ -105,7 +105,9 @@ TEST(Safetensors, AlignedFilesLoadInPlaceInOnePass) {
   Safetensors model = Safetensors::load(p, tape, 8);
   EXPECT_TRUE(model.in_place());
   for (const Owned& o : tensors) {
-    EXPECT_EQ(std::memcmp(model.at(o.name).data, o.bytes.data(), o.bytes.size()), 0) << o.name;
+    if (!o.bytes.empty()) {
+      EXPECT_EQ(std::memcmp(model.at(o.name).data, o.bytes.data(), o.bytes.size()), 0) << o.name;
+    }
   }
   fs::remove(p);
 }
