@@ -6,15 +6,18 @@
 //   Grid    lock-free pool of fixed-size cells over a Block  <unimem/grid.hpp>
 //   Layout  weights / scratch / history Tapes for inference  <unimem/layout.hpp>
 // Sharing: Blocks, Tapes and Grids across processes           <unimem/share.hpp>
+// Files: read_file (io_uring + O_DIRECT), safetensors          <unimem/file.hpp>, <unimem/safetensors.hpp>
 // GPU visibility: what the CUDA driver offers               <unimem/gpu.hpp>
 // Errors are reported by one exception type, unimem::Error  <unimem/error.hpp>
 #pragma once
 
 #include "unimem/block.hpp"
 #include "unimem/error.hpp"
+#include "unimem/file.hpp"
 #include "unimem/gpu.hpp"
 #include "unimem/grid.hpp"
 #include "unimem/layout.hpp"
+#include "unimem/safetensors.hpp"
 #include "unimem/share.hpp"
 #include "unimem/tape.hpp"
 #include "unimem/version.hpp"

@@ -146,6 +146,9 @@ bool run_io_uring(const std::string& path, const Files& f, std::vector<Chunk>& c
       pending.pop_back();
       const Chunk& c = chunks[i];
       io_uring_prep_read(sqe, c.direct ? f.direct : f.buffered, c.dest, static_cast<unsigned>(c.bytes), c.offset);
+      // A buffered read of cached data would otherwise be copied inline, one
+      // at a time, by this thread: hand it to the kernel's workers instead.
+      if (!c.direct) io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
       io_uring_sqe_set_data64(sqe, i);
       ++inflight;
     }
