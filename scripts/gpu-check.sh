@@ -16,7 +16,7 @@ if [ "$step" = build ]; then
   cmake --build build/device
   mkdir -p "$dir"
   cp build/device/tests/unimem_test build/device/tests/unimem_share_helper build/device/tests/unimem_gpu_test \
-     build/device/bench/unimem_gpu_benchmark \
+     build/device/bench/unimem_gpu_benchmark build/device/bench/unimem_file_benchmark build/device/unimem \
      build/device/bench/unimem_block_benchmark build/device/bench/unimem_alloc_benchmark* \
      build/device/bench/unimem-bench "$dir"/
   # The shared libraries they need that the GPU machine lacks.
