@@ -20,7 +20,7 @@ if [ "$step" = build ]; then
      build/device/bench/unimem_block_benchmark build/device/bench/unimem_alloc_benchmark* \
      build/device/bench/unimem-bench "$dir"/
   # The shared libraries they need that the GPU machine lacks.
-  for lib in libbenchmark.so.1debian libmimalloc.so.2 libjemalloc.so.2; do
+  for lib in libbenchmark.so.1debian libmimalloc.so.2 libjemalloc.so.2 liburing.so.2; do
     cp -L "/usr/lib/x86_64-linux-gnu/$lib" "$dir"/ 2>/dev/null || echo "note: $lib not found"
   done
   exit 0
