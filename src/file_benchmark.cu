@@ -198,6 +198,16 @@ int main(int argc, char** argv) {
     unimem::ReadReport r;
     double t = time_once(cold, [&] { r = unimem::read_file(path, 0, block.bytes().first(bytes)); });
     report(std::string("host ") + c + ": unimem read_file -> Block (" + unimem::to_string(r.path) + ")", bytes, t);
+    if (cold) {
+      for (auto [chunk, depth] : {std::pair<std::size_t, unsigned>{4 << 20, 8}, {4 << 20, 32}, {8 << 20, 16}, {256 << 10, 64}}) {
+        unimem::ReadOptions o;
+        o.chunk_bytes = chunk;
+        o.queue_depth = depth;
+        t = time_once(true, [&] { unimem::read_file(path, 0, block.bytes().first(bytes), o); });
+        report("host cold: unimem read_file, " + std::to_string(chunk >> 10) + " KiB x " + std::to_string(depth) + " in flight",
+               bytes, t);
+      }
+    }
     if (!cold) {
       unimem::ReadOptions buffered;
       buffered.direct = false;
@@ -253,18 +263,23 @@ int main(int argc, char** argv) {
   };
   CuFile cufile;
   std::printf("cuFile: %s\n", cufile.ok ? "available" : cufile.why.c_str());
+  std::string cufile_error;
   auto cufile_read = [&] {
     const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT);
     CuFile::Descr d{};
     d.type = 1;
     d.handle.fd = fd;
     void* fh = nullptr;
-    if (cufile.handle_register(&fh, &d).err != 0) std::exit(4);
-    for (std::size_t off = 0; off < bytes; off += kSlot * 4) {
-      const std::size_t n = std::min(kSlot * 4, bytes - off);
-      if (cufile.read(fh, dev, n, static_cast<off_t>(off), static_cast<off_t>(off)) != static_cast<ssize_t>(n)) std::exit(5);
+    if (const auto e = cufile.handle_register(&fh, &d); e.err != 0) {
+      cufile_error = "cuFileHandleRegister failed (" + std::to_string(e.err) + ")";
+    } else {
+      for (std::size_t off = 0; off < bytes && cufile_error.empty(); off += kSlot * 4) {
+        const std::size_t n = std::min(kSlot * 4, bytes - off);
+        const ssize_t got = cufile.read(fh, dev, n, static_cast<off_t>(off), static_cast<off_t>(off));
+        if (got != static_cast<ssize_t>(n)) cufile_error = "cuFileRead returned " + std::to_string(got);
+      }
+      cufile.handle_deregister(fh);
     }
-    cufile.handle_deregister(fh);
     ::close(fd);
   };
   for (bool cold : {true, false}) {
@@ -273,7 +288,14 @@ int main(int argc, char** argv) {
     if (!cold) read_plain(path, heap.data(), bytes);
     report(std::string("file->GPU ") + c + ": unimem pinned Block ring, read || copy", bytes, time_once(cold, pipelined));
     report(std::string("file->GPU ") + c + ": read() -> malloc, cudaMemcpy (pageable)", bytes, time_once(cold, pageable));
-    if (cufile.ok) report(std::string("file->GPU ") + c + ": cuFile (cuFileRead)", bytes, time_once(cold, cufile_read));
+    if (cufile.ok) {
+      const double t = time_once(cold, cufile_read);
+      if (cufile_error.empty()) {
+        report(std::string("file->GPU ") + c + ": cuFile (cuFileRead)", bytes, t);
+      } else {
+        std::printf("  cuFile: %s\n", cufile_error.c_str());
+      }
+    }
   }
 
   // safetensors -> GPU, warm (as the Python package is timed).
@@ -306,6 +328,21 @@ int main(int argc, char** argv) {
     }
     CHECK(cudaStreamSynchronize(stream));
   };
+  auto st_ring = [&] {  // the data section through the pinned ring, read || copy
+    const unimem::SafetensorsHeader h = unimem::read_safetensors_header(st_path);
+    const std::size_t data = st_bytes - h.data_offset;
+    for (std::size_t off = 0, i = 0; off < data; off += kSlot, ++i) {
+      const std::size_t n = std::min(kSlot, data - off);
+      std::byte* slot = ring.data() + (i % kSlots) * kSlot;
+      if (i >= kSlots) CHECK(cudaEventSynchronize(done[i % kSlots]));
+      unimem::read_file(st_path, h.data_offset + off, {slot, n});
+      CHECK(cudaMemcpyAsync(static_cast<char*>(st_dev) + off, slot, n, cudaMemcpyHostToDevice, stream));
+      CHECK(cudaEventRecord(done[i % kSlots], stream));
+    }
+    CHECK(cudaStreamSynchronize(stream));  // tensor i is at st_dev + (file_offset - data_offset)
+  };
+  st_ring();
+  report("safetensors->GPU warm: unimem pinned Block ring, read || copy", st_bytes, time_once(false, st_ring));
   st_map();  // warm-up: first registration of a file mapping
   report("safetensors->GPU warm: unimem map_file (page cache, registered)", st_bytes, time_once(false, st_map));
   report("safetensors->GPU warm: unimem Safetensors::load (pinned Tape) + copy", st_bytes, time_once(false, st_load));

@@ -11,6 +11,7 @@
 // file shrank, which is an error.
 #include <fcntl.h>
 #include <liburing.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -57,6 +58,25 @@ struct Files {
   }
 };
 
+// The fraction of the file's pages in the page cache (mincore over a
+// read-only mapping: no I/O, a bit per page). O_DIRECT would bypass them and
+// go to the disk, so a cached file is read through the cache instead.
+double cached_fraction(int fd, std::uint64_t size) {
+  if (size == 0) return 0;
+  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) return 0;
+  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((size + page - 1) / page);
+  double fraction = 0;
+  if (::mincore(m, size, resident.data()) == 0) {
+    std::size_t n = 0;
+    for (unsigned char r : resident) n += r & 1;
+    fraction = static_cast<double>(n) / static_cast<double>(resident.size());
+  }
+  ::munmap(m, size);
+  return fraction;
+}
+
 void open_files(const std::string& path, bool want_direct, Files& f) {
   f.buffered = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (f.buffered < 0) fail_open(path, errno);
@@ -66,6 +86,11 @@ void open_files(const std::string& path, bool want_direct, Files& f) {
   f.size = static_cast<std::uint64_t>(st.st_size);
   if (!want_direct) {
     f.no_direct = "O_DIRECT not asked for";
+    return;
+  }
+  if (const double cached = cached_fraction(f.buffered, f.size); cached >= 0.9) {
+    f.no_direct = "the file is in the page cache (" + std::to_string(static_cast<int>(cached * 100)) +
+                  "%): read from there, not the disk";
     return;
   }
 #ifdef STATX_DIOALIGN
