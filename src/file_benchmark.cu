@@ -316,10 +316,11 @@ int main(int argc, char** argv) {
     }
     CHECK(cudaStreamSynchronize(stream));
   };
+  unimem::BlockOptions st_options;
+  st_options.visibility = unimem::Visibility::gpus;  // the weights Tape is set up once, at start-up
+  unimem::Tape tape = unimem::Tape::start(st_bytes + (64u << 20), st_options);
   auto st_load = [&] {
-    unimem::BlockOptions o;
-    o.visibility = unimem::Visibility::gpus;
-    unimem::Tape tape = unimem::Tape::start(st_bytes + (64u << 20), o);
+    tape.clear();
     unimem::Safetensors model = unimem::Safetensors::load(st_path, tape, 64);
     char* to = static_cast<char*>(st_dev);
     for (const auto& t : model.tensors()) {

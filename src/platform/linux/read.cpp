@@ -58,26 +58,29 @@ struct Files {
   }
 };
 
-// The fraction of the file's pages in the page cache (mincore over a
-// read-only mapping: no I/O, a bit per page). O_DIRECT would bypass them and
-// go to the disk, so a cached file is read through the cache instead.
-double cached_fraction(int fd, std::uint64_t size) {
-  if (size == 0) return 0;
-  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  if (m == MAP_FAILED) return 0;
+// The fraction of the pages of [begin, end) of the file in the page cache
+// (mincore over a read-only mapping of just that range: no I/O, a byte per
+// page). O_DIRECT would bypass them and go to the disk, so a cached range is
+// read through the cache instead.
+double cached_fraction(int fd, std::uint64_t begin, std::uint64_t end) {
   const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  std::vector<unsigned char> resident((size + page - 1) / page);
+  begin = begin / page * page;
+  if (end <= begin) return 0;
+  const std::size_t bytes = static_cast<std::size_t>(end - begin);
+  void* m = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(begin));
+  if (m == MAP_FAILED) return 0;
+  std::vector<unsigned char> resident((bytes + page - 1) / page);
   double fraction = 0;
-  if (::mincore(m, size, resident.data()) == 0) {
+  if (::mincore(m, bytes, resident.data()) == 0) {
     std::size_t n = 0;
     for (unsigned char r : resident) n += r & 1;
     fraction = static_cast<double>(n) / static_cast<double>(resident.size());
   }
-  ::munmap(m, size);
+  ::munmap(m, bytes);
   return fraction;
 }
 
-void open_files(const std::string& path, bool want_direct, Files& f) {
+void open_files(const std::string& path, bool want_direct, std::span<const ReadSegment> segments, Files& f) {
   f.buffered = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (f.buffered < 0) fail_open(path, errno);
   struct stat st {};
@@ -88,7 +91,13 @@ void open_files(const std::string& path, bool want_direct, Files& f) {
     f.no_direct = "O_DIRECT not asked for";
     return;
   }
-  if (const double cached = cached_fraction(f.buffered, f.size); cached >= 0.9) {
+  std::uint64_t lo = f.size, hi = 0;
+  for (const ReadSegment& s : segments) {
+    if (s.bytes == 0 || s.file_offset >= f.size) continue;
+    lo = std::min(lo, s.file_offset);
+    hi = std::max(hi, std::min<std::uint64_t>(f.size, s.file_offset + s.bytes));
+  }
+  if (const double cached = cached_fraction(f.buffered, lo, hi); cached >= 0.9) {
     f.no_direct = "the file is in the page cache (" + std::to_string(static_cast<int>(cached * 100)) +
                   "%): read from there, not the disk";
     return;
@@ -277,7 +286,7 @@ std::uint64_t file_size(const std::string& path) {
 ReadReport read_file(const std::string& path, std::span<const ReadSegment> segments, const ReadOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   Files f;
-  open_files(path, options.direct, f);
+  open_files(path, options.direct, segments, f);
   ReadReport report;
   for (const ReadSegment& s : segments) {
     if (s.bytes != 0 && s.dest == nullptr) throw Error(Errc::invalid_argument, 0, "unimem: read_file: a segment has no destination");
