@@ -243,10 +243,14 @@ TEST(TapeStress, ClearRacingWithTakesKeepsTheTapeConsistent) {
       }
     });
   }
+  // Clear only once the takers are running, so clears really race with takes.
+  while (taken.load(std::memory_order_relaxed) < 100) std::this_thread::yield();
+  const long before = taken.load();
   for (int i = 0; i < 2000; ++i) {
     t.clear();
     std::this_thread::yield();
   }
+  while (taken.load(std::memory_order_relaxed) < before + 100) std::this_thread::yield();
   stop = true;
   for (auto& th : threads) th.join();
   t.clear();
