@@ -7,7 +7,7 @@
 //   disk -> host: unimem read_file (io_uring + O_DIRECT) | read() into malloc |
 //                 mmap + memcpy | dd iflag=direct bs=4M (the raw disk rate)
 //   file -> GPU:  unimem: read chunks into a pinned Block, copy each while the
-//                 next is read | read() into malloc + cudaMemcpy (pageable) |
+//                 next is read (copy_file_to_device) | read() into malloc + cudaMemcpy |
 //                 cuFile (GPUDirect Storage) where libcufile loads
 //   safetensors -> GPU: unimem map_file (page cache registered read-only) +
 //                 copies | unimem Safetensors::load into a pinned Tape + copy
@@ -238,25 +238,16 @@ int main(int argc, char** argv) {
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
-  // unimem: 4 slots of 64 MiB in a pinned, GPU-visible Block; read chunk i
-  // into slot i % 4 while earlier chunks are being copied.
+  // unimem: copy_file_to_device through a staging Block set up once (4 x 64 MiB).
   constexpr std::size_t kSlot = std::size_t{64} << 20;
-  constexpr int kSlots = 4;
   unimem::BlockOptions gpu;
   gpu.visibility = unimem::Visibility::gpus;
-  unimem::Block ring = unimem::Block::open(kSlot * kSlots, gpu);
-  cudaEvent_t done[kSlots];
-  for (auto& e : done) CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  unimem::Block ring = unimem::Block::open(kSlot * 4, gpu);
+  unimem::gpu::CopyOptions copy;
+  copy.staging = &ring;
   auto pipelined = [&] {
-    for (std::size_t off = 0, i = 0; off < bytes; off += kSlot, ++i) {
-      const std::size_t n = std::min(kSlot, bytes - off);
-      std::byte* slot = ring.data() + (i % kSlots) * kSlot;
-      if (i >= kSlots) CHECK(cudaEventSynchronize(done[i % kSlots]));
-      unimem::read_file(path, off, {slot, n});
-      CHECK(cudaMemcpyAsync(static_cast<char*>(dev) + off, slot, n, cudaMemcpyHostToDevice, stream));
-      CHECK(cudaEventRecord(done[i % kSlots], stream));
-    }
-    CHECK(cudaStreamSynchronize(stream));
+    const unimem::gpu::DeviceSegment all{0, reinterpret_cast<std::uintptr_t>(dev), bytes};
+    unimem::gpu::copy_file_to_device(path, {&all, 1}, 0, copy);
   };
   auto pageable = [&] {
     read_plain(path, heap.data(), bytes);
@@ -287,7 +278,7 @@ int main(int argc, char** argv) {
     if (cold && !can_drop) continue;
     const char* c = cold ? "cold" : "warm";
     if (!cold) read_plain(path, heap.data(), bytes);
-    report(std::string("file->GPU ") + c + ": unimem pinned Block ring, read || copy", bytes, time_once(cold, pipelined));
+    report(std::string("file->GPU ") + c + ": unimem copy_file_to_device (staged, read || DMA)", bytes, time_once(cold, pipelined));
     report(std::string("file->GPU ") + c + ": read() -> malloc, cudaMemcpy (pageable)", bytes, time_once(cold, pageable));
     if (cufile.ok) {
       const double t = time_once(cold, cufile_read);
@@ -330,50 +321,18 @@ int main(int argc, char** argv) {
     }
     CHECK(cudaStreamSynchronize(stream));
   };
-  auto st_ring = [&] {  // the data section through the pinned ring, read || copy
+  auto st_copy = [&] {  // every tensor's bytes to consecutive device memory
     const unimem::SafetensorsHeader h = unimem::read_safetensors_header(st_path);
-    const std::size_t data = st_bytes - h.data_offset;
-    for (std::size_t off = 0, i = 0; off < data; off += kSlot, ++i) {
-      const std::size_t n = std::min(kSlot, data - off);
-      std::byte* slot = ring.data() + (i % kSlots) * kSlot;
-      if (i >= kSlots) CHECK(cudaEventSynchronize(done[i % kSlots]));
-      unimem::read_file(st_path, h.data_offset + off, {slot, n});
-      CHECK(cudaMemcpyAsync(static_cast<char*>(st_dev) + off, slot, n, cudaMemcpyHostToDevice, stream));
-      CHECK(cudaEventRecord(done[i % kSlots], stream));
+    std::vector<unimem::gpu::DeviceSegment> segments;
+    std::uintptr_t to = reinterpret_cast<std::uintptr_t>(st_dev);
+    for (const auto& t : h.tensors) {
+      segments.push_back({t.file_offset, to, t.bytes});
+      to += t.bytes;
     }
-    CHECK(cudaStreamSynchronize(stream));  // tensor i is at st_dev + (file_offset - data_offset)
+    unimem::gpu::copy_file_to_device(st_path, segments, 0, copy);
   };
-  st_ring();
-  report("safetensors->GPU warm: unimem pinned Block ring, read || copy", st_bytes, time_once(false, st_ring));
-
-  // The page cache mapped (map_file, not registered); 16 threads copy each
-  // 64 MiB piece into a pinned slot while the copy engine moves the previous.
-  const unsigned copiers = std::min(16u, std::max(1u, std::thread::hardware_concurrency()));
-  auto st_mapped_ring = [&] {
-    const unimem::SafetensorsHeader h = unimem::read_safetensors_header(st_path);
-    unimem::BlockOptions o;
-    o.pinning = unimem::Pinning::unpinned;
-    unimem::Block file = unimem::Block::map_file(st_path, o);
-    const std::size_t data = st_bytes - h.data_offset;
-    const std::byte* src = file.data() + h.data_offset;
-    for (std::size_t off = 0, i = 0; off < data; off += kSlot, ++i) {
-      const std::size_t n = std::min(kSlot, data - off);
-      std::byte* slot = ring.data() + (i % kSlots) * kSlot;
-      if (i >= kSlots) CHECK(cudaEventSynchronize(done[i % kSlots]));
-      std::vector<std::thread> pool;
-      const std::size_t part = (n + copiers - 1) / copiers;
-      for (unsigned k = 0; k < copiers; ++k) {
-        const std::size_t b = std::min(n, k * part), e = std::min(n, b + part);
-        pool.emplace_back([=] { std::memcpy(slot + b, src + off + b, e - b); });
-      }
-      for (auto& t : pool) t.join();
-      CHECK(cudaMemcpyAsync(static_cast<char*>(st_dev) + off, slot, n, cudaMemcpyHostToDevice, stream));
-      CHECK(cudaEventRecord(done[i % kSlots], stream));
-    }
-    CHECK(cudaStreamSynchronize(stream));
-  };
-  st_mapped_ring();
-  report("safetensors->GPU warm: unimem map_file, 16 threads copy || DMA", st_bytes, time_once(false, st_mapped_ring));
+  st_copy();
+  report("safetensors->GPU warm: unimem copy_file_to_device (tensor ranges)", st_bytes, time_once(false, st_copy));
   st_map();  // warm-up: first registration of a file mapping
   report("safetensors->GPU warm: unimem map_file (page cache, registered)", st_bytes, time_once(false, st_map));
   report("safetensors->GPU warm: unimem Safetensors::load (pinned Tape) + copy", st_bytes, time_once(false, st_load));

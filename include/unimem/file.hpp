@@ -73,6 +73,11 @@ ReadReport read_file(const std::string& path, std::span<const ReadSegment> segme
 ReadReport read_file(const std::string& path, std::uint64_t offset, std::span<std::byte> dest,
                      const ReadOptions& options = {});
 
+// The fraction of the pages of bytes [begin, end) of the file at `path` that
+// are in the page cache, by mincore (no I/O). Throws Error(not_found,
+// permission_denied, system).
+double page_cache_fraction(const std::string& path, std::uint64_t begin, std::uint64_t end);
+
 // The size of the file at `path`. Throws Error(not_found, permission_denied, system).
 std::uint64_t file_size(const std::string& path);
 

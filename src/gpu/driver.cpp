@@ -50,7 +50,15 @@ Loaded load() {
                      bind(library, "cuMemHostRegister_v2", d.cuMemHostRegister) &&
                      bind(library, "cuMemHostUnregister", d.cuMemHostUnregister) &&
                      bind(library, "cuMemHostGetDevicePointer_v2", d.cuMemHostGetDevicePointer) &&
-                     bind(library, "cuGetErrorName", d.cuGetErrorName);
+                     bind(library, "cuGetErrorName", d.cuGetErrorName) &&
+                     bind(library, "cuStreamCreate", d.cuStreamCreate) &&
+                     bind(library, "cuStreamDestroy_v2", d.cuStreamDestroy) &&
+                     bind(library, "cuStreamSynchronize", d.cuStreamSynchronize) &&
+                     bind(library, "cuEventCreate", d.cuEventCreate) &&
+                     bind(library, "cuEventDestroy_v2", d.cuEventDestroy) &&
+                     bind(library, "cuEventRecord", d.cuEventRecord) &&
+                     bind(library, "cuEventSynchronize", d.cuEventSynchronize) &&
+                     bind(library, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync);
   if (!bound) {
     out.failure = Errc::no_cuda_driver;
     out.message = "unimem: no usable CUDA driver: " + path + " lacks a driver API entry point (" + ::dlerror() +

@@ -18,6 +18,11 @@ using CUresult = int;
 using CUdevice = int;
 using CUcontext = struct CUctx_st*;
 using CUdeviceptr = unsigned long long;
+using CUstream = struct CUstream_st*;
+using CUevent = struct CUevent_st*;
+
+inline constexpr unsigned kStreamNonBlocking = 0x1;  // CU_STREAM_NON_BLOCKING
+inline constexpr unsigned kEventDisableTiming = 0x2;  // CU_EVENT_DISABLE_TIMING
 
 inline constexpr unsigned kHostRegisterPortable = 0x01;   // CU_MEMHOSTREGISTER_PORTABLE
 inline constexpr unsigned kHostRegisterDeviceMap = 0x02;  // CU_MEMHOSTREGISTER_DEVICEMAP
@@ -41,6 +46,15 @@ struct Driver {
   CUresult (*cuMemHostUnregister)(void* p);
   CUresult (*cuMemHostGetDevicePointer)(CUdeviceptr* device_pointer, void* p, unsigned flags);
   CUresult (*cuGetErrorName)(CUresult error, const char** name);
+  // Streams, events and copies, for copy_file_to_device.
+  CUresult (*cuStreamCreate)(CUstream* stream, unsigned flags);
+  CUresult (*cuStreamDestroy)(CUstream stream);
+  CUresult (*cuStreamSynchronize)(CUstream stream);
+  CUresult (*cuEventCreate)(CUevent* event, unsigned flags);
+  CUresult (*cuEventDestroy)(CUevent event);
+  CUresult (*cuEventRecord)(CUevent event, CUstream stream);
+  CUresult (*cuEventSynchronize)(CUevent event);
+  CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr dst, const void* src, std::size_t bytes, CUstream stream);
 
   int version = 0;       // e.g. 13000 for CUDA 13.0
   int device_count = 0;  // at least 1 once driver() returned

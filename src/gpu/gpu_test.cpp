@@ -3,9 +3,11 @@
 // GPU, and runs for real on a GPU machine.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -222,6 +224,57 @@ TEST(GpuShare, AnotherProcessesKernelReadsAndWritesBack) {
   unsigned long long gpu_bad = ~0ull;
   ASSERT_EQ(gpu_test::count_mismatches(0, on_device(a, 0, words), n, 61, &gpu_bad), "");
   EXPECT_EQ(gpu_bad, 0u) << "and so does process A's GPU 0";
+}
+
+// copy_file_to_device, for a file in the page cache and one that is not, with
+// and without a caller's staging Block, whole and in scattered ranges.
+TEST(GpuFile, CopiesFileRangesIntoDeviceMemory) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_file_" + std::to_string(::getpid());
+  const std::size_t words = (40u << 20) / 4 + 123;  // 40 MiB and a bit: several pieces and a tail
+  {
+    std::vector<std::uint32_t> data(words);
+    for (std::size_t i = 0; i < words; ++i) data[i] = pattern(i, 90);
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(data.data(), 4, words, f), words);
+    std::fclose(f);
+  }
+  const std::size_t bytes = words * 4;
+  BlockOptions staging_options = visible();
+  Block staging = Block::open(4 * (8u << 20), staging_options);
+  for (int device = 0; device < gpu_test::device_count(); ++device) {
+    for (bool cached : {true, false}) {
+      if (!cached) {
+        const int fd = ::open(path.c_str(), O_RDONLY);
+        ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        ::close(fd);
+      }
+      const std::uintptr_t dev = gpu_test::device_alloc(device, bytes);
+      ASSERT_NE(dev, 0u);
+      gpu::CopyOptions o;
+      o.piece_bytes = 8u << 20;
+      if (cached) o.staging = &staging;  // and the other run makes its own
+      // The two halves, given in reverse order.
+      const std::size_t half = bytes / 2 / 4096 * 4096;
+      const gpu::DeviceSegment segments[] = {{half, dev + half, bytes - half}, {0, dev, half}};
+      const ReadReport r = gpu::copy_file_to_device(path, segments, device, o);
+      EXPECT_EQ(r.bytes, bytes);
+      unsigned long long bad = ~0ull;
+      ASSERT_EQ(gpu_test::count_mismatches(device, reinterpret_cast<const std::uint32_t*>(dev), words, 90, &bad), "");
+      EXPECT_EQ(bad, 0u) << "device " << device << (cached ? ", cached" : ", from disk");
+      std::printf("device %d, %s: %s %s\n", device, cached ? "cached" : "from disk", to_string(r.path),
+                  r.fallback_reason.c_str());
+      gpu_test::device_free(device, dev);
+    }
+  }
+  BlockOptions host_only;
+  Block plain = Block::open(1 << 20, host_only);
+  gpu::CopyOptions bad_staging;
+  bad_staging.staging = &plain;
+  const gpu::DeviceSegment one[] = {{0, 1, 16}};
+  EXPECT_THROW(gpu::copy_file_to_device(path, one, 0, bad_staging), Error);
+  std::remove(path.c_str());
 }
 
 TEST(GpuShare, ReadOnlyAttachIsRegisteredReadOnlyAndReadByKernels) {

@@ -58,6 +58,19 @@ std::string count_mismatches(int device, const std::uint32_t* p, std::size_t n, 
   return text(e);
 }
 
+std::uintptr_t device_alloc(int device, std::size_t bytes) {
+  void* p = nullptr;
+  if (cudaSetDevice(device) != cudaSuccess || cudaMalloc(&p, bytes) != cudaSuccess) return 0;
+  cudaMemset(p, 0xff, bytes);  // poison: every byte must be written
+  cudaDeviceSynchronize();
+  return reinterpret_cast<std::uintptr_t>(p);
+}
+
+void device_free(int device, std::uintptr_t p) {
+  cudaSetDevice(device);
+  cudaFree(reinterpret_cast<void*>(p));
+}
+
 bool is_registered_host_memory(const void* p) {
   cudaPointerAttributes a{};
   if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {

@@ -30,6 +30,10 @@ std::string fill(int device, std::uint32_t* p, std::size_t n, std::uint32_t seed
 // Counts the indices whose value is not pattern(i, seed) into *mismatches.
 std::string count_mismatches(int device, const std::uint32_t* p, std::size_t n, std::uint32_t seed,
                              unsigned long long* mismatches);
+// Device memory for tests: 0 on failure.
+std::uintptr_t device_alloc(int device, std::size_t bytes);
+void device_free(int device, std::uintptr_t p);
+
 // True when the runtime reports `p` as registered (page-locked) host memory.
 bool is_registered_host_memory(const void* p);
 

@@ -53,6 +53,13 @@ bool contains(const std::string& text, const std::string& part) { return text.fi
   }
   ok = ok && !host.gpu_visible() && host.as_f32()[0] == 3.0f && host.gpu_count() == 0 &&
        host.device_pointer(0) == nullptr;
+  try {
+    const gpu::DeviceSegment none[] = {{0, 1, 1}};
+    (void)gpu::copy_file_to_device("/proc/self/exe", none);
+    ok = false;
+  } catch (const Error& e) {
+    ok = ok && e.code() == Errc::no_cuda_driver;
+  }
   if (!ok) std::fprintf(stderr, "reason: %s\n", reason.c_str());
   std::_Exit(ok ? 0 : 1);
 }

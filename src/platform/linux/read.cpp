@@ -277,6 +277,14 @@ const char* to_string(ReadPath path) noexcept {
   return "unknown";
 }
 
+double page_cache_fraction(const std::string& path, std::uint64_t begin, std::uint64_t end) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail_open(path, errno);
+  const double f = cached_fraction(fd, begin, end);
+  ::close(fd);
+  return f;
+}
+
 std::uint64_t file_size(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) fail_open(path, errno);
