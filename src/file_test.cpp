@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "testing.hpp"
 #include "unimem/block.hpp"
 
 namespace unimem {
@@ -45,15 +46,7 @@ struct TempFile {
   ~TempFile() { fs::remove(path); }
 };
 
-template <class F>
-Errc error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  return Errc{};
-}
+using testing::error_of;
 
 void expect_consistent(const ReadReport& r) {
   EXPECT_EQ(r.path == ReadPath::io_uring_direct, r.fallback_reason.empty()) << to_string(r.path) << ": " << r.fallback_reason;

@@ -107,15 +107,7 @@ struct StartLine {
   void open() const { flag->store(1); }
 };
 
-template <class F>
-Errc error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  return Errc{};
-}
+using testing::error_of;
 
 TEST(BlockId, RoundTripsThroughText) {
   Block b = Block::open(MiB);

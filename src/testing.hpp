@@ -49,4 +49,15 @@ inline int unimem_mappings() {
   return n;
 }
 
+// The code of the unimem::Error that `f` throws, or Errc{} when it throws none.
+template <class F>
+Errc error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.code();
+  }
+  return Errc{};
+}
+
 }  // namespace unimem::testing

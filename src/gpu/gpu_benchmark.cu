@@ -24,20 +24,12 @@
 #include <thread>
 #include <vector>
 
+#include "gpu/cuda_check.hpp"
 #include "unimem/unimem.hpp"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-#define CHECK(call)                                                                              \
-  do {                                                                                           \
-    cudaError_t e_ = (call);                                                                     \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
