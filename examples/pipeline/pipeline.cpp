@@ -8,11 +8,13 @@
 // Both run the same kernels; their outputs are compared with each other and
 // with a float64 reference, and the program fails when they differ.
 //
-//   unimem_pipeline [--dim N] [--heads N] [--mlp N] [--prompt N] [--tokens N]
+//   unimem_pipeline [--dim N] [--heads N] [--mlp N] [--prompt N] [--tokens N] [--bf16]
+//   unimem_pipeline --preset large      (dim 4096, 32 heads, MLP 11008, bf16)
 //
 // Work in progress (issue #7): CPU mode only so far; GPU and split CPU/GPU
-// modes, AMX matrix products and 16-bit weights come next.
+// modes and AMX matrix products come next.
 #include <cmath>
+#include <cstdint>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +32,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Config {
   std::size_t dim = 256, heads = 8, mlp = 688, prompt = 16, tokens = 32;
+  bool bf16 = false;  // matrices stored as bf16 (norm weights stay f32)
   std::size_t head_dim() const { return dim / heads; }
   std::size_t positions() const { return prompt + tokens; }
 };
@@ -56,12 +59,27 @@ void rmsnorm(const T* x, const float* w, T* out, std::size_t n) {
   const T scale = T(1) / std::sqrt(ss / T(n) + T(1e-5));
   for (std::size_t i = 0; i < n; ++i) out[i] = x[i] * scale * T(w[i]);
 }
-template <class T>
-void matvec(const float* w, const T* x, T* out, std::size_t rows, std::size_t cols) {
+inline float bf16_to_float(std::uint16_t v) {
+  const std::uint32_t bits = std::uint32_t{v} << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline std::uint16_t float_to_bf16(float f) {  // round to nearest even
+  std::uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+inline float widen(float v) { return v; }
+inline float widen(std::uint16_t v) { return bf16_to_float(v); }
+
+template <class T, class W>
+void matvec_typed(const W* w, const T* x, T* out, std::size_t rows, std::size_t cols) {
   for (std::size_t r = 0; r < rows; ++r) {
-    const float* row = w + r * cols;
+    const W* row = w + r * cols;
     T acc = 0;
-    for (std::size_t k = 0; k < cols; ++k) acc += T(row[k]) * x[k];
+    for (std::size_t k = 0; k < cols; ++k) acc += T(widen(row[k])) * x[k];
     out[r] = acc;
   }
 }
@@ -106,8 +124,19 @@ struct Timings {
 
 // Memory for one path: how activations, the KV cache and weights are obtained.
 struct Weights {
-  const float* w[9];
+  const void* w[9];
+  bool bf16 = false;  // the matrices (w[1..4], w[6..8]) are bf16
+  const float* vec(int i) const { return static_cast<const float*>(w[i]); }
 };
+
+template <class T>
+void matvec(const Weights& W, int i, const T* x, T* out, std::size_t rows, std::size_t cols) {
+  if (W.bf16) {
+    matvec_typed(static_cast<const std::uint16_t*>(W.w[i]), x, out, rows, cols);
+  } else {
+    matvec_typed(static_cast<const float*>(W.w[i]), x, out, rows, cols);
+  }
+}
 
 // One token's activations.
 template <class T>
@@ -131,11 +160,11 @@ void layer_step(T* x, std::size_t pos, const Weights& W, T* keys, T* values, con
     if (timing) timing->stage[s] += std::chrono::duration<double>(Clock::now() - t).count();
   };
   T *h = m.h, *q = m.q, *attn = m.attn, *o = m.o, *scores = m.scores, *gate = m.gate, *up = m.up, *down = m.down;
-  timed(kNorm, [&] { rmsnorm(x, W.w[0], h, c.dim); });
+  timed(kNorm, [&] { rmsnorm(x, W.vec(0), h, c.dim); });
   timed(kQkv, [&] {
-    matvec(W.w[1], h, q, c.dim, c.dim);
-    matvec(W.w[2], h, keys + pos * c.dim, c.dim, c.dim);
-    matvec(W.w[3], h, values + pos * c.dim, c.dim, c.dim);
+    matvec(W, 1, h, q, c.dim, c.dim);
+    matvec(W, 2, h, keys + pos * c.dim, c.dim, c.dim);
+    matvec(W, 3, h, values + pos * c.dim, c.dim, c.dim);
   });
   timed(kRope, [&] {
     rope(q, c.dim, c.head_dim(), pos);
@@ -143,15 +172,15 @@ void layer_step(T* x, std::size_t pos, const Weights& W, T* keys, T* values, con
   });
   timed(kAttention, [&] { attend(q, keys, values, attn, scores, pos, c); });
   timed(kOut, [&] {
-    matvec(W.w[4], attn, o, c.dim, c.dim);
+    matvec(W, 4, attn, o, c.dim, c.dim);
     for (std::size_t i = 0; i < c.dim; ++i) x[i] += o[i];
   });
   timed(kMlp, [&] {
-    rmsnorm(x, W.w[5], h, c.dim);
-    matvec(W.w[6], h, gate, c.mlp, c.dim);
-    matvec(W.w[7], h, up, c.mlp, c.dim);
+    rmsnorm(x, W.vec(5), h, c.dim);
+    matvec(W, 6, h, gate, c.mlp, c.dim);
+    matvec(W, 7, h, up, c.mlp, c.dim);
     for (std::size_t i = 0; i < c.mlp; ++i) gate[i] = gate[i] / (T(1) + std::exp(-gate[i])) * up[i];
-    matvec(W.w[8], gate, down, c.dim, c.mlp);
+    matvec(W, 8, gate, down, c.dim, c.mlp);
     for (std::size_t i = 0; i < c.dim; ++i) x[i] += down[i];
   });
 }
@@ -168,6 +197,7 @@ std::vector<float> run_standard(const std::string& path, const Config& c, Timing
   const unimem::SafetensorsHeader header = unimem::read_safetensors_header(path);
   std::vector<float*> owned;
   Weights W{};
+  W.bf16 = c.bf16;
   const auto specs = weight_specs(c);
   for (std::size_t i = 0; i < specs.size(); ++i) {
     for (const auto& info : header.tensors) {
@@ -216,7 +246,8 @@ std::vector<float> run_unimem(const std::string& path, const Config& c, Timings&
   unimem::Safetensors model = unimem::Safetensors::load(path, layout.weights(), 64);
   Weights W{};
   const auto specs = weight_specs(c);
-  for (std::size_t i = 0; i < specs.size(); ++i) W.w[i] = model.at(specs[i].name).as<const float>().data();
+  W.bf16 = c.bf16;
+  for (std::size_t i = 0; i < specs.size(); ++i) W.w[i] = model.at(specs[i].name).data;
 
   const auto start = Clock::now();
   auto a = Clock::now();
@@ -258,7 +289,8 @@ std::vector<double> run_reference(const std::string& path, const Config& c) {
   unimem::Safetensors model = unimem::Safetensors::load(path, tape, 64);
   Weights W{};
   const auto specs = weight_specs(c);
-  for (std::size_t i = 0; i < specs.size(); ++i) W.w[i] = model.at(specs[i].name).as<const float>().data();
+  W.bf16 = c.bf16;
+  for (std::size_t i = 0; i < specs.size(); ++i) W.w[i] = model.at(specs[i].name).data;
   std::vector<double> keys(c.positions() * c.dim), values(c.positions() * c.dim), out;
   std::vector<std::vector<double>> scratch;
   for (std::size_t pos = 0; pos < c.positions(); ++pos) {
@@ -290,14 +322,22 @@ double rel_error(const std::vector<float>& a, const std::vector<double>& ref) {
 
 int main(int argc, char** argv) try {
   Config c;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i + 1 < argc; ++i) {
     const std::string a = argv[i];
+    if (a.rfind("--", 0) != 0 || a == "--bf16" || a == "--preset") continue;
     const std::size_t v = std::strtoull(argv[i + 1], nullptr, 10);
     if (a == "--dim") c.dim = v;
     else if (a == "--heads") c.heads = v;
     else if (a == "--mlp") c.mlp = v;
     else if (a == "--prompt") c.prompt = v;
     else if (a == "--tokens") c.tokens = v;
+  }
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--bf16") c.bf16 = true;
+    if (a == "--preset" && i + 1 < argc && std::string(argv[i + 1]) == "large") {
+      c = Config{4096, 32, 11008, 16, 16, true};  // the GPU machine's size, 16-bit weights
+    }
   }
   if (c.heads == 0 || c.dim % c.heads != 0 || c.head_dim() % 2 != 0) {
     std::fprintf(stderr, "dim must be a multiple of 2 x heads\n");
@@ -309,18 +349,27 @@ int main(int argc, char** argv) try {
     std::mt19937 rng(2026);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<std::vector<float>> data;
+    std::vector<std::vector<std::uint16_t>> halves;
     std::vector<unimem::TensorData> tensors;
+    data.reserve(16);
+    halves.reserve(16);
     for (const WeightSpec& s : weight_specs(c)) {
       auto& d = data.emplace_back(s.rows * s.cols);
       const float scale = s.cols == 1 ? 0.1f : 1.0f / std::sqrt(float(s.cols));
       for (auto& v : d) v = (s.cols == 1 ? 1.0f : 0.0f) + normal(rng) * scale;
-      tensors.push_back({s.name, unimem::DType::F32, s.cols == 1 ? std::vector<std::uint64_t>{s.rows} : std::vector<std::uint64_t>{s.rows, s.cols},
-                         std::as_bytes(std::span<const float>(d))});
+      const auto shape = s.cols == 1 ? std::vector<std::uint64_t>{s.rows} : std::vector<std::uint64_t>{s.rows, s.cols};
+      if (c.bf16 && s.cols != 1) {
+        auto& h = halves.emplace_back(d.size());
+        for (std::size_t i = 0; i < d.size(); ++i) h[i] = float_to_bf16(d[i]);
+        tensors.push_back({s.name, unimem::DType::BF16, shape, std::as_bytes(std::span<const std::uint16_t>(h))});
+      } else {
+        tensors.push_back({s.name, unimem::DType::F32, shape, std::as_bytes(std::span<const float>(d))});
+      }
     }
     unimem::save_safetensors(path, tensors);
   }
-  std::printf("unimem pipeline (CPU): dim %zu, %zu heads, mlp %zu, %zu prompt + %zu generated tokens\n\n", c.dim, c.heads,
-              c.mlp, c.prompt, c.tokens);
+  std::printf("unimem pipeline (CPU): dim %zu, %zu heads, mlp %zu, %s weights, %zu prompt + %zu generated tokens\n\n",
+              c.dim, c.heads, c.mlp, c.bf16 ? "bf16" : "f32", c.prompt, c.tokens);
   Timings ts, tu;
   double seconds_standard = 0, seconds_unimem = 0;
   std::string stat;
