@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "copy_crew.hpp"
 #include "gpu/driver.hpp"
 #include "unimem/gpu.hpp"
 
@@ -46,55 +47,6 @@ std::vector<Piece> plan(std::span<const DeviceSegment> segments, std::size_t pie
   }
   return pieces;
 }
-
-// Threads that copy shares of one piece at a time, published by the caller.
-class CopyCrew {
- public:
-  explicit CopyCrew(unsigned threads) : threads_(std::max(1u, threads)) {
-    for (unsigned k = 1; k < threads_; ++k) crew_.emplace_back([this, k] { work(k); });
-  }
-  ~CopyCrew() {
-    stop_.store(true);
-    job_.fetch_add(1);
-    for (auto& t : crew_) t.join();
-  }
-  void copy(std::byte* dst, const std::byte* src, std::size_t n) {
-    dst_ = dst;
-    src_ = src;
-    n_ = n;
-    finished_.store(0);
-    job_.fetch_add(1, std::memory_order_release);
-    share(0);
-    while (finished_.load(std::memory_order_acquire) != threads_ - 1) std::this_thread::yield();
-  }
-
- private:
-  void share(unsigned k) {
-    const std::size_t part = (n_ + threads_ - 1) / threads_;
-    const std::size_t b = std::min(n_, k * part), e = std::min(n_, b + part);
-    std::memcpy(dst_ + b, src_ + b, e - b);
-  }
-  void work(unsigned k) {
-    std::uint64_t seen = 0;
-    for (;;) {
-      std::uint64_t job;
-      while ((job = job_.load(std::memory_order_acquire)) == seen) std::this_thread::yield();
-      seen = job;
-      if (stop_.load()) return;
-      share(k);
-      finished_.fetch_add(1, std::memory_order_acq_rel);
-    }
-  }
-
-  unsigned threads_;
-  std::vector<std::thread> crew_;
-  std::atomic<std::uint64_t> job_{0};
-  std::atomic<unsigned> finished_{0};
-  std::atomic<bool> stop_{false};
-  std::byte* dst_ = nullptr;
-  const std::byte* src_ = nullptr;
-  std::size_t n_ = 0;
-};
 
 }  // namespace
 
@@ -134,7 +86,7 @@ ReadReport copy_file_to_device(const std::string& path, std::span<const DeviceSe
   // A cached file is copied out of the page cache; otherwise read from the disk.
   const bool cached = page_cache_fraction(path, lo, hi) >= 0.9;
   std::optional<Block> file;
-  std::optional<CopyCrew> crew;
+  std::optional<unimem::detail::CopyCrew> crew;
   if (cached) {
     BlockOptions o;
     o.pinning = Pinning::unpinned;

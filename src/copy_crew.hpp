@@ -1,0 +1,76 @@
+// src/copy_crew.hpp — a crew of threads that copy one buffer at a time together.
+//
+// Copying out of the page cache is limited by one core's memcpy (~10 GB/s);
+// a crew shares each copy among its threads. The threads live as long as the
+// crew, so a long series of copies (a file streamed through a staging ring)
+// pays for starting them once. Idle threads sleep on an atomic (futex) wait.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace unimem::detail {
+
+class CopyCrew {
+ public:
+  // `threads` copiers in all, the calling thread included (at least 1).
+  explicit CopyCrew(unsigned threads) : threads_(threads == 0 ? 1 : threads) {
+    for (unsigned k = 1; k < threads_; ++k) crew_.emplace_back([this, k] { work(k); });
+  }
+  CopyCrew(const CopyCrew&) = delete;
+  CopyCrew& operator=(const CopyCrew&) = delete;
+  ~CopyCrew() {
+    stop_.store(true, std::memory_order_relaxed);
+    job_.fetch_add(1, std::memory_order_release);
+    job_.notify_all();
+    for (auto& t : crew_) t.join();
+  }
+
+  // Copies n bytes from src to dst (not overlapping) with every thread of the
+  // crew; returns when all of it is copied. One caller at a time.
+  void copy(std::byte* dst, const std::byte* src, std::size_t n) {
+    dst_ = dst;
+    src_ = src;
+    n_ = n;
+    finished_.store(0, std::memory_order_relaxed);
+    job_.fetch_add(1, std::memory_order_release);
+    job_.notify_all();
+    share(0);
+    for (unsigned done; (done = finished_.load(std::memory_order_acquire)) != threads_ - 1;) finished_.wait(done);
+  }
+
+  unsigned threads() const noexcept { return threads_; }
+
+ private:
+  void share(unsigned k) const {
+    const std::size_t part = (n_ + threads_ - 1) / threads_;
+    const std::size_t b = std::min(n_, k * part), e = std::min(n_, b + part);
+    if (b < e) std::memcpy(dst_ + b, src_ + b, e - b);
+  }
+  void work(unsigned k) {
+    std::uint64_t seen = 0;
+    for (;;) {
+      job_.wait(seen, std::memory_order_acquire);
+      seen = job_.load(std::memory_order_acquire);
+      if (stop_.load(std::memory_order_relaxed)) return;
+      share(k);
+      finished_.fetch_add(1, std::memory_order_acq_rel);
+      finished_.notify_one();
+    }
+  }
+
+  unsigned threads_;
+  std::vector<std::thread> crew_;
+  std::atomic<std::uint64_t> job_{0};
+  std::atomic<unsigned> finished_{0};
+  std::atomic<bool> stop_{false};
+  std::byte* dst_ = nullptr;
+  const std::byte* src_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+}  // namespace unimem::detail
