@@ -43,10 +43,8 @@ Block Block::attach(const BlockId& id, const BlockOptions& options) {
 }
 
 Block Block::map_file(const std::string& path, const BlockOptions& options) {
-  Block block(platform::map_file_region(path, options));
-  BlockOptions read_only = options;
-  read_only.read_only = true;
-  block.finish_open(read_only);
+  Block block(platform::map_file_region(path, options));  // mapped read-only
+  block.finish_open(options);
   return block;
 }
 
@@ -58,14 +56,18 @@ Block Block::adopt(int fd, const BlockOptions& options) {
 
 void Block::finish_open(const BlockOptions& options) {
   if (options.visibility == Visibility::gpus) {
-    make_gpu_visible(options.warm_threads);  // backs every page as it registers
+    make_gpu_visible(options.warm_threads);  // backs every page before it registers
   } else if (options.backing == Backing::warm) {
-    std::byte* base = region_.base;
-    const bool writable = !region_.read_only;
-    detail::for_each_slice(region_.size, options.warm_threads, std::size_t{2} << 20, SIZE_MAX, [=](std::size_t begin, std::size_t end) {
-      platform::populate(base + begin, end - begin, writable);
-    });
+    back_pages(options.warm_threads);
   }
+}
+
+void Block::back_pages(unsigned threads) {
+  std::byte* base = region_.base;
+  const bool writable = !region_.read_only;
+  detail::for_each_slice(region_.size, threads, std::size_t{2} << 20, SIZE_MAX, [=](std::size_t begin, std::size_t end) {
+    platform::populate(base + begin, end - begin, writable);
+  });
 }
 
 BlockId Block::id() const noexcept {
@@ -106,7 +108,11 @@ void Block::release() noexcept {
 void Block::make_gpu_visible(unsigned threads) {
   if (gpu_) return;
   if (empty()) throw Error(Errc::invalid_argument, 0, "unimem: an empty Block cannot be made GPU-visible");
-  gpu_ = detail::GpuRegistration::create(region_.base, region_.size, threads, region_.read_only);
+  detail::GpuRegistration::require_driver();  // before spending time on the pages
+  // Registering untouched pages would make the driver fault them in itself,
+  // in one thread: back them first, with several.
+  back_pages(threads);
+  gpu_ = detail::GpuRegistration::create(region_.base, region_.size, region_.read_only);
 }
 
 int Block::gpu_count() const noexcept { return gpu_ ? gpu_->device_count() : 0; }

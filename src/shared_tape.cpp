@@ -60,8 +60,8 @@ detail::SharedTapeHeader* SharedTape::header() const noexcept {
 }
 
 Taken SharedTape::take(std::size_t size, std::size_t align) noexcept {
-  if (align == 0 || (align & (align - 1)) != 0 || align > Block::page_size()) return {nullptr, TakeStatus::invalid_align};
-  if (size == 0 || size > capacity_) return {nullptr, TakeStatus::invalid_size};
+  if (align > Block::page_size()) return {nullptr, TakeStatus::invalid_align};  // offsets align addresses up to a page
+  if (const TakeStatus bad = detail::check_take(size, align, capacity_); bad != TakeStatus::ok) return {nullptr, bad};
   if (block_.read_only()) return {nullptr, TakeStatus::read_only};
   auto& cursor = header()->cursor;
   std::uint64_t current = cursor.load(std::memory_order_acquire);

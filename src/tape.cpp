@@ -45,9 +45,8 @@ Tape::~Tape() {
 }
 
 Taken Tape::reserve(std::size_t size, std::size_t align) noexcept {
-  if (align == 0 || (align & (align - 1)) != 0) return {nullptr, TakeStatus::invalid_align};
   const std::size_t capacity = block_.size();
-  if (size == 0 || size > capacity) return {nullptr, TakeStatus::invalid_size};
+  if (const TakeStatus bad = detail::check_take(size, align, capacity); bad != TakeStatus::ok) return {nullptr, bad};
 
   const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(block_.data());
   std::size_t cursor = cursor_.load(std::memory_order_acquire);
@@ -92,8 +91,7 @@ Taken Tape::Lane::hand_out(std::byte* p, std::size_t size) noexcept {
 }
 
 Taken Tape::Lane::take_slow(std::size_t size, std::size_t align) noexcept {
-  if (align == 0 || (align & (align - 1)) != 0) return {nullptr, TakeStatus::invalid_align};
-  if (size == 0 || size > tape_->total()) return {nullptr, TakeStatus::invalid_size};
+  if (const TakeStatus bad = detail::check_take(size, align, tape_->total()); bad != TakeStatus::ok) return {nullptr, bad};
   // A large request would waste most of a chunk: serve it from the cursor.
   if (size > chunk_ / 2 || align > chunk_ / 2) return tape_->take(size, align);
   for (;;) {

@@ -234,6 +234,8 @@ class Block {
   explicit Block(const detail::Region& region) noexcept;
   // Backing and GPU visibility as `options` ask, after mapping.
   void finish_open(const BlockOptions& options);
+  // Faults every page in with `threads` threads (0: chosen from the size).
+  void back_pages(unsigned threads);
   void release() noexcept;
 
   template <class T>

@@ -63,6 +63,13 @@ struct Taken {
 };
 
 namespace detail {
+// The argument check every take shares: ok, invalid_align or invalid_size.
+constexpr TakeStatus check_take(std::size_t size, std::size_t align, std::size_t capacity) noexcept {
+  if (align == 0 || (align & (align - 1)) != 0) return TakeStatus::invalid_align;
+  if (size == 0 || size > capacity) return TakeStatus::invalid_size;
+  return TakeStatus::ok;
+}
+
 // take<T>(count) for Tape and Tape::Lane: room for `count` raw T, or empty.
 template <class T, class Taker>
 std::span<T> take_span(Taker& taker, std::size_t count) noexcept {

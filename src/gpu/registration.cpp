@@ -1,10 +1,10 @@
 // src/gpu/registration.cpp — fast, chunked, parallel host registration.
 //
 // cuMemHostRegister pins every page of the range; on an untouched mapping it
-// faults them in itself, in one thread, as slowly as cudaHostAlloc. So the
-// pages are first backed by several threads (platform::populate, at first-
-// touch speed), then registered in as few calls as the driver allows: one per
-// kMaxChunk (64 GiB). Fewer registrations matter beyond speed: an async copy
+// faults them in itself, in one thread, as slowly as cudaHostAlloc. So Block
+// backs the pages first with several threads (Block::back_pages), and they
+// are registered here in as few calls as the driver allows: one per kMaxChunk
+// (64 GiB). Fewer registrations matter beyond speed: an async copy
 // from host memory must lie within a single registration, so a Block below
 // 64 GiB is one registration and any copy from it works.
 //
@@ -21,7 +21,6 @@
 
 #include "format.hpp"
 #include "parallel.hpp"
-#include "platform/region.hpp"
 #include "unimem/error.hpp"
 
 namespace unimem::detail {
@@ -35,17 +34,13 @@ using gpu::detail::ContextScope;
 using gpu::detail::CUdeviceptr;
 using gpu::detail::driver;
 
-std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::size_t bytes, unsigned threads,
-                                                         bool read_only) {
+void GpuRegistration::require_driver() { driver(); }
+
+std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::size_t bytes, bool read_only) {
   const gpu::detail::Driver& d = driver();  // throws when there is no driver or device
   std::unique_ptr<GpuRegistration> r(new GpuRegistration);
   r->device_count_ = d.device_count;
   std::mutex lock;  // guards r->chunks_ while workers add to it
-
-  // Back every page first, in parallel: registering untouched pages would
-  // make the driver fault them in itself, in one thread.
-  for_each_slice(bytes, threads, kGrain, SIZE_MAX,
-                 [=](std::size_t begin, std::size_t end) { platform::populate(base + begin, end - begin, !read_only); });
 
   // Then register as few ranges as possible: a copy (cudaMemcpy*) must lie
   // within one registration, and the driver serialises registrations anyway.

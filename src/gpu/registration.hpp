@@ -13,14 +13,17 @@ namespace unimem::detail {
 // Block::make_gpu_visible, destroyed by the Block before it unmaps.
 class GpuRegistration {
  public:
-  // Backs every page of [base, base + bytes) using `threads` threads (0:
-  // chosen from the size), then registers the range with all devices
-  // (portable, device-mapped) in chunks of at most kMaxChunk. A host-to-device
-  // copy must not span two chunks (CUDA's rule for registered memory). Throws Error(no_cuda_driver,
+  // Registers [base, base + bytes), whose pages the caller has backed, with
+  // all devices (portable, device-mapped) in chunks of at most kMaxChunk. A
+  // host-to-device copy must not span two chunks (CUDA's rule for registered
+  // memory). Throws Error(no_cuda_driver,
   // no_cuda_device, cuda, out_of_memory); on throw nothing stays registered.
   // A read-only mapping is registered read-only (devices may only read it).
-  static std::unique_ptr<GpuRegistration> create(std::byte* base, std::size_t bytes, unsigned threads,
-                                                 bool read_only);
+  static std::unique_ptr<GpuRegistration> create(std::byte* base, std::size_t bytes, bool read_only);
+
+  // Throws what create() would for a missing driver or device, so that a
+  // caller can find out before it prepares the pages. Thread-safe.
+  static void require_driver();
 
   // Unregisters every chunk. Never throws.
   ~GpuRegistration();
