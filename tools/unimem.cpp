@@ -19,25 +19,17 @@
 
 #include <unimem/unimem.hpp>
 
+#include "format.hpp"
+
 namespace {
+
+using unimem::detail::format_bytes;
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
   std::string s;
   std::getline(in, s);
   return s.empty() ? "(unavailable)" : s;
-}
-
-std::string human(double bytes) {
-  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 4) {
-    bytes /= 1024;
-    ++u;
-  }
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f %s", bytes, unit[u]);
-  return text;
 }
 
 bool cpuid_bit(unsigned leaf, unsigned sub, int reg, int bit) {
@@ -61,7 +53,7 @@ int info() {
   rlimit limit{};
   ::getrlimit(RLIMIT_MEMLOCK, &limit);
   std::printf("  memlock limit          %s%s\n",
-              limit.rlim_cur == RLIM_INFINITY ? "unlimited" : human(static_cast<double>(limit.rlim_cur)).c_str(),
+              limit.rlim_cur == RLIM_INFINITY ? "unlimited" : format_bytes(limit.rlim_cur).c_str(),
               ::geteuid() == 0 ? " (root: not enforced)" : "");
 
   std::printf("\nGPUs\n");
@@ -110,8 +102,8 @@ struct Bar {
     const int filled = static_cast<int>(frac * 40);
     for (int i = 0; i < 40; ++i) bar[i] = i < filled ? '#' : ' ';
     bar[40] = 0;
-    std::fprintf(stderr, "\r[%s] %5.1f%%  %s / %s  %.2f GB/s ", bar, frac * 100, human(static_cast<double>(done)).c_str(),
-                 human(static_cast<double>(total)).c_str(), now > 0 ? static_cast<double>(done) / now / 1e9 : 0.0);
+    std::fprintf(stderr, "\r[%s] %5.1f%%  %s / %s  %.2f GB/s ", bar, frac * 100, format_bytes(done).c_str(),
+                 format_bytes(total).c_str(), now > 0 ? static_cast<double>(done) / now / 1e9 : 0.0);
     if (done >= total) std::fprintf(stderr, "\n");
   }
 };
@@ -142,7 +134,7 @@ int load(const std::string& path, bool gpu, bool direct, bool ring) {
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("%s: %s in %.3f s (%.2f GB/s reading, %.2f GB/s with setup) via %s%s%s\n", path.c_str(),
-              human(static_cast<double>(report.bytes)).c_str(), seconds, report.bytes / report.seconds / 1e9,
+              format_bytes(report.bytes).c_str(), seconds, report.bytes / report.seconds / 1e9,
               report.bytes / seconds / 1e9, unimem::to_string(report.path), report.fallback_reason.empty() ? "" : " — ",
               report.fallback_reason.c_str());
   if (safetensors) std::printf("  %zu tensors, %s\n", tensors, in_place ? "read in place" : "read per tensor");
