@@ -18,9 +18,10 @@ if [ "$step" = build ]; then
   cp build/device/tests/unimem_test build/device/tests/unimem_share_helper build/device/tests/unimem_gpu_test \
      build/device/bench/unimem_gpu_benchmark build/device/bench/unimem_file_benchmark build/device/unimem \
      build/device/bench/unimem_block_benchmark build/device/bench/unimem_alloc_benchmark* \
-     build/device/bench/unimem-bench "$dir"/
+     build/device/bench/unimem-bench build/device/examples/unimem_pipeline "$dir"/
   # The shared libraries they need that the GPU machine lacks.
-  for lib in libbenchmark.so.1debian libmimalloc.so.2 libjemalloc.so.2 liburing.so.2; do
+  for lib in libbenchmark.so.1debian libmimalloc.so.2 libjemalloc.so.2 liburing.so.2 libdnnl.so.2 libOpenCL.so.1 \
+             libgomp.so.1; do
     cp -L "/usr/lib/x86_64-linux-gnu/$lib" "$dir"/ 2>/dev/null || echo "note: $lib not found"
   done
   exit 0

@@ -1,407 +1,895 @@
-// examples/pipeline/pipeline.cpp — one transformer decoder layer generating
-// tokens, two ways, on the CPU:
-//   standard  what code usually does: weights read() into malloc'ed buffers,
-//             a new/delete per tensor per step, a KV cache that grows
-//   unimem    weights loaded from safetensors into Layout.weights, activations
-//             from the scratch Tape (clear_pass per token), the KV cache in
-//             the history Tape (clear_talk per conversation)
-// Both run the same kernels; their outputs are compared with each other and
-// with a float64 reference, and the program fails when they differ.
-//
-//   unimem_pipeline [--dim N] [--heads N] [--mlp N] [--prompt N] [--tokens N] [--bf16]
-//   unimem_pipeline --preset large      (dim 4096, 32 heads, MLP 11008, bf16)
-//
-// Work in progress (issue #7): CPU mode only so far; GPU and split CPU/GPU
-// modes and AMX matrix products come next.
-#include <cmath>
-#include <cstdint>
+// examples/pipeline/pipeline.cpp — one transformer decoder layer (RMSNorm, QKV,
+// RoPE, causal attention over a KV cache, output projection, SwiGLU MLP)
+// generating tokens after a prompt, two ways:
+//   standard  what code usually does: weights read() into malloc'ed buffers
+//             (and cudaMalloc + cudaMemcpy'd for a GPU), a new/delete and a
+//             cudaMalloc/cudaFree per tensor per step, a cudaMemcpy from
+//             pageable memory at every host/device hand-off, a KV cache that
+//             grows
+//   unimem    weights loaded from safetensors into Layout.weights,
+//             activations taken from scratch (clear_pass per step), the KV
+//             cache in history (clear_talk per conversation); the Layout's
+//             pages are GPU-visible, so CPU and GPU stages read and write the
+//             same pages and nothing is staged
+// in three modes: cpu (everything on the CPU; matrix products through oneDNN,
+// on AMX where the CPU has it), gpu (everything on the GPU) and split (matrix
+// products on the GPU, everything else on the CPU: the hand-offs are where
+// copies cost). Both paths run the same kernels; their outputs are compared
+// with each other and with a float64 reference, and the program fails when
+// they differ.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <random>
+#include <functional>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include <unimem/unimem.hpp>
 
+#include "cpu_matmul.hpp"
+#include "cpu_stages.hpp"
+#include "gpu_stages.hpp"
+#include "model.hpp"
+
 namespace {
 
+using namespace pipeline;
 using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-struct Config {
-  std::size_t dim = 256, heads = 8, mlp = 688, prompt = 16, tokens = 32;
-  bool bf16 = false;  // matrices stored as bf16 (norm weights stay f32)
-  std::size_t head_dim() const { return dim / heads; }
-  std::size_t positions() const { return prompt + tokens; }
-};
+constexpr const char* kUsage =
+    "usage: unimem_pipeline [--mode auto|cpu|gpu|split|all] [--preset large] [--dim N] [--heads N]\n"
+    "                       [--mlp N] [--prompt N] [--tokens N] [--bf16] [--gpu-weights device|host]\n"
+    "  --mode         auto (default): cpu without a GPU, all three with one\n"
+    "  --preset large dim 4096, 32 heads, MLP 11008, bf16, 128 prompt + 32 generated tokens\n"
+    "  --gpu-weights  device (default): GPU matrix products read a device copy of the weights,\n"
+    "                 made once at load; host: they read Layout.weights in place over the bus\n"
+    "  --gpu-or-skip  (tests) without a GPU, print why and exit 77 instead of failing\n";
 
-// The layer's weights, by name, as the safetensors file holds them.
-struct WeightSpec {
-  const char* name;
-  std::size_t rows, cols;  // cols = 1 for vectors
+enum class Where { cpu = 1, gpu = 2 };  // also bits of Buf::valid
+enum class Mode { cpu, gpu, split };
+const char* mode_name(Mode m) { return m == Mode::cpu ? "cpu" : m == Mode::gpu ? "gpu" : "split"; }
+
+// Where each kind of operation runs.
+struct Placement {
+  Where mm;   // matrix products
+  Where vec;  // everything else (norms, RoPE, attention, SwiGLU, residual adds)
+  bool uses(Where w) const { return mm == w || vec == w; }
 };
-std::vector<WeightSpec> weight_specs(const Config& c) {
-  return {{"attn_norm", c.dim, 1},   {"wq", c.dim, c.dim},  {"wk", c.dim, c.dim},  {"wv", c.dim, c.dim},
-          {"wo", c.dim, c.dim},      {"mlp_norm", c.dim, 1}, {"w_gate", c.mlp, c.dim}, {"w_up", c.mlp, c.dim},
-          {"w_down", c.dim, c.mlp}};
+Placement placement(Mode m) {
+  if (m == Mode::cpu) return {Where::cpu, Where::cpu};
+  if (m == Mode::gpu) return {Where::gpu, Where::gpu};
+  return {Where::gpu, Where::cpu};
 }
 
 enum Stage { kNorm, kQkv, kRope, kAttention, kOut, kMlp, kStages };
 const char* kStageNames[] = {"rmsnorm", "qkv projection", "rope", "attention", "out projection", "swiglu mlp"};
 
-// Kernels, generic over float and double (the reference).
-template <class T>
-void rmsnorm(const T* x, const float* w, T* out, std::size_t n) {
-  T ss = 0;
-  for (std::size_t i = 0; i < n; ++i) ss += x[i] * x[i];
-  const T scale = T(1) / std::sqrt(ss / T(n) + T(1e-5));
-  for (std::size_t i = 0; i < n; ++i) out[i] = x[i] * scale * T(w[i]);
-}
-inline float bf16_to_float(std::uint16_t v) {
-  const std::uint32_t bits = std::uint32_t{v} << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline std::uint16_t float_to_bf16(float f) {  // round to nearest even
-  std::uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<std::uint16_t>(bits >> 16);
-}
-inline float widen(float v) { return v; }
-inline float widen(std::uint16_t v) { return bf16_to_float(v); }
-
-template <class T, class W>
-void matvec_typed(const W* w, const T* x, T* out, std::size_t rows, std::size_t cols) {
-  for (std::size_t r = 0; r < rows; ++r) {
-    const W* row = w + r * cols;
-    T acc = 0;
-    for (std::size_t k = 0; k < cols; ++k) acc += T(widen(row[k])) * x[k];
-    out[r] = acc;
-  }
-}
-template <class T>
-void rope(T* v, std::size_t dim, std::size_t head_dim, std::size_t pos) {
-  for (std::size_t i = 0; i < dim; i += 2) {
-    const std::size_t j = i % head_dim;
-    const double angle = double(pos) / std::pow(10000.0, double(j) / double(head_dim));
-    const T c = T(std::cos(angle)), s = T(std::sin(angle));
-    const T a = v[i], b = v[i + 1];
-    v[i] = a * c - b * s;
-    v[i + 1] = a * s + b * c;
-  }
-}
-// Causal attention of one query over positions [0, pos].
-template <class T>
-void attend(const T* q, const T* keys, const T* values, T* out, T* scores, std::size_t pos, const Config& c) {
-  const std::size_t hd = c.head_dim();
-  for (std::size_t h = 0; h < c.heads; ++h) {
-    T max = -1e30;
-    for (std::size_t t = 0; t <= pos; ++t) {
-      T s = 0;
-      for (std::size_t i = 0; i < hd; ++i) s += q[h * hd + i] * keys[t * c.dim + h * hd + i];
-      scores[t] = s / std::sqrt(T(hd));
-      max = std::max(max, scores[t]);
-    }
-    T sum = 0;
-    for (std::size_t t = 0; t <= pos; ++t) sum += scores[t] = std::exp(scores[t] - max);
-    for (std::size_t i = 0; i < hd; ++i) {
-      T acc = 0;
-      for (std::size_t t = 0; t <= pos; ++t) acc += scores[t] * values[t * c.dim + h * hd + i];
-      out[h * hd + i] = acc / sum;
-    }
-  }
-}
-
-struct Timings {
-  double stage[kStages] = {};
-  double alloc = 0;        // seconds spent obtaining and releasing memory
-  std::size_t alloc_calls = 0;
+// One activation tensor as a path holds it: a host copy, a device copy, or
+// (unimem) one pointer that is both.
+struct Buf {
+  float* host = nullptr;
+  float* dev = nullptr;
+  std::size_t n = 0;
+  int valid = 0;  // Where bits holding the latest contents
+  float* at(Where w) const { return w == Where::cpu ? host : dev; }
 };
 
-// Memory for one path: how activations, the KV cache and weights are obtained.
+// One step's activations: m token rows at positions p0 .. p0 + m - 1.
+struct Step {
+  std::size_t m = 0, p0 = 0;
+  Buf x, h, q, k, v, attn, o, gate, up, down;  // k, v: the new rows of the KV cache
+  std::uint16_t* x16 = nullptr;                // a CPU matmul's input rounded to bf16
+  float* scores = nullptr;                     // CPU attention's scores
+};
+
 struct Weights {
-  const void* w[9];
-  bool bf16 = false;  // the matrices (w[1..4], w[6..8]) are bf16
-  const float* vec(int i) const { return static_cast<const float*>(w[i]); }
+  const void* on_cpu[kWeightCount] = {};
+  const void* on_gpu[kWeightCount] = {};
+  const float* rope_cpu = nullptr;
+  const float* rope_gpu = nullptr;
+  const void* at(Weight w, Where s) const { return s == Where::cpu ? on_cpu[w] : on_gpu[w]; }
+  const float* vec(Weight w, Where s) const { return static_cast<const float*>(at(w, s)); }
+  const float* rope(Where s) const { return s == Where::cpu ? rope_cpu : rope_gpu; }
 };
 
-template <class T>
-void matvec(const Weights& W, int i, const T* x, T* out, std::size_t rows, std::size_t cols) {
-  if (W.bf16) {
-    matvec_typed(static_cast<const std::uint16_t*>(W.w[i]), x, out, rows, cols);
-  } else {
-    matvec_typed(static_cast<const float*>(W.w[i]), x, out, rows, cols);
+struct Counters {
+  double stage[kStages] = {};
+  double alloc = 0;  // seconds obtaining and releasing memory
+  std::size_t alloc_calls = 0;
+  std::size_t copies = 0, copy_bytes = 0;  // host <-> device
+  Counters operator-(const Counters& o) const {
+    Counters r = *this;
+    for (int s = 0; s < kStages; ++s) r.stage[s] -= o.stage[s];
+    r.alloc -= o.alloc;
+    r.alloc_calls -= o.alloc_calls;
+    r.copies -= o.copies;
+    r.copy_bytes -= o.copy_bytes;
+    return r;
   }
-}
-
-// One token's activations.
-template <class T>
-struct Scratch {
-  T *h, *q, *attn, *o, *scores, *gate, *up, *down;
 };
-// Obtains all of a token's activations with `take(n)`, in one timed block.
-template <class T, class Take>
-Scratch<T> take_scratch(const Config& c, Take&& take) {
-  return {take(c.dim), take(c.dim), take(c.dim), take(c.dim), take(c.positions()), take(c.mlp), take(c.mlp), take(c.dim)};
-}
-constexpr std::size_t kScratchTakes = 8;
 
-// One decoder-layer step for token `pos`.
-template <class T>
-void layer_step(T* x, std::size_t pos, const Weights& W, T* keys, T* values, const Config& c, const Scratch<T>& m,
-                Timings* timing) {
-  auto timed = [&](Stage s, auto&& f) {
-    const auto t = Clock::now();
-    f();
-    if (timing) timing->stage[s] += std::chrono::duration<double>(Clock::now() - t).count();
+// How one path obtains memory and moves data between the CPU and the GPU.
+class Path {
+ public:
+  Path(const Config& c, Placement pl, bool x16) : c_(c), pl_(pl), x16_(x16) {}
+  virtual ~Path() = default;
+  // The KV cache, for one conversation.
+  virtual void begin_conversation() = 0;
+  virtual void end_conversation() = 0;
+  // A step's activations, on the sides the placement uses.
+  virtual Step& begin_step(std::size_t m, std::size_t p0) = 0;
+  virtual void end_step() = 0;
+  // Makes b's latest contents readable on `side` and returns where they are.
+  virtual float* need(Buf& b, Where side) = 0;
+  // The whole KV cache, on the side attention runs.
+  virtual const float* keys() const = 0;
+  virtual const float* values() const = 0;
+
+  // b is about to be written on `side`; returns where.
+  static float* produce(Buf& b, Where side) {
+    b.valid = int(side);
+    return b.at(side);
+  }
+  const Weights& weights() const { return weights_; }
+  Counters counters;
+  double load_seconds = 0;
+  bool timed = true;  // off while allocations are replayed on their own
+
+ protected:
+  // Times the allocations made while it lives.
+  struct AllocTimer {
+    Path& p;
+    Clock::time_point t = p.timed ? Clock::now() : Clock::time_point{};
+    ~AllocTimer() {
+      if (p.timed) p.counters.alloc += since(t);
+    }
   };
-  T *h = m.h, *q = m.q, *attn = m.attn, *o = m.o, *scores = m.scores, *gate = m.gate, *up = m.up, *down = m.down;
-  timed(kNorm, [&] { rmsnorm(x, W.vec(0), h, c.dim); });
-  timed(kQkv, [&] {
-    matvec(W, 1, h, q, c.dim, c.dim);
-    matvec(W, 2, h, keys + pos * c.dim, c.dim, c.dim);
-    matvec(W, 3, h, values + pos * c.dim, c.dim, c.dim);
-  });
-  timed(kRope, [&] {
-    rope(q, c.dim, c.head_dim(), pos);
-    rope(keys + pos * c.dim, c.dim, c.head_dim(), pos);
-  });
-  timed(kAttention, [&] { attend(q, keys, values, attn, scores, pos, c); });
-  timed(kOut, [&] {
-    matvec(W, 4, attn, o, c.dim, c.dim);
-    for (std::size_t i = 0; i < c.dim; ++i) x[i] += o[i];
-  });
-  timed(kMlp, [&] {
-    rmsnorm(x, W.vec(5), h, c.dim);
-    matvec(W, 6, h, gate, c.mlp, c.dim);
-    matvec(W, 7, h, up, c.mlp, c.dim);
-    for (std::size_t i = 0; i < c.mlp; ++i) gate[i] = gate[i] / (T(1) + std::exp(-gate[i])) * up[i];
-    matvec(W, 8, gate, down, c.dim, c.mlp);
-    for (std::size_t i = 0; i < c.dim; ++i) x[i] += down[i];
-  });
-}
+  std::size_t widest() const { return std::max(c_.dim, c_.mlp); }
+  Config c_;
+  Placement pl_;
+  bool x16_;  // CPU matmuls need a bf16 copy of their input
+  Weights weights_;
+  Step step_;
+};
 
-std::vector<float> input_for(std::size_t token, const Config& c) {
-  std::vector<float> x(c.dim);
-  for (std::size_t i = 0; i < c.dim; ++i) x[i] = std::sin(0.1f * float(token + 1) * float(i + 1));
-  return x;
-}
+// ---- the standard path ---------------------------------------------------------
+class StandardPath final : public Path {
+ public:
+  StandardPath(const std::string& file, const Config& c, Placement pl, bool x16) : Path(c, pl, x16) {
+    const auto t = Clock::now();
+    const unimem::SafetensorsHeader header = unimem::read_safetensors_header(file);
+    const auto specs = weight_specs(c);
+    unimem::ReadOptions plain;  // read() into the buffer, like everyone's first loader
+    plain.direct = false;
+    plain.io_uring = false;
+    for (int i = 0; i < kWeightCount; ++i) {
+      const auto it = std::find_if(header.tensors.begin(), header.tensors.end(),
+                                   [&](const auto& info) { return info.name == specs[i].name; });
+      if (it == header.tensors.end()) throw std::runtime_error(std::string("no tensor ") + specs[i].name);
+      void* buf = std::malloc(it->bytes);
+      loaded_.push_back({buf, it->bytes});
+      unimem::read_file(file, it->file_offset, {static_cast<std::byte*>(buf), it->bytes}, plain);
+      weights_.on_cpu[i] = buf;
+    }
+    rope_ = rope_table(c);
+    weights_.rope_cpu = rope_.data();
+    if (pl.uses(Where::gpu)) {
+      for (int i = 0; i < kWeightCount; ++i) {
+        weights_.on_gpu[i] = upload(loaded_[i].first, loaded_[i].second);
+      }
+      weights_.rope_gpu = static_cast<const float*>(upload(rope_.data(), rope_.size() * sizeof(float)));
+    }
+    load_seconds = since(t);
+  }
+  ~StandardPath() override {
+    for (auto [p, bytes] : loaded_) std::free(p);
+    for (void* p : device_weights_) gpu::free_device(p);
+  }
 
-// ---- the standard path -------------------------------------------------------
-std::vector<float> run_standard(const std::string& path, const Config& c, Timings& t, double& seconds) {
-  // Weights: read() each tensor into its own malloc'ed buffer.
-  const unimem::SafetensorsHeader header = unimem::read_safetensors_header(path);
-  std::vector<float*> owned;
-  Weights W{};
-  W.bf16 = c.bf16;
-  const auto specs = weight_specs(c);
-  for (std::size_t i = 0; i < specs.size(); ++i) {
-    for (const auto& info : header.tensors) {
-      if (info.name != specs[i].name) continue;
-      auto* buf = static_cast<float*>(std::malloc(info.bytes));
-      unimem::ReadOptions plain;
-      plain.direct = false;
-      plain.io_uring = false;
-      unimem::read_file(path, info.file_offset, {reinterpret_cast<std::byte*>(buf), info.bytes}, plain);
-      W.w[i] = buf;
-      owned.push_back(buf);
+  void begin_conversation() override {
+    AllocTimer timer{*this};
+    if (pl_.vec == Where::gpu) {  // a device cache of the conversation's full length
+      kv_dev_[0] = alloc_device(c_.positions() * c_.dim);
+      kv_dev_[1] = alloc_device(c_.positions() * c_.dim);
     }
   }
-  const auto start = Clock::now();
-  std::vector<float> keys, values, out;
-  for (std::size_t pos = 0; pos < c.positions(); ++pos) {
-    auto a = Clock::now();
-    keys.resize((pos + 1) * c.dim);  // the cache grows a row at a time
-    values.resize((pos + 1) * c.dim);
-    t.alloc += std::chrono::duration<double>(Clock::now() - a).count();
-    t.alloc_calls += 2;
-    std::vector<float> x = pos < c.prompt ? input_for(pos, c) : out;
-    a = Clock::now();
-    const Scratch<float> m = take_scratch<float>(c, [](std::size_t n) { return new float[n]; });
-    t.alloc += std::chrono::duration<double>(Clock::now() - a).count();
-    layer_step(x.data(), pos, W, keys.data(), values.data(), c, m, &t);
-    a = Clock::now();
-    for (float* p : {m.h, m.q, m.attn, m.o, m.scores, m.gate, m.up, m.down}) delete[] p;
-    t.alloc += std::chrono::duration<double>(Clock::now() - a).count();
-    t.alloc_calls += 2 * kScratchTakes;
-    out = x;
+  void end_conversation() override {
+    AllocTimer timer{*this};
+    for (float*& p : kv_dev_) {
+      if (p) gpu::free_device(p), ++counters.alloc_calls;
+      p = nullptr;
+    }
+    kv_host_[0] = {};  // the vectors' memory goes back
+    kv_host_[1] = {};
+    counters.alloc_calls += 2;
   }
-  seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  for (float* p : owned) std::free(p);
-  return out;
-}
+
+  Step& begin_step(std::size_t m, std::size_t p0) override {
+    AllocTimer timer{*this};
+    Step& s = step_;
+    s = Step{m, p0};
+    const std::size_t d = m * c_.dim, f = m * c_.mlp;
+    const int both = int(pl_.mm) | int(pl_.vec);
+    make(s.x, d, int(Where::cpu) | int(pl_.vec));
+    make(s.h, d, both);
+    make(s.q, d, both);
+    make(s.attn, d, both);
+    make(s.o, d, both);
+    make(s.gate, f, both);
+    make(s.up, f, both);
+    make(s.down, d, both);
+    for (int i = 0; i < 2; ++i) {
+      Buf& b = i == 0 ? s.k : s.v;
+      b.n = d;
+      if (pl_.vec == Where::cpu) {  // the cache grows a row at a time
+        kv_host_[i].resize((p0 + m) * c_.dim);
+        ++counters.alloc_calls;
+        b.host = kv_host_[i].data() + p0 * c_.dim;
+        if (pl_.mm == Where::gpu) b.dev = temp_device(d);
+      } else {
+        b.dev = kv_dev_[i] + p0 * c_.dim;
+      }
+    }
+    if (x16_) s.x16 = temp_host<std::uint16_t>(m * widest());
+    if (pl_.vec == Where::cpu) s.scores = temp_host<float>(c_.positions());
+    return s;
+  }
+  void end_step() override {
+    AllocTimer timer{*this};
+    for (void* p : host_temps_) ::operator delete[](p);
+    for (void* p : device_temps_) gpu::free_device(p);
+    counters.alloc_calls += host_temps_.size() + device_temps_.size();
+    host_temps_.clear();
+    device_temps_.clear();
+  }
+
+  float* need(Buf& b, Where side) override {
+    if (!(b.valid & int(side))) {
+      const std::size_t bytes = b.n * sizeof(float);
+      if (side == Where::gpu) {
+        gpu::copy_to_device(b.dev, b.host, bytes);
+      } else {
+        gpu::copy_to_host(b.host, b.dev, bytes);
+      }
+      ++counters.copies;
+      counters.copy_bytes += bytes;
+      b.valid |= int(side);
+    }
+    return b.at(side);
+  }
+  const float* keys() const override { return pl_.vec == Where::cpu ? kv_host_[0].data() : kv_dev_[0]; }
+  const float* values() const override { return pl_.vec == Where::cpu ? kv_host_[1].data() : kv_dev_[1]; }
+
+ private:
+  const void* upload(const void* host, std::size_t bytes) {
+    void* d = gpu::malloc_device(bytes);
+    device_weights_.push_back(d);
+    gpu::copy_to_device(d, host, bytes);
+    return d;
+  }
+  float* alloc_device(std::size_t floats) {
+    ++counters.alloc_calls;
+    return static_cast<float*>(gpu::malloc_device(floats * sizeof(float)));
+  }
+  float* temp_device(std::size_t floats) {
+    float* p = alloc_device(floats);
+    device_temps_.push_back(p);
+    return p;
+  }
+  template <class T>
+  T* temp_host(std::size_t count) {
+    ++counters.alloc_calls;
+    T* p = new T[count];
+    host_temps_.push_back(p);
+    return p;
+  }
+  void make(Buf& b, std::size_t n, int sides) {
+    b.n = n;
+    if (sides & int(Where::cpu)) b.host = temp_host<float>(n);
+    if (sides & int(Where::gpu)) b.dev = temp_device(n);
+  }
+
+  std::vector<std::pair<void*, std::size_t>> loaded_;
+  std::vector<float> rope_;
+  std::vector<void*> device_weights_;
+  std::vector<float> kv_host_[2];
+  float* kv_dev_[2] = {};
+  std::vector<void*> host_temps_, device_temps_;
+};
 
 // ---- the unimem path ---------------------------------------------------------
-std::vector<float> run_unimem(const std::string& path, const Config& c, Timings& t, double& seconds, std::string& stat) {
-  unimem::BlockOptions o;
-  o.pinning = unimem::Pinning::unpinned;  // any memlock limit
-  const std::size_t weight_bytes = unimem::file_size(path) + (1u << 20);
-  const std::size_t scratch_bytes = (6 * c.dim + 2 * c.mlp + c.positions()) * sizeof(float) + 64 * 16;
-  const std::size_t history_bytes = 2 * c.positions() * c.dim * sizeof(float) + 4096;
-  unimem::Layout layout = unimem::Layout::open(weight_bytes, scratch_bytes, history_bytes, o);
-  unimem::Safetensors model = unimem::Safetensors::load(path, layout.weights(), 64);
-  Weights W{};
-  const auto specs = weight_specs(c);
-  W.bf16 = c.bf16;
-  for (std::size_t i = 0; i < specs.size(); ++i) W.w[i] = model.at(specs[i].name).data;
-
-  const auto start = Clock::now();
-  auto a = Clock::now();
-  float* keys = layout.history().take<float>(c.positions() * c.dim).data();  // once per conversation
-  float* values = layout.history().take<float>(c.positions() * c.dim).data();
-  t.alloc += std::chrono::duration<double>(Clock::now() - a).count();
-  t.alloc_calls += 2;
-  std::vector<float> out;
-  for (std::size_t pos = 0; pos < c.positions(); ++pos) {
-    std::vector<float> x = pos < c.prompt ? input_for(pos, c) : out;
-    a = Clock::now();
-    const Scratch<float> m = take_scratch<float>(c, [&](std::size_t n) { return layout.scratch().take<float>(n).data(); });
-    t.alloc += std::chrono::duration<double>(Clock::now() - a).count();
-    t.alloc_calls += kScratchTakes;
-    if (m.down == nullptr) {
-      std::fprintf(stderr, "scratch Tape full\n");
-      std::exit(1);
+class UnimemPath final : public Path {
+ public:
+  UnimemPath(const std::string& file, const Config& c, Placement pl, bool x16, bool gpu_weights_in_place)
+      : Path(c, pl, x16), layout_(open_layout(file, c, pl, x16)) {
+    const auto t = Clock::now();
+    model_ = unimem::Safetensors::load(file, layout_.weights(), 64);
+    const auto specs = weight_specs(c);
+    for (int i = 0; i < kWeightCount; ++i) weights_.on_cpu[i] = model_.at(specs[i].name).data;
+    const std::vector<float> table = rope_table(c);
+    float* rope = take(layout_.weights(), table.size());
+    std::copy(table.begin(), table.end(), rope);
+    weights_.rope_cpu = rope;
+    if (pl.uses(Where::gpu)) {
+      for (const unimem::Tape* tape : {&layout_.weights(), &layout_.scratch(), &layout_.history()}) {
+        if (tape->block().device_pointer(0) != tape->block().data()) {
+          throw std::runtime_error("this GPU does not use host addresses for registered pages");
+        }
+      }
+      if (gpu_weights_in_place) {  // the GPU reads Layout.weights over the bus
+        std::copy(std::begin(weights_.on_cpu), std::end(weights_.on_cpu), weights_.on_gpu);
+        weights_.rope_gpu = rope;
+      } else {  // one DMA from the pinned pages into device memory
+        const std::byte* base = layout_.weights().block().data();
+        const std::size_t used = layout_.weights().used();
+        auto* device = static_cast<std::byte*>(gpu::malloc_device(used));
+        device_weights_ = device;
+        gpu::copy_to_device(device, base, used);
+        auto moved = [&](const void* p) { return device + (static_cast<const std::byte*>(p) - base); };
+        for (int i = 0; i < kWeightCount; ++i) weights_.on_gpu[i] = moved(weights_.on_cpu[i]);
+        weights_.rope_gpu = reinterpret_cast<const float*>(moved(rope));
+      }
     }
-    layer_step(x.data(), pos, W, keys, values, c, m, &t);
-    a = Clock::now();
-    layout.clear_pass();  // all of this token's activations at once
-    t.alloc += std::chrono::duration<double>(Clock::now() - a).count();
-    ++t.alloc_calls;
-    out = x;
+    load_seconds = since(t) + open_seconds_;
   }
-  seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  stat = layout.stat();
-  layout.clear_talk();
-  return out;
+  ~UnimemPath() override {
+    if (device_weights_) gpu::free_device(device_weights_);
+  }
+
+  void begin_conversation() override {
+    AllocTimer timer{*this};
+    keys_ = take(layout_.history(), c_.positions() * c_.dim);
+    values_ = take(layout_.history(), c_.positions() * c_.dim);
+    counters.alloc_calls += 2;
+  }
+  void end_conversation() override {
+    AllocTimer timer{*this};
+    layout_.clear_talk();
+    ++counters.alloc_calls;
+  }
+
+  Step& begin_step(std::size_t m, std::size_t p0) override {
+    AllocTimer timer{*this};
+    Step& s = step_;
+    s = Step{m, p0};
+    const std::size_t d = m * c_.dim, f = m * c_.mlp;
+    unimem::Tape::Lane& scratch = lane_;
+    for (auto [b, n] : {std::pair{&s.x, d}, {&s.h, d}, {&s.q, d}, {&s.attn, d}, {&s.o, d}, {&s.gate, f},
+                        {&s.up, f}, {&s.down, d}}) {
+      b->n = n;
+      b->host = b->dev = take(scratch, n);
+    }
+    counters.alloc_calls += 8;
+    s.k = {keys_ + p0 * c_.dim, keys_ + p0 * c_.dim, d};
+    s.v = {values_ + p0 * c_.dim, values_ + p0 * c_.dim, d};
+    if (x16_) {
+      s.x16 = reinterpret_cast<std::uint16_t*>(take(scratch, (m * widest() + 1) / 2));
+      ++counters.alloc_calls;
+    }
+    if (pl_.vec == Where::cpu) {
+      s.scores = take(scratch, c_.positions());
+      ++counters.alloc_calls;
+    }
+    return s;
+  }
+  void end_step() override {
+    AllocTimer timer{*this};
+    layout_.clear_pass();  // the whole step's activations at once
+    ++counters.alloc_calls;
+  }
+
+  // The same pages on both sides: a CPU read of what a kernel wrote only
+  // waits for the kernel.
+  float* need(Buf& b, Where side) override {
+    if (!(b.valid & int(side))) {
+      if (side == Where::cpu) gpu::sync();
+      b.valid |= int(side);
+    }
+    return b.at(side);
+  }
+  const float* keys() const override { return keys_; }
+  const float* values() const override { return values_; }
+  std::string stat() const { return layout_.stat(); }
+
+ private:
+  // 64-byte aligned floats; a full Tape is a sizing bug here, so it throws.
+  template <class TapeOrLane>
+  static float* take(TapeOrLane& tape, std::size_t floats) {
+    const unimem::Taken t = tape.take(floats * sizeof(float), 64);
+    if (t.ptr == nullptr) throw std::runtime_error("a Layout tape is full");
+    return reinterpret_cast<float*>(t.ptr);
+  }
+  unimem::Layout open_layout(const std::string& file, const Config& c, Placement pl, bool x16) {
+    const auto t = Clock::now();
+    const std::size_t pad = 64;
+    const std::size_t rows = std::max<std::size_t>(c.prompt, 1);
+    const std::size_t weights = unimem::file_size(file) + kWeightCount * pad +
+                                c.positions() * c.head_dim() * sizeof(float) + pad;
+    const std::size_t scratch = (6 * rows * c.dim + 2 * rows * c.mlp + c.positions()) * sizeof(float) +
+                                (x16 ? rows * std::max(c.dim, c.mlp) * 2 : 0) + 12 * pad +
+                                2 * decode_step_bytes(c, x16);  // a lane's chunk
+    const std::size_t history = 2 * (c.positions() * c.dim * sizeof(float) + pad);
+    unimem::BlockOptions o;
+    if (pl.uses(Where::gpu)) {
+      o.visibility = unimem::Visibility::gpus;  // pinned and registered with every GPU
+    } else {
+      o.pinning = unimem::Pinning::unpinned;  // any memlock limit will do for the CPU demo
+      o.backing = unimem::Backing::warm;      // pages backed at open, not on first use
+    }
+    unimem::Layout layout = unimem::Layout::open(weights, scratch, history, o);
+    open_seconds_ = since(t);
+    return layout;
+  }
+
+  // Bytes of one generated token's activations, alignment included.
+  static std::size_t decode_step_bytes(const Config& c, bool x16) {
+    return (6 * c.dim + 2 * c.mlp + c.positions()) * sizeof(float) + (x16 ? std::max(c.dim, c.mlp) * 2 : 0) +
+           12 * 64;
+  }
+
+  double open_seconds_ = 0;
+  unimem::Layout layout_;
+  // The step's takes bump a private pointer; a token's activations come out
+  // of one chunk, so a token costs one atomic refill (clear_pass starts a
+  // new chunk).
+  unimem::Tape::Lane lane_{layout_.scratch(), 2 * decode_step_bytes(c_, x16_)};
+  unimem::Safetensors model_;
+  std::byte* device_weights_ = nullptr;
+  float* keys_ = nullptr;
+  float* values_ = nullptr;
+};
+
+// ---- one layer step, either path, any placement ---------------------------------
+class Runner {
+ public:
+  Runner(const Config& c, Placement pl, CpuMatmul& mm) : c_(c), pl_(pl), mm_(mm) {}
+
+  void layer(Path& P, Step& s) {
+    const std::size_t m = s.m, d = c_.dim, f = c_.mlp;
+    const Weights& W = P.weights();
+    const Where mm = pl_.mm, vec = pl_.vec;
+    // Each stage waits for its GPU work, so that its time is its own.
+    auto timed = [&](Stage st, auto&& fn) {
+      const auto t = Clock::now();
+      fn();
+      if (pl_.uses(Where::gpu)) gpu::sync();
+      P.counters.stage[st] += since(t);
+    };
+    auto matmul = [&](Buf& in, std::size_t k, Weight w, std::size_t n, Buf& out) {
+      const float* x = P.need(in, mm);
+      float* y = Path::produce(out, mm);
+      if (mm == Where::gpu) {
+        gpu::matmul(x, m, k, W.at(w, mm), c_.bf16, n, y);
+      } else {
+        mm_.run(x, m, k, W.at(w, mm), c_.bf16, n, y, s.x16);
+      }
+    };
+    auto norm = [&](Buf& in, Weight w, Buf& out) {
+      const float* x = P.need(in, vec);
+      float* y = Path::produce(out, vec);
+      if (vec == Where::gpu) gpu::rmsnorm(x, W.vec(w, vec), y, m, d);
+      else cpu::rmsnorm(x, W.vec(w, vec), y, m, d);
+    };
+    auto rope = [&](Buf& b) {
+      float* v = P.need(b, vec);
+      Path::produce(b, vec);
+      if (vec == Where::gpu) {
+        gpu::rope(v, m, s.p0, d, c_.head_dim(), W.rope(vec));
+      } else {
+        const float* table = W.rope(vec);
+        const std::size_t half = c_.head_dim() / 2;
+        cpu::rope(v, m, s.p0, c_, [&](std::size_t p, std::size_t j) {
+          return std::pair{table[(p * half + j) * 2], table[(p * half + j) * 2 + 1]};
+        });
+      }
+    };
+    auto add = [&](Buf& x, Buf& y, std::size_t n) {
+      const float* b = P.need(y, vec);
+      float* a = P.need(x, vec);
+      Path::produce(x, vec);
+      if (vec == Where::gpu) gpu::add(a, b, n);
+      else cpu::add(a, b, n);
+    };
+
+    timed(kNorm, [&] { norm(s.x, kAttnNorm, s.h); });
+    timed(kQkv, [&] {
+      matmul(s.h, d, kWq, d, s.q);
+      matmul(s.h, d, kWk, d, s.k);
+      matmul(s.h, d, kWv, d, s.v);
+    });
+    timed(kRope, [&] {
+      rope(s.q);
+      rope(s.k);
+    });
+    timed(kAttention, [&] {
+      const float* q = P.need(s.q, vec);
+      P.need(s.v, vec);
+      float* out = Path::produce(s.attn, vec);
+      if (vec == Where::gpu) gpu::attend(q, P.keys(), P.values(), out, m, s.p0, d, c_.heads);
+      else cpu::attend(q, P.keys(), P.values(), out, s.scores, m, s.p0, c_);
+    });
+    timed(kOut, [&] {
+      matmul(s.attn, d, kWo, d, s.o);
+      add(s.x, s.o, m * d);
+    });
+    timed(kMlp, [&] {
+      norm(s.x, kMlpNorm, s.h);
+      matmul(s.h, d, kWgate, f, s.gate);
+      matmul(s.h, d, kWup, f, s.up);
+      const float* up = P.need(s.up, vec);
+      float* gate = P.need(s.gate, vec);
+      Path::produce(s.gate, vec);
+      if (vec == Where::gpu) gpu::swiglu(gate, up, m * f);
+      else cpu::swiglu(gate, up, m * f);
+      matmul(s.gate, f, kWdown, d, s.down);
+      add(s.x, s.down, m * d);
+      P.need(s.x, Where::cpu);  // the host takes the output (to sample from)
+    });
+  }
+
+  // Runs rows p0 .. p0 + m - 1; inputs are the prompt's, then each previous
+  // output; outputs land in `out` (positions x dim).
+  void step(Path& P, std::size_t p0, std::size_t m, std::vector<float>& out) {
+    Step& s = P.begin_step(m, p0);
+    float* x = Path::produce(s.x, Where::cpu);
+    for (std::size_t r = 0; r < m; ++r) {
+      const std::size_t pos = p0 + r;
+      if (pos < c_.prompt) input_for(pos, c_, x + r * c_.dim);
+      else std::copy_n(out.data() + (pos - 1) * c_.dim, c_.dim, x + r * c_.dim);
+    }
+    layer(P, s);
+    std::copy_n(s.x.host, m * c_.dim, out.data() + p0 * c_.dim);
+    P.end_step();
+  }
+
+ private:
+  const Config& c_;
+  Placement pl_;
+  CpuMatmul& mm_;
+};
+
+struct Result {
+  std::vector<float> out;
+  Counters prefill, decode;
+  double prefill_seconds = 0, decode_seconds = 0;
+  double alloc_replayed = 0;  // seconds per token, allocations alone
+};
+
+Result converse(Path& P, const Config& c, Runner& run) {
+  Result r;
+  r.out.assign(c.positions() * c.dim, 0.0f);
+  const Counters start = P.counters;
+  auto t = Clock::now();
+  P.begin_conversation();
+  run.step(P, 0, c.prompt, r.out);  // the prompt in one step (prefill)
+  r.prefill_seconds = since(t);
+  const Counters after_prefill = P.counters;
+  t = Clock::now();
+  for (std::size_t pos = c.prompt; pos < c.positions(); ++pos) run.step(P, pos, 1, r.out);
+  r.decode_seconds = since(t);
+  r.prefill = after_prefill - start;
+  r.decode = P.counters - after_prefill;
+  P.end_conversation();
+  return r;
+}
+
+// The generated tokens' allocations alone, replayed until 0.3 s have passed:
+// seconds per token, without a clock read per call and without the
+// computation between calls (so with every cache warm: a lower bound).
+double replay_allocations(Path& P, const Config& c) {
+  const Counters saved = P.counters;
+  P.timed = false;
+  int reps = 0;
+  double seconds = 0;
+  const auto start = Clock::now();
+  do {
+    P.begin_conversation();
+    P.begin_step(c.prompt, 0);
+    P.end_step();
+    const auto t = Clock::now();
+    for (std::size_t pos = c.prompt; pos < c.positions(); ++pos) {
+      P.begin_step(1, pos);
+      P.end_step();
+    }
+    seconds += since(t);
+    P.end_conversation();
+    ++reps;
+  } while (reps < 3 || since(start) < 0.3);
+  P.timed = true;
+  P.counters = saved;
+  return seconds / reps / double(c.tokens);
+}
+
+// What one clock-timed section costs with nothing in it (median of many).
+double clock_overhead() {
+  std::vector<double> v(2001);
+  for (double& x : v) {
+    const auto t = Clock::now();
+    x = since(t);
+  }
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
 }
 
 // ---- float64 reference -------------------------------------------------------
-std::vector<double> run_reference(const std::string& path, const Config& c) {
-  unimem::Tape tape = unimem::Tape::start(unimem::file_size(path) + (1u << 20), [] {
-    unimem::BlockOptions o;
-    o.pinning = unimem::Pinning::unpinned;
-    return o;
-  }());
-  unimem::Safetensors model = unimem::Safetensors::load(path, tape, 64);
-  Weights W{};
+// One row at a time, in double, with RoPE's angles computed directly; the
+// matrix products are split over the cores (the large preset is 7 GFLOP).
+template <class W>
+void parallel_matmul(const double* x, std::size_t k, const W* w, std::size_t n, double* out) {
+  const unsigned threads = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([=] {
+      const std::size_t lo = n * t / threads, hi = n * (t + 1) / threads;
+      cpu::matmul_plain(x, 1, k, w + lo * k, hi - lo, out + lo);
+    });
+  }
+  for (auto& th : pool) th.join();
+}
+
+std::vector<double> run_reference(const std::string& file, const Config& c) {
+  unimem::BlockOptions o;
+  o.pinning = unimem::Pinning::unpinned;
+  unimem::Tape tape = unimem::Tape::start(unimem::file_size(file) + (1u << 20), o);
+  const unimem::Safetensors model = unimem::Safetensors::load(file, tape, 64);
   const auto specs = weight_specs(c);
-  W.bf16 = c.bf16;
-  for (std::size_t i = 0; i < specs.size(); ++i) W.w[i] = model.at(specs[i].name).data;
-  std::vector<double> keys(c.positions() * c.dim), values(c.positions() * c.dim), out;
-  std::vector<std::vector<double>> scratch;
+  auto vec = [&](Weight w) { return reinterpret_cast<const float*>(model.at(specs[w].name).data); };
+  auto matmul = [&](const double* x, std::size_t k, Weight w, std::size_t n, double* out) {
+    const void* p = model.at(specs[w].name).data;
+    if (c.bf16) parallel_matmul(x, k, static_cast<const std::uint16_t*>(p), n, out);
+    else parallel_matmul(x, k, static_cast<const float*>(p), n, out);
+  };
+  const std::size_t d = c.dim, f = c.mlp;
+  std::vector<double> keys(c.positions() * d), values(c.positions() * d), out(c.positions() * d);
+  std::vector<double> x(d), h(d), q(d), attn(d), o2(d), gate(f), up(f), down(d), scores(c.positions());
+  std::vector<float> in(d);
+  auto angle = [&](std::size_t p, std::size_t j) {
+    const double a = double(p) / std::pow(10000.0, double(2 * j) / double(c.head_dim()));
+    return std::pair{std::cos(a), std::sin(a)};
+  };
   for (std::size_t pos = 0; pos < c.positions(); ++pos) {
-    std::vector<double> x;
     if (pos < c.prompt) {
-      for (float v : input_for(pos, c)) x.push_back(v);
+      input_for(pos, c, in.data());
+      std::copy(in.begin(), in.end(), x.begin());
     } else {
-      x = out;
+      std::copy_n(out.data() + (pos - 1) * d, d, x.begin());
     }
-    scratch.clear();
-    scratch.reserve(kScratchTakes);
-    const Scratch<double> m = take_scratch<double>(c, [&](std::size_t n) { return scratch.emplace_back(n).data(); });
-    layer_step(x.data(), pos, W, keys.data(), values.data(), c, m, nullptr);
-    out = x;
+    cpu::rmsnorm(x.data(), vec(kAttnNorm), h.data(), 1, d);
+    matmul(h.data(), d, kWq, d, q.data());
+    matmul(h.data(), d, kWk, d, keys.data() + pos * d);
+    matmul(h.data(), d, kWv, d, values.data() + pos * d);
+    cpu::rope(q.data(), 1, pos, c, angle);
+    cpu::rope(keys.data() + pos * d, 1, pos, c, angle);
+    cpu::attend(q.data(), keys.data(), values.data(), attn.data(), scores.data(), 1, pos, c);
+    matmul(attn.data(), d, kWo, d, o2.data());
+    cpu::add(x.data(), o2.data(), d);
+    cpu::rmsnorm(x.data(), vec(kMlpNorm), h.data(), 1, d);
+    matmul(h.data(), d, kWgate, f, gate.data());
+    matmul(h.data(), d, kWup, f, up.data());
+    cpu::swiglu(gate.data(), up.data(), f);
+    matmul(gate.data(), f, kWdown, d, down.data());
+    cpu::add(x.data(), down.data(), d);
+    std::copy(x.begin(), x.end(), out.begin() + pos * d);
   }
   return out;
 }
 
-double rel_error(const std::vector<float>& a, const std::vector<double>& ref) {
+template <class A, class B>
+double rel_error(const std::vector<A>& a, const std::vector<B>& ref) {
   double num = 0, den = 0;
   for (std::size_t i = 0; i < ref.size(); ++i) {
-    num += (a[i] - ref[i]) * (a[i] - ref[i]);
-    den += ref[i] * ref[i];
+    const double diff = double(a[i]) - double(ref[i]);
+    num += diff * diff;
+    den += double(ref[i]) * double(ref[i]);
   }
   return std::sqrt(num / den);
+}
+
+// ---- one mode: both paths, the table, the checks ------------------------------
+struct Options {
+  Config c;
+  std::vector<Mode> modes;
+  bool gpu_weights_in_place = false;
+  bool gpu_or_skip = false;
+};
+
+bool run_mode(Mode mode, const Options& opt, const std::string& file, const std::vector<double>& reference,
+              CpuMatmul& mm, const std::string& gpu_name) {
+  const Config& c = opt.c;
+  const Placement pl = placement(mode);
+  const bool x16 = pl.mm == Where::cpu && mm.rounds_to_bf16(c.bf16);
+  std::printf("== %s mode: ", mode_name(mode));
+  if (mode == Mode::cpu) std::printf("everything on the CPU; matrix products: %s\n",
+                                     mm.describe(1, c.dim, c.bf16, c.dim).c_str());
+  if (mode == Mode::gpu) std::printf("everything on %s\n", gpu_name.c_str());
+  if (mode == Mode::split) std::printf("matrix products on %s, everything else on the CPU\n", gpu_name.c_str());
+  if (mode == Mode::cpu) std::printf("   prompt matrix products: %s\n", mm.describe(c.prompt, c.dim, c.bf16, c.dim).c_str());
+  if (mode != Mode::cpu) {
+    std::printf("   GPU weights (unimem): %s\n", opt.gpu_weights_in_place
+                                                      ? "read in place from Layout.weights over the bus"
+                                                      : "one copy in device memory, DMA'd from Layout.weights at load");
+  }
+
+  Runner run(c, pl, mm);
+  {  // Untimed: oneDNN's primitives and CUDA's kernels are created on first use.
+    StandardPath warm_up(file, c, pl, x16);
+    converse(warm_up, c, run);
+  }
+  StandardPath standard(file, c, pl, x16);
+  Result rs = converse(standard, c, run);
+  rs.alloc_replayed = replay_allocations(standard, c);
+  UnimemPath unimem_path(file, c, pl, x16, opt.gpu_weights_in_place);
+  Result ru = converse(unimem_path, c, run);
+  ru.alloc_replayed = replay_allocations(unimem_path, c);
+
+  const double gen = double(c.tokens);
+  std::printf("\n%-30s %12s %12s %8s\n", "per generated token", "standard", "unimem", "ratio");
+  for (int s = 0; s < kStages; ++s) {
+    std::printf("%-30s %9.2f us %9.2f us %7.2fx\n", kStageNames[s], rs.decode.stage[s] / gen * 1e6,
+                ru.decode.stage[s] / gen * 1e6, rs.decode.stage[s] / ru.decode.stage[s]);
+  }
+  std::printf("%-30s %12zu %12zu\n", "host<->device copies", rs.decode.copies / c.tokens,
+              ru.decode.copies / c.tokens);
+  std::printf("%-30s %12zu %12zu\n", "host<->device bytes staged", rs.decode.copy_bytes / c.tokens,
+              ru.decode.copy_bytes / c.tokens);
+  std::printf("%-30s %12.2f %12.2f %7.2fx\n", "tokens/s (generated)", gen / rs.decode_seconds,
+              gen / ru.decode_seconds, rs.decode_seconds / ru.decode_seconds);
+  std::printf("%-30s %9.2f ms %9.2f ms %7.2fx\n", ("prefill (" + std::to_string(c.prompt) + " tokens)").c_str(),
+              rs.prefill_seconds * 1e3, ru.prefill_seconds * 1e3, rs.prefill_seconds / ru.prefill_seconds);
+  std::printf("%-30s %9.2f ms %9.2f ms %7.2fx\n", "loading the weights", standard.load_seconds * 1e3,
+              unimem_path.load_seconds * 1e3, standard.load_seconds / unimem_path.load_seconds);
+  // Two timed sections per token (obtain, release); their clock reads are
+  // not the allocator's cost.
+  const double overhead = 2 * clock_overhead();
+  const double in_run_s = std::max(0.0, rs.decode.alloc / gen - overhead);
+  const double in_run_u = std::max(0.0, ru.decode.alloc / gen - overhead);
+  std::printf("\n%-30s %12s %12s %8s\n", "allocation, per gen. token", "standard", "unimem", "ratio");
+  std::printf("%-30s %9.3f us %9.3f us %7.1fx\n", "in the run", in_run_s * 1e6, in_run_u * 1e6, in_run_s / in_run_u);
+  std::printf("%-30s %9.3f us %9.3f us %7.1fx\n", "replayed alone (warm caches)", rs.alloc_replayed * 1e6,
+              ru.alloc_replayed * 1e6, rs.alloc_replayed / ru.alloc_replayed);
+  std::printf("%-30s %12.1f %12.1f\n", "calls", double(rs.decode.alloc_calls) / gen,
+              double(ru.decode.alloc_calls) / gen);
+  std::printf("(in the run: the clock's own %.0f ns per token subtracted)\n", overhead * 1e9);
+
+  const double e_standard = rel_error(rs.out, reference), e_unimem = rel_error(ru.out, reference);
+  const double between = rel_error(rs.out, ru.out);
+  const bool identical = std::memcmp(rs.out.data(), ru.out.data(), rs.out.size() * sizeof(float)) == 0;
+  // float32 arithmetic: 1e-4 over a layer; activations rounded to bf16 for
+  // AMX/AVX-512 bf16 products carry 8 significant bits: 3e-2.
+  const double tolerance = x16 ? 3e-2 : 1e-4;
+  std::printf("\nerror vs float64 over all %zu outputs: standard %.2e, unimem %.2e (tolerance %.0e%s)\n",
+              c.positions(), e_standard, e_unimem, tolerance, x16 ? ", bf16 activations" : "");
+  std::printf("standard vs unimem: %s\n", identical ? "identical, bit for bit"
+                                                    : ("differ by " + std::to_string(between)).c_str());
+  std::printf("\nLayout after the conversation (unimem path):\n%s\n", unimem_path.stat().c_str());
+  bool ok = true;
+  if (!(e_standard < tolerance) || !(e_unimem < tolerance)) {
+    std::fprintf(stderr, "FAILED (%s mode): outputs differ from the float64 reference beyond %.0e\n",
+                 mode_name(mode), tolerance);
+    ok = false;
+  }
+  if (!(between < 1e-6)) {
+    std::fprintf(stderr, "FAILED (%s mode): the two paths differ by %.2e\n", mode_name(mode), between);
+    ok = false;
+  }
+  return ok;
+}
+
+Options parse(int argc, char** argv, bool& mode_given, std::string& mode_arg) {
+  Options o;
+  auto number = [&](int& i) {
+    if (i + 1 >= argc) throw std::invalid_argument(std::string(argv[i]) + " needs a value");
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(argv[++i], &end, 10);
+    if (*end != '\0' || v == 0 || v > (1u << 20)) {
+      throw std::invalid_argument(std::string(argv[i - 1]) + ": not a size: " + argv[i]);
+    }
+    return std::size_t(v);
+  };
+  for (int i = 1; i < argc; ++i) {  // the preset first, so that options can change it
+    if (std::string(argv[i]) == "--preset") {
+      if (i + 1 >= argc || std::string(argv[i + 1]) != "large") throw std::invalid_argument("--preset takes large");
+      o.c = Config{4096, 32, 11008, 128, 32, true};
+    }
+  }
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--preset") ++i;
+    else if (a == "--dim") o.c.dim = number(i);
+    else if (a == "--heads") o.c.heads = number(i);
+    else if (a == "--mlp") o.c.mlp = number(i);
+    else if (a == "--prompt") o.c.prompt = number(i);
+    else if (a == "--tokens") o.c.tokens = number(i);
+    else if (a == "--bf16") o.c.bf16 = true;
+    else if (a == "--gpu-weights" && i + 1 < argc) {
+      const std::string v = argv[++i];
+      if (v != "device" && v != "host") throw std::invalid_argument("--gpu-weights takes device or host");
+      o.gpu_weights_in_place = v == "host";
+    } else if (a == "--mode" && i + 1 < argc) {
+      mode_given = true;
+      mode_arg = argv[++i];
+    } else if (a == "--gpu-or-skip") {
+      o.gpu_or_skip = true;
+    } else if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else {
+      throw std::invalid_argument("unknown option " + a);
+    }
+  }
+  const Config& c = o.c;
+  if (c.dim % (2 * c.heads) != 0) throw std::invalid_argument("--dim must be a multiple of 2 x --heads");
+  if (c.positions() > 8192) throw std::invalid_argument("--prompt + --tokens must be at most 8192");
+  return o;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) try {
-  Config c;
-  for (int i = 1; i + 1 < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--", 0) != 0 || a == "--bf16" || a == "--preset") continue;
-    const std::size_t v = std::strtoull(argv[i + 1], nullptr, 10);
-    if (a == "--dim") c.dim = v;
-    else if (a == "--heads") c.heads = v;
-    else if (a == "--mlp") c.mlp = v;
-    else if (a == "--prompt") c.prompt = v;
-    else if (a == "--tokens") c.tokens = v;
-  }
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--bf16") c.bf16 = true;
-    if (a == "--preset" && i + 1 < argc && std::string(argv[i + 1]) == "large") {
-      c = Config{4096, 32, 11008, 16, 16, true};  // the GPU machine's size, 16-bit weights
-    }
-  }
-  if (c.heads == 0 || c.dim % c.heads != 0 || c.head_dim() % 2 != 0) {
-    std::fprintf(stderr, "dim must be a multiple of 2 x heads\n");
+  bool mode_given = false;
+  std::string mode_arg = "auto";
+  Options opt;
+  try {
+    opt = parse(argc, argv, mode_given, mode_arg);
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "unimem_pipeline: %s\n%s", e.what(), kUsage);
     return 2;
   }
-  // Weights from a fixed seed, written as a safetensors file.
-  const std::string path = (std::filesystem::temp_directory_path() / ("unimem_pipeline_" + std::to_string(::getpid()) + ".safetensors")).string();
-  {
-    std::mt19937 rng(2026);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<std::vector<float>> data;
-    std::vector<std::vector<std::uint16_t>> halves;
-    std::vector<unimem::TensorData> tensors;
-    data.reserve(16);
-    halves.reserve(16);
-    for (const WeightSpec& s : weight_specs(c)) {
-      auto& d = data.emplace_back(s.rows * s.cols);
-      const float scale = s.cols == 1 ? 0.1f : 1.0f / std::sqrt(float(s.cols));
-      for (auto& v : d) v = (s.cols == 1 ? 1.0f : 0.0f) + normal(rng) * scale;
-      const auto shape = s.cols == 1 ? std::vector<std::uint64_t>{s.rows} : std::vector<std::uint64_t>{s.rows, s.cols};
-      if (c.bf16 && s.cols != 1) {
-        auto& h = halves.emplace_back(d.size());
-        for (std::size_t i = 0; i < d.size(); ++i) h[i] = float_to_bf16(d[i]);
-        tensors.push_back({s.name, unimem::DType::BF16, shape, std::as_bytes(std::span<const std::uint16_t>(h))});
-      } else {
-        tensors.push_back({s.name, unimem::DType::F32, shape, std::as_bytes(std::span<const float>(d))});
-      }
-    }
-    unimem::save_safetensors(path, tensors);
+  const Config& c = opt.c;
+
+  // A GPU mode needs the CUDA runtime's device and unimem's driver access.
+  const bool driver = unimem::gpu::available();
+  const gpu::Probe probe = driver ? gpu::probe() : gpu::Probe{};
+  const bool have_gpu = driver && probe.present;
+  const std::string why_not = !driver ? unimem::gpu::unavailable_reason() : probe.name;
+  if (mode_arg == "auto") {
+    opt.modes = have_gpu ? std::vector{Mode::cpu, Mode::gpu, Mode::split} : std::vector{Mode::cpu};
+  } else if (mode_arg == "all") {
+    opt.modes = {Mode::cpu, Mode::gpu, Mode::split};
+  } else if (mode_arg == "cpu" || mode_arg == "gpu" || mode_arg == "split") {
+    opt.modes = {mode_arg == "cpu" ? Mode::cpu : mode_arg == "gpu" ? Mode::gpu : Mode::split};
+  } else {
+    std::fprintf(stderr, "unimem_pipeline: unknown mode %s\n%s", mode_arg.c_str(), kUsage);
+    return 2;
   }
-  std::printf("unimem pipeline (CPU): dim %zu, %zu heads, mlp %zu, %s weights, %zu prompt + %zu generated tokens\n\n",
+  const bool wants_gpu = std::any_of(opt.modes.begin(), opt.modes.end(), [](Mode m) { return m != Mode::cpu; });
+  if (wants_gpu && !have_gpu && opt.gpu_or_skip) {
+    std::printf("skipped: no CUDA device (%s)\n", why_not.c_str());
+    return 77;
+  }
+  if (wants_gpu && !have_gpu) {
+    std::fprintf(stderr, "unimem_pipeline: --mode %s needs a GPU: %s\n", mode_arg.c_str(), why_not.c_str());
+    return 2;
+  }
+
+  std::printf("unimem pipeline: one decoder layer, dim %zu, %zu heads, MLP %zu, %s weights, %zu prompt + %zu "
+              "generated tokens\n",
               c.dim, c.heads, c.mlp, c.bf16 ? "bf16" : "f32", c.prompt, c.tokens);
-  Timings ts, tu;
-  double seconds_standard = 0, seconds_unimem = 0;
-  std::string stat;
-  const std::vector<float> standard = run_standard(path, c, ts, seconds_standard);
-  const std::vector<float> with_unimem = run_unimem(path, c, tu, seconds_unimem, stat);
-  const std::vector<double> reference = run_reference(path, c);
-  std::filesystem::remove(path);
+  std::printf("GPU: %s\n\n", have_gpu ? probe.name.c_str() : ("none (" + why_not + "): CPU mode only").c_str());
 
-  const double e_standard = rel_error(standard, reference), e_unimem = rel_error(with_unimem, reference);
-  const bool identical = std::memcmp(standard.data(), with_unimem.data(), standard.size() * sizeof(float)) == 0;
-  const double tolerance = 1e-4;  // float32 arithmetic over one layer
+  // The weights, from a fixed seed, as the safetensors file a model comes in.
+  const std::string file = (std::filesystem::temp_directory_path() /
+                            ("unimem_pipeline_" + std::to_string(::getpid()) + ".safetensors")).string();
+  write_weights(file, c);
+  struct Remove {
+    std::string f;
+    ~Remove() { std::filesystem::remove(f); }
+  } remove{file};
 
-  const double tokens = double(c.positions());
-  std::printf("%-18s %14s %14s %8s\n", "stage (per token)", "standard", "unimem", "ratio");
-  for (int s = 0; s < kStages; ++s) {
-    std::printf("%-18s %11.2f us %11.2f us %7.2fx\n", kStageNames[s], ts.stage[s] / tokens * 1e6, tu.stage[s] / tokens * 1e6,
-                ts.stage[s] / tu.stage[s]);
-  }
-  std::printf("%-18s %11.2f us %11.2f us %7.2fx\n", "allocation", ts.alloc / tokens * 1e6, tu.alloc / tokens * 1e6, ts.alloc / tu.alloc);
-  std::printf("%-18s %14.1f %14.1f\n", "alloc calls/token", double(ts.alloc_calls) / tokens, double(tu.alloc_calls) / tokens);
-  std::printf("%-18s %14s %14s\n", "host<->GPU bytes", "0 (CPU mode)", "0 (CPU mode)");
-  std::printf("%-18s %14.1f %14.1f %7.2fx\n", "tokens/s", tokens / seconds_standard, tokens / seconds_unimem,
-              seconds_standard / seconds_unimem);
-  std::printf("\nerror vs float64: standard %.2e, unimem %.2e (tolerance %.0e); the two paths agree %s\n", e_standard,
-              e_unimem, tolerance, identical ? "bit for bit" : "within tolerance");
-  std::printf("\nLayout after the conversation:\n%s", stat.c_str());
-  if (!(e_standard < tolerance) || !(e_unimem < tolerance)) {
-    std::fprintf(stderr, "FAILED: outputs differ from the float64 reference beyond %.0e\n", tolerance);
-    return 1;
-  }
-  return 0;
-} catch (const unimem::Error& e) {
-  std::fprintf(stderr, "pipeline: %s\n", e.what());
+  const std::vector<double> reference = run_reference(file, c);
+  CpuMatmul mm;
+  bool ok = true;
+  for (Mode m : opt.modes) ok = run_mode(m, opt, file, reference, mm, probe.name) && ok;
+  return ok ? 0 : 1;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "unimem_pipeline: %s\n", e.what());
   return 1;
 }

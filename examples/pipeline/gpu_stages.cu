@@ -1,0 +1,247 @@
+// examples/pipeline/gpu_stages.cu — the layer's kernels and the runtime calls
+// of pipeline/gpu_stages.hpp.
+//
+// Decoding is a matrix-vector product per weight matrix, bound by reading the
+// weights, so matmul gives each output row one warp that streams its weight
+// row with 16-byte loads and reuses it for up to four activation rows at a
+// time. The activations are read where they are: with unimem they are host
+// pages the CPU wrote, fetched over the bus by the loads themselves (L2 keeps
+// them for the other warps). Every kernel is deterministic (fixed reduction
+// order), so the two paths agree bit for bit.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "gpu_stages.hpp"
+
+namespace pipeline::gpu {
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+void launched(const char* what) { check(cudaGetLastError(), what); }
+unsigned blocks_for(std::size_t n, unsigned threads) { return unsigned((n + threads - 1) / threads); }
+
+__device__ inline float widen(float v) { return v; }
+__device__ inline float widen(std::uint16_t v) { return __uint_as_float(unsigned(v) << 16); }
+
+__device__ inline void load8(const std::uint16_t* p, float f[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const unsigned words[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(words[i] << 16);
+    f[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+  }
+}
+__device__ inline void load8(const float* p, float f[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+constexpr int kRowsAtOnce = 4;
+
+template <class W, bool kVector>
+__global__ void matmul_kernel(const float* __restrict__ x, int m, int k, const W* __restrict__ w, int n,
+                              float* __restrict__ out) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= n) return;
+  const W* wr = w + std::size_t(row) * k;
+  for (int r0 = 0; r0 < m; r0 += kRowsAtOnce) {
+    const int rows = min(kRowsAtOnce, m - r0);
+    float acc[kRowsAtOnce] = {};
+    int i = lane;
+    if (kVector) {
+      const int kv = k / 256 * 256;
+      for (i = lane * 8; i < kv; i += 256) {
+        float wf[8];
+        load8(wr + i, wf);
+#pragma unroll
+        for (int r = 0; r < kRowsAtOnce; ++r) {
+          if (r < rows) {
+            float xf[8];
+            load8(x + std::size_t(r0 + r) * k + i, xf);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[r] += wf[j] * xf[j];
+          }
+        }
+      }
+      i = kv + lane;
+    }
+    for (; i < k; i += 32) {
+      const float wv = widen(wr[i]);
+      for (int r = 0; r < rows; ++r) acc[r] += wv * x[std::size_t(r0 + r) * k + i];
+    }
+#pragma unroll
+    for (int r = 0; r < kRowsAtOnce; ++r) {
+      for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_down_sync(0xffffffffu, acc[r], off);
+    }
+    if (lane == 0) {
+      for (int r = 0; r < rows; ++r) out[std::size_t(r0 + r) * n + row] = acc[r];
+    }
+  }
+}
+
+// Sum or max over the block; every thread gets the result. `red` holds 32 floats.
+__device__ float block_reduce(float v, float* red, bool max) {
+  for (int off = 16; off > 0; off /= 2) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = max ? fmaxf(v, o) : v + o;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = (blockDim.x + 31) / 32;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < warps ? red[lane] : (max ? -1e30f : 0.0f);
+    for (int off = 16; off > 0; off /= 2) {
+      const float o = __shfl_xor_sync(0xffffffffu, v, off);
+      v = max ? fmaxf(v, o) : v + o;
+    }
+    if (lane == 0) red[0] = v;
+  }
+  __syncthreads();
+  const float result = red[0];
+  __syncthreads();
+  return result;
+}
+
+__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out,
+                               int n) {
+  __shared__ float red[32];
+  const float* xr = x + std::size_t(blockIdx.x) * n;
+  float ss = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_reduce(ss, red, false);
+  const float scale = 1.0f / sqrtf(ss / float(n) + 1e-5f);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[std::size_t(blockIdx.x) * n + i] = xr[i] * scale * w[i];
+}
+
+__global__ void rope_kernel(float* v, int m, int p0, int dim, int head_dim, const float* __restrict__ table) {
+  const int pairs = dim / 2;
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= m * pairs) return;
+  const int r = idx / pairs, i = 2 * (idx % pairs);
+  const int j = (i % head_dim) / 2;
+  const float* cs = table + (std::size_t(p0 + r) * (head_dim / 2) + j) * 2;
+  float* p = v + std::size_t(r) * dim + i;
+  const float a = p[0], b = p[1];
+  p[0] = a * cs[0] - b * cs[1];
+  p[1] = a * cs[1] + b * cs[0];
+}
+
+// One block per (head, row); scores for positions 0 .. p0 + row in shared memory.
+__global__ void attend_kernel(const float* __restrict__ q, const float* __restrict__ keys,
+                              const float* __restrict__ values, float* __restrict__ out, int p0, int dim,
+                              int heads) {
+  extern __shared__ float shared[];
+  float* red = shared;
+  float* scores = shared + 32;
+  const int h = blockIdx.x, r = blockIdx.y, hd = dim / heads, last = p0 + r;
+  const float* qh = q + std::size_t(r) * dim + h * hd;
+  const float inv_sqrt = 1.0f / sqrtf(float(hd));
+  float local_max = -1e30f;
+  for (int t = threadIdx.x; t <= last; t += blockDim.x) {
+    const float* kt = keys + std::size_t(t) * dim + h * hd;
+    float s = 0;
+    for (int i = 0; i < hd; ++i) s += qh[i] * kt[i];
+    scores[t] = s * inv_sqrt;
+    local_max = fmaxf(local_max, scores[t]);
+  }
+  const float max = block_reduce(local_max, red, true);
+  float local_sum = 0;
+  for (int t = threadIdx.x; t <= last; t += blockDim.x) local_sum += scores[t] = expf(scores[t] - max);
+  const float sum = block_reduce(local_sum, red, false);
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float acc = 0;
+    for (int t = 0; t <= last; ++t) acc += scores[t] * values[std::size_t(t) * dim + h * hd + i];
+    out[std::size_t(r) * dim + h * hd + i] = acc / sum;
+  }
+}
+
+__global__ void swiglu_kernel(float* gate, const float* __restrict__ up, std::size_t n) {
+  const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+__global__ void add_kernel(float* x, const float* __restrict__ y, std::size_t n) {
+  const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] += y[i];
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+Probe probe() {
+  int count = 0;
+  if (const cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess) return {false, cudaGetErrorString(e)};
+  if (count == 0) return {false, "no CUDA device"};
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  return {true, prop.name};
+}
+
+void* malloc_device(std::size_t bytes) {
+  void* p = nullptr;
+  check(cudaMalloc(&p, bytes), "cudaMalloc");
+  return p;
+}
+void free_device(void* p) { check(cudaFree(p), "cudaFree"); }
+void copy_to_device(void* device, const void* host, std::size_t bytes) {
+  check(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+}
+void copy_to_host(void* host, const void* device, std::size_t bytes) {
+  check(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+}
+void sync() { check(cudaStreamSynchronize(0), "cudaStreamSynchronize"); }
+
+void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, float* out) {
+  constexpr unsigned kThreads = 256;  // 8 warps, 8 output rows per block
+  const unsigned blocks = blocks_for(n, kThreads / 32);
+  const bool vector = k % 8 == 0 && aligned16(x) && aligned16(w);
+  const int M = int(m), K = int(k), N = int(n);
+  if (bf16) {
+    const auto* wb = static_cast<const std::uint16_t*>(w);
+    if (vector) matmul_kernel<std::uint16_t, true><<<blocks, kThreads>>>(x, M, K, wb, N, out);
+    else matmul_kernel<std::uint16_t, false><<<blocks, kThreads>>>(x, M, K, wb, N, out);
+  } else {
+    const auto* wf = static_cast<const float*>(w);
+    if (vector) matmul_kernel<float, true><<<blocks, kThreads>>>(x, M, K, wf, N, out);
+    else matmul_kernel<float, false><<<blocks, kThreads>>>(x, M, K, wf, N, out);
+  }
+  launched("matmul kernel");
+}
+
+void rmsnorm(const float* x, const float* w, float* out, std::size_t m, std::size_t n) {
+  rmsnorm_kernel<<<unsigned(m), 256>>>(x, w, out, int(n));
+  launched("rmsnorm kernel");
+}
+
+void rope(float* v, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim, const float* table) {
+  rope_kernel<<<blocks_for(m * dim / 2, 256), 256>>>(v, int(m), int(p0), int(dim), int(head_dim), table);
+  launched("rope kernel");
+}
+
+void attend(const float* q, const float* keys, const float* values, float* out, std::size_t m, std::size_t p0,
+            std::size_t dim, std::size_t heads) {
+  const std::size_t shared = (32 + p0 + m) * sizeof(float);
+  attend_kernel<<<dim3(unsigned(heads), unsigned(m)), 128, shared>>>(q, keys, values, out, int(p0), int(dim),
+                                                                     int(heads));
+  launched("attention kernel");
+}
+
+void swiglu(float* gate, const float* up, std::size_t n) {
+  swiglu_kernel<<<blocks_for(n, 256), 256>>>(gate, up, n);
+  launched("swiglu kernel");
+}
+
+void add(float* x, const float* y, std::size_t n) {
+  add_kernel<<<blocks_for(n, 256), 256>>>(x, y, n);
+  launched("add kernel");
+}
+
+}  // namespace pipeline::gpu

@@ -1,0 +1,39 @@
+// examples/pipeline/gpu_stages.hpp — what the pipeline needs of a GPU, behind
+// plain C++ so that pipeline.cpp needs no CUDA header: the runtime calls the
+// standard path makes (cudaMalloc, cudaMemcpy, cudaFree) and the layer's
+// kernels. Built from gpu_stages.cu with nvcc, else from gpu_none.cpp, where
+// probe() says why there is no GPU.
+//
+// Kernels are launched asynchronously, in order, on one stream; every pointer
+// they get must be device-accessible: device memory, or host pages registered
+// with CUDA (a GPU-visible unimem Block) whose host address is the device
+// address. Errors throw std::runtime_error naming the call.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace pipeline::gpu {
+
+struct Probe {
+  bool present = false;
+  std::string name;  // device 0's name, or why there is none
+};
+Probe probe();
+
+void* malloc_device(std::size_t bytes);
+void free_device(void* p);
+// Blocking copies; a pageable host side is staged by the driver.
+void copy_to_device(void* device, const void* host, std::size_t bytes);
+void copy_to_host(void* host, const void* device, std::size_t bytes);
+void sync();  // waits for every kernel launched so far
+
+// The layer's kernels: the same contracts as pipeline::cpu's stages.
+void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, float* out);
+void rmsnorm(const float* x, const float* w, float* out, std::size_t m, std::size_t n);
+void rope(float* v, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim, const float* table);
+void attend(const float* q, const float* keys, const float* values, float* out, std::size_t m, std::size_t p0,
+            std::size_t dim, std::size_t heads);
+void swiglu(float* gate, const float* up, std::size_t n);
+void add(float* x, const float* y, std::size_t n);
+
+}  // namespace pipeline::gpu
