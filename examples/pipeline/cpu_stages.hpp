@@ -24,18 +24,17 @@ void rmsnorm(const T* x, const float* w, T* out, std::size_t m, std::size_t n) {
   }
 }
 
-// Rotates pairs of each head in place; `angle(p, j)` gives {cos, sin} for
-// position p and pair j of a head.
+// Rotates pairs of each head from `in` into `out` (which may be `in`);
+// `angle(p, j)` gives {cos, sin} for position p and pair j of a head.
 template <class T, class Angle>
-void rope(T* v, std::size_t m, std::size_t p0, const Config& c, Angle&& angle) {
+void rope(const T* in, T* out, std::size_t m, std::size_t p0, const Config& c, Angle&& angle) {
   const std::size_t hd = c.head_dim();
   for (std::size_t r = 0; r < m; ++r) {
-    T* row = v + r * c.dim;
     for (std::size_t i = 0; i < c.dim; i += 2) {
       const auto [cs, sn] = angle(p0 + r, (i % hd) / 2);
-      const T a = row[i], b = row[i + 1];
-      row[i] = a * T(cs) - b * T(sn);
-      row[i + 1] = a * T(sn) + b * T(cs);
+      const T a = in[r * c.dim + i], b = in[r * c.dim + i + 1];
+      out[r * c.dim + i] = a * T(cs) - b * T(sn);
+      out[r * c.dim + i + 1] = a * T(sn) + b * T(cs);
     }
   }
 }
@@ -60,23 +59,27 @@ void attend(const T* q, const T* keys, const T* values, T* out, T* scores, std::
       }
       T sum = 0;
       for (std::size_t t = 0; t <= last; ++t) sum += scores[t] = std::exp(scores[t] - max);
-      for (std::size_t i = 0; i < hd; ++i) {
-        T acc = 0;
-        for (std::size_t t = 0; t <= last; ++t) acc += scores[t] * values[t * c.dim + h * hd + i];
-        out[r * c.dim + h * hd + i] = acc / sum;
+      T* oh = out + r * c.dim + h * hd;
+      std::fill(oh, oh + hd, T(0));
+      for (std::size_t t = 0; t <= last; ++t) {  // along the cache's rows, not across them
+        const T* vt = values + t * c.dim + h * hd;
+        for (std::size_t i = 0; i < hd; ++i) oh[i] += scores[t] * vt[i];
       }
+      for (std::size_t i = 0; i < hd; ++i) oh[i] /= sum;
     }
   }
 }
 
+// out may be gate (in place).
 template <class T>
-void swiglu(T* gate, const T* up, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) gate[i] = gate[i] / (T(1) + std::exp(-gate[i])) * up[i];
+void swiglu(const T* gate, const T* up, T* out, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = gate[i] / (T(1) + std::exp(-gate[i])) * up[i];
 }
 
+// out = x + y; out may be x (in place).
 template <class T>
-void add(T* x, const T* y, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) x[i] += y[i];
+void add(const T* x, const T* y, T* out, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = x[i] + y[i];
 }
 
 inline float widen(float v) { return v; }

@@ -10,6 +10,7 @@
 // order), so the two paths agree bit for bit.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -43,46 +44,57 @@ __device__ inline void load8(const float* p, float f[8]) {
 }
 
 constexpr int kRowsAtOnce = 4;
+constexpr int kWarps = 8;  // output rows per block
 
+// One warp per output row; the block's kWarps results for an activation row
+// leave together, as one 32-byte store: over the bus to host pages, 4-byte
+// stores from each warp would each be a transaction of their own.
 template <class W, bool kVector>
 __global__ void matmul_kernel(const float* __restrict__ x, int m, int k, const W* __restrict__ w, int n,
                               float* __restrict__ out) {
-  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= n) return;
-  const W* wr = w + std::size_t(row) * k;
+  __shared__ float results[kRowsAtOnce][kWarps];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = blockIdx.x * kWarps + warp;
+  const bool active = row < n;
+  const W* wr = w + std::size_t(active ? row : 0) * k;
   for (int r0 = 0; r0 < m; r0 += kRowsAtOnce) {
     const int rows = min(kRowsAtOnce, m - r0);
     float acc[kRowsAtOnce] = {};
-    int i = lane;
-    if (kVector) {
-      const int kv = k / 256 * 256;
-      for (i = lane * 8; i < kv; i += 256) {
-        float wf[8];
-        load8(wr + i, wf);
+    if (active) {
+      int i = lane;
+      if (kVector) {
+        const int kv = k / 256 * 256;
+        for (i = lane * 8; i < kv; i += 256) {
+          float wf[8];
+          load8(wr + i, wf);
 #pragma unroll
-        for (int r = 0; r < kRowsAtOnce; ++r) {
-          if (r < rows) {
-            float xf[8];
-            load8(x + std::size_t(r0 + r) * k + i, xf);
+          for (int r = 0; r < kRowsAtOnce; ++r) {
+            if (r < rows) {
+              float xf[8];
+              load8(x + std::size_t(r0 + r) * k + i, xf);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) acc[r] += wf[j] * xf[j];
+              for (int j = 0; j < 8; ++j) acc[r] += wf[j] * xf[j];
+            }
           }
         }
+        i = kv + lane;
       }
-      i = kv + lane;
-    }
-    for (; i < k; i += 32) {
-      const float wv = widen(wr[i]);
-      for (int r = 0; r < rows; ++r) acc[r] += wv * x[std::size_t(r0 + r) * k + i];
+      for (; i < k; i += 32) {
+        const float wv = widen(wr[i]);
+        for (int r = 0; r < rows; ++r) acc[r] += wv * x[std::size_t(r0 + r) * k + i];
+      }
     }
 #pragma unroll
     for (int r = 0; r < kRowsAtOnce; ++r) {
       for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_down_sync(0xffffffffu, acc[r], off);
     }
     if (lane == 0) {
-      for (int r = 0; r < rows; ++r) out[std::size_t(r0 + r) * n + row] = acc[r];
+      for (int r = 0; r < kRowsAtOnce; ++r) results[r][warp] = acc[r];
     }
+    __syncthreads();
+    const int r = threadIdx.x / kWarps, col = blockIdx.x * kWarps + threadIdx.x % kWarps;
+    if (r < rows && col < n) out[std::size_t(r0 + r) * n + col] = results[r][threadIdx.x % kWarps];
+    __syncthreads();
   }
 }
 
@@ -120,17 +132,18 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restr
   for (int i = threadIdx.x; i < n; i += blockDim.x) out[std::size_t(blockIdx.x) * n + i] = xr[i] * scale * w[i];
 }
 
-__global__ void rope_kernel(float* v, int m, int p0, int dim, int head_dim, const float* __restrict__ table) {
+__global__ void rope_kernel(const float* in, float* out, int m, int p0, int dim, int head_dim,
+                            const float* __restrict__ table) {
   const int pairs = dim / 2;
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= m * pairs) return;
   const int r = idx / pairs, i = 2 * (idx % pairs);
   const int j = (i % head_dim) / 2;
   const float* cs = table + (std::size_t(p0 + r) * (head_dim / 2) + j) * 2;
-  float* p = v + std::size_t(r) * dim + i;
-  const float a = p[0], b = p[1];
-  p[0] = a * cs[0] - b * cs[1];
-  p[1] = a * cs[1] + b * cs[0];
+  const std::size_t at = std::size_t(r) * dim + i;
+  const float a = in[at], b = in[at + 1];
+  out[at] = a * cs[0] - b * cs[1];
+  out[at + 1] = a * cs[1] + b * cs[0];
 }
 
 // One block per (head, row); scores for positions 0 .. p0 + row in shared memory.
@@ -162,14 +175,20 @@ __global__ void attend_kernel(const float* __restrict__ q, const float* __restri
   }
 }
 
-__global__ void swiglu_kernel(float* gate, const float* __restrict__ up, std::size_t n) {
+__global__ void swiglu_kernel(const float* gate, const float* __restrict__ up, float* out, std::size_t n) {
   const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+  if (i < n) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-__global__ void add_kernel(float* x, const float* __restrict__ y, std::size_t n) {
+__global__ void add_kernel(const float* x, const float* __restrict__ y, float* out, std::size_t n) {
   const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) x[i] += y[i];
+  if (i < n) out[i] = x[i] + y[i];
+}
+
+__global__ void gather_kernel(const float* __restrict__ host, float* __restrict__ device, std::size_t n) {
+  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x) {
+    device[i] = host[i];
+  }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
@@ -200,8 +219,8 @@ void copy_to_host(void* host, const void* device, std::size_t bytes) {
 void sync() { check(cudaStreamSynchronize(0), "cudaStreamSynchronize"); }
 
 void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, float* out) {
-  constexpr unsigned kThreads = 256;  // 8 warps, 8 output rows per block
-  const unsigned blocks = blocks_for(n, kThreads / 32);
+  constexpr unsigned kThreads = kWarps * 32;
+  const unsigned blocks = blocks_for(n, kWarps);
   const bool vector = k % 8 == 0 && aligned16(x) && aligned16(w);
   const int M = int(m), K = int(k), N = int(n);
   if (bf16) {
@@ -221,8 +240,9 @@ void rmsnorm(const float* x, const float* w, float* out, std::size_t m, std::siz
   launched("rmsnorm kernel");
 }
 
-void rope(float* v, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim, const float* table) {
-  rope_kernel<<<blocks_for(m * dim / 2, 256), 256>>>(v, int(m), int(p0), int(dim), int(head_dim), table);
+void rope(const float* in, float* out, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim,
+          const float* table) {
+  rope_kernel<<<blocks_for(m * dim / 2, 256), 256>>>(in, out, int(m), int(p0), int(dim), int(head_dim), table);
   launched("rope kernel");
 }
 
@@ -234,14 +254,20 @@ void attend(const float* q, const float* keys, const float* values, float* out, 
   launched("attention kernel");
 }
 
-void swiglu(float* gate, const float* up, std::size_t n) {
-  swiglu_kernel<<<blocks_for(n, 256), 256>>>(gate, up, n);
+void swiglu(const float* gate, const float* up, float* out, std::size_t n) {
+  swiglu_kernel<<<blocks_for(n, 256), 256>>>(gate, up, out, n);
   launched("swiglu kernel");
 }
 
-void add(float* x, const float* y, std::size_t n) {
-  add_kernel<<<blocks_for(n, 256), 256>>>(x, y, n);
+void add(const float* x, const float* y, float* out, std::size_t n) {
+  add_kernel<<<blocks_for(n, 256), 256>>>(x, y, out, n);
   launched("add kernel");
+}
+
+void gather(const float* host, float* device, std::size_t n) {
+  // Enough loads in flight to cover the bus's latency; a token's vector is 16-44 KiB.
+  gather_kernel<<<std::min(blocks_for(n, 256), 64u), 256>>>(host, device, n);
+  launched("gather kernel");
 }
 
 }  // namespace pipeline::gpu

@@ -27,13 +27,19 @@ void copy_to_device(void* device, const void* host, std::size_t bytes);
 void copy_to_host(void* host, const void* device, std::size_t bytes);
 void sync();  // waits for every kernel launched so far
 
-// The layer's kernels: the same contracts as pipeline::cpu's stages.
+// The layer's kernels: the same contracts as pipeline::cpu's stages (the
+// elementwise ones may write in place).
 void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, float* out);
 void rmsnorm(const float* x, const float* w, float* out, std::size_t m, std::size_t n);
-void rope(float* v, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim, const float* table);
+void rope(const float* in, float* out, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim,
+          const float* table);
 void attend(const float* q, const float* keys, const float* values, float* out, std::size_t m, std::size_t p0,
             std::size_t dim, std::size_t heads);
-void swiglu(float* gate, const float* up, std::size_t n);
-void add(float* x, const float* y, std::size_t n);
+void swiglu(const float* gate, const float* up, float* out, std::size_t n);
+void add(const float* x, const float* y, float* out, std::size_t n);
+// Reads n floats of (registered) host pages with the GPU's own loads, each
+// byte over the bus once, into device memory: for data many blocks or many
+// tokens will read again.
+void gather(const float* host, float* device, std::size_t n);
 
 }  // namespace pipeline::gpu

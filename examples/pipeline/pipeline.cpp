@@ -72,13 +72,14 @@ Placement placement(Mode m) {
 enum Stage { kNorm, kQkv, kRope, kAttention, kOut, kMlp, kStages };
 const char* kStageNames[] = {"rmsnorm", "qkv projection", "rope", "attention", "out projection", "swiglu mlp"};
 
-// One activation tensor as a path holds it: a host copy, a device copy, or
-// (unimem) one pointer that is both.
+// One activation tensor as a path holds it. Standard: a host copy and a
+// device copy. unimem: host pages both sides use, plus (dev) the place in
+// device memory where the GPU keeps what it gathered of them for reuse.
 struct Buf {
   float* host = nullptr;
   float* dev = nullptr;
   std::size_t n = 0;
-  int valid = 0;  // Where bits holding the latest contents
+  int valid = 0;  // Where bits: which of host / dev hold the latest contents
   float* at(Where w) const { return w == Where::cpu ? host : dev; }
 };
 
@@ -104,9 +105,12 @@ struct Counters {
   double stage[kStages] = {};
   double alloc = 0;  // seconds obtaining and releasing memory
   std::size_t alloc_calls = 0;
-  std::size_t copies = 0, copy_bytes = 0;  // host <-> device
+  std::size_t copies = 0, copy_bytes = 0;   // cudaMemcpy between host and device
+  std::size_t gathers = 0, gather_bytes = 0;  // host pages a kernel read into device memory
   Counters operator-(const Counters& o) const {
     Counters r = *this;
+    r.gathers -= o.gathers;
+    r.gather_bytes -= o.gather_bytes;
     for (int s = 0; s < kStages; ++s) r.stage[s] -= o.stage[s];
     r.alloc -= o.alloc;
     r.alloc_calls -= o.alloc_calls;
@@ -128,16 +132,19 @@ class Path {
   virtual Step& begin_step(std::size_t m, std::size_t p0) = 0;
   virtual void end_step() = 0;
   // Makes b's latest contents readable on `side` and returns where they are.
-  virtual float* need(Buf& b, Where side) = 0;
+  // need_reused: for inputs read many times there (a GPU matmul's input by
+  // every block, the KV cache by every later token).
+  virtual const float* need(Buf& b, Where side) = 0;
+  virtual const float* need_reused(Buf& b, Where side) { return need(b, side); }
+  // b is about to be written on `side` (after its inputs were needed); returns where.
+  virtual float* produce(Buf& b, Where side) {
+    b.valid = int(side);
+    return b.at(side);
+  }
   // The whole KV cache, on the side attention runs.
   virtual const float* keys() const = 0;
   virtual const float* values() const = 0;
 
-  // b is about to be written on `side`; returns where.
-  static float* produce(Buf& b, Where side) {
-    b.valid = int(side);
-    return b.at(side);
-  }
   const Weights& weights() const { return weights_; }
   Counters counters;
   double load_seconds = 0;
@@ -251,7 +258,7 @@ class StandardPath final : public Path {
     device_temps_.clear();
   }
 
-  float* need(Buf& b, Where side) override {
+  const float* need(Buf& b, Where side) override {
     if (!(b.valid & int(side))) {
       const std::size_t bytes = b.n * sizeof(float);
       if (side == Where::gpu) {
@@ -338,10 +345,16 @@ class UnimemPath final : public Path {
         weights_.rope_gpu = reinterpret_cast<const float*>(moved(rope));
       }
     }
+    if (pl.uses(Where::gpu)) {  // once, like the weights: where the GPU keeps what it gathered
+      mirror_[0] = static_cast<std::byte*>(gpu::malloc_device(layout_.scratch().total()));
+      mirror_[1] = static_cast<std::byte*>(gpu::malloc_device(layout_.history().total()));
+    }
     load_seconds = since(t) + open_seconds_;
   }
   ~UnimemPath() override {
-    if (device_weights_) gpu::free_device(device_weights_);
+    for (std::byte* p : {device_weights_, mirror_[0], mirror_[1]}) {
+      if (p) gpu::free_device(p);
+    }
   }
 
   void begin_conversation() override {
@@ -365,11 +378,12 @@ class UnimemPath final : public Path {
     for (auto [b, n] : {std::pair{&s.x, d}, {&s.h, d}, {&s.q, d}, {&s.attn, d}, {&s.o, d}, {&s.gate, f},
                         {&s.up, f}, {&s.down, d}}) {
       b->n = n;
-      b->host = b->dev = take(scratch, n);
+      b->host = take(scratch, n);
+      b->dev = mirror_of(b->host);
     }
     counters.alloc_calls += 8;
-    s.k = {keys_ + p0 * c_.dim, keys_ + p0 * c_.dim, d};
-    s.v = {values_ + p0 * c_.dim, values_ + p0 * c_.dim, d};
+    s.k = {keys_ + p0 * c_.dim, mirror_of(keys_ + p0 * c_.dim), d};
+    s.v = {values_ + p0 * c_.dim, mirror_of(values_ + p0 * c_.dim), d};
     if (x16_) {
       s.x16 = reinterpret_cast<std::uint16_t*>(take(scratch, (m * widest() + 1) / 2));
       ++counters.alloc_calls;
@@ -386,17 +400,33 @@ class UnimemPath final : public Path {
     ++counters.alloc_calls;
   }
 
-  // The same pages on both sides: a CPU read of what a kernel wrote only
-  // waits for the kernel.
-  float* need(Buf& b, Where side) override {
-    if (!(b.valid & int(side))) {
-      if (side == Where::cpu) gpu::sync();
-      b.valid |= int(side);
+  // Both sides use the host pages: kernels write them, and read them over
+  // the bus; a CPU read of what a kernel wrote only waits for the kernel.
+  // What the GPU reads again (need_reused) it first gathers into its mirror
+  // of the tape, with its own loads: nothing is staged or copied by the CPU.
+  const float* need(Buf& b, Where side) override {
+    if (side == Where::cpu && !(b.valid & int(Where::cpu))) {
+      gpu::sync();
+      b.valid |= int(Where::cpu);
     }
-    return b.at(side);
+    return side == Where::gpu && (b.valid & int(Where::gpu)) ? b.dev : b.host;
   }
-  const float* keys() const override { return keys_; }
-  const float* values() const override { return values_; }
+  const float* need_reused(Buf& b, Where side) override {
+    if (side == Where::cpu) return need(b, side);
+    if (!(b.valid & int(Where::gpu))) {
+      gpu::gather(b.host, b.dev, b.n);
+      ++counters.gathers;
+      counters.gather_bytes += b.n * sizeof(float);
+      b.valid |= int(Where::gpu);
+    }
+    return b.dev;
+  }
+  float* produce(Buf& b, Where side) override {
+    b.valid = side == Where::cpu ? int(Where::cpu) : 0;  // a kernel's writes: wait before reading
+    return b.host;
+  }
+  const float* keys() const override { return pl_.vec == Where::gpu ? mirror_of(keys_) : keys_; }
+  const float* values() const override { return pl_.vec == Where::gpu ? mirror_of(values_) : values_; }
   std::string stat() const { return layout_.stat(); }
 
  private:
@@ -418,6 +448,11 @@ class UnimemPath final : public Path {
                                 2 * decode_step_bytes(c, x16);  // a lane's chunk
     const std::size_t history = 2 * (c.positions() * c.dim * sizeof(float) + pad);
     unimem::BlockOptions o;
+    // One process uses it: private pages, which get transparent huge pages
+    // (weights and KV cache are walked in long strides; 4 KiB pages would
+    // cost a TLB miss per row).
+    o.shareable = false;
+    o.huge_pages = true;
     if (pl.uses(Where::gpu)) {
       o.visibility = unimem::Visibility::gpus;  // pinned and registered with every GPU
     } else {
@@ -427,6 +462,17 @@ class UnimemPath final : public Path {
     unimem::Layout layout = unimem::Layout::open(weights, scratch, history, o);
     open_seconds_ = since(t);
     return layout;
+  }
+
+  // The place in the GPU's mirror of p's tape; nullptr without a GPU.
+  float* mirror_of(const float* p) const {
+    for (int i = 0; i < 2; ++i) {
+      const unimem::Tape& tape = i == 0 ? layout_.scratch() : layout_.history();
+      if (mirror_[i] && tape.owns(p)) {
+        return reinterpret_cast<float*>(mirror_[i] + (reinterpret_cast<const std::byte*>(p) - tape.block().data()));
+      }
+    }
+    return nullptr;
   }
 
   // Bytes of one generated token's activations, alignment included.
@@ -443,6 +489,7 @@ class UnimemPath final : public Path {
   unimem::Tape::Lane lane_{layout_.scratch(), 2 * decode_step_bytes(c_, x16_)};
   unimem::Safetensors model_;
   std::byte* device_weights_ = nullptr;
+  std::byte* mirror_[2] = {};  // device memory shadowing scratch and history
   float* keys_ = nullptr;
   float* values_ = nullptr;
 };
@@ -464,8 +511,8 @@ class Runner {
       P.counters.stage[st] += since(t);
     };
     auto matmul = [&](Buf& in, std::size_t k, Weight w, std::size_t n, Buf& out) {
-      const float* x = P.need(in, mm);
-      float* y = Path::produce(out, mm);
+      const float* x = P.need_reused(in, mm);
+      float* y = P.produce(out, mm);
       if (mm == Where::gpu) {
         gpu::matmul(x, m, k, W.at(w, mm), c_.bf16, n, y);
       } else {
@@ -474,29 +521,29 @@ class Runner {
     };
     auto norm = [&](Buf& in, Weight w, Buf& out) {
       const float* x = P.need(in, vec);
-      float* y = Path::produce(out, vec);
+      float* y = P.produce(out, vec);
       if (vec == Where::gpu) gpu::rmsnorm(x, W.vec(w, vec), y, m, d);
       else cpu::rmsnorm(x, W.vec(w, vec), y, m, d);
     };
     auto rope = [&](Buf& b) {
-      float* v = P.need(b, vec);
-      Path::produce(b, vec);
+      const float* in = P.need(b, vec);
+      float* out = P.produce(b, vec);
       if (vec == Where::gpu) {
-        gpu::rope(v, m, s.p0, d, c_.head_dim(), W.rope(vec));
+        gpu::rope(in, out, m, s.p0, d, c_.head_dim(), W.rope(vec));
       } else {
         const float* table = W.rope(vec);
         const std::size_t half = c_.head_dim() / 2;
-        cpu::rope(v, m, s.p0, c_, [&](std::size_t p, std::size_t j) {
+        cpu::rope(in, out, m, s.p0, c_, [&](std::size_t p, std::size_t j) {
           return std::pair{table[(p * half + j) * 2], table[(p * half + j) * 2 + 1]};
         });
       }
     };
-    auto add = [&](Buf& x, Buf& y, std::size_t n) {
+    auto add = [&](Buf& x, Buf& y, std::size_t n) {  // x += y
+      const float* a = P.need(x, vec);
       const float* b = P.need(y, vec);
-      float* a = P.need(x, vec);
-      Path::produce(x, vec);
-      if (vec == Where::gpu) gpu::add(a, b, n);
-      else cpu::add(a, b, n);
+      float* out = P.produce(x, vec);
+      if (vec == Where::gpu) gpu::add(a, b, out, n);
+      else cpu::add(a, b, out, n);
     };
 
     timed(kNorm, [&] { norm(s.x, kAttnNorm, s.h); });
@@ -511,8 +558,9 @@ class Runner {
     });
     timed(kAttention, [&] {
       const float* q = P.need(s.q, vec);
-      P.need(s.v, vec);
-      float* out = Path::produce(s.attn, vec);
+      P.need_reused(s.k, vec);  // the new rows join the cache where attention reads it
+      P.need_reused(s.v, vec);
+      float* out = P.produce(s.attn, vec);
       if (vec == Where::gpu) gpu::attend(q, P.keys(), P.values(), out, m, s.p0, d, c_.heads);
       else cpu::attend(q, P.keys(), P.values(), out, s.scores, m, s.p0, c_);
     });
@@ -524,11 +572,11 @@ class Runner {
       norm(s.x, kMlpNorm, s.h);
       matmul(s.h, d, kWgate, f, s.gate);
       matmul(s.h, d, kWup, f, s.up);
+      const float* gate = P.need(s.gate, vec);
       const float* up = P.need(s.up, vec);
-      float* gate = P.need(s.gate, vec);
-      Path::produce(s.gate, vec);
-      if (vec == Where::gpu) gpu::swiglu(gate, up, m * f);
-      else cpu::swiglu(gate, up, m * f);
+      float* out = P.produce(s.gate, vec);
+      if (vec == Where::gpu) gpu::swiglu(gate, up, out, m * f);
+      else cpu::swiglu(gate, up, out, m * f);
       matmul(s.gate, f, kWdown, d, s.down);
       add(s.x, s.down, m * d);
       P.need(s.x, Where::cpu);  // the host takes the output (to sample from)
@@ -539,7 +587,7 @@ class Runner {
   // output; outputs land in `out` (positions x dim).
   void step(Path& P, std::size_t p0, std::size_t m, std::vector<float>& out) {
     Step& s = P.begin_step(m, p0);
-    float* x = Path::produce(s.x, Where::cpu);
+    float* x = P.produce(s.x, Where::cpu);
     for (std::size_t r = 0; r < m; ++r) {
       const std::size_t pos = p0 + r;
       if (pos < c_.prompt) input_for(pos, c_, x + r * c_.dim);
@@ -666,17 +714,17 @@ std::vector<double> run_reference(const std::string& file, const Config& c) {
     matmul(h.data(), d, kWq, d, q.data());
     matmul(h.data(), d, kWk, d, keys.data() + pos * d);
     matmul(h.data(), d, kWv, d, values.data() + pos * d);
-    cpu::rope(q.data(), 1, pos, c, angle);
-    cpu::rope(keys.data() + pos * d, 1, pos, c, angle);
+    cpu::rope(q.data(), q.data(), 1, pos, c, angle);
+    cpu::rope(keys.data() + pos * d, keys.data() + pos * d, 1, pos, c, angle);
     cpu::attend(q.data(), keys.data(), values.data(), attn.data(), scores.data(), 1, pos, c);
     matmul(attn.data(), d, kWo, d, o2.data());
-    cpu::add(x.data(), o2.data(), d);
+    cpu::add(x.data(), o2.data(), x.data(), d);
     cpu::rmsnorm(x.data(), vec(kMlpNorm), h.data(), 1, d);
     matmul(h.data(), d, kWgate, f, gate.data());
     matmul(h.data(), d, kWup, f, up.data());
-    cpu::swiglu(gate.data(), up.data(), f);
+    cpu::swiglu(gate.data(), up.data(), gate.data(), f);
     matmul(gate.data(), f, kWdown, d, down.data());
-    cpu::add(x.data(), down.data(), d);
+    cpu::add(x.data(), down.data(), x.data(), d);
     std::copy(x.begin(), x.end(), out.begin() + pos * d);
   }
   return out;
@@ -740,6 +788,8 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
               ru.decode.copies / c.tokens);
   std::printf("%-30s %12zu %12zu\n", "host<->device bytes staged", rs.decode.copy_bytes / c.tokens,
               ru.decode.copy_bytes / c.tokens);
+  std::printf("%-30s %12zu %12zu\n", "bytes GPU gathered from host", rs.decode.gather_bytes / c.tokens,
+              ru.decode.gather_bytes / c.tokens);
   std::printf("%-30s %12.2f %12.2f %7.2fx\n", "tokens/s (generated)", gen / rs.decode_seconds,
               gen / ru.decode_seconds, rs.decode_seconds / ru.decode_seconds);
   std::printf("%-30s %9.2f ms %9.2f ms %7.2fx\n", ("prefill (" + std::to_string(c.prompt) + " tokens)").c_str(),
