@@ -7,6 +7,7 @@
 // one microseconds.
 #include "cpu_matmul.hpp"
 
+#include <algorithm>
 #include <map>
 #include <stdexcept>
 #include <tuple>
@@ -15,6 +16,13 @@
 
 #if defined(UNIMEM_PIPELINE_ONEDNN)
 #include <oneapi/dnnl/dnnl.hpp>
+
+#include <thread>
+
+// Debian's oneDNN runs on GNU OpenMP; its thread count is set through the
+// runtime oneDNN loaded (weak: absent, the runtime's default stays).
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+extern "C" int omp_get_max_threads() __attribute__((weak));
 #endif
 
 namespace pipeline {
@@ -48,6 +56,10 @@ struct CpuMatmul::Impl {
   bool bf16_ok = true;  // whether this CPU has a bf16 x bf16 matmul
 
   Impl() {
+    // One core left to the rest of the machine: an OpenMP team that fills
+    // every core of a VM stalls at each barrier whenever the host or a
+    // kernel thread takes one of them (seen as 10x slower matmuls at random).
+    if (omp_set_num_threads) omp_set_num_threads(int(std::max(1u, std::thread::hardware_concurrency() - 1)));
     dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core_amx);  // before any primitive
     engine = dnnl::engine(dnnl::engine::kind::cpu, 0);
     stream = dnnl::stream(engine);
@@ -104,7 +116,8 @@ void CpuMatmul::run(const float* x, std::size_t m, std::size_t k, const void* w,
 std::string CpuMatmul::describe(std::size_t m, std::size_t k, bool bf16, std::size_t n) {
   const dnnl_version_t* v = dnnl_version();
   std::string s = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
-                  std::to_string(v->patch) + ", CPU " + isa_name(dnnl::get_effective_cpu_isa()) + ", ";
+                  std::to_string(v->patch) + ", CPU " + isa_name(dnnl::get_effective_cpu_isa()) + ", " +
+                  (omp_get_max_threads ? std::to_string(omp_get_max_threads()) + " threads, " : "");
   if (bf16 && !impl_->bf16_ok) return s + "no bf16 matmul on this CPU: plain loop";
   return s + (bf16 ? "bf16" : "f32") + " matmul " + std::to_string(m) + "x" + std::to_string(k) + "x" +
          std::to_string(n) + " by " + impl_->entry(m, k, bf16, n).pd.impl_info_str();

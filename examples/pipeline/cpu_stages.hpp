@@ -39,6 +39,21 @@ void rope(const T* in, T* out, std::size_t m, std::size_t p0, const Config& c, A
   }
 }
 
+// Eight partial sums, so that the compiler can keep them in one vector
+// register (it may not reorder a single running sum).
+template <class T>
+T dot(const T* a, const T* b, std::size_t n) {
+  T part[8] = {};
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (std::size_t j = 0; j < 8; ++j) part[j] += a[i + j] * b[i + j];
+  }
+  T sum = 0;
+  for (; i < n; ++i) sum += a[i] * b[i];
+  for (T p : part) sum += p;
+  return sum;
+}
+
 // Causal attention: row r (position p0 + r) attends to positions 0 .. p0 + r
 // of the cache. `scores` holds positions() values.
 template <class T>
@@ -52,9 +67,7 @@ void attend(const T* q, const T* keys, const T* values, T* out, T* scores, std::
       const T* qh = q + r * c.dim + h * hd;
       T max = -1e30;
       for (std::size_t t = 0; t <= last; ++t) {
-        T s = 0;
-        for (std::size_t i = 0; i < hd; ++i) s += qh[i] * keys[t * c.dim + h * hd + i];
-        scores[t] = s * inv_sqrt;
+        scores[t] = dot(qh, keys + t * c.dim + h * hd, hd) * inv_sqrt;
         max = std::max(max, scores[t]);
       }
       T sum = 0;

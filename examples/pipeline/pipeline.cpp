@@ -47,10 +47,12 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 constexpr const char* kUsage =
     "usage: unimem_pipeline [--mode auto|cpu|gpu|split|all] [--preset large] [--dim N] [--heads N]\n"
     "                       [--mlp N] [--prompt N] [--tokens N] [--bf16] [--gpu-weights device|host]\n"
+    "                       [--repeat N]\n"
     "  --mode         auto (default): cpu without a GPU, all three with one\n"
     "  --preset large dim 4096, 32 heads, MLP 11008, bf16, 128 prompt + 32 generated tokens\n"
     "  --gpu-weights  device (default): GPU matrix products read a device copy of the weights,\n"
     "                 made once at load; host: they read Layout.weights in place over the bus\n"
+    "  --repeat       conversations per path (default 5), alternating; medians reported\n"
     "  --gpu-or-skip  (tests) without a GPU, print why and exit 77 instead of failing\n";
 
 enum class Where { cpu = 1, gpu = 2 };  // also bits of Buf::valid
@@ -747,6 +749,7 @@ struct Options {
   std::vector<Mode> modes;
   bool gpu_weights_in_place = false;
   bool gpu_or_skip = false;
+  int repeat = 5;
 };
 
 bool run_mode(Mode mode, const Options& opt, const std::string& file, const std::vector<double>& reference,
@@ -771,12 +774,25 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
     StandardPath warm_up(file, c, pl, x16);
     converse(warm_up, c, run);
   }
+  // Conversations of the two paths alternate, --repeat times; each path's
+  // median (by generation time) is reported.
   StandardPath standard(file, c, pl, x16);
-  Result rs = converse(standard, c, run);
-  rs.alloc_replayed = replay_allocations(standard, c);
   UnimemPath unimem_path(file, c, pl, x16, opt.gpu_weights_in_place);
-  Result ru = converse(unimem_path, c, run);
+  std::vector<Result> all_s, all_u;
+  bool repeatable = true;
+  for (int rep = 0; rep < opt.repeat; ++rep) {
+    all_s.push_back(converse(standard, c, run));
+    all_u.push_back(converse(unimem_path, c, run));
+    repeatable = repeatable && all_s.back().out == all_s.front().out && all_u.back().out == all_u.front().out;
+  }
+  auto median = [](std::vector<Result>& v) {
+    std::sort(v.begin(), v.end(), [](const Result& a, const Result& b) { return a.decode_seconds < b.decode_seconds; });
+    return v[v.size() / 2];
+  };
+  Result rs = median(all_s), ru = median(all_u);
+  rs.alloc_replayed = replay_allocations(standard, c);
   ru.alloc_replayed = replay_allocations(unimem_path, c);
+  std::printf("   %d conversations per path, alternating; the median's figures (by generation time)\n", opt.repeat);
 
   const double gen = double(c.tokens);
   std::printf("\n%-30s %12s %12s %8s\n", "per generated token", "standard", "unimem", "ratio");
@@ -826,6 +842,10 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
                  mode_name(mode), tolerance);
     ok = false;
   }
+  if (!repeatable) {
+    std::fprintf(stderr, "FAILED (%s mode): a path's output changed between conversations\n", mode_name(mode));
+    ok = false;
+  }
   if (!(between < 1e-6)) {
     std::fprintf(stderr, "FAILED (%s mode): the two paths differ by %.2e\n", mode_name(mode), between);
     ok = false;
@@ -858,6 +878,7 @@ Options parse(int argc, char** argv, bool& mode_given, std::string& mode_arg) {
     else if (a == "--mlp") o.c.mlp = number(i);
     else if (a == "--prompt") o.c.prompt = number(i);
     else if (a == "--tokens") o.c.tokens = number(i);
+    else if (a == "--repeat") o.repeat = int(std::min<std::size_t>(number(i), 100));
     else if (a == "--bf16") o.c.bf16 = true;
     else if (a == "--gpu-weights" && i + 1 < argc) {
       const std::string v = argv[++i];
