@@ -55,7 +55,8 @@ T dot(const T* a, const T* b, std::size_t n) {
 }
 
 // Causal attention: row r (position p0 + r) attends to positions 0 .. p0 + r
-// of the cache. `scores` holds positions() values.
+// of the cache. `scores` holds heads x positions() values. Heads run in
+// parallel where the build has OpenMP.
 template <class T>
 void attend(const T* q, const T* keys, const T* values, T* out, T* scores, std::size_t m, std::size_t p0,
             const Config& c) {
@@ -63,20 +64,22 @@ void attend(const T* q, const T* keys, const T* values, T* out, T* scores, std::
   const T inv_sqrt = T(1) / std::sqrt(T(hd));
   for (std::size_t r = 0; r < m; ++r) {
     const std::size_t last = p0 + r;
+#pragma omp parallel for schedule(static)
     for (std::size_t h = 0; h < c.heads; ++h) {
       const T* qh = q + r * c.dim + h * hd;
+      T* sc = scores + h * c.positions();
       T max = -1e30;
       for (std::size_t t = 0; t <= last; ++t) {
-        scores[t] = dot(qh, keys + t * c.dim + h * hd, hd) * inv_sqrt;
-        max = std::max(max, scores[t]);
+        sc[t] = dot(qh, keys + t * c.dim + h * hd, hd) * inv_sqrt;
+        max = std::max(max, sc[t]);
       }
       T sum = 0;
-      for (std::size_t t = 0; t <= last; ++t) sum += scores[t] = std::exp(scores[t] - max);
+      for (std::size_t t = 0; t <= last; ++t) sum += sc[t] = std::exp(sc[t] - max);
       T* oh = out + r * c.dim + h * hd;
       std::fill(oh, oh + hd, T(0));
       for (std::size_t t = 0; t <= last; ++t) {  // along the cache's rows, not across them
         const T* vt = values + t * c.dim + h * hd;
-        for (std::size_t i = 0; i < hd; ++i) oh[i] += scores[t] * vt[i];
+        for (std::size_t i = 0; i < hd; ++i) oh[i] += sc[t] * vt[i];
       }
       for (std::size_t i = 0; i < hd; ++i) oh[i] /= sum;
     }
@@ -86,6 +89,7 @@ void attend(const T* q, const T* keys, const T* values, T* out, T* scores, std::
 // out may be gate (in place).
 template <class T>
 void swiglu(const T* gate, const T* up, T* out, std::size_t n) {
+#pragma omp parallel for schedule(static) if (n >= 4096)
   for (std::size_t i = 0; i < n; ++i) out[i] = gate[i] / (T(1) + std::exp(-gate[i])) * up[i];
 }
 

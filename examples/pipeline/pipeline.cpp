@@ -90,7 +90,7 @@ struct Step {
   std::size_t m = 0, p0 = 0;
   Buf x, h, q, k, v, attn, o, gate, up, down;  // k, v: the new rows of the KV cache
   std::uint16_t* x16 = nullptr;                // a CPU matmul's input rounded to bf16
-  float* scores = nullptr;                     // CPU attention's scores
+  float* scores = nullptr;                     // CPU attention's scores, heads x positions
 };
 
 struct Weights {
@@ -248,7 +248,7 @@ class StandardPath final : public Path {
       }
     }
     if (x16_) s.x16 = temp_host<std::uint16_t>(m * widest());
-    if (pl_.vec == Where::cpu) s.scores = temp_host<float>(c_.positions());
+    if (pl_.vec == Where::cpu) s.scores = temp_host<float>(c_.heads * c_.positions());
     return s;
   }
   void end_step() override {
@@ -391,7 +391,7 @@ class UnimemPath final : public Path {
       ++counters.alloc_calls;
     }
     if (pl_.vec == Where::cpu) {
-      s.scores = take(scratch, c_.positions());
+      s.scores = take(scratch, c_.heads * c_.positions());
       ++counters.alloc_calls;
     }
     return s;
@@ -445,7 +445,7 @@ class UnimemPath final : public Path {
     const std::size_t rows = std::max<std::size_t>(c.prompt, 1);
     const std::size_t weights = unimem::file_size(file) + kWeightCount * pad +
                                 c.positions() * c.head_dim() * sizeof(float) + pad;
-    const std::size_t scratch = (6 * rows * c.dim + 2 * rows * c.mlp + c.positions()) * sizeof(float) +
+    const std::size_t scratch = (6 * rows * c.dim + 2 * rows * c.mlp + c.heads * c.positions()) * sizeof(float) +
                                 (x16 ? rows * std::max(c.dim, c.mlp) * 2 : 0) + 12 * pad +
                                 2 * decode_step_bytes(c, x16);  // a lane's chunk
     const std::size_t history = 2 * (c.positions() * c.dim * sizeof(float) + pad);
@@ -479,7 +479,7 @@ class UnimemPath final : public Path {
 
   // Bytes of one generated token's activations, alignment included.
   static std::size_t decode_step_bytes(const Config& c, bool x16) {
-    return (6 * c.dim + 2 * c.mlp + c.positions()) * sizeof(float) + (x16 ? std::max(c.dim, c.mlp) * 2 : 0) +
+    return (6 * c.dim + 2 * c.mlp + c.heads * c.positions()) * sizeof(float) + (x16 ? std::max(c.dim, c.mlp) * 2 : 0) +
            12 * 64;
   }
 
@@ -699,7 +699,7 @@ std::vector<double> run_reference(const std::string& file, const Config& c) {
   };
   const std::size_t d = c.dim, f = c.mlp;
   std::vector<double> keys(c.positions() * d), values(c.positions() * d), out(c.positions() * d);
-  std::vector<double> x(d), h(d), q(d), attn(d), o2(d), gate(f), up(f), down(d), scores(c.positions());
+  std::vector<double> x(d), h(d), q(d), attn(d), o2(d), gate(f), up(f), down(d), scores(c.heads * c.positions());
   std::vector<float> in(d);
   auto angle = [&](std::size_t p, std::size_t j) {
     const double a = double(p) / std::pow(10000.0, double(2 * j) / double(c.head_dim()));
