@@ -30,5 +30,10 @@ for config in "${configs[@]}"; do
   if [ -x "$gpu_test" ]; then
     "$gpu_test" --gtest_filter=Gpu.DevicesAreReported | grep -E "skipped:|device [0-9]+:" || true
   fi
+  pipeline="build/$config/examples/unimem_pipeline"
+  if [ -x "$pipeline" ]; then
+    "$pipeline" --mode all --gpu-or-skip --dim 64 --heads 4 --mlp 160 --prompt 2 --tokens 2 --repeat 1 |
+      grep -E "skipped:|tokens/s" || true
+  fi
 done
 echo "all tests passed: ${configs[*]}"
