@@ -17,6 +17,11 @@
 // copies cost). Both paths run the same kernels; their outputs are compared
 // with each other and with a float64 reference, and the program fails when
 // they differ.
+//
+// This file runs a layer step on either path, times it and reports. The
+// layer is in model.hpp, its stages in cpu_stages.hpp, cpu_matmul.* and
+// gpu_stages.*, the two paths in paths.hpp, standard_path.cpp and
+// unimem_path.cpp, the float64 reference in reference.*.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -37,12 +42,12 @@
 #include "cpu_stages.hpp"
 #include "gpu_stages.hpp"
 #include "model.hpp"
+#include "paths.hpp"
+#include "reference.hpp"
 
 namespace {
 
 using namespace pipeline;
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 constexpr const char* kUsage =
     "usage: unimem_pipeline [--mode auto|cpu|gpu|split|all] [--preset large] [--dim N] [--heads N]\n"
@@ -55,446 +60,16 @@ constexpr const char* kUsage =
     "  --repeat       conversations per path (default 5), alternating; medians reported\n"
     "  --gpu-or-skip  (tests) without a GPU, print why and exit 77 instead of failing\n";
 
-enum class Where { cpu = 1, gpu = 2 };  // also bits of Buf::valid
 enum class Mode { cpu, gpu, split };
 const char* mode_name(Mode m) { return m == Mode::cpu ? "cpu" : m == Mode::gpu ? "gpu" : "split"; }
 
-// Where each kind of operation runs.
-struct Placement {
-  Where mm;   // matrix products
-  Where vec;  // everything else (norms, RoPE, attention, SwiGLU, residual adds)
-  bool uses(Where w) const { return mm == w || vec == w; }
-};
 Placement placement(Mode m) {
   if (m == Mode::cpu) return {Where::cpu, Where::cpu};
   if (m == Mode::gpu) return {Where::gpu, Where::gpu};
   return {Where::gpu, Where::cpu};
 }
 
-enum Stage { kNorm, kQkv, kRope, kAttention, kOut, kMlp, kStages };
 const char* kStageNames[] = {"rmsnorm", "qkv projection", "rope", "attention", "out projection", "swiglu mlp"};
-
-// One activation tensor as a path holds it. Standard: a host copy and a
-// device copy. unimem: host pages both sides use, plus (dev) the place in
-// device memory where the GPU keeps what it gathered of them for reuse.
-struct Buf {
-  float* host = nullptr;
-  float* dev = nullptr;
-  std::size_t n = 0;
-  int valid = 0;  // Where bits: which of host / dev hold the latest contents
-  float* at(Where w) const { return w == Where::cpu ? host : dev; }
-};
-
-// One step's activations: m token rows at positions p0 .. p0 + m - 1.
-struct Step {
-  std::size_t m = 0, p0 = 0;
-  Buf x, h, q, k, v, attn, o, gate, up, down;  // k, v: the new rows of the KV cache
-  std::uint16_t* x16 = nullptr;                // a CPU matmul's input rounded to bf16
-  float* scores = nullptr;                     // CPU attention's scores, heads x positions
-};
-
-struct Weights {
-  const void* on_cpu[kWeightCount] = {};
-  const void* on_gpu[kWeightCount] = {};
-  const float* rope_cpu = nullptr;
-  const float* rope_gpu = nullptr;
-  const void* at(Weight w, Where s) const { return s == Where::cpu ? on_cpu[w] : on_gpu[w]; }
-  const float* vec(Weight w, Where s) const { return static_cast<const float*>(at(w, s)); }
-  const float* rope(Where s) const { return s == Where::cpu ? rope_cpu : rope_gpu; }
-};
-
-struct Counters {
-  double stage[kStages] = {};
-  double alloc = 0;  // seconds obtaining and releasing memory
-  std::size_t alloc_calls = 0;
-  std::size_t copies = 0, copy_bytes = 0;   // cudaMemcpy between host and device
-  std::size_t gathers = 0, gather_bytes = 0;  // host pages a kernel read into device memory
-  Counters operator-(const Counters& o) const {
-    Counters r = *this;
-    r.gathers -= o.gathers;
-    r.gather_bytes -= o.gather_bytes;
-    for (int s = 0; s < kStages; ++s) r.stage[s] -= o.stage[s];
-    r.alloc -= o.alloc;
-    r.alloc_calls -= o.alloc_calls;
-    r.copies -= o.copies;
-    r.copy_bytes -= o.copy_bytes;
-    return r;
-  }
-};
-
-// How one path obtains memory and moves data between the CPU and the GPU.
-class Path {
- public:
-  Path(const Config& c, Placement pl, bool x16) : c_(c), pl_(pl), x16_(x16) {}
-  virtual ~Path() = default;
-  // The KV cache, for one conversation.
-  virtual void begin_conversation() = 0;
-  virtual void end_conversation() = 0;
-  // A step's activations, on the sides the placement uses.
-  virtual Step& begin_step(std::size_t m, std::size_t p0) = 0;
-  virtual void end_step() = 0;
-  // Makes b's latest contents readable on `side` and returns where they are.
-  // need_reused: for inputs read many times there (a GPU matmul's input by
-  // every block, the KV cache by every later token).
-  virtual const float* need(Buf& b, Where side) = 0;
-  virtual const float* need_reused(Buf& b, Where side) { return need(b, side); }
-  // b is about to be written on `side` (after its inputs were needed); returns where.
-  virtual float* produce(Buf& b, Where side) {
-    b.valid = int(side);
-    return b.at(side);
-  }
-  // The whole KV cache, on the side attention runs.
-  virtual const float* keys() const = 0;
-  virtual const float* values() const = 0;
-
-  const Weights& weights() const { return weights_; }
-  Counters counters;
-  double load_seconds = 0;
-  bool timed = true;  // off while allocations are replayed on their own
-
- protected:
-  // Times the allocations made while it lives.
-  struct AllocTimer {
-    Path& p;
-    Clock::time_point t = p.timed ? Clock::now() : Clock::time_point{};
-    ~AllocTimer() {
-      if (p.timed) p.counters.alloc += since(t);
-    }
-  };
-  std::size_t widest() const { return std::max(c_.dim, c_.mlp); }
-  Config c_;
-  Placement pl_;
-  bool x16_;  // CPU matmuls need a bf16 copy of their input
-  Weights weights_;
-  Step step_;
-};
-
-// ---- the standard path ---------------------------------------------------------
-class StandardPath final : public Path {
- public:
-  StandardPath(const std::string& file, const Config& c, Placement pl, bool x16) : Path(c, pl, x16) {
-    const auto t = Clock::now();
-    const unimem::SafetensorsHeader header = unimem::read_safetensors_header(file);
-    const auto specs = weight_specs(c);
-    unimem::ReadOptions plain;  // read() into the buffer, like everyone's first loader
-    plain.direct = false;
-    plain.io_uring = false;
-    for (int i = 0; i < kWeightCount; ++i) {
-      const auto it = std::find_if(header.tensors.begin(), header.tensors.end(),
-                                   [&](const auto& info) { return info.name == specs[i].name; });
-      if (it == header.tensors.end()) throw std::runtime_error(std::string("no tensor ") + specs[i].name);
-      void* buf = std::malloc(it->bytes);
-      loaded_.push_back({buf, it->bytes});
-      unimem::read_file(file, it->file_offset, {static_cast<std::byte*>(buf), it->bytes}, plain);
-      weights_.on_cpu[i] = buf;
-    }
-    rope_ = rope_table(c);
-    weights_.rope_cpu = rope_.data();
-    if (pl.uses(Where::gpu)) {
-      for (int i = 0; i < kWeightCount; ++i) {
-        weights_.on_gpu[i] = upload(loaded_[i].first, loaded_[i].second);
-      }
-      weights_.rope_gpu = static_cast<const float*>(upload(rope_.data(), rope_.size() * sizeof(float)));
-    }
-    load_seconds = since(t);
-  }
-  ~StandardPath() override {
-    for (auto [p, bytes] : loaded_) std::free(p);
-    for (void* p : device_weights_) gpu::free_device(p);
-  }
-
-  void begin_conversation() override {
-    AllocTimer timer{*this};
-    if (pl_.vec == Where::gpu) {  // a device cache of the conversation's full length
-      kv_dev_[0] = alloc_device(c_.positions() * c_.dim);
-      kv_dev_[1] = alloc_device(c_.positions() * c_.dim);
-    }
-  }
-  void end_conversation() override {
-    AllocTimer timer{*this};
-    for (float*& p : kv_dev_) {
-      if (p) gpu::free_device(p), ++counters.alloc_calls;
-      p = nullptr;
-    }
-    kv_host_[0] = {};  // the vectors' memory goes back
-    kv_host_[1] = {};
-    counters.alloc_calls += 2;
-  }
-
-  Step& begin_step(std::size_t m, std::size_t p0) override {
-    AllocTimer timer{*this};
-    Step& s = step_;
-    s = Step{m, p0};
-    const std::size_t d = m * c_.dim, f = m * c_.mlp;
-    const int both = int(pl_.mm) | int(pl_.vec);
-    make(s.x, d, int(Where::cpu) | int(pl_.vec));
-    make(s.h, d, both);
-    make(s.q, d, both);
-    make(s.attn, d, both);
-    make(s.o, d, both);
-    make(s.gate, f, both);
-    make(s.up, f, both);
-    make(s.down, d, both);
-    for (int i = 0; i < 2; ++i) {
-      Buf& b = i == 0 ? s.k : s.v;
-      b.n = d;
-      if (pl_.vec == Where::cpu) {  // the cache grows a row at a time
-        kv_host_[i].resize((p0 + m) * c_.dim);
-        ++counters.alloc_calls;
-        b.host = kv_host_[i].data() + p0 * c_.dim;
-        if (pl_.mm == Where::gpu) b.dev = temp_device(d);
-      } else {
-        b.dev = kv_dev_[i] + p0 * c_.dim;
-      }
-    }
-    if (x16_) s.x16 = temp_host<std::uint16_t>(m * widest());
-    if (pl_.vec == Where::cpu) s.scores = temp_host<float>(c_.heads * c_.positions());
-    return s;
-  }
-  void end_step() override {
-    AllocTimer timer{*this};
-    for (void* p : host_temps_) ::operator delete[](p);
-    for (void* p : device_temps_) gpu::free_device(p);
-    counters.alloc_calls += host_temps_.size() + device_temps_.size();
-    host_temps_.clear();
-    device_temps_.clear();
-  }
-
-  const float* need(Buf& b, Where side) override {
-    if (!(b.valid & int(side))) {
-      const std::size_t bytes = b.n * sizeof(float);
-      if (side == Where::gpu) {
-        gpu::copy_to_device(b.dev, b.host, bytes);
-      } else {
-        gpu::copy_to_host(b.host, b.dev, bytes);
-      }
-      ++counters.copies;
-      counters.copy_bytes += bytes;
-      b.valid |= int(side);
-    }
-    return b.at(side);
-  }
-  const float* keys() const override { return pl_.vec == Where::cpu ? kv_host_[0].data() : kv_dev_[0]; }
-  const float* values() const override { return pl_.vec == Where::cpu ? kv_host_[1].data() : kv_dev_[1]; }
-
- private:
-  const void* upload(const void* host, std::size_t bytes) {
-    void* d = gpu::malloc_device(bytes);
-    device_weights_.push_back(d);
-    gpu::copy_to_device(d, host, bytes);
-    return d;
-  }
-  float* alloc_device(std::size_t floats) {
-    ++counters.alloc_calls;
-    return static_cast<float*>(gpu::malloc_device(floats * sizeof(float)));
-  }
-  float* temp_device(std::size_t floats) {
-    float* p = alloc_device(floats);
-    device_temps_.push_back(p);
-    return p;
-  }
-  template <class T>
-  T* temp_host(std::size_t count) {
-    ++counters.alloc_calls;
-    T* p = new T[count];
-    host_temps_.push_back(p);
-    return p;
-  }
-  void make(Buf& b, std::size_t n, int sides) {
-    b.n = n;
-    if (sides & int(Where::cpu)) b.host = temp_host<float>(n);
-    if (sides & int(Where::gpu)) b.dev = temp_device(n);
-  }
-
-  std::vector<std::pair<void*, std::size_t>> loaded_;
-  std::vector<float> rope_;
-  std::vector<void*> device_weights_;
-  std::vector<float> kv_host_[2];
-  float* kv_dev_[2] = {};
-  std::vector<void*> host_temps_, device_temps_;
-};
-
-// ---- the unimem path ---------------------------------------------------------
-class UnimemPath final : public Path {
- public:
-  UnimemPath(const std::string& file, const Config& c, Placement pl, bool x16, bool gpu_weights_in_place)
-      : Path(c, pl, x16), layout_(open_layout(file, c, pl, x16)) {
-    const auto t = Clock::now();
-    model_ = unimem::Safetensors::load(file, layout_.weights(), 64);
-    const auto specs = weight_specs(c);
-    for (int i = 0; i < kWeightCount; ++i) weights_.on_cpu[i] = model_.at(specs[i].name).data;
-    const std::vector<float> table = rope_table(c);
-    float* rope = take(layout_.weights(), table.size());
-    std::copy(table.begin(), table.end(), rope);
-    weights_.rope_cpu = rope;
-    if (pl.uses(Where::gpu)) {
-      for (const unimem::Tape* tape : {&layout_.weights(), &layout_.scratch(), &layout_.history()}) {
-        if (tape->block().device_pointer(0) != tape->block().data()) {
-          throw std::runtime_error("this GPU does not use host addresses for registered pages");
-        }
-      }
-      if (gpu_weights_in_place) {  // the GPU reads Layout.weights over the bus
-        std::copy(std::begin(weights_.on_cpu), std::end(weights_.on_cpu), weights_.on_gpu);
-        weights_.rope_gpu = rope;
-      } else {  // one DMA from the pinned pages into device memory
-        const std::byte* base = layout_.weights().block().data();
-        const std::size_t used = layout_.weights().used();
-        auto* device = static_cast<std::byte*>(gpu::malloc_device(used));
-        device_weights_ = device;
-        gpu::copy_to_device(device, base, used);
-        auto moved = [&](const void* p) { return device + (static_cast<const std::byte*>(p) - base); };
-        for (int i = 0; i < kWeightCount; ++i) weights_.on_gpu[i] = moved(weights_.on_cpu[i]);
-        weights_.rope_gpu = reinterpret_cast<const float*>(moved(rope));
-      }
-    }
-    if (pl.uses(Where::gpu)) {  // once, like the weights: where the GPU keeps what it gathered
-      mirror_[0] = static_cast<std::byte*>(gpu::malloc_device(layout_.scratch().total()));
-      mirror_[1] = static_cast<std::byte*>(gpu::malloc_device(layout_.history().total()));
-    }
-    load_seconds = since(t) + open_seconds_;
-  }
-  ~UnimemPath() override {
-    for (std::byte* p : {device_weights_, mirror_[0], mirror_[1]}) {
-      if (p) gpu::free_device(p);
-    }
-  }
-
-  void begin_conversation() override {
-    AllocTimer timer{*this};
-    keys_ = take(layout_.history(), c_.positions() * c_.dim);
-    values_ = take(layout_.history(), c_.positions() * c_.dim);
-    counters.alloc_calls += 2;
-  }
-  void end_conversation() override {
-    AllocTimer timer{*this};
-    layout_.clear_talk();
-    ++counters.alloc_calls;
-  }
-
-  Step& begin_step(std::size_t m, std::size_t p0) override {
-    AllocTimer timer{*this};
-    Step& s = step_;
-    s = Step{m, p0};
-    const std::size_t d = m * c_.dim, f = m * c_.mlp;
-    unimem::Tape::Lane& scratch = lane_;
-    for (auto [b, n] : {std::pair{&s.x, d}, {&s.h, d}, {&s.q, d}, {&s.attn, d}, {&s.o, d}, {&s.gate, f},
-                        {&s.up, f}, {&s.down, d}}) {
-      b->n = n;
-      b->host = take(scratch, n);
-      b->dev = mirror_of(b->host);
-    }
-    counters.alloc_calls += 8;
-    s.k = {keys_ + p0 * c_.dim, mirror_of(keys_ + p0 * c_.dim), d};
-    s.v = {values_ + p0 * c_.dim, mirror_of(values_ + p0 * c_.dim), d};
-    if (x16_) {
-      s.x16 = reinterpret_cast<std::uint16_t*>(take(scratch, (m * widest() + 1) / 2));
-      ++counters.alloc_calls;
-    }
-    if (pl_.vec == Where::cpu) {
-      s.scores = take(scratch, c_.heads * c_.positions());
-      ++counters.alloc_calls;
-    }
-    return s;
-  }
-  void end_step() override {
-    AllocTimer timer{*this};
-    layout_.clear_pass();  // the whole step's activations at once
-    ++counters.alloc_calls;
-  }
-
-  // Both sides use the host pages: kernels write them, and read them over
-  // the bus; a CPU read of what a kernel wrote only waits for the kernel.
-  // What the GPU reads again (need_reused) it first gathers into its mirror
-  // of the tape, with its own loads: nothing is staged or copied by the CPU.
-  const float* need(Buf& b, Where side) override {
-    if (side == Where::cpu && !(b.valid & int(Where::cpu))) {
-      gpu::sync();
-      b.valid |= int(Where::cpu);
-    }
-    return side == Where::gpu && (b.valid & int(Where::gpu)) ? b.dev : b.host;
-  }
-  const float* need_reused(Buf& b, Where side) override {
-    if (side == Where::cpu) return need(b, side);
-    if (!(b.valid & int(Where::gpu))) {
-      gpu::gather(b.host, b.dev, b.n);
-      ++counters.gathers;
-      counters.gather_bytes += b.n * sizeof(float);
-      b.valid |= int(Where::gpu);
-    }
-    return b.dev;
-  }
-  float* produce(Buf& b, Where side) override {
-    b.valid = side == Where::cpu ? int(Where::cpu) : 0;  // a kernel's writes: wait before reading
-    return b.host;
-  }
-  const float* keys() const override { return pl_.vec == Where::gpu ? mirror_of(keys_) : keys_; }
-  const float* values() const override { return pl_.vec == Where::gpu ? mirror_of(values_) : values_; }
-  std::string stat() const { return layout_.stat(); }
-
- private:
-  // 64-byte aligned floats; a full Tape is a sizing bug here, so it throws.
-  template <class TapeOrLane>
-  static float* take(TapeOrLane& tape, std::size_t floats) {
-    const unimem::Taken t = tape.take(floats * sizeof(float), 64);
-    if (t.ptr == nullptr) throw std::runtime_error("a Layout tape is full");
-    return reinterpret_cast<float*>(t.ptr);
-  }
-  unimem::Layout open_layout(const std::string& file, const Config& c, Placement pl, bool x16) {
-    const auto t = Clock::now();
-    const std::size_t pad = 64;
-    const std::size_t rows = std::max<std::size_t>(c.prompt, 1);
-    const std::size_t weights = unimem::file_size(file) + kWeightCount * pad +
-                                c.positions() * c.head_dim() * sizeof(float) + pad;
-    const std::size_t scratch = (6 * rows * c.dim + 2 * rows * c.mlp + c.heads * c.positions()) * sizeof(float) +
-                                (x16 ? rows * std::max(c.dim, c.mlp) * 2 : 0) + 12 * pad +
-                                2 * decode_step_bytes(c, x16);  // a lane's chunk
-    const std::size_t history = 2 * (c.positions() * c.dim * sizeof(float) + pad);
-    unimem::BlockOptions o;
-    // One process uses it: private pages, which get transparent huge pages
-    // (weights and KV cache are walked in long strides; 4 KiB pages would
-    // cost a TLB miss per row).
-    o.shareable = false;
-    o.huge_pages = true;
-    if (pl.uses(Where::gpu)) {
-      o.visibility = unimem::Visibility::gpus;  // pinned and registered with every GPU
-    } else {
-      o.pinning = unimem::Pinning::unpinned;  // any memlock limit will do for the CPU demo
-      o.backing = unimem::Backing::warm;      // pages backed at open, not on first use
-    }
-    unimem::Layout layout = unimem::Layout::open(weights, scratch, history, o);
-    open_seconds_ = since(t);
-    return layout;
-  }
-
-  // The place in the GPU's mirror of p's tape; nullptr without a GPU.
-  float* mirror_of(const float* p) const {
-    for (int i = 0; i < 2; ++i) {
-      const unimem::Tape& tape = i == 0 ? layout_.scratch() : layout_.history();
-      if (mirror_[i] && tape.owns(p)) {
-        return reinterpret_cast<float*>(mirror_[i] + (reinterpret_cast<const std::byte*>(p) - tape.block().data()));
-      }
-    }
-    return nullptr;
-  }
-
-  // Bytes of one generated token's activations, alignment included.
-  static std::size_t decode_step_bytes(const Config& c, bool x16) {
-    return (6 * c.dim + 2 * c.mlp + c.heads * c.positions()) * sizeof(float) + (x16 ? std::max(c.dim, c.mlp) * 2 : 0) +
-           12 * 64;
-  }
-
-  double open_seconds_ = 0;
-  unimem::Layout layout_;
-  // The step's takes bump a private pointer; a token's activations come out
-  // of one chunk, so a token costs one atomic refill (clear_pass starts a
-  // new chunk).
-  unimem::Tape::Lane lane_{layout_.scratch(), 2 * decode_step_bytes(c_, x16_)};
-  unimem::Safetensors model_;
-  std::byte* device_weights_ = nullptr;
-  std::byte* mirror_[2] = {};  // device memory shadowing scratch and history
-  float* keys_ = nullptr;
-  float* values_ = nullptr;
-};
 
 // ---- one layer step, either path, any placement ---------------------------------
 class Runner {
@@ -669,69 +244,6 @@ double clock_overhead() {
   return v[v.size() / 2];
 }
 
-// ---- float64 reference -------------------------------------------------------
-// One row at a time, in double, with RoPE's angles computed directly; the
-// matrix products are split over the cores (the large preset is 7 GFLOP).
-template <class W>
-void parallel_matmul(const double* x, std::size_t k, const W* w, std::size_t n, double* out) {
-  const unsigned threads = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < threads; ++t) {
-    pool.emplace_back([=] {
-      const std::size_t lo = n * t / threads, hi = n * (t + 1) / threads;
-      cpu::matmul_plain(x, 1, k, w + lo * k, hi - lo, out + lo);
-    });
-  }
-  for (auto& th : pool) th.join();
-}
-
-std::vector<double> run_reference(const std::string& file, const Config& c) {
-  unimem::BlockOptions o;
-  o.pinning = unimem::Pinning::unpinned;
-  unimem::Tape tape = unimem::Tape::start(unimem::file_size(file) + (1u << 20), o);
-  const unimem::Safetensors model = unimem::Safetensors::load(file, tape, 64);
-  const auto specs = weight_specs(c);
-  auto vec = [&](Weight w) { return reinterpret_cast<const float*>(model.at(specs[w].name).data); };
-  auto matmul = [&](const double* x, std::size_t k, Weight w, std::size_t n, double* out) {
-    const void* p = model.at(specs[w].name).data;
-    if (c.bf16) parallel_matmul(x, k, static_cast<const std::uint16_t*>(p), n, out);
-    else parallel_matmul(x, k, static_cast<const float*>(p), n, out);
-  };
-  const std::size_t d = c.dim, f = c.mlp;
-  std::vector<double> keys(c.positions() * d), values(c.positions() * d), out(c.positions() * d);
-  std::vector<double> x(d), h(d), q(d), attn(d), o2(d), gate(f), up(f), down(d), scores(c.heads * c.positions());
-  std::vector<float> in(d);
-  auto angle = [&](std::size_t p, std::size_t j) {
-    const double a = double(p) / std::pow(10000.0, double(2 * j) / double(c.head_dim()));
-    return std::pair{std::cos(a), std::sin(a)};
-  };
-  for (std::size_t pos = 0; pos < c.positions(); ++pos) {
-    if (pos < c.prompt) {
-      input_for(pos, c, in.data());
-      std::copy(in.begin(), in.end(), x.begin());
-    } else {
-      std::copy_n(out.data() + (pos - 1) * d, d, x.begin());
-    }
-    cpu::rmsnorm(x.data(), vec(kAttnNorm), h.data(), 1, d);
-    matmul(h.data(), d, kWq, d, q.data());
-    matmul(h.data(), d, kWk, d, keys.data() + pos * d);
-    matmul(h.data(), d, kWv, d, values.data() + pos * d);
-    cpu::rope(q.data(), q.data(), 1, pos, c, angle);
-    cpu::rope(keys.data() + pos * d, keys.data() + pos * d, 1, pos, c, angle);
-    cpu::attend(q.data(), keys.data(), values.data(), attn.data(), scores.data(), 1, pos, c);
-    matmul(attn.data(), d, kWo, d, o2.data());
-    cpu::add(x.data(), o2.data(), x.data(), d);
-    cpu::rmsnorm(x.data(), vec(kMlpNorm), h.data(), 1, d);
-    matmul(h.data(), d, kWgate, f, gate.data());
-    matmul(h.data(), d, kWup, f, up.data());
-    cpu::swiglu(gate.data(), up.data(), gate.data(), f);
-    matmul(gate.data(), f, kWdown, d, down.data());
-    cpu::add(x.data(), down.data(), x.data(), d);
-    std::copy(x.begin(), x.end(), out.begin() + pos * d);
-  }
-  return out;
-}
-
 template <class A, class B>
 double rel_error(const std::vector<A>& a, const std::vector<B>& ref) {
   double num = 0, den = 0;
@@ -771,13 +283,15 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
 
   Runner run(c, pl, mm);
   {  // Untimed: oneDNN's primitives and CUDA's kernels are created on first use.
-    StandardPath warm_up(file, c, pl, x16);
-    converse(warm_up, c, run);
+    const std::unique_ptr<Path> warm_up = make_standard_path(file, c, pl, x16);
+    converse(*warm_up, c, run);
   }
   // Conversations of the two paths alternate, --repeat times; each path's
   // median (by generation time) is reported.
-  StandardPath standard(file, c, pl, x16);
-  UnimemPath unimem_path(file, c, pl, x16, opt.gpu_weights_in_place);
+  const std::unique_ptr<Path> standard_path = make_standard_path(file, c, pl, x16);
+  const std::unique_ptr<Path> unimem_path_ptr = make_unimem_path(file, c, pl, x16, opt.gpu_weights_in_place);
+  Path& standard = *standard_path;
+  Path& unimem_path = *unimem_path_ptr;
   std::vector<Result> all_s, all_u;
   bool repeatable = true;
   for (int rep = 0; rep < opt.repeat; ++rep) {
@@ -835,7 +349,7 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
               c.positions(), e_standard, e_unimem, tolerance, x16 ? ", bf16 activations" : "");
   std::printf("standard vs unimem: %s\n", identical ? "identical, bit for bit"
                                                     : ("differ by " + std::to_string(between)).c_str());
-  std::printf("\nLayout after the conversation (unimem path):\n%s\n", unimem_path.stat().c_str());
+  std::printf("\nLayout after the conversation (unimem path):\n%s\n", unimem_path.layout_stat().c_str());
   bool ok = true;
   if (!(e_standard < tolerance) || !(e_unimem < tolerance)) {
     std::fprintf(stderr, "FAILED (%s mode): outputs differ from the float64 reference beyond %.0e\n",
