@@ -14,13 +14,13 @@ void free_device(void*) { none(); }
 void copy_to_device(void*, const void*, std::size_t) { none(); }
 void copy_to_host(void*, const void*, std::size_t) { none(); }
 void sync() { none(); }
-void matmul(const float*, std::size_t, std::size_t, const void*, bool, std::size_t, float*) { none(); }
-void rmsnorm(const float*, const float*, float*, std::size_t, std::size_t) { none(); }
-void rope(const float*, float*, std::size_t, std::size_t, std::size_t, std::size_t, const float*) { none(); }
-void attend(const float*, const float*, const float*, float*, std::size_t, std::size_t, std::size_t, std::size_t) {
+void matmul(const float*, std::size_t, std::size_t, const void*, bool, std::size_t, Out) { none(); }
+void rmsnorm(const float*, const float*, Out, std::size_t, std::size_t) { none(); }
+void rope(const float*, Out, std::size_t, std::size_t, std::size_t, std::size_t, const float*) { none(); }
+void attend(const float*, const float*, const float*, Out, std::size_t, std::size_t, std::size_t, std::size_t) {
   none();
 }
-void swiglu(const float*, const float*, float*, std::size_t) { none(); }
-void add(const float*, const float*, float*, std::size_t) { none(); }
+void swiglu(const float*, const float*, Out, std::size_t) { none(); }
+void add(const float*, const float*, Out, std::size_t) { none(); }
 void gather(const float*, float*, std::size_t) { none(); }
 }  // namespace pipeline::gpu

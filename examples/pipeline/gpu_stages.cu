@@ -43,6 +43,11 @@ __device__ inline void load8(const float* p, float f[8]) {
   f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 
+__device__ inline void put(Out o, std::size_t i, float v) {
+  o.p[i] = v;
+  if (o.also) o.also[i] = v;
+}
+
 constexpr int kRowsAtOnce = 4;
 constexpr int kWarps = 8;  // output rows per block
 
@@ -51,7 +56,7 @@ constexpr int kWarps = 8;  // output rows per block
 // stores from each warp would each be a transaction of their own.
 template <class W, bool kVector>
 __global__ void matmul_kernel(const float* __restrict__ x, int m, int k, const W* __restrict__ w, int n,
-                              float* __restrict__ out) {
+                              Out out) {
   __shared__ float results[kRowsAtOnce][kWarps];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * kWarps + warp;
@@ -93,7 +98,7 @@ __global__ void matmul_kernel(const float* __restrict__ x, int m, int k, const W
     }
     __syncthreads();
     const int r = threadIdx.x / kWarps, col = blockIdx.x * kWarps + threadIdx.x % kWarps;
-    if (r < rows && col < n) out[std::size_t(r0 + r) * n + col] = results[r][threadIdx.x % kWarps];
+    if (r < rows && col < n) put(out, std::size_t(r0 + r) * n + col, results[r][threadIdx.x % kWarps]);
     __syncthreads();
   }
 }
@@ -121,18 +126,17 @@ __device__ float block_reduce(float v, float* red, bool max) {
   return result;
 }
 
-__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out,
-                               int n) {
+__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, Out out, int n) {
   __shared__ float red[32];
   const float* xr = x + std::size_t(blockIdx.x) * n;
   float ss = 0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
   ss = block_reduce(ss, red, false);
   const float scale = 1.0f / sqrtf(ss / float(n) + 1e-5f);
-  for (int i = threadIdx.x; i < n; i += blockDim.x) out[std::size_t(blockIdx.x) * n + i] = xr[i] * scale * w[i];
+  for (int i = threadIdx.x; i < n; i += blockDim.x) put(out, std::size_t(blockIdx.x) * n + i, xr[i] * scale * w[i]);
 }
 
-__global__ void rope_kernel(const float* in, float* out, int m, int p0, int dim, int head_dim,
+__global__ void rope_kernel(const float* in, Out out, int m, int p0, int dim, int head_dim,
                             const float* __restrict__ table) {
   const int pairs = dim / 2;
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
@@ -142,13 +146,13 @@ __global__ void rope_kernel(const float* in, float* out, int m, int p0, int dim,
   const float* cs = table + (std::size_t(p0 + r) * (head_dim / 2) + j) * 2;
   const std::size_t at = std::size_t(r) * dim + i;
   const float a = in[at], b = in[at + 1];
-  out[at] = a * cs[0] - b * cs[1];
-  out[at + 1] = a * cs[1] + b * cs[0];
+  put(out, at, a * cs[0] - b * cs[1]);
+  put(out, at + 1, a * cs[1] + b * cs[0]);
 }
 
 // One block per (head, row); scores for positions 0 .. p0 + row in shared memory.
 __global__ void attend_kernel(const float* __restrict__ q, const float* __restrict__ keys,
-                              const float* __restrict__ values, float* __restrict__ out, int p0, int dim,
+                              const float* __restrict__ values, Out out, int p0, int dim,
                               int heads) {
   extern __shared__ float shared[];
   float* red = shared;
@@ -171,18 +175,18 @@ __global__ void attend_kernel(const float* __restrict__ q, const float* __restri
   for (int i = threadIdx.x; i < hd; i += blockDim.x) {
     float acc = 0;
     for (int t = 0; t <= last; ++t) acc += scores[t] * values[std::size_t(t) * dim + h * hd + i];
-    out[std::size_t(r) * dim + h * hd + i] = acc / sum;
+    put(out, std::size_t(r) * dim + h * hd + i, acc / sum);
   }
 }
 
-__global__ void swiglu_kernel(const float* gate, const float* __restrict__ up, float* out, std::size_t n) {
+__global__ void swiglu_kernel(const float* gate, const float* __restrict__ up, Out out, std::size_t n) {
   const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+  if (i < n) put(out, i, gate[i] / (1.0f + expf(-gate[i])) * up[i]);
 }
 
-__global__ void add_kernel(const float* x, const float* __restrict__ y, float* out, std::size_t n) {
+__global__ void add_kernel(const float* x, const float* __restrict__ y, Out out, std::size_t n) {
   const std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = x[i] + y[i];
+  if (i < n) put(out, i, x[i] + y[i]);
 }
 
 __global__ void gather_kernel(const float* __restrict__ host, float* __restrict__ device, std::size_t n) {
@@ -218,7 +222,7 @@ void copy_to_host(void* host, const void* device, std::size_t bytes) {
 }
 void sync() { check(cudaStreamSynchronize(0), "cudaStreamSynchronize"); }
 
-void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, float* out) {
+void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, Out out) {
   constexpr unsigned kThreads = kWarps * 32;
   const unsigned blocks = blocks_for(n, kWarps);
   const bool vector = k % 8 == 0 && aligned16(x) && aligned16(w);
@@ -235,18 +239,18 @@ void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf
   launched("matmul kernel");
 }
 
-void rmsnorm(const float* x, const float* w, float* out, std::size_t m, std::size_t n) {
+void rmsnorm(const float* x, const float* w, Out out, std::size_t m, std::size_t n) {
   rmsnorm_kernel<<<unsigned(m), 256>>>(x, w, out, int(n));
   launched("rmsnorm kernel");
 }
 
-void rope(const float* in, float* out, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim,
+void rope(const float* in, Out out, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim,
           const float* table) {
   rope_kernel<<<blocks_for(m * dim / 2, 256), 256>>>(in, out, int(m), int(p0), int(dim), int(head_dim), table);
   launched("rope kernel");
 }
 
-void attend(const float* q, const float* keys, const float* values, float* out, std::size_t m, std::size_t p0,
+void attend(const float* q, const float* keys, const float* values, Out out, std::size_t m, std::size_t p0,
             std::size_t dim, std::size_t heads) {
   const std::size_t shared = (32 + p0 + m) * sizeof(float);
   attend_kernel<<<dim3(unsigned(heads), unsigned(m)), 128, shared>>>(q, keys, values, out, int(p0), int(dim),
@@ -254,12 +258,12 @@ void attend(const float* q, const float* keys, const float* values, float* out, 
   launched("attention kernel");
 }
 
-void swiglu(const float* gate, const float* up, float* out, std::size_t n) {
+void swiglu(const float* gate, const float* up, Out out, std::size_t n) {
   swiglu_kernel<<<blocks_for(n, 256), 256>>>(gate, up, out, n);
   launched("swiglu kernel");
 }
 
-void add(const float* x, const float* y, float* out, std::size_t n) {
+void add(const float* x, const float* y, Out out, std::size_t n) {
   add_kernel<<<blocks_for(n, 256), 256>>>(x, y, out, n);
   launched("add kernel");
 }

@@ -27,16 +27,24 @@ void copy_to_device(void* device, const void* host, std::size_t bytes);
 void copy_to_host(void* host, const void* device, std::size_t bytes);
 void sync();  // waits for every kernel launched so far
 
+// Where a kernel writes its results: p, and the same values at `also` when
+// it is not null (host pages the CPU reads, and the GPU's own device copy of
+// them that later kernels read instead of going over the bus).
+struct Out {
+  float* p;
+  float* also = nullptr;
+};
+
 // The layer's kernels: the same contracts as pipeline::cpu's stages (the
 // elementwise ones may write in place).
-void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, float* out);
-void rmsnorm(const float* x, const float* w, float* out, std::size_t m, std::size_t n);
-void rope(const float* in, float* out, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim,
+void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, Out out);
+void rmsnorm(const float* x, const float* w, Out out, std::size_t m, std::size_t n);
+void rope(const float* in, Out out, std::size_t m, std::size_t p0, std::size_t dim, std::size_t head_dim,
           const float* table);
-void attend(const float* q, const float* keys, const float* values, float* out, std::size_t m, std::size_t p0,
+void attend(const float* q, const float* keys, const float* values, Out out, std::size_t m, std::size_t p0,
             std::size_t dim, std::size_t heads);
-void swiglu(const float* gate, const float* up, float* out, std::size_t n);
-void add(const float* x, const float* y, float* out, std::size_t n);
+void swiglu(const float* gate, const float* up, Out out, std::size_t n);
+void add(const float* x, const float* y, Out out, std::size_t n);
 // Reads n floats of (registered) host pages with the GPU's own loads, each
 // byte over the bus once, into device memory: for data many blocks or many
 // tokens will read again.

@@ -89,15 +89,14 @@ class Path {
   virtual Step& begin_step(std::size_t m, std::size_t p0) = 0;
   virtual void end_step() = 0;
   // Makes b's latest contents readable on `side` and returns where they are.
-  // need_reused: for inputs read many times there (a GPU matmul's input by
-  // every block, the KV cache by every later token).
   virtual const float* need(Buf& b, Where side) = 0;
-  virtual const float* need_reused(Buf& b, Where side) { return need(b, side); }
   // b is about to be written on `side` (after its inputs were needed); returns where.
   virtual float* produce(Buf& b, Where side) {
     b.valid = int(side);
     return b.at(side);
   }
+  // Where a kernel producing b should write the same values too, or nullptr.
+  virtual float* also(const Buf&, Where) const { return nullptr; }
   // The whole KV cache, on the side attention runs.
   virtual const float* keys() const = 0;
   virtual const float* values() const = 0;

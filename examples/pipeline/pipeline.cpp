@@ -89,10 +89,10 @@ class Runner {
       P.counters.stage[st] += since(t);
     };
     auto matmul = [&](Buf& in, std::size_t k, Weight w, std::size_t n, Buf& out) {
-      const float* x = P.need_reused(in, mm);
+      const float* x = P.need(in, mm);
       float* y = P.produce(out, mm);
       if (mm == Where::gpu) {
-        gpu::matmul(x, m, k, W.at(w, mm), c_.bf16, n, y);
+        gpu::matmul(x, m, k, W.at(w, mm), c_.bf16, n, {y, P.also(out, mm)});
       } else {
         mm_.run(x, m, k, W.at(w, mm), c_.bf16, n, y, s.x16);
       }
@@ -100,14 +100,14 @@ class Runner {
     auto norm = [&](Buf& in, Weight w, Buf& out) {
       const float* x = P.need(in, vec);
       float* y = P.produce(out, vec);
-      if (vec == Where::gpu) gpu::rmsnorm(x, W.vec(w, vec), y, m, d);
+      if (vec == Where::gpu) gpu::rmsnorm(x, W.vec(w, vec), {y, P.also(out, vec)}, m, d);
       else cpu::rmsnorm(x, W.vec(w, vec), y, m, d);
     };
     auto rope = [&](Buf& b) {
       const float* in = P.need(b, vec);
       float* out = P.produce(b, vec);
       if (vec == Where::gpu) {
-        gpu::rope(in, out, m, s.p0, d, c_.head_dim(), W.rope(vec));
+        gpu::rope(in, {out, P.also(b, vec)}, m, s.p0, d, c_.head_dim(), W.rope(vec));
       } else {
         const float* table = W.rope(vec);
         const std::size_t half = c_.head_dim() / 2;
@@ -120,7 +120,7 @@ class Runner {
       const float* a = P.need(x, vec);
       const float* b = P.need(y, vec);
       float* out = P.produce(x, vec);
-      if (vec == Where::gpu) gpu::add(a, b, out, n);
+      if (vec == Where::gpu) gpu::add(a, b, {out, P.also(x, vec)}, n);
       else cpu::add(a, b, out, n);
     };
 
@@ -136,10 +136,10 @@ class Runner {
     });
     timed(kAttention, [&] {
       const float* q = P.need(s.q, vec);
-      P.need_reused(s.k, vec);  // the new rows join the cache where attention reads it
-      P.need_reused(s.v, vec);
+      P.need(s.k, vec);  // the new rows join the cache where attention reads it
+      P.need(s.v, vec);
       float* out = P.produce(s.attn, vec);
-      if (vec == Where::gpu) gpu::attend(q, P.keys(), P.values(), out, m, s.p0, d, c_.heads);
+      if (vec == Where::gpu) gpu::attend(q, P.keys(), P.values(), {out, P.also(s.attn, vec)}, m, s.p0, d, c_.heads);
       else cpu::attend(q, P.keys(), P.values(), out, s.scores, m, s.p0, c_);
     });
     timed(kOut, [&] {
@@ -153,7 +153,7 @@ class Runner {
       const float* gate = P.need(s.gate, vec);
       const float* up = P.need(s.up, vec);
       float* out = P.produce(s.gate, vec);
-      if (vec == Where::gpu) gpu::swiglu(gate, up, out, m * f);
+      if (vec == Where::gpu) gpu::swiglu(gate, up, {out, P.also(s.gate, vec)}, m * f);
       else cpu::swiglu(gate, up, out, m * f);
       matmul(s.gate, f, kWdown, d, s.down);
       add(s.x, s.down, m * d);

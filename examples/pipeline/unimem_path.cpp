@@ -100,19 +100,22 @@ class UnimemPath final : public Path {
     ++counters.alloc_calls;
   }
 
-  // Both sides use the host pages: kernels write them, and read them over
-  // the bus; a CPU read of what a kernel wrote only waits for the kernel.
-  // What the GPU reads again (need_reused) it first gathers into its mirror
-  // of the tape, with its own loads: nothing is staged or copied by the CPU.
+  // Both sides use the host pages: the CPU reads and writes them, kernels
+  // write them, and a CPU read of what a kernel wrote only waits for the
+  // kernel. The GPU keeps a mirror of the tapes in device memory: kernels
+  // write their results to it as well (write-through), and what the CPU
+  // wrote it gathers into the mirror with its own loads before kernels read
+  // it (a matmul's input is read by every block, the KV cache by every later
+  // token: over the bus each time would cost 3-4x). Nothing is staged or
+  // copied by the CPU.
   const float* need(Buf& b, Where side) override {
-    if (side == Where::cpu && !(b.valid & int(Where::cpu))) {
-      gpu::sync();
-      b.valid |= int(Where::cpu);
+    if (side == Where::cpu) {
+      if (!(b.valid & int(Where::cpu))) {
+        gpu::sync();
+        b.valid |= int(Where::cpu);
+      }
+      return b.host;
     }
-    return side == Where::gpu && (b.valid & int(Where::gpu)) ? b.dev : b.host;
-  }
-  const float* need_reused(Buf& b, Where side) override {
-    if (side == Where::cpu) return need(b, side);
     if (!(b.valid & int(Where::gpu))) {
       gpu::gather(b.host, b.dev, b.n);
       ++counters.gathers;
@@ -122,9 +125,11 @@ class UnimemPath final : public Path {
     return b.dev;
   }
   float* produce(Buf& b, Where side) override {
-    b.valid = side == Where::cpu ? int(Where::cpu) : 0;  // a kernel's writes: wait before reading
+    // A kernel's results are in the mirror at once, in host pages after a wait.
+    b.valid = side == Where::cpu ? int(Where::cpu) : b.dev ? int(Where::gpu) : 0;
     return b.host;
   }
+  float* also(const Buf& b, Where side) const override { return side == Where::gpu ? b.dev : nullptr; }
   const float* keys() const override { return pl_.vec == Where::gpu ? mirror_of(keys_) : keys_; }
   const float* values() const override { return pl_.vec == Where::gpu ? mirror_of(values_) : values_; }
   std::string layout_stat() const override { return layout_.stat(); }
