@@ -4,7 +4,8 @@
 #   bash scripts/pipeline-check.sh DIR
 # Runs the ctest configurations (all modes, checked against float64), then the
 # default size and the large preset in every mode, and the large preset with
-# the GPU reading the weights in place. Logs go to $OUT when set, else DIR/logs.
+# the GPU reading the weights in place, and without the GPU's device mirror.
+# Logs go to $OUT when set, else DIR/logs.
 set -uo pipefail
 dir=${1:?folder with unimem_pipeline}
 logs=${OUT:-$dir/logs}
@@ -24,7 +25,9 @@ run() {  # run NAME ARGS...: log to NAME.txt, remember a failure
 } 2>&1 | tee "$logs/pipeline_machine.txt"
 run pipeline_test_f32 --mode all --dim 256 --heads 4 --mlp 680 --prompt 5 --tokens 7
 run pipeline_test_bf16_host --mode all --dim 128 --heads 4 --mlp 340 --prompt 5 --tokens 7 --bf16 --gpu-weights host
+run pipeline_test_no_mirror --mode all --dim 256 --heads 4 --mlp 680 --prompt 5 --tokens 7 --no-gpu-mirror
 run pipeline_default --mode all
 run pipeline_large --preset large --mode all
 run pipeline_large_host_weights --preset large --mode split --gpu-weights host
+run pipeline_large_no_mirror --preset large --mode all --no-gpu-mirror
 exit $status

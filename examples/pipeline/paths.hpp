@@ -132,12 +132,21 @@ class Path {
 // KV cache that grows a row at a time on the CPU.
 std::unique_ptr<Path> make_standard_path(const std::string& file, const Config& c, Placement pl, bool x16);
 
+// How the unimem path's GPU stages reach its pages.
+struct UnimemGpuOptions {
+  // GPU matrix products read Layout.weights over the bus every token instead
+  // of a device copy made once at load.
+  bool weights_in_place = false;
+  // A device mirror of scratch and history: kernels write through to it and
+  // gather what the CPU wrote into it once. Off: every kernel reads the host
+  // pages over the bus (zero copies of any kind, and much slower).
+  bool mirror = true;
+};
+
 // The unimem path: one Layout (GPU-visible when a GPU is used); weights
 // loaded from safetensors into Layout.weights, activations from scratch
 // through a Lane and clear_pass, the KV cache in history and clear_talk.
-// gpu_weights_in_place: GPU matrix products read Layout.weights over the bus
-// instead of a device copy made once at load.
 std::unique_ptr<Path> make_unimem_path(const std::string& file, const Config& c, Placement pl, bool x16,
-                                       bool gpu_weights_in_place);
+                                       const UnimemGpuOptions& gpu);
 
 }  // namespace pipeline

@@ -53,11 +53,14 @@ using namespace pipeline;
 constexpr const char* kUsage =
     "usage: unimem_pipeline [--mode auto|cpu|gpu|split|all] [--preset large] [--dim N] [--heads N]\n"
     "                       [--mlp N] [--prompt N] [--tokens N] [--bf16] [--gpu-weights device|host]\n"
-    "                       [--repeat N]\n"
+    "                       [--no-gpu-mirror] [--repeat N]\n"
     "  --mode         auto (default): cpu without a GPU, all three with one\n"
     "  --preset large dim 4096, 32 heads, MLP 11008, bf16, 128 prompt + 32 generated tokens\n"
     "  --gpu-weights  device (default): GPU matrix products read a device copy of the weights,\n"
     "                 made once at load; host: they read Layout.weights in place over the bus\n"
+    "  --no-gpu-mirror\n"
+    "                 unimem's kernels read host pages over the bus every time, instead of a\n"
+    "                 device mirror they write through to and gather CPU-written data into\n"
     "  --repeat       conversations per path (default 5), alternating; medians reported\n"
     "  --gpu-or-skip  (tests) without a GPU, print why and exit 77 instead of failing\n";
 
@@ -260,7 +263,7 @@ double rel_error(const std::vector<A>& a, const std::vector<B>& ref) {
 struct Options {
   Config c;
   std::vector<Mode> modes;
-  bool gpu_weights_in_place = false;
+  UnimemGpuOptions unimem_gpu;
   bool gpu_or_skip = false;
   int repeat = 5;
 };
@@ -277,9 +280,12 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
   if (mode == Mode::split) std::printf("matrix products on %s, everything else on the CPU\n", gpu_name.c_str());
   if (mode == Mode::cpu) std::printf("   prompt matrix products: %s\n", mm.describe(c.prompt, c.dim, c.bf16, c.dim).c_str());
   if (mode != Mode::cpu) {
-    std::printf("   GPU weights (unimem): %s\n", opt.gpu_weights_in_place
+    std::printf("   GPU weights (unimem): %s\n", opt.unimem_gpu.weights_in_place
                                                       ? "read in place from Layout.weights over the bus"
                                                       : "one copy in device memory, DMA'd from Layout.weights at load");
+    std::printf("   GPU reads of activations and KV cache (unimem): %s\n",
+                opt.unimem_gpu.mirror ? "from a device mirror the kernels write through to"
+                                      : "host pages, over the bus (--no-gpu-mirror)");
   }
 
   Runner run(c, pl, mm);
@@ -290,7 +296,7 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
   // Conversations of the two paths alternate, --repeat times; each path's
   // median (by generation time) is reported.
   const std::unique_ptr<Path> standard_path = make_standard_path(file, c, pl, x16);
-  const std::unique_ptr<Path> unimem_path_ptr = make_unimem_path(file, c, pl, x16, opt.gpu_weights_in_place);
+  const std::unique_ptr<Path> unimem_path_ptr = make_unimem_path(file, c, pl, x16, opt.unimem_gpu);
   Path& standard = *standard_path;
   Path& unimem_path = *unimem_path_ptr;
   std::vector<Result> all_s, all_u;
@@ -398,10 +404,12 @@ Options parse(int argc, char** argv, bool& mode_given, std::string& mode_arg) {
     else if (a == "--gpu-weights" && i + 1 < argc) {
       const std::string v = argv[++i];
       if (v != "device" && v != "host") throw std::invalid_argument("--gpu-weights takes device or host");
-      o.gpu_weights_in_place = v == "host";
+      o.unimem_gpu.weights_in_place = v == "host";
     } else if (a == "--mode" && i + 1 < argc) {
       mode_given = true;
       mode_arg = argv[++i];
+    } else if (a == "--no-gpu-mirror") {
+      o.unimem_gpu.mirror = false;
     } else if (a == "--gpu-or-skip") {
       o.gpu_or_skip = true;
     } else if (a == "--help" || a == "-h") {

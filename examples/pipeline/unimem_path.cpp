@@ -13,7 +13,7 @@ namespace pipeline {
 namespace {
 class UnimemPath final : public Path {
  public:
-  UnimemPath(const std::string& file, const Config& c, Placement pl, bool x16, bool gpu_weights_in_place)
+  UnimemPath(const std::string& file, const Config& c, Placement pl, bool x16, const UnimemGpuOptions& gpu_options)
       : Path(c, pl, x16), layout_(open_layout(file, c, pl, x16)) {
     const auto t = Clock::now();
     model_ = unimem::Safetensors::load(file, layout_.weights(), 64);
@@ -29,7 +29,7 @@ class UnimemPath final : public Path {
           throw std::runtime_error("this GPU does not use host addresses for registered pages");
         }
       }
-      if (gpu_weights_in_place) {  // the GPU reads Layout.weights over the bus
+      if (gpu_options.weights_in_place) {  // the GPU reads Layout.weights over the bus
         std::copy(std::begin(weights_.on_cpu), std::end(weights_.on_cpu), weights_.on_gpu);
         weights_.rope_gpu = rope;
       } else {  // one DMA from the pinned pages into device memory
@@ -43,7 +43,7 @@ class UnimemPath final : public Path {
         weights_.rope_gpu = reinterpret_cast<const float*>(moved(rope));
       }
     }
-    if (pl.uses(Where::gpu)) {  // once, like the weights: where the GPU keeps what it gathered
+    if (pl.uses(Where::gpu) && gpu_options.mirror) {  // once, like the weights: where the GPU keeps what it gathered
       mirror_[0] = static_cast<std::byte*>(gpu::malloc_device(layout_.scratch().total()));
       mirror_[1] = static_cast<std::byte*>(gpu::malloc_device(layout_.history().total()));
     }
@@ -116,6 +116,7 @@ class UnimemPath final : public Path {
       }
       return b.host;
     }
+    if (b.dev == nullptr) return b.host;  // no mirror: over the bus
     if (!(b.valid & int(Where::gpu))) {
       gpu::gather(b.host, b.dev, b.n);
       ++counters.gathers;
@@ -130,8 +131,10 @@ class UnimemPath final : public Path {
     return b.host;
   }
   float* also(const Buf& b, Where side) const override { return side == Where::gpu ? b.dev : nullptr; }
-  const float* keys() const override { return pl_.vec == Where::gpu ? mirror_of(keys_) : keys_; }
-  const float* values() const override { return pl_.vec == Where::gpu ? mirror_of(values_) : values_; }
+  const float* keys() const override { return pl_.vec == Where::gpu && mirror_[1] ? mirror_of(keys_) : keys_; }
+  const float* values() const override {
+    return pl_.vec == Where::gpu && mirror_[1] ? mirror_of(values_) : values_;
+  }
   std::string layout_stat() const override { return layout_.stat(); }
 
  private:
@@ -202,8 +205,8 @@ class UnimemPath final : public Path {
 }  // namespace
 
 std::unique_ptr<Path> make_unimem_path(const std::string& file, const Config& c, Placement pl, bool x16,
-                                       bool gpu_weights_in_place) {
-  return std::make_unique<UnimemPath>(file, c, pl, x16, gpu_weights_in_place);
+                                       const UnimemGpuOptions& gpu_options) {
+  return std::make_unique<UnimemPath>(file, c, pl, x16, gpu_options);
 }
 
 }  // namespace pipeline
