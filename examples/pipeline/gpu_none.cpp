@@ -11,6 +11,7 @@ namespace {
 Probe probe() { return {false, "built without nvcc"}; }
 void* malloc_device(std::size_t) { none(); }
 void free_device(void*) { none(); }
+void free_device_quietly(void*) noexcept {}
 void copy_to_device(void*, const void*, std::size_t) { none(); }
 void copy_to_host(void*, const void*, std::size_t) { none(); }
 void sync() { none(); }

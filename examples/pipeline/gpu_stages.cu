@@ -214,6 +214,9 @@ void* malloc_device(std::size_t bytes) {
   return p;
 }
 void free_device(void* p) { check(cudaFree(p), "cudaFree"); }
+void free_device_quietly(void* p) noexcept {
+  if (p) cudaFree(p);
+}
 void copy_to_device(void* device, const void* host, std::size_t bytes) {
   check(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
 }

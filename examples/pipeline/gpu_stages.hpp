@@ -11,6 +11,7 @@
 #pragma once
 #include <cstddef>
 #include <string>
+#include <utility>
 
 namespace pipeline::gpu {
 
@@ -22,6 +23,25 @@ Probe probe();
 
 void* malloc_device(std::size_t bytes);
 void free_device(void* p);
+// For destructors and unwinding: frees p (nullptr: nothing), ignoring errors.
+void free_device_quietly(void* p) noexcept;
+
+// Device memory from malloc_device that goes back when the owner goes.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t bytes) : p_(malloc_device(bytes)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  ~DeviceBuffer() { free_device_quietly(p_); }
+  std::byte* get() const { return static_cast<std::byte*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+};
 // Blocking copies; a pageable host side is staged by the driver.
 void copy_to_device(void* device, const void* host, std::size_t bytes);
 void copy_to_host(void* host, const void* device, std::size_t bytes);

@@ -2,6 +2,7 @@
 // what inference code usually does with memory, for comparison.
 #include <algorithm>
 #include <cstdlib>
+#include <new>
 #include <stdexcept>
 #include <vector>
 
@@ -27,7 +28,9 @@ class StandardPath final : public Path {
                                    [&](const auto& info) { return info.name == specs[i].name; });
       if (it == header.tensors.end()) throw std::runtime_error(std::string("no tensor ") + specs[i].name);
       void* buf = std::malloc(it->bytes);
-      loaded_.push_back({buf, it->bytes});
+      if (buf == nullptr) throw std::bad_alloc();
+      loaded_.emplace_back(buf, &std::free);
+      sizes_.push_back(it->bytes);
       unimem::read_file(file, it->file_offset, {static_cast<std::byte*>(buf), it->bytes}, plain);
       weights_.on_cpu[i] = buf;
     }
@@ -35,15 +38,16 @@ class StandardPath final : public Path {
     weights_.rope_cpu = rope_.data();
     if (pl.uses(Where::gpu)) {
       for (int i = 0; i < kWeightCount; ++i) {
-        weights_.on_gpu[i] = upload(loaded_[i].first, loaded_[i].second);
+        weights_.on_gpu[i] = upload(loaded_[i].get(), sizes_[i]);
       }
       weights_.rope_gpu = static_cast<const float*>(upload(rope_.data(), rope_.size() * sizeof(float)));
     }
     load_seconds = since(t);
   }
-  ~StandardPath() override {
-    for (auto [p, bytes] : loaded_) std::free(p);
-    for (void* p : device_weights_) gpu::free_device(p);
+  ~StandardPath() override {  // what a step or conversation cut short by an error left
+    for (void* p : host_temps_) ::operator delete[](p);
+    for (void* p : device_temps_) gpu::free_device_quietly(p);
+    for (float* p : kv_dev_) gpu::free_device_quietly(p);
   }
 
   void begin_conversation() override {
@@ -124,8 +128,7 @@ class StandardPath final : public Path {
 
  private:
   const void* upload(const void* host, std::size_t bytes) {
-    void* d = gpu::malloc_device(bytes);
-    device_weights_.push_back(d);
+    std::byte* d = device_weights_.emplace_back(bytes).get();
     gpu::copy_to_device(d, host, bytes);
     return d;
   }
@@ -141,7 +144,7 @@ class StandardPath final : public Path {
   template <class T>
   T* temp_host(std::size_t count) {
     ++counters.alloc_calls;
-    T* p = new T[count];
+    T* p = static_cast<T*>(::operator new[](count * sizeof(T)));  // new[], raw: freed by operator delete[]
     host_temps_.push_back(p);
     return p;
   }
@@ -151,9 +154,10 @@ class StandardPath final : public Path {
     if (sides & int(Where::gpu)) b.dev = temp_device(n);
   }
 
-  std::vector<std::pair<void*, std::size_t>> loaded_;
+  std::vector<std::unique_ptr<void, decltype(&std::free)>> loaded_;  // the weights, malloc'ed
+  std::vector<std::size_t> sizes_;
   std::vector<float> rope_;
-  std::vector<void*> device_weights_;
+  std::vector<gpu::DeviceBuffer> device_weights_;
   std::vector<float> kv_host_[2];
   float* kv_dev_[2] = {};
   std::vector<void*> host_temps_, device_temps_;

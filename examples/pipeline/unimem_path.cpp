@@ -35,8 +35,8 @@ class UnimemPath final : public Path {
       } else {  // one DMA from the pinned pages into device memory
         const std::byte* base = layout_.weights().block().data();
         const std::size_t used = layout_.weights().used();
-        auto* device = static_cast<std::byte*>(gpu::malloc_device(used));
-        device_weights_ = device;
+        device_weights_ = gpu::DeviceBuffer(used);
+        std::byte* device = device_weights_.get();
         gpu::copy_to_device(device, base, used);
         auto moved = [&](const void* p) { return device + (static_cast<const std::byte*>(p) - base); };
         for (int i = 0; i < kWeightCount; ++i) weights_.on_gpu[i] = moved(weights_.on_cpu[i]);
@@ -44,17 +44,11 @@ class UnimemPath final : public Path {
       }
     }
     if (pl.uses(Where::gpu) && gpu_options.mirror) {  // once, like the weights: where the GPU keeps what it gathered
-      mirror_[0] = static_cast<std::byte*>(gpu::malloc_device(layout_.scratch().total()));
-      mirror_[1] = static_cast<std::byte*>(gpu::malloc_device(layout_.history().total()));
+      mirror_[0] = gpu::DeviceBuffer(layout_.scratch().total());
+      mirror_[1] = gpu::DeviceBuffer(layout_.history().total());
     }
     load_seconds = since(t) + open_seconds_;
   }
-  ~UnimemPath() override {
-    for (std::byte* p : {device_weights_, mirror_[0], mirror_[1]}) {
-      if (p) gpu::free_device(p);
-    }
-  }
-
   void begin_conversation() override {
     AllocTimer timer{*this};
     keys_ = take(layout_.history(), c_.positions() * c_.dim);
@@ -131,9 +125,9 @@ class UnimemPath final : public Path {
     return b.host;
   }
   float* also(const Buf& b, Where side) const override { return side == Where::gpu ? b.dev : nullptr; }
-  const float* keys() const override { return pl_.vec == Where::gpu && mirror_[1] ? mirror_of(keys_) : keys_; }
+  const float* keys() const override { return pl_.vec == Where::gpu && mirror_[1].get() ? mirror_of(keys_) : keys_; }
   const float* values() const override {
-    return pl_.vec == Where::gpu && mirror_[1] ? mirror_of(values_) : values_;
+    return pl_.vec == Where::gpu && mirror_[1].get() ? mirror_of(values_) : values_;
   }
   std::string layout_stat() const override { return layout_.stat(); }
 
@@ -176,8 +170,9 @@ class UnimemPath final : public Path {
   float* mirror_of(const float* p) const {
     for (int i = 0; i < 2; ++i) {
       const unimem::Tape& tape = i == 0 ? layout_.scratch() : layout_.history();
-      if (mirror_[i] && tape.owns(p)) {
-        return reinterpret_cast<float*>(mirror_[i] + (reinterpret_cast<const std::byte*>(p) - tape.block().data()));
+      if (mirror_[i].get() && tape.owns(p)) {
+        return reinterpret_cast<float*>(mirror_[i].get() +
+                                        (reinterpret_cast<const std::byte*>(p) - tape.block().data()));
       }
     }
     return nullptr;
@@ -196,8 +191,8 @@ class UnimemPath final : public Path {
   // new chunk).
   unimem::Tape::Lane lane_{layout_.scratch(), 2 * decode_step_bytes(c_, x16_)};
   unimem::Safetensors model_;
-  std::byte* device_weights_ = nullptr;
-  std::byte* mirror_[2] = {};  // device memory shadowing scratch and history
+  gpu::DeviceBuffer device_weights_;
+  gpu::DeviceBuffer mirror_[2];  // device memory shadowing scratch and history
   float* keys_ = nullptr;
   float* values_ = nullptr;
 };
