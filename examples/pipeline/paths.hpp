@@ -119,6 +119,13 @@ class Path {
     }
   };
   std::size_t widest() const { return std::max(c_.dim, c_.mlp); }
+  // The step's record, emptied, for rows p0 .. p0 + m - 1.
+  Step& fresh_step(std::size_t m, std::size_t p0) {
+    step_ = Step{};
+    step_.m = m;
+    step_.p0 = p0;
+    return step_;
+  }
   Config c_;
   Placement pl_;
   bool x16_;  // CPU matmuls need a bf16 copy of their input

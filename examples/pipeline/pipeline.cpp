@@ -91,30 +91,33 @@ class Runner {
       if (pl_.uses(Where::gpu)) gpu::sync();
       P.counters.stage[st] += since(t);
     };
+    // Where a stage on `side` writes b (after reading its inputs): a kernel
+    // also writes `also` where the path keeps a device copy.
+    auto write = [&](Buf& b, Where side) { return gpu::Out{P.produce(b, side), P.also(b, side)}; };
     auto matmul = [&](Buf& in, std::size_t k, Weight w, std::size_t n, Buf& out) {
       const float* x = P.need(in, mm);
-      float* y = P.produce(out, mm);
+      const gpu::Out y = write(out, mm);
       if (mm == Where::gpu) {
-        gpu::matmul(x, m, k, W.at(w, mm), c_.bf16, n, {y, P.also(out, mm)});
+        gpu::matmul(x, m, k, W.at(w, mm), c_.bf16, n, y);
       } else {
-        mm_.run(x, m, k, W.at(w, mm), c_.bf16, n, y, s.x16);
+        mm_.run(x, m, k, W.at(w, mm), c_.bf16, n, y.p, s.x16);
       }
     };
     auto norm = [&](Buf& in, Weight w, Buf& out) {
       const float* x = P.need(in, vec);
-      float* y = P.produce(out, vec);
-      if (vec == Where::gpu) gpu::rmsnorm(x, W.vec(w, vec), {y, P.also(out, vec)}, m, d);
-      else cpu::rmsnorm(x, W.vec(w, vec), y, m, d);
+      const gpu::Out y = write(out, vec);
+      if (vec == Where::gpu) gpu::rmsnorm(x, W.vec(w, vec), y, m, d);
+      else cpu::rmsnorm(x, W.vec(w, vec), y.p, m, d);
     };
     auto rope = [&](Buf& b) {
       const float* in = P.need(b, vec);
-      float* out = P.produce(b, vec);
+      const gpu::Out out = write(b, vec);
       if (vec == Where::gpu) {
-        gpu::rope(in, {out, P.also(b, vec)}, m, s.p0, d, c_.head_dim(), W.rope(vec));
+        gpu::rope(in, out, m, s.p0, d, c_.head_dim(), W.rope(vec));
       } else {
         const float* table = W.rope(vec);
         const std::size_t half = c_.head_dim() / 2;
-        cpu::rope(in, out, m, s.p0, c_, [&](std::size_t p, std::size_t j) {
+        cpu::rope(in, out.p, m, s.p0, c_, [&](std::size_t p, std::size_t j) {
           return std::pair{table[(p * half + j) * 2], table[(p * half + j) * 2 + 1]};
         });
       }
@@ -122,9 +125,9 @@ class Runner {
     auto add = [&](Buf& x, Buf& y, std::size_t n) {  // x += y
       const float* a = P.need(x, vec);
       const float* b = P.need(y, vec);
-      float* out = P.produce(x, vec);
-      if (vec == Where::gpu) gpu::add(a, b, {out, P.also(x, vec)}, n);
-      else cpu::add(a, b, out, n);
+      const gpu::Out out = write(x, vec);
+      if (vec == Where::gpu) gpu::add(a, b, out, n);
+      else cpu::add(a, b, out.p, n);
     };
 
     timed(kNorm, [&] { norm(s.x, kAttnNorm, s.h); });
@@ -141,9 +144,9 @@ class Runner {
       const float* q = P.need(s.q, vec);
       P.need(s.k, vec);  // the new rows join the cache where attention reads it
       P.need(s.v, vec);
-      float* out = P.produce(s.attn, vec);
-      if (vec == Where::gpu) gpu::attend(q, P.keys(), P.values(), {out, P.also(s.attn, vec)}, m, s.p0, d, c_.heads);
-      else cpu::attend(q, P.keys(), P.values(), out, s.scores, m, s.p0, c_);
+      const gpu::Out out = write(s.attn, vec);
+      if (vec == Where::gpu) gpu::attend(q, P.keys(), P.values(), out, m, s.p0, d, c_.heads);
+      else cpu::attend(q, P.keys(), P.values(), out.p, s.scores, m, s.p0, c_);
     });
     timed(kOut, [&] {
       matmul(s.attn, d, kWo, d, s.o);
@@ -155,9 +158,9 @@ class Runner {
       matmul(s.h, d, kWup, f, s.up);
       const float* gate = P.need(s.gate, vec);
       const float* up = P.need(s.up, vec);
-      float* out = P.produce(s.gate, vec);
-      if (vec == Where::gpu) gpu::swiglu(gate, up, {out, P.also(s.gate, vec)}, m * f);
-      else cpu::swiglu(gate, up, out, m * f);
+      const gpu::Out out = write(s.gate, vec);
+      if (vec == Where::gpu) gpu::swiglu(gate, up, out, m * f);
+      else cpu::swiglu(gate, up, out.p, m * f);
       matmul(s.gate, f, kWdown, d, s.down);
       add(s.x, s.down, m * d);
       P.need(s.x, Where::cpu);  // the host takes the output (to sample from)

@@ -63,17 +63,16 @@ class StandardPath final : public Path {
       if (p) gpu::free_device(p), ++counters.alloc_calls;
       p = nullptr;
     }
-    kv_host_[0] = {};  // the vectors' memory goes back
-    kv_host_[1] = {};
-    counters.alloc_calls += 2;
+    if (pl_.vec == Where::cpu) {
+      kv_host_[0] = {};  // the vectors' memory goes back
+      kv_host_[1] = {};
+      counters.alloc_calls += 2;
+    }
   }
 
   Step& begin_step(std::size_t m, std::size_t p0) override {
     AllocTimer timer{*this};
-    Step& s = step_;
-    s = Step{};
-    s.m = m;
-    s.p0 = p0;
+    Step& s = fresh_step(m, p0);
     const std::size_t d = m * c_.dim, f = m * c_.mlp;
     const int both = int(pl_.mm) | int(pl_.vec);
     make(s.x, d, int(Where::cpu) | int(pl_.vec));

@@ -63,10 +63,7 @@ class UnimemPath final : public Path {
 
   Step& begin_step(std::size_t m, std::size_t p0) override {
     AllocTimer timer{*this};
-    Step& s = step_;
-    s = Step{};
-    s.m = m;
-    s.p0 = p0;
+    Step& s = fresh_step(m, p0);
     const std::size_t d = m * c_.dim, f = m * c_.mlp;
     unimem::Tape::Lane& scratch = lane_;
     for (auto [b, n] : {std::pair{&s.x, d}, {&s.h, d}, {&s.q, d}, {&s.attn, d}, {&s.o, d}, {&s.gate, f},
@@ -142,12 +139,10 @@ class UnimemPath final : public Path {
   unimem::Layout open_layout(const std::string& file, const Config& c, Placement pl, bool x16) {
     const auto t = Clock::now();
     const std::size_t pad = 64;
-    const std::size_t rows = std::max<std::size_t>(c.prompt, 1);
     const std::size_t weights = unimem::file_size(file) + kWeightCount * pad +
                                 c.positions() * c.head_dim() * sizeof(float) + pad;
-    const std::size_t scratch = (6 * rows * c.dim + 2 * rows * c.mlp + c.heads * c.positions()) * sizeof(float) +
-                                (x16 ? rows * std::max(c.dim, c.mlp) * 2 : 0) + 12 * pad +
-                                2 * decode_step_bytes(c, x16);  // a lane's chunk
+    // The prompt's step (its large takes bypass the lane) and a lane's chunk.
+    const std::size_t scratch = step_bytes(c, c.prompt, x16) + 2 * step_bytes(c, 1, x16);
     const std::size_t history = 2 * (c.positions() * c.dim * sizeof(float) + pad);
     unimem::BlockOptions o;
     // One process uses it: private pages, which get transparent huge pages
@@ -178,10 +173,11 @@ class UnimemPath final : public Path {
     return nullptr;
   }
 
-  // Bytes of one generated token's activations, alignment included.
-  static std::size_t decode_step_bytes(const Config& c, bool x16) {
-    return (6 * c.dim + 2 * c.mlp + c.heads * c.positions()) * sizeof(float) + (x16 ? std::max(c.dim, c.mlp) * 2 : 0) +
-           12 * 64;
+  // Bytes of a step's activations for `rows` token rows, alignment included
+  // (begin_step's takes, each 64-byte aligned).
+  static std::size_t step_bytes(const Config& c, std::size_t rows, bool x16) {
+    return (rows * (6 * c.dim + 2 * c.mlp) + c.heads * c.positions()) * sizeof(float) +
+           (x16 ? rows * std::max(c.dim, c.mlp) * sizeof(std::uint16_t) : 0) + 12 * 64;
   }
 
   double open_seconds_ = 0;
@@ -189,7 +185,7 @@ class UnimemPath final : public Path {
   // The step's takes bump a private pointer; a token's activations come out
   // of one chunk, so a token costs one atomic refill (clear_pass starts a
   // new chunk).
-  unimem::Tape::Lane lane_{layout_.scratch(), 2 * decode_step_bytes(c_, x16_)};
+  unimem::Tape::Lane lane_{layout_.scratch(), 2 * step_bytes(c_, 1, x16_)};
   unimem::Safetensors model_;
   gpu::DeviceBuffer device_weights_;
   gpu::DeviceBuffer mirror_[2];  // device memory shadowing scratch and history
