@@ -4,12 +4,15 @@
 // a crew shares each copy among its threads. The threads live as long as the
 // crew, so a long series of copies (a file streamed through a staging ring)
 // pays for starting them once. Idle threads sleep on an atomic (futex) wait.
+// A crew that cannot start all its threads (RLIMIT_NPROC, a container's pids
+// limit) works with those that started: fewer threads copy the same bytes.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -18,8 +21,19 @@ namespace unimem::detail {
 class CopyCrew {
  public:
   // `threads` copiers in all, the calling thread included (at least 1).
+  // Never throws for want of threads: threads() tells how many started.
   explicit CopyCrew(unsigned threads) : threads_(threads == 0 ? 1 : threads) {
-    for (unsigned k = 1; k < threads_; ++k) crew_.emplace_back([this, k] { work(k); });
+    const unsigned wanted = threads_;
+    crew_.reserve(wanted - 1);
+    try {
+      for (unsigned k = 1; k < wanted; ++k) {
+        // A thread reads threads_ only after its first job, which publishes it.
+        crew_.emplace_back([this, k] { work(k); });
+      }
+    } catch (const std::system_error&) {
+      // Threads 1..size() run; give the missing ones' share to the rest.
+    }
+    threads_ = static_cast<unsigned>(crew_.size()) + 1;
   }
   CopyCrew(const CopyCrew&) = delete;
   CopyCrew& operator=(const CopyCrew&) = delete;

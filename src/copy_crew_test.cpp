@@ -1,6 +1,10 @@
 #include "copy_crew.hpp"
 
 #include <gtest/gtest.h>
+#include <grp.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <random>
 #include <vector>
@@ -34,6 +38,35 @@ TEST(CopyCrew, ManyCopiesInARow) {
     crew.copy(b.data(), a.data(), a.size());
     ASSERT_EQ(b[round % b.size()], static_cast<std::byte>(round));
   }
+}
+
+// Issue 11.8: when threads run out partway (RLIMIT_NPROC here; a container's
+// pids limit elsewhere), the crew works with those that started instead of
+// calling std::terminate. Runs in a child that becomes `nobody` (root is not
+// bound by RLIMIT_NPROC) and may start one thread besides itself.
+TEST(CopyCrew, WorksWithTheThreadsThatCouldStart) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as a user with no other processes";
+  const pid_t pid = ::fork();
+  ASSERT_NE(pid, -1);
+  if (pid == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0) {
+      std::_Exit(3);
+    }
+    const rlimit two{2, 2};  // this process and one thread
+    if (::setrlimit(RLIMIT_NPROC, &two) != 0) std::_Exit(4);
+    std::vector<std::byte> src(1 << 20), dst(1 << 20);
+    for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<std::byte>(i * 7);
+    CopyCrew crew(8);
+    if (crew.threads() >= 8) std::_Exit(5);  // the limit did not bite: nothing was tested
+    crew.copy(dst.data(), src.data(), src.size());
+    std::_Exit(dst == src ? 0 : 6);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status) << " (std::terminate is SIGABRT)";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "3/4: could not drop privileges or set the limit, 5: all threads started, "
+                                       "6: the copy was wrong";
 }
 
 }  // namespace

@@ -1,14 +1,11 @@
 // src/grid.cpp — Grid's shared free list and lifetime.
 //
-// The free list is a stack of 32-bit indices whose head shares one 64-bit
-// word with a 32-bit tag bumped on every change, so a compare-exchange cannot
-// succeed against a head that was popped and pushed back in between (ABA).
-// Cells move on and off it in batches (thread caches, src/grid_cache.cpp): a
-// batch pop walks up to N links from the head and swings the head past them
-// in one compare-exchange; if the head is unchanged (same tag), no push or pop
-// happened meanwhile, so the walked links were stable. The links live in a
-// side array of atomics, not in the cells: a stale walk may read the link of
-// a cell another thread now owns, and must not race with the owner's writes.
+// The free list is a TaggedStack (src/tagged_stack.hpp, shared with
+// SharedGrid) over a side array of links. Cells move on and off it in batches
+// (thread caches, src/grid_cache.cpp): a batch pop walks up to N links from
+// the head and swings the head past them in one compare-exchange; if the head
+// is unchanged (same tag), no push or pop happened meanwhile, so the walked
+// links were stable.
 //
 // Membership is checked by identity: a Cell remembers its GridCore, so a cell
 // from another grid is refused before any index is used, and a Cell handle is
@@ -19,6 +16,9 @@
 // drops its reference; whoever brings refs_ to zero (the destructor, or the
 // last Cell or thread cache to come back) frees the core and its Block. Cells
 // that come back to an orphaned core only count down.
+//
+// fork(): the child's copy of the core is marked forked (detail::ForkWatch)
+// and hands out nothing; cells given back there only count down.
 #include "unimem/grid.hpp"
 
 #include <algorithm>
@@ -26,13 +26,10 @@
 #include <thread>
 
 #include "grid_cache.hpp"
+#include "tagged_stack.hpp"
 
 namespace unimem::detail {
 namespace {
-
-constexpr std::uint64_t pack(std::uint64_t tag, std::uint32_t index) { return (tag << 32) | index; }
-constexpr std::uint32_t index_of(std::uint64_t head) { return static_cast<std::uint32_t>(head); }
-constexpr std::uint64_t next_tag(std::uint64_t head) { return (head >> 32) + 1; }
 
 std::atomic<std::uint64_t> next_uid{1};
 
@@ -70,46 +67,27 @@ GridCore::GridCore(std::size_t cell_size, std::size_t cells, const BlockOptions&
       uid_(next_uid.fetch_add(1, std::memory_order_relaxed)),
       block_(open_cells(cell_size, cells, options)),
       next_(new std::atomic<std::uint32_t>[cells]),
-      head_(pack(0, 0)),
+      fork_watch_(this, &GridCore::on_fork_child),
+      head_{},
       refs_(1) {
   cache_cells_ = choose_cache_cells(cells);
-  // Hand cells out lowest index first: 0 -> 1 -> ... -> cells-1 -> none.
-  for (std::size_t i = 0; i + 1 < cells; ++i) next_[i].store(static_cast<std::uint32_t>(i + 1), std::memory_order_relaxed);
-  next_[cells - 1].store(kNone, std::memory_order_relaxed);
+  list().format();  // lowest index first: 0 -> 1 -> ... -> cells-1 -> none
 }
+
+TaggedStack GridCore::list() noexcept {
+  return TaggedStack(&head_, next_.get(), static_cast<std::uint32_t>(cells_));
+}
+
+void GridCore::on_fork_child(void* core) noexcept { static_cast<GridCore*>(core)->forked_ = true; }
 
 Cell GridCore::make_cell(std::uint32_t index) noexcept {
   return Cell(this, block_.data() + std::size_t{index} * cell_size_, index);
 }
 
 std::uint32_t GridCore::pop_batch(std::uint32_t* out, std::uint32_t max) noexcept {
-  std::uint64_t head = head_.load(std::memory_order_acquire);
-  for (;;) {
-    std::uint32_t n = 0;
-    std::uint32_t i = index_of(head);
-    while (i != kNone && n < max) {
-      out[n++] = i;
-      i = next_[i].load(std::memory_order_relaxed);
-    }
-    if (n == 0) return 0;
-    if (head_.compare_exchange_weak(head, pack(next_tag(head), i), std::memory_order_acq_rel,
-                                    std::memory_order_acquire)) {
-      refs_.fetch_add(n, std::memory_order_relaxed);
-      return n;
-    }
-  }
-}
-
-void GridCore::push_batch(const std::uint32_t* cells, std::uint32_t n) noexcept {
-  for (std::uint32_t k = 0; k + 1 < n; ++k) next_[cells[k]].store(cells[k + 1], std::memory_order_relaxed);
-  std::uint64_t head = head_.load(std::memory_order_relaxed);
-  for (;;) {
-    next_[cells[n - 1]].store(index_of(head), std::memory_order_relaxed);
-    if (head_.compare_exchange_weak(head, pack(next_tag(head), cells[0]), std::memory_order_release,
-                                    std::memory_order_relaxed)) {
-      return;
-    }
-  }
+  const std::uint32_t n = list().pop(out, max);
+  if (n != 0) refs_.fetch_add(n, std::memory_order_relaxed);
+  return n;
 }
 
 void GridCore::release_refs(std::size_t n) noexcept {
@@ -118,12 +96,13 @@ void GridCore::release_refs(std::size_t n) noexcept {
 
 void GridCore::flush(const std::uint32_t* cells, std::uint32_t n) noexcept {
   if (n == 0) return;
-  // Once orphaned nobody takes again: the cells need not be listed.
-  if (!orphaned_.load(std::memory_order_acquire)) push_batch(cells, n);
+  // Once orphaned (or forked) nobody takes again: the cells need not be listed.
+  if (!forked_ && !orphaned_.load(std::memory_order_acquire)) list().push(cells, n);
   release_refs(n);  // last access: may free this core
 }
 
 Cell GridCore::take() noexcept {
+  if (forked_) return Cell();  // the parent owns these cells (see grid.hpp)
   if (cache_cells_ != 0) return grid_cache::take(*this);
   std::uint32_t index;
   return pop_batch(&index, 1) ? make_cell(index) : Cell();
@@ -137,7 +116,7 @@ GiveStatus GridCore::give(Cell& cell) noexcept {
 }
 
 void GridCore::give_back(std::uint32_t index) noexcept {
-  if (cache_cells_ != 0 && grid_cache::give(*this, index)) return;
+  if (cache_cells_ != 0 && !forked_ && grid_cache::give(*this, index)) return;
   flush(&index, 1);
 }
 

@@ -12,7 +12,10 @@
 // core alive (they count in the core's refs_), so only entries with cells
 // are ever dereferenced. When a thread exits, a thread_local guard returns
 // every cached cell to its grid; a grid destroyed meanwhile is freed by the
-// last such return.
+// last such return. thread_locals die in reverse order of construction, so
+// objects the thread built before its first take (and that hold Cells) die
+// after the guard: from the guard's run on, this thread caches nothing, and
+// such late cells go straight back to their grid's shared list.
 #include "grid_cache.hpp"
 
 namespace unimem::detail::grid_cache {
@@ -29,6 +32,8 @@ struct Entry {
 
 // Trivial, so access needs no guard; the flusher below gives it a destructor.
 __attribute__((tls_model("initial-exec"))) thread_local Entry entries[kEntries];
+// Set when the flusher has run: the thread is exiting and must not cache.
+__attribute__((tls_model("initial-exec"))) thread_local bool exiting = false;
 
 void flush(Entry& e) noexcept {
   const std::uint32_t n = e.count;
@@ -42,6 +47,7 @@ void flush(Entry& e) noexcept {
 struct Flusher {
   bool armed = false;
   ~Flusher() {
+    exiting = true;
     for (Entry& e : entries) flush(e);
   }
 };
@@ -83,6 +89,10 @@ Entry& claim(GridCore& core) noexcept {
 }  // namespace
 
 Cell take(GridCore& core) noexcept {
+  if (exiting) {
+    std::uint32_t index;
+    return core.pop_batch(&index, 1) ? core.make_cell(index) : Cell();
+  }
   Entry* e = find(core);
   if (e != nullptr && e->count != 0) return core.make_cell(e->cells[--e->count]);
   if (e == nullptr) e = &claim(core);
@@ -92,6 +102,7 @@ Cell take(GridCore& core) noexcept {
 }
 
 bool give(GridCore& core, std::uint32_t index) noexcept {
+  if (exiting) return false;  // nobody would flush this cache again
   if (core.orphaned()) {
     drop(core);  // nobody takes from an orphaned grid: empty this thread's cache of it too
     return false;

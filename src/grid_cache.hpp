@@ -13,7 +13,8 @@ Cell take(GridCore& core) noexcept;
 
 // Puts `index` in this thread's cache of `core`, spilling half the cache to
 // the shared list when full. Returns false when the cell was not cached (the
-// grid is orphaned): the caller returns it. Never throws.
+// grid is orphaned, or the thread is exiting): the caller returns it. Never
+// throws.
 bool give(GridCore& core, std::uint32_t index) noexcept;
 
 // Returns this thread's cached cells of `core` to it. Never throws.

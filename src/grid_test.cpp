@@ -1,6 +1,8 @@
 #include "unimem/grid.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -268,6 +270,60 @@ TEST(GridCache, ManyGridsPerThreadStayCorrect) {
     n = all.size();
     EXPECT_EQ(n, grid.cells());
   }
+}
+
+// Constructed on a thread before its first take, so it is destroyed after the
+// grid cache's exit flush (thread_locals die in reverse order of construction).
+thread_local std::vector<Cell> cells_held_until_thread_exit;
+
+// Issue 11.4: cells that a thread's own thread_locals give back while the
+// thread exits must reach the grid, not a cache nobody flushes again.
+TEST(GridCache, CellsGivenBackByLateThreadLocalsAreNotLost) {
+  int fd;
+  {
+    Grid<> grid(64, cached_grid_cells());
+    ASSERT_GT(grid.cache_cells(), 0u);
+    fd = grid.block().handle();
+    std::thread([&] {
+      cells_held_until_thread_exit.reserve(16);  // constructed first: destroyed last
+      for (int i = 0; i < 8; ++i) cells_held_until_thread_exit.push_back(grid.take());
+      grid.take().reset();  // and one in the cache itself
+    }).join();
+    std::vector<Cell> all;
+    for (Cell c = grid.take(); c; c = grid.take()) all.push_back(std::move(c));
+    EXPECT_EQ(all.size(), grid.cells()) << "cells given back during thread exit were lost";
+  }
+  EXPECT_FALSE(testing::fd_is_open(fd)) << "lost cells kept the destroyed Grid's Block alive";
+}
+
+// Issue 11.5: a forked child has a copy of the Grid's free list and of the
+// forking thread's cache, but the same shared pages as the parent. It must
+// refuse to hand out cells instead of handing out the parent's.
+TEST(GridFork, ChildRefusesToTakeCellsTheParentOwns) {
+  Grid<> grid(64, cached_grid_cells());
+  Grid<64, 8> uncached;  // too small for thread caches: the shared list alone
+  grid.take().reset();   // the forking thread's cache now holds cells
+  Cell held = grid.take();
+  ASSERT_FALSE(grid.forked());
+  const pid_t pid = ::fork();
+  ASSERT_NE(pid, -1);
+  if (pid == 0) {
+    int status = 0;
+    if (grid.take() || uncached.take()) status |= 1;  // would be cells the parent hands out too
+    if (!grid.forked() || !uncached.forked()) status |= 2;
+    held.reset();  // giving back in the child is harmless ...
+    if (grid.take()) status |= 4;  // ... and still does not make cells takeable here
+    std::_Exit(status);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: the child took a cell, 2: forked() is false, 4: a given cell was taken";
+  // The parent is unaffected.
+  std::vector<Cell> all;
+  for (Cell c = grid.take(); c; c = grid.take()) all.push_back(std::move(c));
+  EXPECT_EQ(all.size(), grid.cells() - 1);
+  EXPECT_TRUE(uncached.take());
 }
 
 // Waves of short-lived threads take and give; each exit flushes its cache.

@@ -3,13 +3,19 @@
 // Page 0 of the Block holds the header (magic, capacity, cursor); pages 1..n
 // are handed out. The cursor is an offset, so every process, whatever address
 // it mapped the Block at, agrees on what is taken. Alignment is applied to the
-// offset, which equals alignment of the address for any align up to the page
-// size (every mapping is page-aligned).
+// offset (src/bump.hpp, the loop Tape runs too), which equals alignment of the
+// address for any align up to the page size (every mapping is page-aligned).
+// Sizes come from this process's own mapping, never from the header, and a
+// cursor past the end reads as full: a corrupt header cannot move a take
+// outside the Block.
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <string>
 
 #include "unimem/share.hpp"
+
+#include "bump.hpp"
 
 namespace unimem {
 namespace detail {
@@ -63,15 +69,9 @@ Taken SharedTape::take(std::size_t size, std::size_t align) noexcept {
   if (align > Block::page_size()) return {nullptr, TakeStatus::invalid_align};  // offsets align addresses up to a page
   if (const TakeStatus bad = detail::check_take(size, align, capacity_); bad != TakeStatus::ok) return {nullptr, bad};
   if (block_.read_only()) return {nullptr, TakeStatus::read_only};
-  auto& cursor = header()->cursor;
-  std::uint64_t current = cursor.load(std::memory_order_acquire);
-  for (;;) {
-    const std::uint64_t offset = (current + align - 1) & ~std::uint64_t{align - 1};
-    if (offset > capacity_ || size > capacity_ - offset) return {nullptr, TakeStatus::full};
-    if (cursor.compare_exchange_weak(current, offset + size, std::memory_order_acq_rel, std::memory_order_acquire)) {
-      return {block_.data() + data_offset_ + offset, TakeStatus::ok};
-    }
-  }
+  const detail::Bumped b = detail::bump(header()->cursor, 0, capacity_, size, align);
+  if (b.status != TakeStatus::ok) return {nullptr, b.status};
+  return {block_.data() + data_offset_ + b.offset, TakeStatus::ok};
 }
 
 void SharedTape::clear() noexcept {
@@ -79,7 +79,8 @@ void SharedTape::clear() noexcept {
 }
 
 std::size_t SharedTape::used() const noexcept {
-  return static_cast<std::size_t>(header()->cursor.load(std::memory_order_relaxed));
+  // Another process may have written anything there.
+  return static_cast<std::size_t>(std::min<std::uint64_t>(header()->cursor.load(std::memory_order_relaxed), capacity_));
 }
 
 }  // namespace unimem

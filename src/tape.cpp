@@ -1,16 +1,22 @@
-// src/tape.cpp — Tape: one atomic cursor, advanced by compare-exchange, and
-// the slow paths of lanes (see the lane protocol in tape.hpp).
+// src/tape.cpp — Tape: one atomic cursor, advanced by compare-exchange
+// (src/bump.hpp, shared with SharedTape), and the slow paths of lanes (see the
+// lane protocol in tape.hpp).
 //
-// The cursor is an offset into the Block. take() computes the aligned address
-// from the real address (so alignments larger than a page work), checks the
-// fit, and publishes the new end with one compare-exchange; a failed take
-// never stores. clear() is a single release store of 0, which pairs with the
-// acquire in take() so that everything done before a clear happens-before the
-// reuse of that memory.
+// clear() is a release store of 0 to the cursor, which every take's acquire
+// (load or compare-exchange) reads or follows in the cursor's modification
+// order, so everything done before a clear happens-before the reuse of that
+// memory. It poisons the Block (ASan builds) before that store, never after:
+// a taker that sees the store unpoisons what it takes, and a later poison
+// would undo it.
+//
+// Moves bump the epoch of both Tapes, so Lanes never hand out a chunk of a
+// Block their Tape no longer holds. A forked child's Tapes are marked by
+// detail::ForkWatch and refuse every take.
 #include "unimem/tape.hpp"
 
 #include <utility>
 
+#include "bump.hpp"
 #include "poison.hpp"
 
 namespace unimem {
@@ -28,13 +34,19 @@ Tape::Tape(Block block) : block_(std::move(block)) {
 
 Tape::Tape(Tape&& other) noexcept
     : block_(std::move(other.block_)),
-      cursor_(other.cursor_.exchange(0, std::memory_order_relaxed)) {}
+      cursor_(other.cursor_.exchange(0, std::memory_order_relaxed)),
+      forked_(other.forked_) {
+  other.epoch_.fetch_add(1, std::memory_order_release);  // its lanes hold chunks of the Block moved here
+}
 
 Tape& Tape::operator=(Tape&& other) noexcept {
   if (this != &other) {
     detail::unpoison(block_.data(), block_.size());  // our pages are about to be unmapped
     block_ = std::move(other.block_);
     cursor_.store(other.cursor_.exchange(0, std::memory_order_relaxed), std::memory_order_relaxed);
+    forked_ = other.forked_;
+    epoch_.fetch_add(1, std::memory_order_release);        // our lanes hold chunks of the unmapped Block
+    other.epoch_.fetch_add(1, std::memory_order_release);  // its lanes hold chunks of the Block moved here
   }
   return *this;
 }
@@ -44,45 +56,45 @@ Tape::~Tape() {
   detail::unpoison(block_.data(), block_.size());
 }
 
-Taken Tape::reserve(std::size_t size, std::size_t align) noexcept {
+void Tape::on_fork_child(void* tape) noexcept {
+  auto* t = static_cast<Tape*>(tape);
+  t->forked_ = true;
+  t->epoch_.fetch_add(1, std::memory_order_relaxed);  // every Lane copied into the child drops its chunk
+}
+
+Taken Tape::reserve(std::size_t size, std::size_t align, std::size_t tail) noexcept {
   const std::size_t capacity = block_.size();
   if (const TakeStatus bad = detail::check_take(size, align, capacity); bad != TakeStatus::ok) return {nullptr, bad};
-
-  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(block_.data());
-  std::size_t cursor = cursor_.load(std::memory_order_acquire);
-  for (;;) {
-    std::uintptr_t bumped;
-    if (__builtin_add_overflow(base + cursor, align - 1, &bumped)) return {nullptr, TakeStatus::full};
-    const std::size_t offset = (bumped & ~(std::uintptr_t{align} - 1)) - base;
-    if (offset > capacity || size > capacity - offset) return {nullptr, TakeStatus::full};
-    if (cursor_.compare_exchange_weak(cursor, offset + size, std::memory_order_acq_rel,
-                                      std::memory_order_acquire)) {
-      return {block_.data() + offset, TakeStatus::ok};
-    }
-  }
+  if (forked_) return {nullptr, TakeStatus::forked};
+  const detail::Bumped b =
+      detail::bump(cursor_, reinterpret_cast<std::uintptr_t>(block_.data()), capacity, size, align, tail);
+  if (b.status != TakeStatus::ok) return {nullptr, b.status};
+  return {block_.data() + b.offset, TakeStatus::ok};
 }
 
 Taken Tape::take(std::size_t size, std::size_t align) noexcept {
-  Taken t = reserve(size, align);
+  Taken t = reserve(size, align, kRedZone);
   if (t) detail::unpoison(t.ptr, size);
   return t;
 }
 
 bool Tape::untake(const Taken& taken, std::size_t size) noexcept {
-  if (!taken || !owns(taken.ptr)) return false;
+  if (!taken || !owns(taken.ptr) || forked_) return false;
   const std::size_t begin = static_cast<std::size_t>(taken.ptr - block_.data());
-  std::size_t end = begin + size;
+  if (size > block_.size() - begin) return false;
+  std::size_t end = begin + size + std::min(kRedZone, block_.size() - begin - size);  // as take() moved it
   if (!cursor_.compare_exchange_strong(end, begin, std::memory_order_acq_rel)) return false;
   detail::poison(taken.ptr, size);
   return true;
 }
 
 void Tape::clear() noexcept {
+  if (forked_) return;  // the parent's memory: nothing here to rewind
+  detail::poison(block_.data(), block_.size());
   // Order matters (see the lane protocol in tape.hpp): a lane that sees the
   // new epoch must also see the rewound cursor.
-  cursor_.store(0, std::memory_order_relaxed);
+  cursor_.store(0, std::memory_order_release);
   epoch_.fetch_add(1, std::memory_order_release);
-  detail::poison(block_.data(), block_.size());
 }
 
 Taken Tape::Lane::hand_out(std::byte* p, std::size_t size) noexcept {
@@ -96,8 +108,11 @@ Taken Tape::Lane::take_slow(std::size_t size, std::size_t align) noexcept {
   if (size > chunk_ / 2 || align > chunk_ / 2) return tape_->take(size, align);
   for (;;) {
     const std::uint64_t epoch = tape_->epoch_.load(std::memory_order_acquire);
-    const Taken chunk = tape_->reserve(chunk_, 64);
-    if (!chunk) return tape_->take(size, align);  // no room for a chunk; the request may still fit
+    const Taken chunk = tape_->reserve(chunk_, 64, 0);
+    if (!chunk) {
+      if (chunk.status == TakeStatus::forked) return chunk;
+      return tape_->take(size, align);  // no room for a chunk; the request may still fit
+    }
     if (tape_->epoch_.load(std::memory_order_acquire) != epoch) continue;  // may predate a clear
     next_ = reinterpret_cast<std::uintptr_t>(chunk.ptr);
     end_ = next_ + chunk_;
@@ -105,6 +120,7 @@ Taken Tape::Lane::take_slow(std::size_t size, std::size_t align) noexcept {
     // Fits: the chunk is at least twice the request and twice the alignment.
     const std::uintptr_t p = (next_ + (align - 1)) & ~(std::uintptr_t{align} - 1);
     next_ = p + size;
+    if constexpr (kRedZone != 0) next_ += std::min<std::uintptr_t>(kRedZone, end_ - next_);
     return hand_out(reinterpret_cast<std::byte*>(p), size);
   }
 }

@@ -23,9 +23,21 @@
 //
 // Lifetime: a Grid may be destroyed while Cells are still out or cached by
 // other threads. Their memory stays valid, and the Grid's Block is released
-// when the last of them has come back (a Cell destroyed, a thread exited).
-// Destroying or moving a Grid must not race with its take()/give()
-// (destroying or resetting a Cell is a give).
+// when the last of them has come back (a Cell destroyed, a thread exited,
+// including cells that a thread's own thread_local objects give back while it
+// exits). Destroying or moving a Grid must not race with its take()/give()
+// (destroying or resetting a Cell is a give). A moved-from Grid hands out
+// nothing.
+//
+// ABA: the shared list's head carries a 64-bit tag (16-byte compare-
+// exchange), so a thread stalled inside take() cannot succeed with a stale
+// link unless 2^64 list operations happen meanwhile (src/tagged_stack.hpp).
+//
+// fork(): the Grid's free list and thread caches live in process memory that
+// fork() copies, while its cells are shared pages. In a forked child the Grid
+// therefore refuses: take() comes back empty, forked() is true, and cells
+// given back there are dropped (the parent still owns them). Use SharedGrid
+// (unimem/share.hpp) for cells several processes take from.
 #pragma once
 
 #include <atomic>
@@ -37,6 +49,7 @@
 #include <utility>
 
 #include "unimem/block.hpp"
+#include "unimem/detail/fork_watch.hpp"
 
 namespace unimem {
 
@@ -46,7 +59,7 @@ inline constexpr std::size_t dynamic = std::numeric_limits<std::size_t>::max();
 // Cell sizes are multiples of this, and cells are aligned to it.
 inline constexpr std::size_t kCellAlign = 64;
 
-enum class GiveStatus : std::uint8_t {
+enum class [[nodiscard]] GiveStatus : std::uint8_t {
   ok,            // the cell is back in the grid; the Cell handle is now empty
   empty_cell,    // the Cell holds nothing (given already, or moved from); nothing changed
   foreign_cell,  // the Cell belongs to another grid; nothing changed, the Cell still holds it
@@ -54,6 +67,14 @@ enum class GiveStatus : std::uint8_t {
 
 namespace detail {
 class GridCore;
+class TaggedStack;
+
+// The head of a tagged free list (src/tagged_stack.hpp): the first free
+// index and a tag bumped by every change, swapped together in 16 bytes.
+struct alignas(16) TaggedHead {
+  std::uint64_t index;
+  std::uint64_t tag;
+};
 
 // An owning handle to one cell of a `Pool` (GridCore, SharedGrid). Move-only;
 // returns the cell to its pool when destroyed. An empty handle (default-
@@ -145,27 +166,31 @@ class GridCore {
   std::uint32_t cache_cells() const noexcept { return cache_cells_; }
   std::uint64_t uid() const noexcept { return uid_; }
   bool orphaned() const noexcept { return orphaned_.load(std::memory_order_acquire); }
+  bool forked() const noexcept { return forked_; }
   const Block& block() const noexcept { return block_; }
 
  private:
   ~GridCore() = default;
-  static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+  static void on_fork_child(void* core) noexcept;
+  TaggedStack list() noexcept;  // the shared free list over head_ and next_
 
-  void push_batch(const std::uint32_t* cells, std::uint32_t n) noexcept;
   void release_refs(std::size_t n) noexcept;
 
-  // Read on every take/give; written once (orphaned_ at most once).
+  // Read on every take/give; written once (orphaned_ at most once, forked_
+  // only in a forked child, before any of its threads runs).
   std::size_t cell_size_;
   std::size_t cells_;
   std::uint32_t cache_cells_;
+  bool forked_ = false;
   std::uint64_t uid_;  // never reused, unlike addresses: names the core in thread caches
   std::atomic<bool> orphaned_{false};  // the Grid is gone; cells still out or cached
   Block block_;
   std::unique_ptr<std::atomic<std::uint32_t>[]> next_;  // free-list links, one per cell
+  ForkWatch fork_watch_;
 
   // Written when cells move between the shared list and thread caches or Cells.
-  alignas(64) std::atomic<std::uint64_t> head_;  // (tag << 32) | first free index
-  std::atomic<std::size_t> refs_;                 // 1 (the Grid) + cells not in the shared list
+  alignas(64) TaggedHead head_;  // see src/tagged_stack.hpp
+  std::atomic<std::size_t> refs_;  // 1 (the Grid) + cells not in the shared list
 };
 
 }  // namespace detail
@@ -206,10 +231,11 @@ class Grid {
     if (core_) core_->release_owner();
   }
 
-  // A free cell, or an empty Cell when all are out. Lock-free; never throws.
-  Cell take() noexcept { return core_->take(); }
+  // A free cell, or an empty Cell when all are out (always, in a forked child
+  // or a moved-from Grid). Lock-free; never throws.
+  Cell take() noexcept { return core_ ? core_->take() : Cell(); }
   // Returns `cell` early. See GiveStatus. Lock-free; never throws.
-  GiveStatus give(Cell&& cell) noexcept { return core_->give(cell); }
+  GiveStatus give(Cell&& cell) noexcept { return core_ ? core_->give(cell) : GiveStatus::foreign_cell; }
 
   std::size_t cell_size() const noexcept { return core_->cell_size(); }
   std::size_t cells() const noexcept { return core_->cells(); }
@@ -217,6 +243,9 @@ class Grid {
   // the grid's size and the machine: cells / (8 x hardware threads), at most 32.
   std::size_t cache_cells() const noexcept { return core_->cache_cells(); }
   const Block& block() const noexcept { return core_->block(); }
+  // True in a process forked from the one that built this Grid: take() there
+  // always comes back empty (see "fork()" above). Never throws.
+  bool forked() const noexcept { return core_ && core_->forked(); }
 
  private:
   detail::GridCore* core_;  // owned, but may outlive the Grid (see release_owner)

@@ -102,14 +102,27 @@ class SharedTape {
   std::size_t capacity_ = 0;
 };
 
-class SharedGrid;
+namespace detail {
+class SharedGridCore;
+class TaggedStack;
+}  // namespace detail
 
 // A cell of a SharedGrid (see detail::CellHandle): goes back when destroyed.
-using SharedCell = detail::CellHandle<SharedGrid>;
+// It may outlive the SharedGrid it came from: its memory stays valid (the
+// mapping is kept) until it goes back, and it goes back to the shared list,
+// where every other process can take it again.
+using SharedCell = detail::CellHandle<detail::SharedGridCore>;
 
-// A pool of fixed-size cells whose free list lives in its Block (a tagged
-// Treiber stack of indices, as Grid's shared list; no thread caches, since
-// they cannot survive a process being killed).
+// A pool of fixed-size cells whose free list lives in its Block (the tagged
+// stack Grid uses, src/tagged_stack.hpp; no thread caches, since they cannot
+// survive a process being killed).
+//
+// Trust: every process of the user that maps the Block can write its header
+// and free list. attach() reads each header field once and validates that
+// copy; take() and give() check every index they read from the Block. A
+// corrupt or hostile peer can make take() come back empty (or hand out cells
+// it also hands out), but never makes this process read or write outside the
+// Block.
 class SharedGrid {
  public:
   // Formats `block` for `cells` cells of `cell_size` bytes (a non-zero
@@ -120,9 +133,13 @@ class SharedGrid {
   // Error(not_a_block) when its header does not match.
   static SharedGrid attach(Block block);
 
-  // Cells point back at their SharedGrid, so it stays where it was built.
+  // A moved-from SharedGrid hands out nothing; its cells stay valid.
+  SharedGrid(SharedGrid&& other) noexcept;
+  SharedGrid& operator=(SharedGrid&& other) noexcept;
   SharedGrid(const SharedGrid&) = delete;
   SharedGrid& operator=(const SharedGrid&) = delete;
+  // Keeps the Block mapped until the last cell taken here goes back.
+  ~SharedGrid();
 
   // A free cell, or an empty SharedCell when all are out. Lock-free across
   // processes; never throws.
@@ -131,25 +148,53 @@ class SharedGrid {
   // grid and an empty one. Never throws.
   GiveStatus give(SharedCell&& cell) noexcept;
 
+  std::size_t cell_size() const noexcept;
+  std::size_t cells() const noexcept;
+  // The offset of a cell's data from the Block's start, the same in every process.
+  std::size_t offset_of(std::uint32_t index) const noexcept;
+  const Block& block() const noexcept;
+
+ private:
+  explicit SharedGrid(detail::SharedGridCore* core) noexcept : core_(core) {}
+  detail::SharedGridCore* core_;  // owned, but may outlive the SharedGrid (its cells)
+};
+
+namespace detail {
+
+// What a SharedGrid and its cells share in this process: the mapping, the
+// sizes validated at attach, and a count of the cells out. Internal.
+class SharedGridCore {
+ public:
+  // Formats (cells != 0) or validates (cells == 0) the Block's header.
+  SharedGridCore(Block block, std::size_t cell_size, std::size_t cells);
+  SharedGridCore(const SharedGridCore&) = delete;
+  SharedGridCore& operator=(const SharedGridCore&) = delete;
+
+  SharedCell take() noexcept;
+  GiveStatus give(SharedCell& cell) noexcept;
+  // Pushes a cell back on the shared list (what SharedCell::reset calls).
+  void give_back(std::uint32_t index) noexcept;
+  // The SharedGrid is gone: frees the core now or when the last cell is back.
+  void release_owner() noexcept;
+
   std::size_t cell_size() const noexcept { return cell_size_; }
   std::size_t cells() const noexcept { return cells_; }
-  // The offset of a cell's data from the Block's start, the same in every process.
   std::size_t offset_of(std::uint32_t index) const noexcept { return data_offset_ + std::size_t{index} * cell_size_; }
   const Block& block() const noexcept { return block_; }
 
  private:
-  friend SharedCell;
-  // Formats (cells != 0) or validates (cells == 0) the Block's header.
-  SharedGrid(Block block, std::size_t cell_size, std::size_t cells);
-  detail::SharedGridHeader* header() const noexcept;
-  // Pushes a cell back on the shared list (what SharedCell::reset calls).
-  void give_back(std::uint32_t index) noexcept;
+  ~SharedGridCore() = default;
+  TaggedStack list() const noexcept;
+  void release_refs(std::size_t n) noexcept;
 
   Block block_;
   std::size_t data_offset_ = 0;
   std::size_t cell_size_ = 0;
   std::size_t cells_ = 0;
+  std::atomic<std::size_t> refs_{1};  // 1 (the SharedGrid) + cells out in this process
 };
+
+}  // namespace detail
 
 // A Layout for several processes: the weights live in a SharedTape that one
 // process loads and the others attach read-only (a write there faults);

@@ -18,11 +18,22 @@
 // any number of threads at once; no byte is handed out twice between two
 // clears, by any mix of shared takes and lanes. clear() only rewinds: the
 // caller must make sure nobody still uses memory taken before the clear (in
-// AddressSanitizer builds such uses are reported). A take() that races with a
-// clear() may return memory from before it, which is then already released.
-// A clear() happens-before every take() that observes it, so memory reused
-// after a clear() needs no further fence. Moving or destroying a Tape must not
-// race with any other use of it, and invalidates its Lanes.
+// AddressSanitizer builds such uses are reported, and a red zone follows
+// every take so that overflows into the next piece are reported too). A take()
+// that races with a clear() may return memory from before it, which is then
+// already released. A clear() happens-before every take() that observes it
+// (a release store that takes acquire), so memory reused after a clear() needs
+// no further fence: threads may hand a Tape to each other with clear() alone.
+// Moving or destroying a Tape must not race with any other use of it. A move
+// (construction or assignment) invalidates the Lanes of both Tapes: their
+// next take reserves a fresh chunk from the Tape they were built on, or fails
+// (invalid_size) when that Tape was moved from.
+//
+// fork(): the cursor and every Lane live in process memory that fork() copies,
+// while the Block's pages stay shared. In a forked child a Tape that existed
+// at the fork refuses every take (TakeStatus::forked) and clear() does
+// nothing there; the parent is unaffected. SharedTape (unimem/share.hpp)
+// keeps its cursor in the Block and works across fork().
 //
 // Lane protocol (how clear() invalidates lanes it never touches): the Tape
 // keeps an epoch beside its cursor. clear() stores 0 to the cursor, then
@@ -36,6 +47,7 @@
 // only memory reserved after the clear.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -43,6 +55,7 @@
 #include <type_traits>
 
 #include "unimem/block.hpp"
+#include "unimem/detail/fork_watch.hpp"
 
 namespace unimem {
 
@@ -52,10 +65,11 @@ enum class TakeStatus : std::uint8_t {
   invalid_size,  // size is 0, or larger than the whole Tape: can never succeed
   invalid_align, // align is 0 or not a power of two (or, for SharedTape, above the page size)
   read_only,     // the memory is mapped read-only in this process (SharedTape)
+  forked,        // this process is a fork() child of the Tape's: the parent owns its memory
 };
 
 // What take() returns: a pointer, or why there is none.
-struct Taken {
+struct [[nodiscard]] Taken {
   std::byte* ptr = nullptr;
   TakeStatus status = TakeStatus::full;
 
@@ -83,6 +97,20 @@ std::span<T> take_span(Taker& taker, std::size_t count) noexcept {
 
 class Tape {
  public:
+  // Bytes left poisoned after every take in AddressSanitizer builds (where
+  // they fit), so that an overflow into the next piece is reported; 0 elsewhere.
+#if defined(__SANITIZE_ADDRESS__)
+  static constexpr std::size_t kRedZone = 16;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  static constexpr std::size_t kRedZone = 16;
+#else
+  static constexpr std::size_t kRedZone = 0;
+#endif
+#else
+  static constexpr std::size_t kRedZone = 0;
+#endif
+
   // Opens a Block of at least `bytes` (see Block::open, whose errors it throws)
   // and starts a Tape over all of it.
   static Tape start(std::size_t bytes, const BlockOptions& options = {});
@@ -115,9 +143,10 @@ class Tape {
   // Gives back `taken` (of `size` bytes) when nothing was taken after it, so
   // that a failed multi-step fill leaves no trace. Returns whether it did.
   // The alignment padding before it stays taken. Never throws.
-  bool untake(const Taken& taken, std::size_t size) noexcept;
+  [[nodiscard]] bool untake(const Taken& taken, std::size_t size) noexcept;
 
   // Rewinds to empty in O(1) and invalidates every Lane; touches no memory.
+  // Everything done before it happens-before the takes that reuse the memory.
   // Never throws.
   void clear() noexcept;
 
@@ -131,16 +160,24 @@ class Tape {
   // True when `p` points into this Tape's Block (taken or not).
   bool owns(const void* p) const noexcept { return block_.contains(p); }
   const Block& block() const noexcept { return block_; }
+  // True in a process forked from the one that made this Tape (see fork()
+  // above): every take fails there with TakeStatus::forked. Never throws.
+  bool forked() const noexcept { return forked_; }
 
  private:
-  // Moves the cursor past `size` bytes at `align`; no ASan unpoisoning.
-  Taken reserve(std::size_t size, std::size_t align) noexcept;
+  static void on_fork_child(void* tape) noexcept;
+  // Moves the cursor past `size` bytes at `align` and `tail` more (red zone);
+  // no ASan unpoisoning.
+  Taken reserve(std::size_t size, std::size_t align, std::size_t tail) noexcept;
 
   Block block_;
+  detail::ForkWatch fork_watch_{this, &Tape::on_fork_child};
   // The cursor is written by every shared take and lane refill; the epoch only
-  // by clear(). Separate lines keep lanes' epoch checks from missing the cache.
+  // by clear() and moves. Separate lines keep lanes' epoch checks from missing
+  // the cache.
   alignas(64) std::atomic<std::size_t> cursor_{0};  // offset of the first free byte
-  alignas(64) std::atomic<std::uint64_t> epoch_{0};  // number of clears so far
+  alignas(64) std::atomic<std::uint64_t> epoch_{0};  // clears and moves so far
+  bool forked_ = false;  // set only in a forked child, before any of its threads runs
 };
 
 // A private allocation front for one owner (one thread at a time) over a Tape.
@@ -165,6 +202,7 @@ class Tape::Lane {
       const std::uintptr_t p = (next_ + (align - 1)) & ~(std::uintptr_t{align} - 1);
       if (p >= next_ && p <= end_ && size - 1 < end_ - p) {
         next_ = p + size;
+        if constexpr (kRedZone != 0) next_ += std::min<std::uintptr_t>(kRedZone, end_ - next_);
         return hand_out(reinterpret_cast<std::byte*>(p), size);
       }
     }
