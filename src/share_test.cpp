@@ -648,7 +648,9 @@ TEST(SharedGrid, ACellMayOutliveItsGrid) {
 // come back empty, but every cell handed out must lie inside the Block.
 TEST(SharedGrid, AHostilePeerCannotMakeThisProcessLeaveTheBlock) {
   constexpr std::size_t kCells = 1000;
-  SharedGrid grid = SharedGrid::create(Block::open(MiB), 64, kCells);
+  constexpr std::size_t kCellSize = 1024;  // the cells fill the Block: an index past them points past it
+  SharedGrid grid = SharedGrid::create(Block::open(MiB), kCellSize, kCells);
+  ASSERT_GT(grid.offset_of(kCells + 100), grid.block().size());
   const BlockId id = grid.block().id();
   auto* h = reinterpret_cast<detail::SharedGridHeader*>(grid.block().data());
   const detail::SharedGridHeader valid = *h;
@@ -660,41 +662,50 @@ TEST(SharedGrid, AHostilePeerCannotMakeThisProcessLeaveTheBlock) {
     auto* hh = reinterpret_cast<detail::SharedGridHeader*>(mine.data());
     auto* words = reinterpret_cast<std::atomic<std::uint64_t>*>(mine.data());
     auto* links = detail::links(hh);
+    std::atomic_ref<std::uint64_t> cells(hh->cells), head(hh->head.index);
     std::uint64_t x = 88172645463325252ull;  // xorshift
     auto next = [&] { return x ^= x << 13, x ^= x >> 7, x ^= x << 17; };
     for (std::uint64_t round = 0; stop.flag->load() == 0; ++round) {
-      std::atomic_ref<std::uint64_t> cells(hh->cells);
-      if (round % 4 != 3) {  // mostly: a valid header whose cell count flips
-        std::memcpy(mine.data(), &valid, offsetof(detail::SharedGridHeader, head));
-        for (int i = 0; i < 64; ++i) {
+      switch (round % 8) {
+        default:  // mostly: a valid header whose cell count flips to a huge one, the head past the real cells
+          std::memcpy(mine.data(), &valid, offsetof(detail::SharedGridHeader, head));
+          head.store(kCells + 100);
+          for (int i = 0; i < 256; ++i) {
+            cells.store(valid.cells);
+            cells.store(4294967040u);
+          }
           cells.store(valid.cells);
-          cells.store(4294967040u);
-        }
-        cells.store(valid.cells);
-      } else {  // now and then: garbage everywhere
-        for (int i = 0; i < 8; ++i) words[next() % 12].store(next());
-        for (int i = 0; i < 64; ++i) links[next() % kCells].store(static_cast<std::uint32_t>(next()));
-        std::atomic_ref<std::uint64_t>(hh->head.index).store(next() % (2 * kCells));
+          break;
+        case 6:  // a valid header, list and head, so that takes succeed
+          std::memcpy(mine.data(), &valid, offsetof(detail::SharedGridHeader, head));
+          for (std::uint32_t i = 0; i < kCells; ++i) links[i].store(i + 1 < kCells ? i + 1 : ~0u);
+          head.store(next() % kCells);
+          break;
+        case 7:  // garbage everywhere
+          for (int i = 0; i < 8; ++i) words[next() % 12].store(next());
+          for (int i = 0; i < 64; ++i) links[next() % kCells].store(static_cast<std::uint32_t>(next()));
+          head.store(next() % (2 * kCells));
       }
     }
     std::_Exit(0);
   }
-  std::atomic<long> outside{0}, attached{0}, refused{0}, taken{0};
+  std::atomic<long> outside{0}, accepted_bad{0}, attached{0}, refused{0}, taken{0};
   std::vector<std::thread> threads;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
   for (int t = 0; t < 2; ++t) {
     threads.emplace_back([&] {
       while (std::chrono::steady_clock::now() < deadline) {
         try {
-          SharedGrid g = SharedGrid::attach(Block::attach(id));
+          SharedGrid g = SharedGrid::attach(Block::attach(id, {.pinning = Pinning::unpinned}));
           attached.fetch_add(1);
+          if (g.cells() != kCells || g.cell_size() != kCellSize) accepted_bad.fetch_add(1);
           const std::byte* begin = g.block().data();
           const std::byte* end = begin + g.block().size();
           for (int i = 0; i < 50; ++i) {
             SharedCell c = g.take();
             if (!c) continue;
             taken.fetch_add(1);
-            if (c.data() < begin + Block::page_size() || c.data() + c.size() > end || c.size() != 64) {
+            if (c.data() < begin + Block::page_size() || c.data() + c.size() > end || c.size() != kCellSize) {
               outside.fetch_add(1);
               new SharedCell(std::move(c));  // leaked: giving it back would write outside the Block too
               continue;
@@ -712,9 +723,9 @@ TEST(SharedGrid, AHostilePeerCannotMakeThisProcessLeaveTheBlock) {
   stop.open();
   EXPECT_EQ(wait_for(scribbler), 0);
   EXPECT_EQ(outside.load(), 0) << "cells outside the Block (or errors other than not_a_block)";
+  EXPECT_EQ(accepted_bad.load(), 0) << "attach accepted sizes it had not validated";
   EXPECT_GT(attached.load(), 0);
   EXPECT_GT(refused.load(), 0) << "the scribbler never made a header invalid: the test tested nothing";
-  EXPECT_GT(taken.load(), 0);
   std::printf("attached %ld times, refused %ld, took %ld cells\n", attached.load(), refused.load(), taken.load());
 }
 
