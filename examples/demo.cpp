@@ -41,9 +41,8 @@ int main() try {
   std::span<float> a = tape.take<float>(1000);
   unimem::Taken b = tape.take(4096, 4096);
   unimem::Taken too_big = tape.take(2 << 20, 64);
-  std::printf("Tape    took %zu floats and a page-aligned 4 KiB: used %zu of %zu; a 2 MiB take says %s\n",
-              a.size(), tape.used(), tape.total(),
-              too_big.status == unimem::TakeStatus::invalid_size ? "invalid_size" : "?");
+  std::printf("Tape    took %zu floats and a page-aligned 4 KiB: used %zu of %zu; a 2 MiB take says %s\n", a.size(),
+              tape.used(), tape.total(), too_big.status == unimem::TakeStatus::invalid_size ? "invalid_size" : "?");
   (void)b;
   tape.clear();
   std::printf("        after clear(): used %zu\n", tape.used());
@@ -54,8 +53,8 @@ int main() try {
     unimem::Cell first = grid.take();
     unimem::Cell second = grid.take();
     second.as<float>()[0] = 1.0f;
-    std::printf("Grid    %zu cells of %zu B: took cells %u and %u\n", grid.cells(), grid.cell_size(),
-                first.index(), second.index());
+    std::printf("Grid    %zu cells of %zu B: took cells %u and %u\n", grid.cells(), grid.cell_size(), first.index(),
+                second.index());
     (void)grid.give(std::move(first));
   }  // second goes back here
   std::printf("        both back; next take gets cell %u\n", grid.take().index());

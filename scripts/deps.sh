@@ -5,7 +5,7 @@ set -euo pipefail
 
 UNIMEM_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libgtest-dev libbenchmark-dev
                  libboost-dev libmimalloc-dev libjemalloc-dev python3
-                 liburing-dev nlohmann-json3-dev pkg-config libdnnl-dev)
+                 liburing-dev nlohmann-json3-dev pkg-config libdnnl-dev clang-format clang-tidy)
 
 missing=()
 for p in "${UNIMEM_PACKAGES[@]}"; do

@@ -3,7 +3,9 @@
 #   release  g++,     -O2 (also checks the headers with nvcc where CUDA is installed)
 #   asan     clang++, AddressSanitizer + UndefinedBehaviorSanitizer
 #   tsan     g++,     ThreadSanitizer
-# Exits non-zero if any build or test fails. Pass config names to run a subset.
+# every build with warnings as errors; after the release build, scripts/lint.sh
+# (clang-format and clang-tidy).
+# Exits non-zero if any build, test or check fails. Pass config names to run a subset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -20,11 +22,12 @@ for config in "${configs[@]}"; do
     *) echo "unknown configuration '$config' (release, asan, tsan)" >&2; exit 2 ;;
   esac
   echo "=== $config ==="
-  cmake -S . -B "build/$config" -G Ninja "${args[@]}"
+  cmake -S . -B "build/$config" -G Ninja -DUNIMEM_WERROR=ON -DCMAKE_EXPORT_COMPILE_COMMANDS=ON "${args[@]}"
   cmake --build "build/$config" -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     ctest --test-dir "build/$config" --output-on-failure -j "$jobs"
+  if [ "$config" = release ]; then bash scripts/lint.sh "build/$config"; fi
   # ctest hides what skipped tests print: show the GPU tests' verdict here.
   gpu_test="build/$config/tests/unimem_gpu_test"
   if [ -x "$gpu_test" ]; then

@@ -26,9 +26,9 @@ Block Block::open(std::size_t bytes, const BlockOptions& options) {
   }
   const std::size_t page = platform::page_size();
   if (bytes > std::numeric_limits<std::size_t>::max() - (page - 1)) {
-    throw Error(Errc::invalid_argument, 0,
-                "unimem: Block::open(" + std::to_string(bytes) +
-                    "): the size overflows when rounded up to the page size");
+    throw Error(
+        Errc::invalid_argument, 0,
+        "unimem: Block::open(" + std::to_string(bytes) + "): the size overflows when rounded up to the page size");
   }
   const std::size_t rounded = (bytes + page - 1) / page * page;
   Block block(platform::map_region(rounded, options));  // released on any throw below
@@ -65,9 +65,9 @@ void Block::finish_open(const BlockOptions& options) {
 void Block::back_pages(unsigned threads) {
   std::byte* base = region_.base;
   const bool writable = !region_.read_only;
-  detail::for_each_slice(region_.size, threads, std::size_t{2} << 20, SIZE_MAX, [=](std::size_t begin, std::size_t end) {
-    platform::populate(base + begin, end - begin, writable);
-  });
+  detail::for_each_slice(
+      region_.size, threads, std::size_t{2} << 20, SIZE_MAX,
+      [=](std::size_t begin, std::size_t end) { platform::populate(base + begin, end - begin, writable); });
 }
 
 BlockId Block::id() const noexcept {
@@ -76,7 +76,8 @@ BlockId Block::id() const noexcept {
 }
 
 int Block::inheritable_handle() const {
-  if (region_.handle < 0) throw Error(Errc::invalid_argument, 0, "unimem: a non-shareable Block has no handle to inherit");
+  if (region_.handle < 0)
+    throw Error(Errc::invalid_argument, 0, "unimem: a non-shareable Block has no handle to inherit");
   const int fd = ::fcntl(region_.handle, F_DUPFD, 0);  // F_DUPFD leaves close-on-exec off
   if (fd < 0) throw Error(Errc::system, errno, "unimem: cannot duplicate a Block's descriptor");
   return fd;

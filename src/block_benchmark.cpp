@@ -123,16 +123,21 @@ void drop_buffers(const benchmark::State&) {
 
 void* base_of(int which) {
   switch (which) {
-    case 0: return buffer.block->data();
-    case 1: return buffer.heap;
-    case 2: return buffer.mapped;
-    default: return buffer.huge->data();
+    case 0:
+      return buffer.block->data();
+    case 1:
+      return buffer.heap;
+    case 2:
+      return buffer.mapped;
+    default:
+      return buffer.huge->data();
   }
 }
 
 void read_pass(benchmark::State& state, int which) {
   const std::size_t slice = buffer.bytes / static_cast<std::size_t>(state.threads()) / 32 * 32;
-  const auto* w = reinterpret_cast<const std::uint64_t*>(static_cast<char*>(base_of(which)) + slice * state.thread_index());
+  const auto* w =
+      reinterpret_cast<const std::uint64_t*>(static_cast<char*>(base_of(which)) + slice * state.thread_index());
   for (auto _ : state) {
     std::uint64_t a = 0, b = 0, c = 0, d = 0;
     for (std::size_t i = 0; i < slice / 8; i += 4) {
@@ -162,7 +167,8 @@ int register_all() {
   for (std::int64_t bytes : {std::int64_t{16} << 20, std::int64_t{1} << 30}) {
     const bool big = bytes >= (std::int64_t{1} << 30);
     auto add = [&](const std::string& name, void (*fn)(benchmark::State&)) {
-      auto* b = benchmark::RegisterBenchmark(name.c_str(), fn)->Arg(bytes)->Unit(benchmark::kMicrosecond)->UseRealTime();
+      auto* b =
+          benchmark::RegisterBenchmark(name.c_str(), fn)->Arg(bytes)->Unit(benchmark::kMicrosecond)->UseRealTime();
       if (big) b->Iterations(3);
     };
     add("open-lazy/block", block_lazy);
@@ -181,9 +187,17 @@ int register_all() {
       for (int t : thread_counts()) {
         if (t == 2 && thread_counts().size() > 2) continue;  // 1 thread and all threads
         benchmark::RegisterBenchmark(("read/" + p).c_str(), [which](benchmark::State& s) { read_pass(s, which); })
-            ->Arg(bytes)->Threads(t)->UseRealTime()->Setup(make_buffers)->Teardown(drop_buffers);
+            ->Arg(bytes)
+            ->Threads(t)
+            ->UseRealTime()
+            ->Setup(make_buffers)
+            ->Teardown(drop_buffers);
         benchmark::RegisterBenchmark(("write/" + p).c_str(), [which](benchmark::State& s) { write_pass(s, which); })
-            ->Arg(bytes)->Threads(t)->UseRealTime()->Setup(make_buffers)->Teardown(drop_buffers);
+            ->Arg(bytes)
+            ->Threads(t)
+            ->UseRealTime()
+            ->Setup(make_buffers)
+            ->Teardown(drop_buffers);
       }
     }
   }

@@ -1,16 +1,19 @@
 #include "unimem/block.hpp"
 
-#include <gtest/gtest.h>
 #include <grp.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <dirent.h>
 #include <cstdint>
 #include <cstring>
-#include <dirent.h>
+#include <filesystem>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -264,9 +267,9 @@ int open_fds() {
   } catch (const Error& e) {
     const std::string what = e.what();
     bool ok = e.code() == Errc::memlock_limit && (e.sys_errno() == ENOMEM || e.sys_errno() == EPERM);
-    for (const std::string& needle : {std::string("RLIMIT_MEMLOCK is ") + detail::format_bytes(limit.rlim_cur),
-                                      std::string("16.0 MiB"), std::string("ulimit -l"),
-                                      std::string("Pinning::unpinned")}) {
+    for (const std::string& needle :
+         {std::string("RLIMIT_MEMLOCK is ") + detail::format_bytes(limit.rlim_cur), std::string("16.0 MiB"),
+          std::string("ulimit -l"), std::string("Pinning::unpinned")}) {
       if (what.find(needle) == std::string::npos) {
         std::fprintf(stderr, "message lacks '%s': %s\n", needle.c_str(), what.c_str());
         ok = false;
@@ -288,6 +291,68 @@ int open_fds() {
 
 TEST(BlockDeathTest, MemlockLimitGivesAClearErrorAndLeavesNothing) {
   EXPECT_EXIT(open_past_the_memlock_limit(), ::testing::ExitedWithCode(0), "");
+}
+
+// The code and message of the unimem::Error `f` throws.
+template <class F>
+std::pair<Errc, std::string> error_and_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return {e.code(), e.what()};
+  }
+  return {Errc{}, ""};
+}
+
+// The id attach would get for descriptor `fd` of this process.
+BlockId id_of(int fd) {
+  struct stat st {};
+  EXPECT_EQ(::fstat(fd, &st), 0);
+  return BlockId{::getpid(), fd, static_cast<std::uint64_t>(st.st_ino)};
+}
+
+// A directory cannot be opened for writing (EISDIR) and a socket not at all
+// through /proc (ENXIO); both are "not a Block", as the header documents.
+TEST(BlockAttach, ADirectoryOrASocketIsNotABlock) {
+  const int dir = ::open(std::filesystem::temp_directory_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(dir, 0);
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  for (const auto& [what, fd] : {std::pair{"directory", dir}, std::pair{"socket", sv[0]}}) {
+    for (bool read_only : {false, true}) {
+      BlockOptions o = unpinned();
+      o.read_only = read_only;
+      const auto [code, message] = error_and_message([&, fd = fd] { (void)Block::attach(id_of(fd), o); });
+      EXPECT_EQ(code, Errc::not_a_block) << what << (read_only ? ", read-only: " : ": ") << message;
+      EXPECT_NE(message.find("not a regular file"), std::string::npos) << message;
+    }
+  }
+  EXPECT_TRUE(testing::fd_is_open(dir)) << "attach must not close the owner's descriptor";
+  ::close(dir);
+  ::close(sv[0]);
+  ::close(sv[1]);
+}
+
+// A FIFO with no writer: a read-only open would wait for one forever. The
+// attach runs in a child that an alarm ends after 10 s (142: it hung).
+TEST(BlockAttach, AFifoIsRefusedWithoutBlocking) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("unimem_attach_fifo_" + std::to_string(::getpid()))).string();
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // a reader, not a writer
+  ASSERT_GE(fd, 0);
+  for (bool read_only : {true, false}) {
+    const int code = testing::exit_code_within(10, [&] {
+      BlockOptions o = unpinned();
+      o.read_only = read_only;
+      const auto [error, message] = error_and_message([&] { (void)Block::attach(id_of(fd), o); });
+      if (error != Errc::not_a_block) return 1;
+      return message.find("not a regular file") != std::string::npos ? 0 : 2;
+    });
+    EXPECT_EQ(code, 0) << (read_only ? "read-only" : "read-write") << " attach (1: another error, 142: it hung)";
+  }
+  ::close(fd);
+  ::unlink(path.c_str());
 }
 
 TEST(Errc, HasNames) {

@@ -1,7 +1,7 @@
 #include "copy_crew.hpp"
 
-#include <gtest/gtest.h>
 #include <grp.h>
+#include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,8 +19,8 @@ TEST(CopyCrew, CopiesEveryByteOfManyPiecesWithAnyCrewSize) {
   for (unsigned threads : {0u, 1u, 2u, 5u, 16u}) {
     CopyCrew crew(threads);
     EXPECT_GE(crew.threads(), 1u);
-    for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{4096}, std::size_t{1} << 20,
-                          src.size() - 3}) {
+    for (std::size_t n :
+         {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{4096}, std::size_t{1} << 20, src.size() - 3}) {
       std::vector<std::byte> dst(n + 16, std::byte{0xee});
       crew.copy(dst.data() + 8, src.data() + 3, n);
       EXPECT_EQ(std::memcmp(dst.data() + 8, src.data() + 3, n), 0) << threads << " threads, " << n << " bytes";

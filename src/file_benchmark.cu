@@ -56,7 +56,8 @@ void make_file(const std::string& path, std::size_t bytes) {
       x ^= x << 13, x ^= x >> 7, x ^= x << 17;
       w = x;
     }
-    out.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(std::min(bytes - done, buf.size() * 8)));
+    out.write(reinterpret_cast<const char*>(buf.data()),
+              static_cast<std::streamsize>(std::min(bytes - done, buf.size() * 8)));
   }
 }
 
@@ -192,12 +193,14 @@ int main(int argc, char** argv) {
     double t = time_once(cold, [&] { r = unimem::read_file(path, 0, block.bytes().first(bytes)); });
     report(std::string("host ") + c + ": unimem read_file -> Block (" + unimem::to_string(r.path) + ")", bytes, t);
     if (cold) {
-      for (auto [chunk, depth] : {std::pair<std::size_t, unsigned>{4 << 20, 8}, {4 << 20, 32}, {8 << 20, 16}, {256 << 10, 64}}) {
+      for (auto [chunk, depth] :
+           {std::pair<std::size_t, unsigned>{4 << 20, 8}, {4 << 20, 32}, {8 << 20, 16}, {256 << 10, 64}}) {
         unimem::ReadOptions o;
         o.chunk_bytes = chunk;
         o.queue_depth = depth;
         t = time_once(true, [&] { unimem::read_file(path, 0, block.bytes().first(bytes), o); });
-        report("host cold: unimem read_file, " + std::to_string(chunk >> 10) + " KiB x " + std::to_string(depth) + " in flight",
+        report("host cold: unimem read_file, " + std::to_string(chunk >> 10) + " KiB x " + std::to_string(depth) +
+                   " in flight",
                bytes, t);
       }
     }
@@ -270,8 +273,10 @@ int main(int argc, char** argv) {
     if (cold && !can_drop) continue;
     const char* c = cold ? "cold" : "warm";
     if (!cold) read_plain(path, heap.data(), bytes);
-    report(std::string("file->GPU ") + c + ": unimem copy_file_to_device (staged, read || DMA)", bytes, time_once(cold, pipelined));
-    report(std::string("file->GPU ") + c + ": read() -> malloc, cudaMemcpy (pageable)", bytes, time_once(cold, pageable));
+    report(std::string("file->GPU ") + c + ": unimem copy_file_to_device (staged, read || DMA)", bytes,
+           time_once(cold, pipelined));
+    report(std::string("file->GPU ") + c + ": read() -> malloc, cudaMemcpy (pageable)", bytes,
+           time_once(cold, pageable));
     if (cufile.ok) {
       const double t = time_once(cold, cufile_read);
       if (cufile_error.empty()) {

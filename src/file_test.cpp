@@ -1,9 +1,9 @@
 #include "unimem/file.hpp"
 
-#include <gtest/gtest.h>
-#include <grp.h>
-#include <sys/stat.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "platform/read_probe.hpp"
 #include "testing.hpp"
 #include "unimem/block.hpp"
 
@@ -32,7 +33,8 @@ struct TempFile {
     data.resize(bytes);
     std::mt19937_64 rng(seed);
     for (auto& b : data) b = static_cast<std::byte>(rng());
-    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(bytes));
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(bytes));
     evict();
   }
   // Drops the file from the page cache, so reads go to the disk (and O_DIRECT
@@ -49,7 +51,8 @@ struct TempFile {
 using testing::error_of;
 
 void expect_consistent(const ReadReport& r) {
-  EXPECT_EQ(r.path == ReadPath::io_uring_direct, r.fallback_reason.empty()) << to_string(r.path) << ": " << r.fallback_reason;
+  EXPECT_EQ(r.path == ReadPath::io_uring_direct, r.fallback_reason.empty())
+      << to_string(r.path) << ": " << r.fallback_reason;
   std::printf("path %s%s%s, %llu of %llu bytes buffered\n", to_string(r.path), r.fallback_reason.empty() ? "" : ": ",
               r.fallback_reason.c_str(), static_cast<unsigned long long>(r.buffered_bytes),
               static_cast<unsigned long long>(r.bytes));
@@ -96,10 +99,10 @@ TEST(ReadFile, UnalignedOffsetsAndDestinationsAndScatter) {
   TempFile f(5 * MiB + 77);
   Block b = Block::open(6 * MiB);
   const ReadSegment segments[] = {
-      {4096 * 3, b.data() + 4096, 2 * MiB},              // aligned: O_DIRECT where possible
-      {12345, b.data() + 3 * MiB + 12345 % 4096, MiB},   // offset and destination agree mod 4 KiB
-      {999, b.data() + 4 * MiB + 4097, 70000},           // they do not: page cache only
-      {f.data.size() - 10, b.data() + 5 * MiB, 10},      // the file's last bytes
+      {4096 * 3, b.data() + 4096, 2 * MiB},             // aligned: O_DIRECT where possible
+      {12345, b.data() + 3 * MiB + 12345 % 4096, MiB},  // offset and destination agree mod 4 KiB
+      {999, b.data() + 4 * MiB + 4097, 70000},          // they do not: page cache only
+      {f.data.size() - 10, b.data() + 5 * MiB, 10},     // the file's last bytes
   };
   ReadReport r = read_file(f.path, segments);
   for (const ReadSegment& s : segments) {
@@ -173,13 +176,164 @@ TEST(ReadFile, BadInputGivesClearErrors) {
   EXPECT_EQ(read_file(f.path, 0, std::span<std::byte>()).bytes, 0u);
 }
 
+// The code, errno and message of the unimem::Error `f` throws.
+struct Thrown {
+  Errc code{};
+  int sys_errno = 0;
+  std::string message;
+};
+template <class F>
+Thrown thrown_by(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return {e.code(), e.sys_errno(), e.what()};
+  }
+  return {};
+}
+
+// A failure reported by one completion while others are in flight: read_file
+// must reap every read the kernel took before it throws, since the caller may
+// free the destinations right away (Safetensors::load gives them back to its
+// Tape) while the kernel would still be writing into them.
+TEST(ReadFile, AFailedCompletionLeavesNoReadInFlight) {
+  TempFile f(2 * MiB);
+  for (bool direct : {false, true}) {
+    f.evict();
+    Block b = Block::open(f.data.size());
+    detail::ReadRingProbe probe;
+    probe.fail_completion = 3;
+    probe.fail_errno = EIO;
+    ReadOptions o;
+    o.direct = direct;
+    o.chunk_bytes = 4096;  // 512 reads, 64 at a time: the third fails amid the rest
+    o.queue_depth = 64;
+    detail::set_read_ring_probe(&probe);
+    const Thrown t = thrown_by([&] { read_file(f.path, 0, b.bytes().first(f.data.size()), o); });
+    detail::set_read_ring_probe(nullptr);
+    if (probe.submitted == 0) GTEST_SKIP() << "io_uring is unavailable here: " << t.message;
+    std::printf("direct %d: %zu reads submitted, %zu reaped when it threw\n", direct, probe.submitted, probe.reaped);
+    EXPECT_EQ(t.code, Errc::system) << t.message;
+    EXPECT_EQ(t.sys_errno, EIO) << t.message;
+    EXPECT_NE(t.message.find("failed"), std::string::npos) << t.message;
+    EXPECT_GT(probe.submitted, probe.fail_completion) << "the failure should come with reads still in flight";
+    EXPECT_EQ(probe.reaped, probe.submitted) << "read_file threw with " << probe.submitted - probe.reaped
+                                             << " reads still in flight (direct " << direct << ")";
+  }
+}
+
+// The same for an exception from the progress callback.
+TEST(ReadFile, AThrowingProgressCallbackLeavesNoReadInFlight) {
+  TempFile f(2 * MiB);
+  Block b = Block::open(f.data.size());
+  detail::ReadRingProbe probe;
+  ReadOptions o;
+  o.direct = false;
+  o.chunk_bytes = 4096;
+  o.queue_depth = 64;
+  o.progress = [](std::uint64_t, std::uint64_t) { throw std::runtime_error("stop"); };
+  detail::set_read_ring_probe(&probe);
+  bool caught = false;
+  try {
+    read_file(f.path, 0, b.bytes().first(f.data.size()), o);
+  } catch (const std::runtime_error& e) {
+    caught = std::string(e.what()) == "stop";
+  }
+  detail::set_read_ring_probe(nullptr);
+  if (probe.submitted == 0) GTEST_SKIP() << "io_uring is unavailable here";
+  EXPECT_TRUE(caught) << "the callback's exception reaches the caller";
+  EXPECT_EQ(probe.reaped, probe.submitted) << "read_file threw with reads still in flight";
+}
+
+// io_uring takes a 32-bit length and Linux moves at most 2 GiB - 4 KiB per
+// read: a chunk of 4 GiB used to become a read of 0 bytes.
+TEST(ReadFile, ChunkBytesAbove1GiBIsRefused) {
+  TempFile f(64 * 1024);
+  std::vector<std::byte> dest(f.data.size());
+  for (std::size_t chunk :
+       {std::size_t{4} << 30, (std::size_t{4} << 30) + 4096, (std::size_t{1} << 30) + 1, SIZE_MAX}) {
+    ReadOptions o;
+    o.chunk_bytes = chunk;
+    const Thrown t = thrown_by([&] { read_file(f.path, 0, dest, o); });
+    EXPECT_EQ(t.code, Errc::invalid_argument) << "chunk_bytes " << chunk << ": " << t.message;
+    EXPECT_NE(t.message.find("chunk_bytes"), std::string::npos) << t.message;
+  }
+  ReadOptions o;
+  o.chunk_bytes = std::size_t{1} << 30;  // the largest allowed
+  EXPECT_EQ(read_file(f.path, 0, dest, o).bytes, f.data.size());
+  EXPECT_EQ(std::memcmp(dest.data(), f.data.data(), f.data.size()), 0);
+}
+
+// A FIFO without a writer: opening it to read blocks forever, so every entry
+// point must check the type first. Each call runs in a child that an alarm
+// ends after 10 s (exit 142 = it hung).
+struct Fifo {
+  fs::path path;
+  Fifo() {
+    static std::atomic<int> counter{0};
+    path = fs::temp_directory_path() / ("unimem_fifo_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    if (::mkfifo(path.c_str(), 0600) != 0) path.clear();
+  }
+  ~Fifo() {
+    if (!path.empty()) fs::remove(path);
+  }
+};
+
+// 0: Error(code) naming "not a regular file"; 1: another code; 2: another message; 3: no error.
+template <class F>
+int refused_as(Errc code, F&& f) {
+  const Thrown t = thrown_by(f);
+  if (t.code == Errc{}) return 3;
+  if (t.code != code) return 1;
+  return t.message.find("not a regular file") != std::string::npos ? 0 : 2;
+}
+
+TEST(ReadFile, AFifoIsRefusedWithoutBlocking) {
+  Fifo fifo;
+  ASSERT_FALSE(fifo.path.empty()) << "mkfifo failed";
+  EXPECT_EQ(testing::exit_code_within(10,
+                                      [&] {
+                                        std::byte byte[1];
+                                        return refused_as(Errc::invalid_argument,
+                                                          [&] { read_file(fifo.path, 0, byte); });
+                                      }),
+            0)
+      << "read_file (142: it hung)";
+  EXPECT_EQ(testing::exit_code_within(10,
+                                      [&] {
+                                        ReadOptions o;
+                                        o.io_uring = false;
+                                        o.direct = false;
+                                        std::byte byte[1];
+                                        return refused_as(Errc::invalid_argument,
+                                                          [&] { read_file(fifo.path, 0, byte, o); });
+                                      }),
+            0)
+      << "read_file, pread (142: it hung)";
+  EXPECT_EQ(
+      testing::exit_code_within(
+          10, [&] { return refused_as(Errc::invalid_argument, [&] { (void)page_cache_fraction(fifo.path, 0, 1); }); }),
+      0)
+      << "page_cache_fraction (142: it hung)";
+}
+
+TEST(MapFile, AFifoIsRefusedWithoutBlocking) {
+  Fifo fifo;
+  ASSERT_FALSE(fifo.path.empty()) << "mkfifo failed";
+  EXPECT_EQ(testing::exit_code_within(
+                10, [&] { return refused_as(Errc::invalid_argument, [&] { (void)Block::map_file(fifo.path); }); }),
+            0)
+      << "Block::map_file (142: it hung)";
+}
+
 TEST(ReadFile, UnreadableFileIsPermissionDenied) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
   TempFile f(4096);
   fs::permissions(f.path, fs::perms::owner_read | fs::perms::owner_write);
   EXPECT_EXIT(
       {
-        if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+        if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+            ::setresuid(65534, 65534, 65534) != 0) {
           std::_Exit(4);
         }
         std::vector<std::byte> dest(4096);

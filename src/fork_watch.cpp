@@ -38,8 +38,10 @@ struct ForkWatchList {
   }
   void unlink(ForkWatch& w) noexcept {
     std::lock_guard lock(mutex);
-    if (w.prev_ != nullptr) w.prev_->next_ = w.next_;
-    else first = w.next_;
+    if (w.prev_ != nullptr)
+      w.prev_->next_ = w.next_;
+    else
+      first = w.next_;
     if (w.next_ != nullptr) w.next_->prev_ = w.prev_;
   }
 

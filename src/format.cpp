@@ -1,7 +1,8 @@
-// src/format.cpp — binary-unit formatting shared by error messages and stat().
+// src/format.cpp — binary-unit formatting and errno text shared by error messages and stat().
 #include "format.hpp"
 
 #include <cstdio>
+#include <cstring>
 
 namespace unimem::detail {
 
@@ -24,6 +25,21 @@ std::string format_usage_line(const char* name, std::size_t used, std::size_t to
   std::snprintf(line, sizeof line, "%-8s %10s / %10s  (%5.1f%%)%s\n", name, format_bytes(used).c_str(),
                 format_bytes(total).c_str(), total ? 100.0 * double(used) / double(total) : 0.0, note);
   return line;
+}
+
+namespace {
+// strerror_r comes in two flavours: GNU (returns the text, which may or may not
+// be `buf`) and XSI (returns 0 and fills `buf`). Overloading on the return type
+// picks the right reading for whichever the C library declares.
+[[maybe_unused]] const char* strerror_result(const char* text, const char*) { return text; }
+[[maybe_unused]] const char* strerror_result(int status, const char* buf) { return status == 0 ? buf : nullptr; }
+}  // namespace
+
+std::string errno_text(int err) {
+  char buf[256] = {};
+  const char* text = strerror_result(::strerror_r(err, buf, sizeof buf), buf);
+  if (text == nullptr || *text == '\0') return "error " + std::to_string(err);
+  return text;
 }
 
 }  // namespace unimem::detail

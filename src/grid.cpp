@@ -74,9 +74,7 @@ GridCore::GridCore(std::size_t cell_size, std::size_t cells, const BlockOptions&
   list().format();  // lowest index first: 0 -> 1 -> ... -> cells-1 -> none
 }
 
-TaggedStack GridCore::list() noexcept {
-  return TaggedStack(&head_, next_.get(), static_cast<std::uint32_t>(cells_));
-}
+TaggedStack GridCore::list() noexcept { return TaggedStack(&head_, next_.get(), static_cast<std::uint32_t>(cells_)); }
 
 void GridCore::on_fork_child(void* core) noexcept { static_cast<GridCore*>(core)->forked_ = true; }
 

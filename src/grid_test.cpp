@@ -311,7 +311,7 @@ TEST(GridFork, ChildRefusesToTakeCellsTheParentOwns) {
     int status = 0;
     if (grid.take() || uncached.take()) status |= 1;  // would be cells the parent hands out too
     if (!grid.forked() || !uncached.forked()) status |= 2;
-    held.reset();  // giving back in the child is harmless ...
+    held.reset();                  // giving back in the child is harmless ...
     if (grid.take()) status |= 4;  // ... and still does not make cells takeable here
     std::_Exit(status);
   }

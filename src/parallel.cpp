@@ -15,7 +15,7 @@ namespace {
 // First touch runs at ~1.5 GB/s per thread in a VM: 4 MiB is ~3 ms of work,
 // against ~50 us to start a thread.
 constexpr std::size_t kBytesPerThread = 4u << 20;
-}
+}  // namespace
 
 unsigned default_threads(std::size_t bytes) noexcept {
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());

@@ -6,9 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <thread>
-#include <set>
 #include <utility>
 #include <vector>
 

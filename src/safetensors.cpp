@@ -2,7 +2,19 @@
 //
 // Parsing trusts nothing: every field is type-checked, sizes are computed with
 // overflow checks, and offsets are checked against the file before any memory
-// is taken (the parser is fuzzed: fuzz/safetensors_header_fuzzer.cpp).
+// is taken (the parser is fuzzed: fuzz/safetensors_header_fuzzer.cpp). It
+// accepts what the reference implementation (the Rust `safetensors` crate,
+// read_metadata + Metadata::validate) accepts, and the format's rule that no
+// key repeats: a file one implementation loads and the other refuses, or reads
+// differently, is how polyglot files sneak in. So:
+//   * the header is UTF-8 JSON (serde_json's grammar: whitespace around the
+//     object is fine). nlohmann-json ends its input at a NUL byte and skips a
+//     byte-order mark, which serde_json refuses, so both are refused first;
+//   * no object repeats a key (nlohmann keeps the last one: a tensor would
+//     silently vanish);
+//   * sorted by offsets, the tensors tile the data section exactly: the first
+//     starts at 0, each starts where the one before ends (no hole, no
+//     overlap), and the last ends at the end of the file.
 #include "unimem/safetensors.hpp"
 
 #include <algorithm>
@@ -10,6 +22,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <string_view>
 
 namespace unimem {
 namespace {
@@ -22,13 +35,15 @@ struct DTypeName {
   std::size_t bytes;
 };
 constexpr DTypeName kDTypes[] = {
-    {DType::BOOL, "BOOL", 1}, {DType::U8, "U8", 1},   {DType::I8, "I8", 1},   {DType::F8_E5M2, "F8_E5M2", 1},
+    {DType::BOOL, "BOOL", 1},       {DType::U8, "U8", 1},   {DType::I8, "I8", 1},   {DType::F8_E5M2, "F8_E5M2", 1},
     {DType::F8_E4M3, "F8_E4M3", 1}, {DType::I16, "I16", 2}, {DType::U16, "U16", 2}, {DType::F16, "F16", 2},
-    {DType::BF16, "BF16", 2}, {DType::I32, "I32", 4}, {DType::U32, "U32", 4}, {DType::F32, "F32", 4},
-    {DType::I64, "I64", 8},   {DType::U64, "U64", 8}, {DType::F64, "F64", 8},
+    {DType::BF16, "BF16", 2},       {DType::I32, "I32", 4}, {DType::U32, "U32", 4}, {DType::F32, "F32", 4},
+    {DType::I64, "I64", 8},         {DType::U64, "U64", 8}, {DType::F64, "F64", 8},
 };
 
-[[noreturn]] void bad(const std::string& why) { throw Error(Errc::bad_format, 0, "unimem: not a valid safetensors file: " + why); }
+[[noreturn]] void bad(const std::string& why) {
+  throw Error(Errc::bad_format, 0, "unimem: not a valid safetensors file: " + why);
+}
 
 std::uint64_t read_le64(const std::byte* p) {
   std::uint64_t v = 0;
@@ -36,14 +51,16 @@ std::uint64_t read_le64(const std::byte* p) {
   return v;
 }
 
-TensorInfo parse_tensor(const std::string& name, const nlohmann::json& t, std::uint64_t data_offset, std::uint64_t data_size) {
+TensorInfo parse_tensor(const std::string& name, const nlohmann::json& t, std::uint64_t data_offset,
+                        std::uint64_t data_size) {
   if (!t.is_object()) bad("entry '" + name + "' is not an object");
   TensorInfo info;
   info.name = name;
   const auto dtype = t.find("dtype");
   if (dtype == t.end() || !dtype->is_string()) bad("tensor '" + name + "' has no dtype string");
   const std::string& dt = dtype->get_ref<const std::string&>();
-  const auto known = std::find_if(std::begin(kDTypes), std::end(kDTypes), [&](const DTypeName& d) { return dt == d.name; });
+  const auto known =
+      std::find_if(std::begin(kDTypes), std::end(kDTypes), [&](const DTypeName& d) { return dt == d.name; });
   if (known == std::end(kDTypes)) bad("tensor '" + name + "' has an unknown dtype '" + dt + "'");
   info.dtype = known->dtype;
   const auto shape = t.find("shape");
@@ -67,7 +84,8 @@ TensorInfo parse_tensor(const std::string& name, const nlohmann::json& t, std::u
         ") outside the data section of " + std::to_string(data_size) + " bytes");
   }
   if (end - begin != bytes) {
-    bad("tensor '" + name + "' spans " + std::to_string(end - begin) + " bytes but its dtype and shape need " + std::to_string(bytes));
+    bad("tensor '" + name + "' spans " + std::to_string(end - begin) + " bytes but its dtype and shape need " +
+        std::to_string(bytes));
   }
   info.file_offset = data_offset + begin;
   info.bytes = bytes;
@@ -100,15 +118,38 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> prefix, st
   h.data_offset = 8 + n;
   const std::uint64_t data_size = file_size - h.data_offset;
   const auto* text = reinterpret_cast<const char*>(prefix.data() + 8);
+  const std::string_view header(text, static_cast<std::size_t>(n));
+  if (const std::size_t nul = header.find('\0'); nul != std::string_view::npos) {
+    bad("the header has a NUL byte at offset " + std::to_string(nul) + " (JSON allows none)");
+  }
+  if (header.starts_with("\xEF\xBB\xBF")) bad("the header starts with a byte-order mark (JSON allows none)");
+  // Keys seen in each object being parsed, innermost last.
+  std::vector<std::set<std::string, std::less<>>> keys;
+  const nlohmann::json::parser_callback_t no_repeated_keys = [&](int, nlohmann::json::parse_event_t event,
+                                                                 nlohmann::json& parsed) {
+    if (event == nlohmann::json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == nlohmann::json::parse_event_t::object_end) {
+      keys.pop_back();
+    } else if (event == nlohmann::json::parse_event_t::key) {
+      const std::string& key = parsed.get_ref<const std::string&>();
+      if (!keys.back().insert(key).second) {
+        bad("the header has the key '" + key + "' twice" +
+            (keys.size() == 1 && key != "__metadata__" ? " (two tensors of one name)" : ""));
+      }
+    }
+    return true;
+  };
   nlohmann::json json;
   try {
-    json = nlohmann::json::parse(text, text + n);
+    json = nlohmann::json::parse(text, text + n, no_repeated_keys);
   } catch (const nlohmann::json::exception& e) {
     bad(std::string("the header is not valid JSON (") + e.what() + ")");
   }
   if (!json.is_object()) bad("the header is not a JSON object");
   for (const auto& [key, value] : json.items()) {
     if (key == "__metadata__") {
+      if (value.is_null()) continue;  // as the reference reads it: no metadata
       if (!value.is_object()) bad("__metadata__ is not an object");
       for (const auto& [mk, mv] : value.items()) {
         if (!mv.is_string()) bad("__metadata__ value '" + mk + "' is not a string");
@@ -118,13 +159,26 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> prefix, st
     }
     h.tensors.push_back(parse_tensor(key, value, h.data_offset, data_size));
   }
-  std::sort(h.tensors.begin(), h.tensors.end(),
-            [](const TensorInfo& a, const TensorInfo& b) { return a.file_offset != b.file_offset ? a.file_offset < b.file_offset : a.bytes < b.bytes; });
-  for (std::size_t i = 1; i < h.tensors.size(); ++i) {
-    const TensorInfo& prev = h.tensors[i - 1];
-    if (prev.bytes != 0 && h.tensors[i].file_offset < prev.file_offset + prev.bytes) {
-      bad("tensors '" + prev.name + "' and '" + h.tensors[i].name + "' overlap");
+  // By [begin, end), as the reference sorts them; then they must tile the data
+  // section. Every byte of it belongs to exactly one tensor.
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.file_offset != b.file_offset ? a.file_offset < b.file_offset : a.bytes < b.bytes;
+  });
+  std::uint64_t end = h.data_offset;  // where the tensors so far end, in the file
+  for (std::size_t i = 0; i < h.tensors.size(); ++i) {
+    const TensorInfo& t = h.tensors[i];
+    if (t.file_offset < end) bad("tensors '" + h.tensors[i - 1].name + "' and '" + t.name + "' overlap");
+    if (t.file_offset > end) {
+      bad("the data section has a hole: bytes [" + std::to_string(end - h.data_offset) + ", " +
+          std::to_string(t.file_offset - h.data_offset) + ") before tensor '" + t.name + "' belong to no tensor");
     }
+    end = t.file_offset + t.bytes;
+  }
+  if (end != file_size) {
+    bad("the data section has " + std::to_string(file_size - end) + " bytes after " +
+        (h.tensors.empty() ? std::string("the header, and no tensor")
+                           : "the last tensor '" + h.tensors.back().name + "'") +
+        " (the tensors must cover it exactly)");
   }
   return h;
 }
@@ -153,11 +207,13 @@ void save_safetensors(const std::string& path, std::span<const TensorData> tenso
     std::uint64_t bytes = dtype_bytes(t.dtype);
     for (std::uint64_t d : t.shape) bytes *= d;
     if (bytes != t.data.size()) {
-      throw Error(Errc::invalid_argument, 0, "unimem: save_safetensors: tensor '" + t.name + "' has " +
-                                                 std::to_string(t.data.size()) + " bytes, its shape needs " + std::to_string(bytes));
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: save_safetensors: tensor '" + t.name + "' has " + std::to_string(t.data.size()) +
+                      " bytes, its shape needs " + std::to_string(bytes));
     }
     if (t.name == "__metadata__" || !names.insert(t.name).second) {
-      throw Error(Errc::invalid_argument, 0, "unimem: save_safetensors: tensor name '" + t.name + "' is reserved or repeated");
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: save_safetensors: tensor name '" + t.name + "' is reserved or repeated");
     }
     header[t.name] = {{"dtype", to_string(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
@@ -167,7 +223,13 @@ void save_safetensors(const std::string& path, std::span<const TensorData> tenso
     for (const auto& [k, v] : metadata) m[k] = v;
     header["__metadata__"] = m;
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();  // strict: throws on a name or value that is not UTF-8
+  } catch (const nlohmann::json::exception&) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: save_safetensors: a tensor name or metadata entry is not valid UTF-8");
+  }
   text.resize((text.size() + 7) / 8 * 8, ' ');  // pad: the data section starts 8-aligned
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   std::uint64_t n = text.size();
@@ -175,18 +237,21 @@ void save_safetensors(const std::string& path, std::span<const TensorData> tenso
   for (int i = 0; i < 8; ++i) length[i] = static_cast<char>((n >> (8 * i)) & 0xff);
   out.write(length, 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const TensorData& t : tensors) out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size()));
+  for (const TensorData& t : tensors)
+    out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size()));
   if (!out.good()) throw Error(Errc::system, errno, "unimem: save_safetensors: cannot write " + path);
 }
 
 Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_t align, const ReadOptions& options) {
   if (align == 0 || (align & (align - 1)) != 0) {
-    throw Error(Errc::invalid_argument, 0, "unimem: Safetensors::load: alignment " + std::to_string(align) + " is not a power of two");
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: Safetensors::load: alignment " + std::to_string(align) + " is not a power of two");
   }
   Safetensors model;
   model.header_ = read_safetensors_header(path);
   const SafetensorsHeader& h = model.header_;
-  const std::uint64_t file_end = h.tensors.empty() ? h.data_offset : h.tensors.back().file_offset + h.tensors.back().bytes;
+  const std::uint64_t file_end =
+      h.tensors.empty() ? h.data_offset : h.tensors.back().file_offset + h.tensors.back().bytes;
 
   // In place when the file already aligns every tensor (relative to a 4 KiB
   // placement of the file, which O_DIRECT needs anyway).
@@ -203,7 +268,8 @@ Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_
     region_bytes = static_cast<std::size_t>(std::max<std::uint64_t>(file_end - first, 1));
     region = weights.take(region_bytes, kPage);
     if (region) {
-      if (file_end > h.data_offset) segments.push_back({h.data_offset, region.ptr + (h.data_offset - first), file_end - h.data_offset});
+      if (file_end > h.data_offset)
+        segments.push_back({h.data_offset, region.ptr + (h.data_offset - first), file_end - h.data_offset});
       for (std::size_t i = 0; i < h.tensors.size(); ++i) places[i] = region.ptr + (h.tensors[i].file_offset - first);
     }
   } else {
@@ -221,16 +287,19 @@ Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_
   }
   if (!region) {
     throw Error(Errc::out_of_memory, 0,
-                "unimem: Safetensors::load: " + path + " needs " + std::to_string(region_bytes) + " bytes; the Tape has " +
-                    std::to_string(weights.free()) + " free");
+                "unimem: Safetensors::load: " + path + " needs " + std::to_string(region_bytes) +
+                    " bytes; the Tape has " + std::to_string(weights.free()) + " free");
   }
   try {
     model.report_ = read_file(path, segments, options);
   } catch (...) {
-    weights.untake(region, region_bytes);  // nothing half-loaded stays taken
+    // Nothing half-loaded stays taken; untake refuses (false) when another
+    // take came after ours, and then the space stays taken until a clear.
+    (void)weights.untake(region, region_bytes);
     throw;
   }
-  // Tensors in header order for the caller; `info` points into header_.
+  // Tensors in file order, as header_.tensors; `info` points into header_
+  // (which is why Safetensors is move-only).
   model.tensors_.reserve(h.tensors.size());
   for (std::size_t i = 0; i < h.tensors.size(); ++i) model.tensors_.push_back({&h.tensors[i], places[i]});
   return model;

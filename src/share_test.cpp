@@ -3,9 +3,9 @@
 // started with fork + exec (src/share_helper.cpp).
 #include "unimem/share.hpp"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -16,16 +16,16 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
-#include <memory>
-#include <thread>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <fstream>
 #include <functional>
+#include <memory>
+#include <new>
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shared_grid_header.hpp"
@@ -102,8 +102,8 @@ std::string read_line(int fd) {
 
 // A flag in shared anonymous memory, so forked children start together.
 struct StartLine {
-  std::atomic<int>* flag = static_cast<std::atomic<int>*>(
-      ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  std::atomic<int>* flag =
+      static_cast<std::atomic<int>*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   StartLine() { new (flag) std::atomic<int>(0); }
   ~StartLine() { ::munmap(flag, 4096); }
   void wait() const {
@@ -121,8 +121,8 @@ TEST(BlockId, RoundTripsThroughText) {
   EXPECT_TRUE(id);
   EXPECT_EQ(BlockId::parse(id.to_string()), id);
   EXPECT_EQ(id.to_string().rfind("unimem:", 0), 0u);
-  for (const char* bad : {"", "unimem:", "unimem:1:2", "unimem:a:2:3", "unimem:1:2:0", "unimem:0:2:3",
-                          "unimem:1:-1:3", "blocky:1:2:3", "unimem:1:2:3:4", "unimem:1:2:3x"}) {
+  for (const char* bad : {"", "unimem:", "unimem:1:2", "unimem:a:2:3", "unimem:1:2:0", "unimem:0:2:3", "unimem:1:-1:3",
+                          "blocky:1:2:3", "unimem:1:2:3:4", "unimem:1:2:3x"}) {
     EXPECT_EQ(error_of([&] { (void)BlockId::parse(bad); }), Errc::invalid_argument) << bad;
   }
 }
@@ -242,7 +242,8 @@ TEST(Share, ReceiveRefusesWhatIsNotABlock) {
       {"bad magic", [&](int s) { send_raw(s, a.handle(), bad, a.size(), a.id().object); }},
       {"no descriptor", [&](int s) { send_raw(s, -1, good, a.size(), a.id().object); }},
       {"not a unimem memfd", [&](int s) { send_raw(s, plain, good, MiB, 1); }},
-      {"/dev/null", [&](int s) {
+      {"/dev/null",
+       [&](int s) {
          const int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
          send_raw(s, null, good, a.size(), 1);
          ::close(null);
@@ -250,7 +251,7 @@ TEST(Share, ReceiveRefusesWhatIsNotABlock) {
       {"header does not match", [&](int s) { send_raw(s, a.handle(), good, a.size() * 2, a.id().object); }},
   };
   const Errc expected[] = {Errc::disconnected, Errc::not_a_block, Errc::not_a_block,
-                           Errc::not_a_block, Errc::not_a_block, Errc::not_a_block};
+                           Errc::not_a_block,  Errc::not_a_block, Errc::not_a_block};
   for (std::size_t i = 0; i < cases.size(); ++i) {
     int sv[2];
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -590,7 +591,8 @@ TEST(SharedGrid, ATakerStalledAcross2To32OperationsCannotUseAStaleLink) {
 
   stall::guarded = stalled.block().data();
   stall::guarded_bytes = page;
-  struct sigaction action {}, previous{};
+  struct sigaction action {
+  }, previous{};
   action.sa_sigaction = &stall::on_segv;
   action.sa_flags = SA_SIGINFO;
   ASSERT_EQ(::sigaction(SIGSEGV, &action, &previous), 0);

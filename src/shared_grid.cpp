@@ -74,8 +74,7 @@ SharedGridCore::SharedGridCore(Block block, std::size_t cell_size, std::size_t c
     auto* h = std::launder(reinterpret_cast<SharedGridHeader*>(block_.data()));
     char magic[sizeof kMagic];
     std::memcpy(magic, h->magic, sizeof magic);
-    const std::uint64_t size = read_once(h->cell_size), count = read_once(h->cells),
-                        offset = read_once(h->data_offset);
+    const std::uint64_t size = read_once(h->cell_size), count = read_once(h->cells), offset = read_once(h->data_offset);
     const bool ok = std::memcmp(magic, kMagic, sizeof kMagic) == 0 && size != 0 && size % kCellAlign == 0 &&
                     count != 0 && count < TaggedStack::kNone && offset == data_offset_for(count) &&
                     offset <= block_.size() && size <= (block_.size() - offset) / count;

@@ -37,8 +37,10 @@ constexpr char kMagic[8] = {'u', 'n', 'i', 'm', 'e', 'm', 'T', '1'};
 SharedTape::SharedTape(Block block, bool format) : block_(std::move(block)) {
   const std::size_t page = Block::page_size();
   if (format) {
-    if (block_.read_only()) throw Error(Errc::invalid_argument, 0, "unimem: SharedTape::create: the Block is read-only");
-    if (block_.size() < 2 * page) throw Error(Errc::invalid_argument, 0, "unimem: SharedTape::create: the Block needs at least two pages");
+    if (block_.read_only())
+      throw Error(Errc::invalid_argument, 0, "unimem: SharedTape::create: the Block is read-only");
+    if (block_.size() < 2 * page)
+      throw Error(Errc::invalid_argument, 0, "unimem: SharedTape::create: the Block needs at least two pages");
     auto* h = new (block_.data()) detail::SharedTapeHeader{};
     h->data_offset = page;
     h->capacity = block_.size() - page;

@@ -21,9 +21,7 @@
 
 namespace unimem {
 
-Tape Tape::start(std::size_t bytes, const BlockOptions& options) {
-  return Tape(Block::open(bytes, options));
-}
+Tape Tape::start(std::size_t bytes, const BlockOptions& options) { return Tape(Block::open(bytes, options)); }
 
 Tape::Tape(Block block) : block_(std::move(block)) {
   if (block_.empty()) {
@@ -103,7 +101,8 @@ Taken Tape::Lane::hand_out(std::byte* p, std::size_t size) noexcept {
 }
 
 Taken Tape::Lane::take_slow(std::size_t size, std::size_t align) noexcept {
-  if (const TakeStatus bad = detail::check_take(size, align, tape_->total()); bad != TakeStatus::ok) return {nullptr, bad};
+  if (const TakeStatus bad = detail::check_take(size, align, tape_->total()); bad != TakeStatus::ok)
+    return {nullptr, bad};
   // A large request would waste most of a chunk: serve it from the cursor.
   if (size > chunk_ / 2 || align > chunk_ / 2) return tape_->take(size, align);
   for (;;) {
@@ -121,7 +120,7 @@ Taken Tape::Lane::take_slow(std::size_t size, std::size_t align) noexcept {
     const std::uintptr_t p = (next_ + (align - 1)) & ~(std::uintptr_t{align} - 1);
     next_ = p + size;
     if constexpr (kRedZone != 0) next_ += std::min<std::uintptr_t>(kRedZone, end_ - next_);
-    return hand_out(reinterpret_cast<std::byte*>(p), size);
+    return hand_out(reinterpret_cast<std::byte*>(p), size);  // NOLINT(performance-no-int-to-ptr): see tape.hpp
   }
 }
 

@@ -9,9 +9,9 @@
 // sized for every timed take (iterations are fixed), so no take runs on a
 // full tape, and a failed take aborts the row.
 #include <algorithm>
+#include <cstdlib>
 #include <memory_resource>
 #include <new>
-#include <cstdlib>
 
 #include "benchmark_util.hpp"
 #include "unimem/tape.hpp"
@@ -81,9 +81,9 @@ void malloc_free(benchmark::State& state) {
 void new_delete(benchmark::State& state) {
   const auto size = static_cast<std::size_t>(state.range(0));
   for (auto _ : state) {
-    void* p = ::operator new(size, std::align_val_t{kAlign});
+    void* p = ::operator new (size, std::align_val_t{kAlign});
     benchmark::DoNotOptimize(p);
-    ::operator delete(p, std::align_val_t{kAlign});
+    ::operator delete (p, std::align_val_t{kAlign});
   }
   state.SetItemsProcessed(state.iterations());
 }
@@ -122,17 +122,31 @@ int register_all() {
   for (std::size_t size : {std::size_t{64}, std::size_t{4096}, std::size_t{1} << 20}) {
     const auto n = iterations_for(size);
     with_threads(benchmark::RegisterBenchmark("take/tape-shared", shared_take))
-        ->Arg(static_cast<std::int64_t>(size))->Iterations(n)->Setup(make_tape)->Teardown(drop_tape);
+        ->Arg(static_cast<std::int64_t>(size))
+        ->Iterations(n)
+        ->Setup(make_tape)
+        ->Teardown(drop_tape);
     with_threads(benchmark::RegisterBenchmark("take/tape-lane", lane_take))
-        ->Arg(static_cast<std::int64_t>(size))->Iterations(n)->Setup(make_tape)->Teardown(drop_tape);
+        ->Arg(static_cast<std::int64_t>(size))
+        ->Iterations(n)
+        ->Setup(make_tape)
+        ->Teardown(drop_tape);
     with_threads(benchmark::RegisterBenchmark(malloc_row.c_str(), malloc_free))->Arg(static_cast<std::int64_t>(size));
     with_threads(benchmark::RegisterBenchmark("take/new-delete", new_delete))->Arg(static_cast<std::int64_t>(size));
     with_threads(benchmark::RegisterBenchmark("take/pmr-monotonic", pmr_monotonic))
-        ->Arg(static_cast<std::int64_t>(size))->Iterations(n);
+        ->Arg(static_cast<std::int64_t>(size))
+        ->Iterations(n);
   }
-  benchmark::RegisterBenchmark("clear/tape", clear_only)->Arg(64)->Setup(make_tape)->Teardown(drop_tape)->Iterations(1 << 22);
+  benchmark::RegisterBenchmark("clear/tape", clear_only)
+      ->Arg(64)
+      ->Setup(make_tape)
+      ->Teardown(drop_tape)
+      ->Iterations(1 << 22);
   benchmark::RegisterBenchmark("clear/tape-take-then-clear", take_then_clear)
-      ->Arg(64)->Setup(make_tape)->Teardown(drop_tape)->Iterations(1 << 22);
+      ->Arg(64)
+      ->Setup(make_tape)
+      ->Teardown(drop_tape)
+      ->Iterations(1 << 22);
   return 0;
 }
 const int registered = register_all();

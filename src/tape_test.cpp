@@ -37,14 +37,14 @@ TEST(Tape, TakesConsecutiveAlignedPiecesInsideItsBlock) {
   ASSERT_TRUE(a);
   EXPECT_EQ(a.status, TakeStatus::ok);
   EXPECT_EQ(a.ptr, t.block().data());
-  EXPECT_EQ(t.used(), 10u);
+  EXPECT_EQ(t.used(), 10u + Tape::kRedZone);  // ASan builds leave a red zone after each take
 
   Taken b = t.take(100, 64);
   ASSERT_TRUE(b);
   EXPECT_TRUE(aligned(b.ptr, 64));
   EXPECT_EQ(b.ptr, t.block().data() + 64);
-  EXPECT_EQ(t.used(), 164u);  // padding counts as used
-  EXPECT_EQ(t.free(), t.total() - 164u);
+  EXPECT_EQ(t.used(), 164u + Tape::kRedZone);  // padding counts as used
+  EXPECT_EQ(t.free(), t.total() - 164u - Tape::kRedZone);
   EXPECT_TRUE(t.owns(b.ptr));
   EXPECT_TRUE(t.owns(b.ptr + 99));
 
@@ -79,7 +79,7 @@ TEST(Tape, RejectsBadAlignmentWithoutMovingTheCursor) {
     Taken r = t.take(8, align);
     EXPECT_FALSE(r) << align;
     EXPECT_EQ(r.status, TakeStatus::invalid_align) << align;
-    EXPECT_EQ(t.used(), 3u);
+    EXPECT_EQ(t.used(), 3u + Tape::kRedZone);
   }
 }
 
@@ -90,7 +90,7 @@ TEST(Tape, RejectsZeroAndImpossibleSizesWithoutMovingTheCursor) {
     Taken r = t.take(size, 64);
     EXPECT_FALSE(r) << size;
     EXPECT_EQ(r.status, TakeStatus::invalid_size) << size;
-    EXPECT_EQ(t.used(), 3u);
+    EXPECT_EQ(t.used(), 3u + Tape::kRedZone);
   }
 }
 
@@ -99,11 +99,12 @@ TEST(Tape, FullIsToldApartAndClearMakesRoom) {
   ASSERT_TRUE(t.take(4000, 1));
   Taken r = t.take(200, 1);
   EXPECT_EQ(r.status, TakeStatus::full);
-  EXPECT_EQ(t.used(), 4000u);
+  EXPECT_EQ(t.used(), 4000u + Tape::kRedZone);
   // Fits in size, but not once aligned.
   r = t.take(64, 2048);
   EXPECT_EQ(r.status, TakeStatus::full);
-  EXPECT_TRUE(t.take(96, 1));  // exactly what is left
+  EXPECT_EQ(t.free(), 96u - Tape::kRedZone);
+  EXPECT_TRUE(t.take(t.free(), 1));  // exactly what is left (a red zone is left out where it does not fit)
   EXPECT_EQ(t.free(), 0u);
   EXPECT_EQ(t.take(1, 1).status, TakeStatus::full);
   // An alignment no address in the Block can meet within it.
@@ -151,12 +152,12 @@ TEST(Tape, MoveKeepsTheCursor) {
   Tape a = Tape::start(4096);
   ASSERT_TRUE(a.take(100, 1));
   Tape b = std::move(a);
-  EXPECT_EQ(b.used(), 100u);
+  EXPECT_EQ(b.used(), 100u + Tape::kRedZone);
   EXPECT_EQ(a.total(), 0u);
   EXPECT_EQ(a.take(1, 1).status, TakeStatus::invalid_size);  // a moved-from Tape has no room
   Tape c = Tape::start(4096);
   c = std::move(b);
-  EXPECT_EQ(c.used(), 100u);
+  EXPECT_EQ(c.used(), 100u + Tape::kRedZone);
   EXPECT_TRUE(c.take(1, 1));
 }
 
@@ -359,12 +360,11 @@ TEST(TapeFork, ChildRefusesToTakeWhatTheParentHandsOut) {
     Taken r[3] = {t.take(64, 64), lane.take(64, 64), Tape::Lane(t).take(64, 64)};
     t.clear();  // must not make the child's Tape usable again either
     Taken again = t.take(64, 64);
-    std::uintptr_t report[5] = {reinterpret_cast<std::uintptr_t>(r[0].ptr), reinterpret_cast<std::uintptr_t>(r[1].ptr),
-                                reinterpret_cast<std::uintptr_t>(r[2].ptr), reinterpret_cast<std::uintptr_t>(again.ptr),
-                                static_cast<std::uintptr_t>(r[0].status == TakeStatus::forked &&
-                                                            r[1].status == TakeStatus::forked &&
-                                                            r[2].status == TakeStatus::forked &&
-                                                            again.status == TakeStatus::forked)};
+    std::uintptr_t report[5] = {
+        reinterpret_cast<std::uintptr_t>(r[0].ptr), reinterpret_cast<std::uintptr_t>(r[1].ptr),
+        reinterpret_cast<std::uintptr_t>(r[2].ptr), reinterpret_cast<std::uintptr_t>(again.ptr),
+        static_cast<std::uintptr_t>(r[0].status == TakeStatus::forked && r[1].status == TakeStatus::forked &&
+                                    r[2].status == TakeStatus::forked && again.status == TakeStatus::forked)};
     std::_Exit(::write(out[1], report, sizeof report) == sizeof report ? 0 : 1);
   }
   ::close(out[1]);
@@ -374,7 +374,8 @@ TEST(TapeFork, ChildRefusesToTakeWhatTheParentHandsOut) {
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(report[i], 0u) << "take " << i << " in the child handed out the parent's memory";
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(report[i], 0u) << "take " << i << " in the child handed out the parent's memory";
   EXPECT_EQ(report[4], 1u) << "the child's takes should say TakeStatus::forked";
   EXPECT_TRUE(t.take(64, 64));
   EXPECT_TRUE(lane.take(64, 64));
@@ -418,8 +419,8 @@ TEST(TapeLane, LargeRequestsAndAFullTapeFallBackToTheCursor) {
   Tape::Lane lane(t, 4096);
   Taken big = lane.take(3000, 64);  // more than half a chunk
   ASSERT_TRUE(big);
-  EXPECT_EQ(t.used(), 3000u);
-  ASSERT_TRUE(t.take(16384 - 3000 - 100, 1));  // leave 100 bytes: no room for a chunk
+  EXPECT_EQ(t.used(), 3000u + Tape::kRedZone);
+  ASSERT_TRUE(t.take(t.free() - 100, 1));  // leave 100 bytes (less a red zone): no room for a chunk
   Taken small = lane.take(50, 1);
   ASSERT_TRUE(small) << "a request that fits is served even when a chunk does not";
   EXPECT_EQ(lane.take(200, 1).status, TakeStatus::full);
@@ -553,6 +554,22 @@ TEST(TapeAsan, OnlyTakenBytesAreAddressable) {
   EXPECT_TRUE(__asan_address_is_poisoned(r.ptr + 32));
   t.clear();
   EXPECT_TRUE(__asan_address_is_poisoned(r.ptr));
+}
+
+// A red zone follows every take, so a write one byte past a piece is
+// reported even when the next piece starts right after it would have.
+TEST(TapeAsanDeathTest, OverflowIntoTheNextPieceIsReported) {
+  Tape t = Tape::start(MiB);
+  Tape::Lane lane(t, 4096);
+  for (bool through_lane : {false, true}) {
+    Taken a = through_lane ? lane.take(64, 64) : t.take(64, 64);
+    Taken b = through_lane ? lane.take(64, 64) : t.take(64, 64);
+    ASSERT_TRUE(a && b);
+    EXPECT_GE(b.ptr, a.ptr + 64 + Tape::kRedZone);
+    auto* past = reinterpret_cast<volatile char*>(a.ptr + 64);
+    EXPECT_DEATH(*past = 1, "use-after-poison") << (through_lane ? "lane" : "tape");
+  }
+  EXPECT_EQ(Tape::kRedZone, 16u);
 }
 
 TEST(TapeAsanDeathTest, UseAfterClearIsReported) {

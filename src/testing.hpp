@@ -3,9 +3,13 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -58,6 +62,29 @@ Errc error_of(F&& f) {
     return e.code();
   }
   return Errc{};
+}
+
+// Runs `body` (returning an exit code) in a forked child that SIGALRM ends
+// after `seconds`, so a call that blocks forever fails the test instead of
+// hanging it. Returns the child's exit code, 98 when body threw, or 128 + the
+// signal that ended it (128 + SIGALRM = 142: it hung).
+template <class F>
+int exit_code_within(unsigned seconds, F&& body) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    ::alarm(seconds);
+    int code = 98;
+    try {
+      code = body();
+    } catch (...) {
+    }
+    std::_Exit(code);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 }  // namespace unimem::testing

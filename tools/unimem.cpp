@@ -4,26 +4,49 @@
 //   unimem load FILE [--gpu] [--no-direct] [--no-io-uring]
 //                                     read FILE (a .safetensors file: every tensor) into a
 //                                     Block, with a progress bar and the throughput
+//
+// Every failure is one line on stderr and a non-zero exit (1: it failed, 2:
+// bad usage); main catches every exception, so nothing ends in an abort.
+// `info` runs anywhere, even in a working directory that was removed, and its
+// O_DIRECT probe uses a nameless file, so no file of the user's is touched.
+// `load` reads regular files of known size only: a FIFO would never end, and
+// a /proc or /sys file reports a size of 0 while it has contents.
 #include <cpuid.h>
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
+#include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <system_error>
 
 #include <unimem/unimem.hpp>
 
 #include "format.hpp"
+#include "platform/linux/open_file.hpp"
 
 namespace {
 
+using unimem::detail::errno_text;
 using unimem::detail::format_bytes;
+
+constexpr const char* kUsage = "usage: unimem info | unimem load FILE [--gpu] [--no-direct] [--no-io-uring]";
+
+// True while the progress bar has printed a line without its newline: an
+// error message then starts on a line of its own.
+bool bar_line_open = false;
+void end_bar_line() {
+  if (bar_line_open) std::fputc('\n', stderr);
+  bar_line_open = false;
+}
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
@@ -36,6 +59,28 @@ bool cpuid_bit(unsigned leaf, unsigned sub, int reg, int bit) {
   unsigned r[4] = {};
   if (!__get_cpuid_count(leaf, sub, &r[0], &r[1], &r[2], &r[3])) return false;
   return (r[reg] >> bit) & 1u;
+}
+
+// Whether files in `dir` can be opened with O_DIRECT. The probe is a nameless
+// file (O_TMPFILE): no existing file can be hit and nothing is left behind,
+// even if the tool is killed. Where the file system has no O_TMPFILE, it is a
+// new file from mkostemp (which never takes an existing name), removed again.
+std::string direct_io_support(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_DIRECT | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    ::close(fd);
+    return "supported";
+  }
+  if (errno != EOPNOTSUPP && errno != EISDIR) return errno_text(errno);
+  std::string name = dir + "/.unimem_direct_probe.XXXXXX";
+  const int created = ::mkostemp(name.data(), O_CLOEXEC);
+  if (created < 0) return "unknown: cannot create a probe file (" + errno_text(errno) + ")";
+  fd = ::open(name.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
+  std::string result = fd >= 0 ? "supported" : errno_text(errno);
+  if (fd >= 0) ::close(fd);
+  ::close(created);
+  ::unlink(name.c_str());
+  return result;
 }
 
 int info() {
@@ -79,13 +124,23 @@ int info() {
   io_uring ring;
   const int err = io_uring_queue_init(4, &ring, 0);
   if (err == 0) io_uring_queue_exit(&ring);
-  std::printf("  io_uring               %s\n", err == 0 ? "available" : (std::string("unavailable: ") + std::strerror(-err)).c_str());
-  for (const std::string dir : {std::filesystem::current_path().string(), std::filesystem::temp_directory_path().string()}) {
-    const std::string probe = dir + "/.unimem_direct_probe";
-    const int fd = ::open(probe.c_str(), O_CREAT | O_RDWR | O_DIRECT | O_CLOEXEC, 0600);
-    std::printf("  O_DIRECT in %-10s %s\n", dir.c_str(), fd >= 0 ? "supported" : std::strerror(errno));
-    if (fd >= 0) ::close(fd);
-    ::unlink(probe.c_str());
+  std::printf("  io_uring               %s\n", err == 0 ? "available" : ("unavailable: " + errno_text(-err)).c_str());
+  // Either directory may be unknown: the working directory can have been
+  // removed, TMPDIR can name nothing.
+  std::error_code cwd_error, tmp_error;
+  const std::filesystem::path cwd = std::filesystem::current_path(cwd_error);
+  const std::filesystem::path tmp = std::filesystem::temp_directory_path(tmp_error);
+  struct Dir {
+    const char* what;
+    std::filesystem::path path;
+    std::error_code error;
+  };
+  for (const Dir& d : {Dir{"the working directory", cwd, cwd_error}, Dir{"TMPDIR", tmp, tmp_error}}) {
+    if (d.error) {
+      std::printf("  O_DIRECT in %-10s unknown: %s\n", d.what, errno_text(d.error.value()).c_str());
+    } else {
+      std::printf("  O_DIRECT in %-10s %s\n", d.path.c_str(), direct_io_support(d.path.string()).c_str());
+    }
   }
   return 0;
 }
@@ -104,11 +159,40 @@ struct Bar {
     bar[40] = 0;
     std::fprintf(stderr, "\r[%s] %5.1f%%  %s / %s  %.2f GB/s ", bar, frac * 100, format_bytes(done).c_str(),
                  format_bytes(total).c_str(), now > 0 ? static_cast<double>(done) / now / 1e9 : 0.0);
-    if (done >= total) std::fprintf(stderr, "\n");
+    bar_line_open = true;
+    if (done >= total) end_bar_line();
   }
 };
 
+// Refuses what `load` cannot read to the end: anything but a regular file,
+// and a file whose size the kernel does not report (it says 0 but has bytes).
+void check_loadable(const std::string& path) {
+  const std::uint64_t size = unimem::file_size(path);  // not_found, permission_denied
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    throw unimem::Error(unimem::Errc::system, errno, "unimem load: cannot stat " + path + ": " + errno_text(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    throw unimem::Error(
+        unimem::Errc::invalid_argument, 0,
+        "unimem load: " + path + " is not a regular file (it is " + unimem::platform::file_kind(st.st_mode) + ")");
+  }
+  if (size == 0) {
+    const unimem::platform::OpenedFile f = unimem::platform::open_regular_file(path.c_str(), O_RDONLY | O_NONBLOCK);
+    char byte;
+    const bool has_bytes = f.fd >= 0 && ::read(f.fd, &byte, 1) > 0;
+    if (f.fd >= 0) ::close(f.fd);
+    if (has_bytes) {
+      throw unimem::Error(unimem::Errc::invalid_argument, 0,
+                          "unimem load: " + path +
+                              " reports a size of 0 bytes but is not empty (a /proc or /sys file?); "
+                              "unimem load reads files whose size is known");
+    }
+  }
+}
+
 int load(const std::string& path, bool gpu, bool direct, bool ring) {
+  check_loadable(path);
   const std::uint64_t size = unimem::file_size(path);
   unimem::BlockOptions o;
   o.pinning = unimem::Pinning::unpinned;  // large files exceed non-root memlock limits
@@ -147,23 +231,51 @@ int load(const std::string& path, bool gpu, bool direct, bool ring) {
 int main(int argc, char** argv) try {
   const std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "info" && argc == 2) return info();
-  if (cmd == "load" && argc >= 3) {
-    bool gpu = false, direct = true, ring = true;
-    for (int i = 3; i < argc; ++i) {
+  if (cmd == "load") {
+    bool gpu = false, direct = true, ring = true, options_done = false;
+    std::string file;
+    bool have_file = false;
+    for (int i = 2; i < argc; ++i) {
       const std::string a = argv[i];
-      if (a == "--gpu") gpu = true;
-      else if (a == "--no-direct") direct = false;
-      else if (a == "--no-io-uring") ring = false;
-      else {
-        std::fprintf(stderr, "unimem load: unknown option %s\n", a.c_str());
+      if (!options_done && a == "--") {
+        options_done = true;
+      } else if (!options_done && a.size() > 1 && a[0] == '-') {
+        if (a == "--gpu")
+          gpu = true;
+        else if (a == "--no-direct")
+          direct = false;
+        else if (a == "--no-io-uring")
+          ring = false;
+        else {
+          std::fprintf(stderr, "unimem load: unknown option %s (%s)\n", a.c_str(), kUsage);
+          return 2;
+        }
+      } else if (have_file) {
+        std::fprintf(stderr, "unimem load: one FILE only, not %s and %s (%s)\n", file.c_str(), a.c_str(), kUsage);
         return 2;
+      } else {
+        file = a;
+        have_file = true;
       }
     }
-    return load(argv[2], gpu, direct, ring);
+    if (!have_file) {
+      std::fprintf(stderr, "unimem load: no FILE given (%s)\n", kUsage);
+      return 2;
+    }
+    return load(file, gpu, direct, ring);
   }
-  std::fprintf(stderr, "usage: unimem info\n       unimem load FILE [--gpu] [--no-direct] [--no-io-uring]\n");
+  std::fprintf(stderr, "%s\n", kUsage);
   return 2;
 } catch (const unimem::Error& e) {
-  std::fprintf(stderr, "\n%s [%s]\n", e.what(), unimem::to_string(e.code()));
+  end_bar_line();
+  std::fprintf(stderr, "%s [%s]\n", e.what(), unimem::to_string(e.code()));
+  return 1;
+} catch (const std::exception& e) {
+  end_bar_line();
+  std::fprintf(stderr, "unimem: %s\n", e.what());
+  return 1;
+} catch (...) {
+  end_bar_line();
+  std::fprintf(stderr, "unimem: failed with an unknown exception\n");
   return 1;
 }

@@ -32,13 +32,20 @@ namespace pipeline {
 namespace {
 const char* isa_name(dnnl::cpu_isa isa) {
   switch (isa) {
-    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx (AMX)";
-    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
-    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
-    case dnnl::cpu_isa::avx512_core: return "avx512_core";
-    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
-    case dnnl::cpu_isa::avx2: return "avx2";
-    default: return "other";
+    case dnnl::cpu_isa::avx512_core_amx:
+      return "avx512_core_amx (AMX)";
+    case dnnl::cpu_isa::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core:
+      return "avx512_core";
+    case dnnl::cpu_isa::avx2_vnni:
+      return "avx2_vnni";
+    case dnnl::cpu_isa::avx2:
+      return "avx2";
+    default:
+      return "other";
   }
 }
 }  // namespace
@@ -90,8 +97,8 @@ CpuMatmul::~CpuMatmul() = default;
 
 bool CpuMatmul::rounds_to_bf16(bool bf16) const { return bf16 && impl_->bf16_ok; }
 
-void CpuMatmul::run(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n,
-                    float* out, std::uint16_t* x16) {
+void CpuMatmul::run(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, float* out,
+                    std::uint16_t* x16) {
   if (bf16 && !impl_->bf16_ok) {
     cpu::matmul_plain(x, m, k, static_cast<const std::uint16_t*>(w), n, out);
     return;
@@ -129,8 +136,8 @@ struct CpuMatmul::Impl {};
 CpuMatmul::CpuMatmul() = default;
 CpuMatmul::~CpuMatmul() = default;
 bool CpuMatmul::rounds_to_bf16(bool) const { return false; }
-void CpuMatmul::run(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n,
-                    float* out, std::uint16_t*) {
+void CpuMatmul::run(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, float* out,
+                    std::uint16_t*) {
   if (bf16) {
     cpu::matmul_plain(x, m, k, static_cast<const std::uint16_t*>(w), n, out);
   } else {

@@ -55,8 +55,7 @@ constexpr int kWarps = 8;  // output rows per block
 // leave together, as one 32-byte store: over the bus to host pages, 4-byte
 // stores from each warp would each be a transaction of their own.
 template <class W, bool kVector>
-__global__ void matmul_kernel(const float* __restrict__ x, int m, int k, const W* __restrict__ w, int n,
-                              Out out) {
+__global__ void matmul_kernel(const float* __restrict__ x, int m, int k, const W* __restrict__ w, int n, Out out) {
   __shared__ float results[kRowsAtOnce][kWarps];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * kWarps + warp;
@@ -152,8 +151,7 @@ __global__ void rope_kernel(const float* in, Out out, int m, int p0, int dim, in
 
 // One block per (head, row); scores for positions 0 .. p0 + row in shared memory.
 __global__ void attend_kernel(const float* __restrict__ q, const float* __restrict__ keys,
-                              const float* __restrict__ values, Out out, int p0, int dim,
-                              int heads) {
+                              const float* __restrict__ values, Out out, int p0, int dim, int heads) {
   extern __shared__ float shared[];
   float* red = shared;
   float* scores = shared + 32;
@@ -190,7 +188,8 @@ __global__ void add_kernel(const float* x, const float* __restrict__ y, Out out,
 }
 
 __global__ void gather_kernel(const float* __restrict__ host, float* __restrict__ device, std::size_t n) {
-  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x) {
+  for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += std::size_t(gridDim.x) * blockDim.x) {
     device[i] = host[i];
   }
 }
@@ -232,12 +231,16 @@ void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf
   const int M = int(m), K = int(k), N = int(n);
   if (bf16) {
     const auto* wb = static_cast<const std::uint16_t*>(w);
-    if (vector) matmul_kernel<std::uint16_t, true><<<blocks, kThreads>>>(x, M, K, wb, N, out);
-    else matmul_kernel<std::uint16_t, false><<<blocks, kThreads>>>(x, M, K, wb, N, out);
+    if (vector)
+      matmul_kernel<std::uint16_t, true><<<blocks, kThreads>>>(x, M, K, wb, N, out);
+    else
+      matmul_kernel<std::uint16_t, false><<<blocks, kThreads>>>(x, M, K, wb, N, out);
   } else {
     const auto* wf = static_cast<const float*>(w);
-    if (vector) matmul_kernel<float, true><<<blocks, kThreads>>>(x, M, K, wf, N, out);
-    else matmul_kernel<float, false><<<blocks, kThreads>>>(x, M, K, wf, N, out);
+    if (vector)
+      matmul_kernel<float, true><<<blocks, kThreads>>>(x, M, K, wf, N, out);
+    else
+      matmul_kernel<float, false><<<blocks, kThreads>>>(x, M, K, wf, N, out);
   }
   launched("matmul kernel");
 }

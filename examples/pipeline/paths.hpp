@@ -62,7 +62,7 @@ struct Counters {
   double stage[kStages] = {};
   double alloc = 0;  // seconds obtaining and releasing memory
   std::size_t alloc_calls = 0;
-  std::size_t copies = 0, copy_bytes = 0;   // cudaMemcpy between host and device
+  std::size_t copies = 0, copy_bytes = 0;     // cudaMemcpy between host and device
   std::size_t gathers = 0, gather_bytes = 0;  // host pages a kernel read into device memory
   Counters operator-(const Counters& o) const {
     Counters r = *this;

@@ -106,8 +106,10 @@ class Runner {
     auto norm = [&](Buf& in, Weight w, Buf& out) {
       const float* x = P.need(in, vec);
       const gpu::Out y = write(out, vec);
-      if (vec == Where::gpu) gpu::rmsnorm(x, W.vec(w, vec), y, m, d);
-      else cpu::rmsnorm(x, W.vec(w, vec), y.p, m, d);
+      if (vec == Where::gpu)
+        gpu::rmsnorm(x, W.vec(w, vec), y, m, d);
+      else
+        cpu::rmsnorm(x, W.vec(w, vec), y.p, m, d);
     };
     auto rope = [&](Buf& b) {
       const float* in = P.need(b, vec);
@@ -126,8 +128,10 @@ class Runner {
       const float* a = P.need(x, vec);
       const float* b = P.need(y, vec);
       const gpu::Out out = write(x, vec);
-      if (vec == Where::gpu) gpu::add(a, b, out, n);
-      else cpu::add(a, b, out.p, n);
+      if (vec == Where::gpu)
+        gpu::add(a, b, out, n);
+      else
+        cpu::add(a, b, out.p, n);
     };
 
     timed(kNorm, [&] { norm(s.x, kAttnNorm, s.h); });
@@ -145,8 +149,10 @@ class Runner {
       P.need(s.k, vec);  // the new rows join the cache where attention reads it
       P.need(s.v, vec);
       const gpu::Out out = write(s.attn, vec);
-      if (vec == Where::gpu) gpu::attend(q, P.keys(), P.values(), out, m, s.p0, d, c_.heads);
-      else cpu::attend(q, P.keys(), P.values(), out.p, s.scores, m, s.p0, c_);
+      if (vec == Where::gpu)
+        gpu::attend(q, P.keys(), P.values(), out, m, s.p0, d, c_.heads);
+      else
+        cpu::attend(q, P.keys(), P.values(), out.p, s.scores, m, s.p0, c_);
     });
     timed(kOut, [&] {
       matmul(s.attn, d, kWo, d, s.o);
@@ -159,8 +165,10 @@ class Runner {
       const float* gate = P.need(s.gate, vec);
       const float* up = P.need(s.up, vec);
       const gpu::Out out = write(s.gate, vec);
-      if (vec == Where::gpu) gpu::swiglu(gate, up, out, m * f);
-      else cpu::swiglu(gate, up, out.p, m * f);
+      if (vec == Where::gpu)
+        gpu::swiglu(gate, up, out, m * f);
+      else
+        cpu::swiglu(gate, up, out.p, m * f);
       matmul(s.gate, f, kWdown, d, s.down);
       add(s.x, s.down, m * d);
       P.need(s.x, Where::cpu);  // the host takes the output (to sample from)
@@ -174,8 +182,10 @@ class Runner {
     float* x = P.produce(s.x, Where::cpu);
     for (std::size_t r = 0; r < m; ++r) {
       const std::size_t pos = p0 + r;
-      if (pos < c_.prompt) input_for(pos, c_, x + r * c_.dim);
-      else std::copy_n(out.data() + (pos - 1) * c_.dim, c_.dim, x + r * c_.dim);
+      if (pos < c_.prompt)
+        input_for(pos, c_, x + r * c_.dim);
+      else
+        std::copy_n(out.data() + (pos - 1) * c_.dim, c_.dim, x + r * c_.dim);
     }
     layer(P, s);
     std::copy_n(s.x.host, m * c_.dim, out.data() + p0 * c_.dim);
@@ -277,15 +287,16 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
   const Placement pl = placement(mode);
   const bool x16 = pl.mm == Where::cpu && mm.rounds_to_bf16(c.bf16);
   std::printf("== %s mode: ", mode_name(mode));
-  if (mode == Mode::cpu) std::printf("everything on the CPU; matrix products: %s\n",
-                                     mm.describe(1, c.dim, c.bf16, c.dim).c_str());
+  if (mode == Mode::cpu)
+    std::printf("everything on the CPU; matrix products: %s\n", mm.describe(1, c.dim, c.bf16, c.dim).c_str());
   if (mode == Mode::gpu) std::printf("everything on %s\n", gpu_name.c_str());
   if (mode == Mode::split) std::printf("matrix products on %s, everything else on the CPU\n", gpu_name.c_str());
-  if (mode == Mode::cpu) std::printf("   prompt matrix products: %s\n", mm.describe(c.prompt, c.dim, c.bf16, c.dim).c_str());
+  if (mode == Mode::cpu)
+    std::printf("   prompt matrix products: %s\n", mm.describe(c.prompt, c.dim, c.bf16, c.dim).c_str());
   if (mode != Mode::cpu) {
     std::printf("   GPU weights (unimem): %s\n", opt.unimem_gpu.weights_in_place
-                                                      ? "read in place from Layout.weights over the bus"
-                                                      : "one copy in device memory, DMA'd from Layout.weights at load");
+                                                     ? "read in place from Layout.weights over the bus"
+                                                     : "one copy in device memory, DMA'd from Layout.weights at load");
     std::printf("   GPU reads of activations and KV cache (unimem): %s\n",
                 opt.unimem_gpu.mirror ? "from a device mirror the kernels write through to"
                                       : "host pages, over the bus (--no-gpu-mirror)");
@@ -324,14 +335,13 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
     std::printf("%-30s %9.2f us %9.2f us %7.2fx\n", kStageNames[s], rs.decode.stage[s] / gen * 1e6,
                 ru.decode.stage[s] / gen * 1e6, rs.decode.stage[s] / ru.decode.stage[s]);
   }
-  std::printf("%-30s %12zu %12zu\n", "host<->device copies", rs.decode.copies / c.tokens,
-              ru.decode.copies / c.tokens);
+  std::printf("%-30s %12zu %12zu\n", "host<->device copies", rs.decode.copies / c.tokens, ru.decode.copies / c.tokens);
   std::printf("%-30s %12zu %12zu\n", "host<->device bytes staged", rs.decode.copy_bytes / c.tokens,
               ru.decode.copy_bytes / c.tokens);
   std::printf("%-30s %12zu %12zu\n", "bytes GPU gathered from host", rs.decode.gather_bytes / c.tokens,
               ru.decode.gather_bytes / c.tokens);
-  std::printf("%-30s %12.2f %12.2f %7.2fx\n", "tokens/s (generated)", gen / rs.decode_seconds,
-              gen / ru.decode_seconds, rs.decode_seconds / ru.decode_seconds);
+  std::printf("%-30s %12.2f %12.2f %7.2fx\n", "tokens/s (generated)", gen / rs.decode_seconds, gen / ru.decode_seconds,
+              rs.decode_seconds / ru.decode_seconds);
   std::printf("%-30s %9.2f ms %9.2f ms %7.2fx\n", ("prefill (" + std::to_string(c.prompt) + " tokens)").c_str(),
               rs.prefill_seconds * 1e3, ru.prefill_seconds * 1e3, rs.prefill_seconds / ru.prefill_seconds);
   std::printf("%-30s %9.2f ms %9.2f ms %7.2fx\n", "loading the weights", standard.load_seconds * 1e3,
@@ -355,15 +365,15 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
   // float32 arithmetic: 1e-4 over a layer; activations rounded to bf16 for
   // AMX/AVX-512 bf16 products carry 8 significant bits: 3e-2.
   const double tolerance = x16 ? 3e-2 : 1e-4;
-  std::printf("\nerror vs float64 over all %zu outputs: standard %.2e, unimem %.2e (tolerance %.0e%s)\n",
-              c.positions(), e_standard, e_unimem, tolerance, x16 ? ", bf16 activations" : "");
-  std::printf("standard vs unimem: %s\n", identical ? "identical, bit for bit"
-                                                    : ("differ by " + std::to_string(between)).c_str());
+  std::printf("\nerror vs float64 over all %zu outputs: standard %.2e, unimem %.2e (tolerance %.0e%s)\n", c.positions(),
+              e_standard, e_unimem, tolerance, x16 ? ", bf16 activations" : "");
+  std::printf("standard vs unimem: %s\n",
+              identical ? "identical, bit for bit" : ("differ by " + std::to_string(between)).c_str());
   std::printf("\nLayout after the conversation (unimem path):\n%s\n", unimem_path.layout_stat().c_str());
   bool ok = true;
   if (!(e_standard < tolerance) || !(e_unimem < tolerance)) {
-    std::fprintf(stderr, "FAILED (%s mode): outputs differ from the float64 reference beyond %.0e\n",
-                 mode_name(mode), tolerance);
+    std::fprintf(stderr, "FAILED (%s mode): outputs differ from the float64 reference beyond %.0e\n", mode_name(mode),
+                 tolerance);
     ok = false;
   }
   if (!repeatable) {
@@ -396,14 +406,22 @@ Options parse(int argc, char** argv, bool& mode_given, std::string& mode_arg) {
   }
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--preset") ++i;
-    else if (a == "--dim") o.c.dim = number(i);
-    else if (a == "--heads") o.c.heads = number(i);
-    else if (a == "--mlp") o.c.mlp = number(i);
-    else if (a == "--prompt") o.c.prompt = number(i);
-    else if (a == "--tokens") o.c.tokens = number(i);
-    else if (a == "--repeat") o.repeat = int(std::min<std::size_t>(number(i), 100));
-    else if (a == "--bf16") o.c.bf16 = true;
+    if (a == "--preset")
+      ++i;
+    else if (a == "--dim")
+      o.c.dim = number(i);
+    else if (a == "--heads")
+      o.c.heads = number(i);
+    else if (a == "--mlp")
+      o.c.mlp = number(i);
+    else if (a == "--prompt")
+      o.c.prompt = number(i);
+    else if (a == "--tokens")
+      o.c.tokens = number(i);
+    else if (a == "--repeat")
+      o.repeat = int(std::min<std::size_t>(number(i), 100));
+    else if (a == "--bf16")
+      o.c.bf16 = true;
     else if (a == "--gpu-weights" && i + 1 < argc) {
       const std::string v = argv[++i];
       if (v != "device" && v != "host") throw std::invalid_argument("--gpu-weights takes device or host");
@@ -467,14 +485,16 @@ int main(int argc, char** argv) try {
     return 2;
   }
 
-  std::printf("unimem pipeline: one decoder layer, dim %zu, %zu heads, MLP %zu, %s weights, %zu prompt + %zu "
-              "generated tokens\n",
-              c.dim, c.heads, c.mlp, c.bf16 ? "bf16" : "f32", c.prompt, c.tokens);
+  std::printf(
+      "unimem pipeline: one decoder layer, dim %zu, %zu heads, MLP %zu, %s weights, %zu prompt + %zu "
+      "generated tokens\n",
+      c.dim, c.heads, c.mlp, c.bf16 ? "bf16" : "f32", c.prompt, c.tokens);
   std::printf("GPU: %s\n\n", have_gpu ? probe.name.c_str() : ("none (" + why_not + "): CPU mode only").c_str());
 
   // The weights, from a fixed seed, as the safetensors file a model comes in.
-  const std::string file = (std::filesystem::temp_directory_path() /
-                            ("unimem_pipeline_" + std::to_string(::getpid()) + ".safetensors")).string();
+  const std::string file =
+      (std::filesystem::temp_directory_path() / ("unimem_pipeline_" + std::to_string(::getpid()) + ".safetensors"))
+          .string();
   write_weights(file, c);
   struct Remove {
     std::string f;

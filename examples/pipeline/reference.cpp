@@ -38,8 +38,10 @@ std::vector<double> run_reference(const std::string& file, const Config& c) {
   auto vec = [&](Weight w) { return reinterpret_cast<const float*>(model.at(specs[w].name).data); };
   auto matmul = [&](const double* x, std::size_t k, Weight w, std::size_t n, double* out) {
     const void* p = model.at(specs[w].name).data;
-    if (c.bf16) parallel_matmul(x, k, static_cast<const std::uint16_t*>(p), n, out);
-    else parallel_matmul(x, k, static_cast<const float*>(p), n, out);
+    if (c.bf16)
+      parallel_matmul(x, k, static_cast<const std::uint16_t*>(p), n, out);
+    else
+      parallel_matmul(x, k, static_cast<const float*>(p), n, out);
   };
   const std::size_t d = c.dim, f = c.mlp;
   std::vector<double> keys(c.positions() * d), values(c.positions() * d), out(c.positions() * d);

@@ -66,8 +66,8 @@ class UnimemPath final : public Path {
     Step& s = fresh_step(m, p0);
     const std::size_t d = m * c_.dim, f = m * c_.mlp;
     unimem::Tape::Lane& scratch = lane_;
-    for (auto [b, n] : {std::pair{&s.x, d}, {&s.h, d}, {&s.q, d}, {&s.attn, d}, {&s.o, d}, {&s.gate, f},
-                        {&s.up, f}, {&s.down, d}}) {
+    for (auto [b, n] :
+         {std::pair{&s.x, d}, {&s.h, d}, {&s.q, d}, {&s.attn, d}, {&s.o, d}, {&s.gate, f}, {&s.up, f}, {&s.down, d}}) {
       b->n = n;
       b->host = take(scratch, n);
       b->dev = mirror_of(b->host);
@@ -139,8 +139,8 @@ class UnimemPath final : public Path {
   unimem::Layout open_layout(const std::string& file, const Config& c, Placement pl, bool x16) {
     const auto t = Clock::now();
     const std::size_t pad = 64;
-    const std::size_t weights = unimem::file_size(file) + kWeightCount * pad +
-                                c.positions() * c.head_dim() * sizeof(float) + pad;
+    const std::size_t weights =
+        unimem::file_size(file) + kWeightCount * pad + c.positions() * c.head_dim() * sizeof(float) + pad;
     // The prompt's step (its large takes bypass the lane) and a lane's chunk.
     const std::size_t scratch = step_bytes(c, c.prompt, x16) + 2 * step_bytes(c, 1, x16);
     const std::size_t history = 2 * (c.positions() * c.dim * sizeof(float) + pad);

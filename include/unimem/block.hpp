@@ -142,7 +142,9 @@ class Block {
   //   not_found          no such process or descriptor, or the descriptor now
   //                      names another object (a stale id)
   //   permission_denied  the Block belongs to another user
-  //   not_a_block        the descriptor is not a unimem Block
+  //   not_a_block        the descriptor is not a unimem Block (a socket, a
+  //                      directory or a FIFO included: only a regular file is
+  //                      ever opened, so attaching never blocks)
   //   and what open() throws for mapping, pinning and GPU visibility.
   static Block attach(const BlockId& id, const BlockOptions& options = {});
 
@@ -152,7 +154,8 @@ class Block {
   // `options` apply as for open(): pinning locks the file's pages, Backing::warm
   // reads them all in now, Visibility::gpus registers them read-only with
   // every GPU. Throws Error(not_found, permission_denied), Error(invalid_argument)
-  // for an empty or non-regular file, and what open() throws.
+  // for an empty or non-regular file (which is never opened: a FIFO cannot block
+  // it), and what open() throws.
   static Block map_file(const std::string& path, const BlockOptions& options = {});
 
   // Takes ownership of `fd`, a descriptor of a unimem Block (inherited across

@@ -44,11 +44,11 @@ struct ReadSegment {
 };
 
 struct ReadOptions {
-  unsigned queue_depth = 32;                  // reads in flight (io_uring)
-  std::size_t chunk_bytes = std::size_t{1} << 20;  // the size of one read
-  unsigned threads = 0;                       // pread fallback threads; 0: the cores, at most 16
-  bool direct = true;                         // try O_DIRECT (unless the file is cached)
-  bool io_uring = true;                       // try io_uring
+  unsigned queue_depth = 32;                       // reads in flight (io_uring)
+  std::size_t chunk_bytes = std::size_t{1} << 20;  // the size of one read; at most 1 GiB
+  unsigned threads = 0;                            // pread fallback threads; 0: the cores, at most 16
+  bool direct = true;                              // try O_DIRECT (unless the file is cached)
+  bool io_uring = true;                            // try io_uring
   // Called on the calling thread as reads complete, with bytes done and the
   // total; keep it cheap. May be empty.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
@@ -65,8 +65,12 @@ struct ReadReport {
 // Reads every segment of the file at `path`. Throws Error:
 //   not_found          no such file
 //   permission_denied  the file cannot be opened for reading
-//   invalid_argument   a segment lies outside the file, or has a null destination
-//   system             an I/O error, or the file ended early (it shrank while read)
+//   invalid_argument   not a regular file (a FIFO, directory, device...; nothing
+//                      is opened then, so a FIFO without a writer cannot block),
+//                      a segment lies outside the file or has a null destination,
+//                      or options.chunk_bytes is above 1 GiB
+//   system             an I/O error, or the file ended early (it shrank while read);
+//                      every read already started has completed when it throws
 ReadReport read_file(const std::string& path, std::span<const ReadSegment> segments, const ReadOptions& options = {});
 
 // Reads dest.size() bytes from `offset` of the file into `dest`.
@@ -75,7 +79,7 @@ ReadReport read_file(const std::string& path, std::uint64_t offset, std::span<st
 
 // The fraction of the pages of bytes [begin, end) of the file at `path` that
 // are in the page cache, by mincore (no I/O). Throws Error(not_found,
-// permission_denied, system).
+// permission_denied, system), Error(invalid_argument) for a non-regular file.
 double page_cache_fraction(const std::string& path, std::uint64_t begin, std::uint64_t end);
 
 // The size of the file at `path`. Throws Error(not_found, permission_denied, system).

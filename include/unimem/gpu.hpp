@@ -53,12 +53,12 @@ struct DeviceSegment {
 
 struct CopyOptions {
   std::size_t piece_bytes = std::size_t{64} << 20;  // one staging slot
-  unsigned slots = 4;                                // pieces in flight
-  unsigned copy_threads = 0;                         // for cached files; 0: the cores, at most 16
+  unsigned slots = 4;                               // pieces in flight
+  unsigned copy_threads = 0;                        // for cached files; 0: the cores, at most 16
   // A GPU-visible Block to stage through (kept by the caller across calls:
   // setting one up costs a registration). When null, one is made for the call.
   const Block* staging = nullptr;
-  ReadOptions read;                                  // for files not in the page cache
+  ReadOptions read;  // for files not in the page cache
 };
 
 // Copies ranges of the file at `path` into the memory of GPU `device`,

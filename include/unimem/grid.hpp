@@ -59,10 +59,10 @@ inline constexpr std::size_t dynamic = std::numeric_limits<std::size_t>::max();
 // Cell sizes are multiples of this, and cells are aligned to it.
 inline constexpr std::size_t kCellAlign = 64;
 
-enum class [[nodiscard]] GiveStatus : std::uint8_t {
-  ok,            // the cell is back in the grid; the Cell handle is now empty
-  empty_cell,    // the Cell holds nothing (given already, or moved from); nothing changed
-  foreign_cell,  // the Cell belongs to another grid; nothing changed, the Cell still holds it
+enum class [[nodiscard]] GiveStatus : std::uint8_t{
+    ok,            // the cell is back in the grid; the Cell handle is now empty
+    empty_cell,    // the Cell holds nothing (given already, or moved from); nothing changed
+    foreign_cell,  // the Cell belongs to another grid; nothing changed, the Cell still holds it
 };
 
 namespace detail {
@@ -182,14 +182,14 @@ class GridCore {
   std::size_t cells_;
   std::uint32_t cache_cells_;
   bool forked_ = false;
-  std::uint64_t uid_;  // never reused, unlike addresses: names the core in thread caches
+  std::uint64_t uid_;                  // never reused, unlike addresses: names the core in thread caches
   std::atomic<bool> orphaned_{false};  // the Grid is gone; cells still out or cached
   Block block_;
   std::unique_ptr<std::atomic<std::uint32_t>[]> next_;  // free-list links, one per cell
   ForkWatch fork_watch_;
 
   // Written when cells move between the shared list and thread caches or Cells.
-  alignas(64) TaggedHead head_;  // see src/tagged_stack.hpp
+  alignas(64) TaggedHead head_;    // see src/tagged_stack.hpp
   std::atomic<std::size_t> refs_;  // 1 (the Grid) + cells not in the shared list
 };
 
@@ -206,15 +206,13 @@ class Grid {
 
  public:
   // Compile-time form. Throws Block::open's errors.
-  explicit Grid(const BlockOptions& options = {})
-    requires(CellSize != dynamic)
+  explicit Grid(const BlockOptions& options = {}) requires(CellSize != dynamic)
       : core_(new detail::GridCore(CellSize, Cells, options)) {}
 
   // Run-time form. Throws Error(invalid_argument) when cell_size is not a
   // non-zero multiple of 64, cells is 0 or 2^32 - 1 or more, or their product
   // overflows; and Block::open's errors.
-  Grid(std::size_t cell_size, std::size_t cells, const BlockOptions& options = {})
-    requires(CellSize == dynamic)
+  Grid(std::size_t cell_size, std::size_t cells, const BlockOptions& options = {}) requires(CellSize == dynamic)
       : core_(new detail::GridCore(cell_size, cells, options)) {}
 
   Grid(Grid&& other) noexcept : core_(std::exchange(other.core_, nullptr)) {}

@@ -43,17 +43,21 @@ struct TensorInfo {
 };
 
 struct SafetensorsHeader {
-  std::uint64_t data_offset = 0;  // where the data section starts in the file
+  std::uint64_t data_offset = 0;    // where the data section starts in the file
   std::vector<TensorInfo> tensors;  // ordered by file_offset
   std::vector<std::pair<std::string, std::string>> metadata;
 };
 
 // Parses and validates the header of a safetensors file of `file_size` bytes
 // whose first bytes are `prefix` (at least the length field and the header).
-// Throws Error(bad_format) for: a truncated length or header, a header larger
-// than the file or than 100 MB, malformed JSON, a missing or ill-typed field,
-// an unknown dtype, a shape whose byte size overflows or disagrees with the
-// offsets, offsets out of bounds, and overlapping tensors.
+// Accepts what the reference implementation (the Rust `safetensors` crate)
+// accepts, and no repeated key. Throws Error(bad_format) for: a truncated
+// length or header, a header larger than the file or than 100 MB, a header
+// that is not UTF-8 JSON (a NUL byte or a byte-order mark included), a key
+// that repeats, a missing or ill-typed field, an unknown dtype, a shape whose
+// byte size overflows or disagrees with the offsets, offsets out of bounds,
+// and tensors that do not tile the data section exactly (an overlap, a hole,
+// or bytes after the last tensor).
 SafetensorsHeader parse_safetensors_header(std::span<const std::byte> prefix, std::uint64_t file_size);
 
 // Reads and parses the header of the file at `path`. Throws what
@@ -87,6 +91,15 @@ struct Tensor {
 
 class Safetensors {
  public:
+  // Not copyable: each Tensor's `info` points into this object's header, so a
+  // copy would point into the original. Moves keep those pointers valid (a
+  // moved std::vector hands over its buffer); the moved-from object holds no tensors.
+  Safetensors() noexcept = default;
+  Safetensors(const Safetensors&) = delete;
+  Safetensors& operator=(const Safetensors&) = delete;
+  Safetensors(Safetensors&&) noexcept = default;
+  Safetensors& operator=(Safetensors&&) noexcept = default;
+
   // Loads every tensor of the file at `path` into `weights`, each at `align`
   // (a power of two). Throws what read_safetensors_header and read_file throw,
   // Error(invalid_argument) for a bad alignment, and Error(out_of_memory) when
@@ -106,7 +119,7 @@ class Safetensors {
 
  private:
   SafetensorsHeader header_;
-  std::vector<Tensor> tensors_;  // in header order
+  std::vector<Tensor> tensors_;  // in file order, as header_.tensors
   ReadReport report_;
   bool in_place_ = false;
 };

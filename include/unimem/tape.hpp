@@ -61,11 +61,11 @@ namespace unimem {
 
 enum class TakeStatus : std::uint8_t {
   ok,
-  full,          // does not fit in what is left; may fit after clear()
-  invalid_size,  // size is 0, or larger than the whole Tape: can never succeed
-  invalid_align, // align is 0 or not a power of two (or, for SharedTape, above the page size)
-  read_only,     // the memory is mapped read-only in this process (SharedTape)
-  forked,        // this process is a fork() child of the Tape's: the parent owns its memory
+  full,           // does not fit in what is left; may fit after clear()
+  invalid_size,   // size is 0, or larger than the whole Tape: can never succeed
+  invalid_align,  // align is 0 or not a power of two (or, for SharedTape, above the page size)
+  read_only,      // the memory is mapped read-only in this process (SharedTape)
+  forked,         // this process is a fork() child of the Tape's: the parent owns its memory
 };
 
 // What take() returns: a pointer, or why there is none.
@@ -175,9 +175,9 @@ class Tape {
   // The cursor is written by every shared take and lane refill; the epoch only
   // by clear() and moves. Separate lines keep lanes' epoch checks from missing
   // the cache.
-  alignas(64) std::atomic<std::size_t> cursor_{0};  // offset of the first free byte
+  alignas(64) std::atomic<std::size_t> cursor_{0};   // offset of the first free byte
   alignas(64) std::atomic<std::uint64_t> epoch_{0};  // clears and moves so far
-  bool forked_ = false;  // set only in a forked child, before any of its threads runs
+  bool forked_ = false;                              // set only in a forked child, before any of its threads runs
 };
 
 // A private allocation front for one owner (one thread at a time) over a Tape.
@@ -203,7 +203,8 @@ class Tape::Lane {
       if (p >= next_ && p <= end_ && size - 1 < end_ - p) {
         next_ = p + size;
         if constexpr (kRedZone != 0) next_ += std::min<std::uintptr_t>(kRedZone, end_ - next_);
-        return hand_out(reinterpret_cast<std::byte*>(p), size);
+        // Lanes do address arithmetic so that any alignment holds for the address.
+        return hand_out(reinterpret_cast<std::byte*>(p), size);  // NOLINT(performance-no-int-to-ptr)
       }
     }
     return take_slow(size, align);

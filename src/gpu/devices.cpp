@@ -37,7 +37,8 @@ std::vector<Device> devices() {
     detail::check(d.cuDeviceGetName(name, sizeof name, device), "cuDeviceGetName");
     info.name = name;
     int value = 0;
-    detail::check(d.cuDeviceGetAttribute(&value, detail::kAttrHostPointerForRegistered, device), "cuDeviceGetAttribute");
+    detail::check(d.cuDeviceGetAttribute(&value, detail::kAttrHostPointerForRegistered, device),
+                  "cuDeviceGetAttribute");
     info.host_pointer_is_device_pointer = value != 0;
     detail::check(d.cuDeviceGetAttribute(&value, detail::kAttrHostRegisterSupported, device), "cuDeviceGetAttribute");
     info.host_register_supported = value != 0;

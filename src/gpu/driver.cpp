@@ -25,14 +25,16 @@ bool bind(void* library, const char* name, F*& slot) {
   return slot != nullptr;
 }
 
+// Runs once (the static in driver() below), so the process-global getenv and
+// dlerror are not raced by another load.
 Loaded load() {
   Loaded out;
-  const char* override_path = std::getenv("UNIMEM_CUDA_DRIVER");
+  const char* override_path = std::getenv("UNIMEM_CUDA_DRIVER");  // NOLINT(concurrency-mt-unsafe): once
   const std::string path = override_path && *override_path ? override_path : "libcuda.so.1";
   // The handle is never closed: registered memory and contexts live until exit.
   void* library = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (library == nullptr) {
-    const char* why = ::dlerror();
+    const char* why = ::dlerror();  // NOLINT(concurrency-mt-unsafe): once
     out.failure = Errc::no_cuda_driver;
     out.message = "unimem: no CUDA driver: cannot load " + path + " (" + (why ? why : "unknown error") +
                   "). Install the NVIDIA driver, or keep the Block host-only (Visibility::host)";
@@ -40,28 +42,27 @@ Loaded load() {
   }
   Driver& d = out.driver;
   // Versioned names are the ones the CUDA headers map the plain names to.
-  const bool bound = bind(library, "cuInit", d.cuInit) && bind(library, "cuDriverGetVersion", d.cuDriverGetVersion) &&
-                     bind(library, "cuDeviceGetCount", d.cuDeviceGetCount) &&
-                     bind(library, "cuDeviceGet", d.cuDeviceGet) && bind(library, "cuDeviceGetName", d.cuDeviceGetName) &&
-                     bind(library, "cuDeviceGetAttribute", d.cuDeviceGetAttribute) &&
-                     bind(library, "cuDevicePrimaryCtxRetain", d.cuDevicePrimaryCtxRetain) &&
-                     bind(library, "cuCtxPushCurrent_v2", d.cuCtxPushCurrent) &&
-                     bind(library, "cuCtxPopCurrent_v2", d.cuCtxPopCurrent) &&
-                     bind(library, "cuMemHostRegister_v2", d.cuMemHostRegister) &&
-                     bind(library, "cuMemHostUnregister", d.cuMemHostUnregister) &&
-                     bind(library, "cuMemHostGetDevicePointer_v2", d.cuMemHostGetDevicePointer) &&
-                     bind(library, "cuGetErrorName", d.cuGetErrorName) &&
-                     bind(library, "cuStreamCreate", d.cuStreamCreate) &&
-                     bind(library, "cuStreamDestroy_v2", d.cuStreamDestroy) &&
-                     bind(library, "cuStreamSynchronize", d.cuStreamSynchronize) &&
-                     bind(library, "cuEventCreate", d.cuEventCreate) &&
-                     bind(library, "cuEventDestroy_v2", d.cuEventDestroy) &&
-                     bind(library, "cuEventRecord", d.cuEventRecord) &&
-                     bind(library, "cuEventSynchronize", d.cuEventSynchronize) &&
-                     bind(library, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync);
+  const bool bound =
+      bind(library, "cuInit", d.cuInit) && bind(library, "cuDriverGetVersion", d.cuDriverGetVersion) &&
+      bind(library, "cuDeviceGetCount", d.cuDeviceGetCount) && bind(library, "cuDeviceGet", d.cuDeviceGet) &&
+      bind(library, "cuDeviceGetName", d.cuDeviceGetName) &&
+      bind(library, "cuDeviceGetAttribute", d.cuDeviceGetAttribute) &&
+      bind(library, "cuDevicePrimaryCtxRetain", d.cuDevicePrimaryCtxRetain) &&
+      bind(library, "cuCtxPushCurrent_v2", d.cuCtxPushCurrent) &&
+      bind(library, "cuCtxPopCurrent_v2", d.cuCtxPopCurrent) &&
+      bind(library, "cuMemHostRegister_v2", d.cuMemHostRegister) &&
+      bind(library, "cuMemHostUnregister", d.cuMemHostUnregister) &&
+      bind(library, "cuMemHostGetDevicePointer_v2", d.cuMemHostGetDevicePointer) &&
+      bind(library, "cuGetErrorName", d.cuGetErrorName) && bind(library, "cuStreamCreate", d.cuStreamCreate) &&
+      bind(library, "cuStreamDestroy_v2", d.cuStreamDestroy) &&
+      bind(library, "cuStreamSynchronize", d.cuStreamSynchronize) && bind(library, "cuEventCreate", d.cuEventCreate) &&
+      bind(library, "cuEventDestroy_v2", d.cuEventDestroy) && bind(library, "cuEventRecord", d.cuEventRecord) &&
+      bind(library, "cuEventSynchronize", d.cuEventSynchronize) &&
+      bind(library, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync);
   if (!bound) {
     out.failure = Errc::no_cuda_driver;
-    out.message = "unimem: no usable CUDA driver: " + path + " lacks a driver API entry point (" + ::dlerror() +
+    out.message = "unimem: no usable CUDA driver: " + path + " lacks a driver API entry point (" +
+                  ::dlerror() +  // NOLINT(concurrency-mt-unsafe): once
                   "). Update the NVIDIA driver";
     return out;
   }
@@ -110,8 +111,9 @@ CUcontext primary_context(int ordinal) {
   std::lock_guard<std::mutex> hold(lock);
   if (contexts.empty()) contexts.resize(static_cast<std::size_t>(d.device_count), nullptr);
   if (ordinal < 0 || ordinal >= d.device_count) {
-    throw Error(Errc::invalid_argument, 0,
-                "unimem: no CUDA device " + std::to_string(ordinal) + " (there are " + std::to_string(d.device_count) + ")");
+    throw Error(
+        Errc::invalid_argument, 0,
+        "unimem: no CUDA device " + std::to_string(ordinal) + " (there are " + std::to_string(d.device_count) + ")");
   }
   CUcontext& c = contexts[static_cast<std::size_t>(ordinal)];
   if (c == nullptr) {

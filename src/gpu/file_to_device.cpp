@@ -91,7 +91,8 @@ ReadReport copy_file_to_device(const std::string& path, std::span<const DeviceSe
     BlockOptions o;
     o.pinning = Pinning::unpinned;
     file.emplace(Block::map_file(path, o));
-    crew.emplace(options.copy_threads ? options.copy_threads : std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
+    crew.emplace(options.copy_threads ? options.copy_threads
+                                      : std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
     report.path = ReadPath::pread_buffered;
     report.buffered_bytes = report.bytes;
     report.fallback_reason = "the file is in the page cache: copied out of it by several threads";

@@ -153,7 +153,8 @@ void bench_pin_breakdown(std::size_t bytes, const char* label) {
 
 __global__ void read_kernel(const uint4* p, std::size_t n, unsigned long long* sink) {
   unsigned long long acc = 0;
-  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n; i += std::size_t{gridDim.x} * blockDim.x) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::size_t{gridDim.x} * blockDim.x) {
     uint4 v = p[i];
     acc += v.x ^ v.y ^ v.z ^ v.w;
   }
@@ -161,7 +162,8 @@ __global__ void read_kernel(const uint4* p, std::size_t n, unsigned long long* s
 }
 
 __global__ void write_kernel(uint4* p, std::size_t n, unsigned seed) {
-  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n; i += std::size_t{gridDim.x} * blockDim.x) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::size_t{gridDim.x} * blockDim.x) {
     unsigned x = static_cast<unsigned>(i) * 2654435761u + seed;
     p[i] = make_uint4(x, x + 1, x + 2, x + 3);
   }
@@ -242,10 +244,20 @@ void bench_copy(std::size_t bytes) {
   CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   const double gb = bytes / 1e9;
   auto h2d = [&](void* src) {
-    return gb / time_kernel([&] { CHECK(cudaMemcpyAsync(dev, src, bytes, cudaMemcpyHostToDevice, s)); CHECK(cudaStreamSynchronize(s)); }, 10);
+    return gb / time_kernel(
+                    [&] {
+                      CHECK(cudaMemcpyAsync(dev, src, bytes, cudaMemcpyHostToDevice, s));
+                      CHECK(cudaStreamSynchronize(s));
+                    },
+                    10);
   };
   auto d2h = [&](void* dst) {
-    return gb / time_kernel([&] { CHECK(cudaMemcpyAsync(dst, dev, bytes, cudaMemcpyDeviceToHost, s)); CHECK(cudaStreamSynchronize(s)); }, 10);
+    return gb / time_kernel(
+                    [&] {
+                      CHECK(cudaMemcpyAsync(dst, dev, bytes, cudaMemcpyDeviceToHost, s));
+                      CHECK(cudaStreamSynchronize(s));
+                    },
+                    10);
   };
   add("copy", "H2D cudaMallocHost", h2d(pinned), true);
   add("copy", "H2D malloc (pageable)", h2d(pageable), true, "H2D cudaMallocHost");

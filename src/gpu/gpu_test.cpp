@@ -22,11 +22,10 @@ using gpu_test::pattern;
 
 constexpr std::size_t MiB = std::size_t{1} << 20;
 
-#define UNIMEM_REQUIRE_GPUS(n)                                                          \
-  do {                                                                                  \
-    if (gpu_test::device_count() < (n) || !gpu::available())                            \
-      GTEST_SKIP() << ((n) > 1 ? "skipped: fewer than " #n " CUDA devices"              \
-                               : "skipped: no CUDA device");                            \
+#define UNIMEM_REQUIRE_GPUS(n)                                                                           \
+  do {                                                                                                   \
+    if (gpu_test::device_count() < (n) || !gpu::available())                                             \
+      GTEST_SKIP() << ((n) > 1 ? "skipped: fewer than " #n " CUDA devices" : "skipped: no CUDA device"); \
   } while (0)
 
 BlockOptions visible() {
@@ -293,8 +292,9 @@ TEST(GpuShare, ReadOnlyAttachIsRegisteredReadOnlyAndReadByKernels) {
   ASSERT_TRUE(ro.read_only());
   for (int device = 0; device < gpu_test::device_count(); ++device) {
     unsigned long long bad = ~0ull;
-    ASSERT_EQ(gpu_test::count_mismatches(device, on_device(ro, device, reinterpret_cast<const std::uint32_t*>(ro.data())),
-                                         n, 80, &bad), "");
+    ASSERT_EQ(gpu_test::count_mismatches(
+                  device, on_device(ro, device, reinterpret_cast<const std::uint32_t*>(ro.data())), n, 80, &bad),
+              "");
     EXPECT_EQ(bad, 0u) << "device " << device;
   }
 }

@@ -91,7 +91,9 @@ void* GpuRegistration::device_pointer(int ordinal, const void* host) const noexc
   if (it == chunks_.begin()) return nullptr;
   const Chunk& c = *--it;
   if (h >= c.host + c.bytes || c.device.size() <= static_cast<std::size_t>(ordinal)) return nullptr;
-  return reinterpret_cast<void*>(c.device[static_cast<std::size_t>(ordinal)] + static_cast<CUdeviceptr>(h - c.host));
+  // CUDA hands device addresses out as integers (CUdeviceptr).
+  const CUdeviceptr device = c.device[static_cast<std::size_t>(ordinal)] + static_cast<CUdeviceptr>(h - c.host);
+  return reinterpret_cast<void*>(device);  // NOLINT(performance-no-int-to-ptr)
 }
 
 }  // namespace unimem::detail

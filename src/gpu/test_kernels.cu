@@ -7,24 +7,28 @@ namespace unimem::gpu_test {
 namespace {
 
 __global__ void fill_kernel(std::uint32_t* p, std::size_t n, std::uint32_t seed) {
-  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n; i += std::size_t{gridDim.x} * blockDim.x) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::size_t{gridDim.x} * blockDim.x) {
     p[i] = pattern(i, seed);
   }
 }
 
 __global__ void check_kernel(const std::uint32_t* p, std::size_t n, std::uint32_t seed, unsigned long long* bad) {
   unsigned long long local = 0;
-  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n; i += std::size_t{gridDim.x} * blockDim.x) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::size_t{gridDim.x} * blockDim.x) {
     local += p[i] != pattern(i, seed);
   }
   if (local) atomicAdd(bad, local);
 }
 
-std::string text(cudaError_t e) { return e == cudaSuccess ? "" : std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e); }
+std::string text(cudaError_t e) {
+  return e == cudaSuccess ? "" : std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+}
 
-#define UNIMEM_TRY(call)                  \
-  do {                                    \
-    cudaError_t e_ = (call);              \
+#define UNIMEM_TRY(call)                    \
+  do {                                      \
+    cudaError_t e_ = (call);                \
     if (e_ != cudaSuccess) return text(e_); \
   } while (0)
 

@@ -52,8 +52,9 @@ detail::Region adopt_region(int fd, std::uint64_t expected_object, const BlockOp
 detail::Region map_file_region(const std::string& path, const BlockOptions& options);
 
 // Opens another process's Block by id (read-only when asked); returns a
-// descriptor the caller owns. Throws Error(invalid_argument, not_found,
-// permission_denied).
+// descriptor the caller owns. Opens nothing but a regular file, so a FIFO
+// cannot block it. Throws Error(invalid_argument, not_found, permission_denied),
+// Error(not_a_block) when the descriptor is not a regular file.
 int open_by_id(const BlockId& id, bool read_only);
 
 // This process's id. Never throws.

@@ -53,7 +53,7 @@ void populate(std::byte* base, std::size_t bytes, bool for_writing) {
   }
   throw Error(err == ENOMEM ? Errc::out_of_memory : Errc::system, err,
               "unimem: backing " + detail::format_bytes(bytes) + " of a Block up front failed (" +
-                  std::strerror(err) + "). Free memory, open a smaller Block, or use Backing::lazy.");
+                  detail::errno_text(err) + "). Free memory, open a smaller Block, or use Backing::lazy.");
 }
 
 bool advise_huge_pages(std::byte* base, std::size_t bytes) noexcept {

@@ -9,6 +9,17 @@
 // (old kernel, seccomp, io_uring_disabled), threads run pread over the same
 // list. Short reads are resubmitted for the rest; a read of 0 bytes means the
 // file shrank, which is an error.
+//
+// An error never leaves a read in flight: the kernel writes into the
+// destinations until a read completes, and io_uring_queue_exit only unmaps the
+// ring (the kernel finishes the requests in the background), while the caller
+// may free the destinations as soon as we throw (Safetensors::load gives them
+// back to its Tape). So on any error the loop stops submitting, reaps every
+// completion still owed, and only then throws. The pread fallback joins its
+// threads before it throws, for the same reason.
+//
+// Paths are opened only when they name a regular file (open_file.hpp): a FIFO
+// would block the open forever.
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/mman.h>
@@ -19,17 +30,34 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <cstring>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "format.hpp"
+#include "platform/linux/open_file.hpp"
+#include "platform/read_probe.hpp"
 #include "unimem/file.hpp"
 
 namespace unimem {
+namespace detail {
 namespace {
+thread_local ReadRingProbe* read_ring_probe = nullptr;
+}  // namespace
+void set_read_ring_probe(ReadRingProbe* probe) noexcept { read_ring_probe = probe; }
+}  // namespace detail
+
+namespace {
+
+using detail::errno_text;
+
+// One read moves at most 2 GiB - 4 KiB on Linux, and io_uring takes a 32-bit
+// length: larger chunks would be truncated or cut short.
+constexpr std::size_t kMaxChunk = std::size_t{1} << 30;
 
 struct Chunk {
   bool direct;
@@ -42,7 +70,19 @@ struct Chunk {
   const Errc code = err == ENOENT || err == ENOTDIR ? Errc::not_found
                     : err == EACCES || err == EPERM ? Errc::permission_denied
                                                     : Errc::system;
-  throw Error(code, err, "unimem: cannot open " + path + " for reading: " + std::strerror(err));
+  throw Error(code, err, "unimem: cannot open " + path + " for reading: " + errno_text(err));
+}
+
+// Opens `path` with `flags` if it is a regular file; throws otherwise.
+platform::OpenedFile open_regular(const std::string& path, int flags) {
+  platform::OpenedFile f = platform::open_regular_file(path.c_str(), flags);
+  if (!f.regular) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: " + path + " is not a regular file (it is " + platform::file_kind(f.st.st_mode) +
+                    "); unimem reads regular files only");
+  }
+  if (f.fd < 0) fail_open(path, f.err);
+  return f;
 }
 
 struct Files {
@@ -81,12 +121,9 @@ double cached_fraction(int fd, std::uint64_t begin, std::uint64_t end) {
 }
 
 void open_files(const std::string& path, bool want_direct, std::span<const ReadSegment> segments, Files& f) {
-  f.buffered = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f.buffered < 0) fail_open(path, errno);
-  struct stat st {};
-  if (::fstat(f.buffered, &st) != 0) fail_open(path, errno);
-  if (!S_ISREG(st.st_mode)) throw Error(Errc::invalid_argument, 0, "unimem: " + path + " is not a regular file");
-  f.size = static_cast<std::uint64_t>(st.st_size);
+  const platform::OpenedFile buffered = open_regular(path, O_RDONLY);
+  f.buffered = buffered.fd;
+  f.size = static_cast<std::uint64_t>(buffered.st.st_size);
   if (!want_direct) {
     f.no_direct = "O_DIRECT not asked for";
     return;
@@ -113,8 +150,18 @@ void open_files(const std::string& path, bool want_direct, std::span<const ReadS
     f.offset_align = std::max<std::size_t>(sx.stx_dio_offset_align, 512);
   }
 #endif
-  f.direct = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-  if (f.direct < 0) f.no_direct = std::string("O_DIRECT refused (") + std::strerror(errno) + ")";
+  // A second open of the path: it must still name the same file.
+  const platform::OpenedFile direct = platform::open_regular_file(path.c_str(), O_RDONLY | O_DIRECT);
+  if (direct.fd >= 0 && (direct.st.st_dev != buffered.st.st_dev || direct.st.st_ino != buffered.st.st_ino)) {
+    ::close(direct.fd);
+    f.no_direct = "the file was replaced while it was opened";
+  } else if (direct.fd >= 0) {
+    f.direct = direct.fd;
+  } else if (!direct.regular) {
+    f.no_direct = "the file was replaced while it was opened";
+  } else {
+    f.no_direct = "O_DIRECT refused (" + errno_text(direct.err) + ")";
+  }
 }
 
 // Cuts the segments into chunks: O_DIRECT bodies where alignment allows.
@@ -124,7 +171,8 @@ std::vector<Chunk> plan(std::span<const ReadSegment> segments, const Files& f, s
   auto add = [&](bool direct, std::uint64_t off, std::byte* dest, std::uint64_t n) {
     if (!direct) buffered_bytes += n;
     for (std::uint64_t done = 0; done < n; done += chunk_bytes) {
-      chunks.push_back({direct, off + done, dest + done, static_cast<std::size_t>(std::min<std::uint64_t>(chunk_bytes, n - done))});
+      chunks.push_back(
+          {direct, off + done, dest + done, static_cast<std::size_t>(std::min<std::uint64_t>(chunk_bytes, n - done))});
     }
   };
   const std::size_t align = std::max(f.mem_align, f.offset_align);
@@ -148,9 +196,11 @@ std::vector<Chunk> plan(std::span<const ReadSegment> segments, const Files& f, s
 
 [[noreturn]] void fail_read(const std::string& path, int err, std::uint64_t offset) {
   if (err == 0) {
-    throw Error(Errc::system, 0, "unimem: " + path + " ended early at byte " + std::to_string(offset) + " (did it shrink?)");
+    throw Error(Errc::system, 0,
+                "unimem: " + path + " ended early at byte " + std::to_string(offset) + " (did it shrink?)");
   }
-  throw Error(Errc::system, err, "unimem: reading " + path + " at byte " + std::to_string(offset) + " failed: " + std::strerror(err));
+  throw Error(Errc::system, err,
+              "unimem: reading " + path + " at byte " + std::to_string(offset) + " failed: " + errno_text(err));
 }
 
 // io_uring path. Returns false (and sets why) when a ring cannot be set up.
@@ -159,61 +209,106 @@ bool run_io_uring(const std::string& path, const Files& f, std::vector<Chunk>& c
   io_uring ring;
   const unsigned depth = std::clamp(o.queue_depth, 1u, 4096u);
   if (int err = io_uring_queue_init(depth, &ring, 0); err < 0) {
-    why = std::string("io_uring unavailable (") + std::strerror(-err) + ")";
+    why = "io_uring unavailable (" + errno_text(-err) + ")";
     return false;
   }
   struct RingGuard {
     io_uring* r;
     ~RingGuard() { io_uring_queue_exit(r); }
   } guard{&ring};
+  detail::ReadRingProbe* const probe = detail::read_ring_probe;
 
   std::vector<std::size_t> pending;  // chunk indices still to submit (resubmits go last)
   pending.reserve(chunks.size());
   for (std::size_t i = chunks.size(); i-- > 0;) pending.push_back(i);
+  // Reads prepared and not reaped. After a failed submit some of them may
+  // still sit in the submission queue, where the kernel never saw them:
+  // owed() counts only those the kernel took.
   unsigned inflight = 0;
+  auto owed = [&] { return inflight - io_uring_sq_ready(&ring); };
   std::uint64_t done = 0;
-  while (!pending.empty() || inflight != 0) {
-    while (inflight < depth && !pending.empty()) {
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-      if (sqe == nullptr) break;
-      const std::size_t i = pending.back();
-      pending.pop_back();
-      const Chunk& c = chunks[i];
-      io_uring_prep_read(sqe, c.direct ? f.direct : f.buffered, c.dest, static_cast<unsigned>(c.bytes), c.offset);
-      // A buffered read of cached data would otherwise be copied inline, one
-      // at a time, by this thread: hand it to the kernel's workers instead.
-      if (!c.direct) io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
-      io_uring_sqe_set_data64(sqe, i);
-      ++inflight;
+  // The first error; once set, nothing more is submitted and the loop only
+  // reaps what the kernel still owes.
+  int error = -1;  // errno, 0 for "ended early"; -1: none
+  std::uint64_t error_offset = 0;
+  std::exception_ptr thrown;  // from the progress callback
+  auto fail = [&](int err, std::uint64_t offset) {
+    if (error < 0 && !thrown) {
+      error = err;
+      error_offset = offset;
     }
-    if (int err = io_uring_submit_and_wait(&ring, 1); err < 0 && err != -EINTR) fail_read(path, -err, 0);
+  };
+  while (true) {
+    const bool stopping = error >= 0 || thrown;
+    if (!stopping) {
+      while (inflight < depth && !pending.empty()) {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+        if (sqe == nullptr) break;
+        const std::size_t i = pending.back();
+        pending.pop_back();
+        const Chunk& c = chunks[i];
+        io_uring_prep_read(sqe, c.direct ? f.direct : f.buffered, c.dest, static_cast<unsigned>(c.bytes), c.offset);
+        // A buffered read of cached data would otherwise be copied inline, one
+        // at a time, by this thread: hand it to the kernel's workers instead.
+        if (!c.direct) io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
+        io_uring_sqe_set_data64(sqe, i);
+        ++inflight;
+      }
+      if (inflight == 0) break;  // everything read
+      const int n = io_uring_submit_and_wait(&ring, 1);
+      if (n > 0 && probe) probe->submitted += static_cast<std::size_t>(n);
+      if (n < 0 && n != -EINTR) fail(-n, 0);
+    } else {
+      if (owed() == 0) break;
+      io_uring_cqe* cqe;
+      if (const int err = io_uring_wait_cqe(&ring, &cqe); err < 0 && err != -EINTR && err != -EAGAIN && err != -EBUSY) {
+        // Cannot happen with a valid ring. Throwing would let the caller free
+        // memory the kernel is still writing: stopping is the only safe way out.
+        std::fprintf(stderr, "unimem: read_file cannot wait for %u reads of %s still in flight (%s); aborting\n",
+                     owed(), path.c_str(), errno_text(-err).c_str());
+        std::abort();
+      }
+    }
     io_uring_cqe* cqe;
     unsigned head, seen = 0;
     io_uring_for_each_cqe(&ring, head, cqe) {
       ++seen;
       --inflight;
-      Chunk& c = chunks[io_uring_cqe_get_data64(cqe)];
-      if (cqe->res < 0) {
-        if (cqe->res == -EAGAIN || cqe->res == -EINTR) {
-          pending.push_back(io_uring_cqe_get_data64(cqe));
-          continue;
-        }
-        fail_read(path, -cqe->res, c.offset);
+      if (probe) ++probe->reaped;
+      if (error >= 0 || thrown) continue;  // stopping: only count what comes back
+      const std::size_t i = io_uring_cqe_get_data64(cqe);
+      Chunk& c = chunks[i];
+      int res = cqe->res;
+      if (probe && probe->reaped == probe->fail_completion) res = -probe->fail_errno;
+      if (res == -EAGAIN || res == -EINTR) {
+        pending.push_back(i);
+        continue;
       }
-      const auto n = static_cast<std::size_t>(cqe->res);
-      if (n == 0) fail_read(path, 0, c.offset);
+      if (res <= 0) {
+        fail(-res, c.offset);  // 0: the file ended early
+        continue;
+      }
+      const auto n = static_cast<std::size_t>(res);
       done += n;
       if (n < c.bytes) {  // short read: the rest goes through the page cache
         c.direct = false;
         c.offset += n;
         c.dest += n;
         c.bytes -= n;
-        pending.push_back(io_uring_cqe_get_data64(cqe));
+        pending.push_back(i);
       }
     }
     io_uring_cq_advance(&ring, seen);
-    if (o.progress) o.progress(done, total);
+    if (o.progress && error < 0 && !thrown) {
+      try {
+        o.progress(done, total);
+      } catch (...) {
+        thrown = std::current_exception();
+      }
+    }
   }
+  if (thrown) std::rethrow_exception(thrown);
+  if (error >= 0) fail_read(path, error, error_offset);
   return true;
 }
 
@@ -269,17 +364,20 @@ void run_pread(const std::string& path, const Files& f, const std::vector<Chunk>
 
 const char* to_string(ReadPath path) noexcept {
   switch (path) {
-    case ReadPath::io_uring_direct: return "io_uring_direct";
-    case ReadPath::io_uring_buffered: return "io_uring_buffered";
-    case ReadPath::pread_direct: return "pread_direct";
-    case ReadPath::pread_buffered: return "pread_buffered";
+    case ReadPath::io_uring_direct:
+      return "io_uring_direct";
+    case ReadPath::io_uring_buffered:
+      return "io_uring_buffered";
+    case ReadPath::pread_direct:
+      return "pread_direct";
+    case ReadPath::pread_buffered:
+      return "pread_buffered";
   }
   return "unknown";
 }
 
 double page_cache_fraction(const std::string& path, std::uint64_t begin, std::uint64_t end) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail_open(path, errno);
+  const int fd = open_regular(path, O_RDONLY).fd;
   const double f = cached_fraction(fd, begin, end);
   ::close(fd);
   return f;
@@ -293,15 +391,22 @@ std::uint64_t file_size(const std::string& path) {
 
 ReadReport read_file(const std::string& path, std::span<const ReadSegment> segments, const ReadOptions& options) {
   const auto start = std::chrono::steady_clock::now();
+  if (options.chunk_bytes > kMaxChunk) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: read_file: ReadOptions::chunk_bytes is " + std::to_string(options.chunk_bytes) +
+                    "; it must be at most 1 GiB (" + std::to_string(kMaxChunk) + ")");
+  }
   Files f;
   open_files(path, options.direct, segments, f);
   ReadReport report;
   for (const ReadSegment& s : segments) {
-    if (s.bytes != 0 && s.dest == nullptr) throw Error(Errc::invalid_argument, 0, "unimem: read_file: a segment has no destination");
+    if (s.bytes != 0 && s.dest == nullptr)
+      throw Error(Errc::invalid_argument, 0, "unimem: read_file: a segment has no destination");
     if (s.file_offset > f.size || s.bytes > f.size - s.file_offset) {
       throw Error(Errc::invalid_argument, 0,
-                  "unimem: read_file: bytes [" + std::to_string(s.file_offset) + ", " + std::to_string(s.file_offset + s.bytes) +
-                      ") lie outside " + path + " (" + std::to_string(f.size) + " bytes)");
+                  "unimem: read_file: bytes [" + std::to_string(s.file_offset) + ", " +
+                      std::to_string(s.file_offset + s.bytes) + ") lie outside " + path + " (" +
+                      std::to_string(f.size) + " bytes)");
     }
     report.bytes += s.bytes;
   }
@@ -327,7 +432,8 @@ ReadReport read_file(const std::string& path, std::span<const ReadSegment> segme
   return report;
 }
 
-ReadReport read_file(const std::string& path, std::uint64_t offset, std::span<std::byte> dest, const ReadOptions& options) {
+ReadReport read_file(const std::string& path, std::uint64_t offset, std::span<std::byte> dest,
+                     const ReadOptions& options) {
   const ReadSegment segment{offset, dest.data(), dest.size()};
   return read_file(path, std::span<const ReadSegment>(&segment, 1), options);
 }

@@ -15,11 +15,11 @@
 //   * mlock2(MLOCK_ONFAULT) pins lazily: the call itself is O(1) and checks
 //     RLIMIT_MEMLOCK for the whole range up front, then each page is locked
 //     when first touched. Plain mlock would fault every page in, in one thread.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -30,6 +30,7 @@
 #include <string>
 
 #include "format.hpp"
+#include "platform/linux/open_file.hpp"
 #include "platform/region.hpp"
 
 #ifndef MLOCK_ONFAULT
@@ -43,7 +44,7 @@ using detail::format_bytes;
 
 [[noreturn]] void fail(Errc code, int err, const std::string& what) {
   std::string message = "unimem: " + what;
-  if (err != 0) message += std::string(" (") + std::strerror(err) + ")";
+  if (err != 0) message += " (" + detail::errno_text(err) + ")";
   throw Error(code, err, message);
 }
 
@@ -53,13 +54,11 @@ using detail::format_bytes;
   const bool limited = limit.rlim_cur != RLIM_INFINITY;
   if ((err == ENOMEM || err == EPERM) && limited) {
     const std::string cur = format_bytes(static_cast<std::size_t>(limit.rlim_cur));
-    const std::string max = limit.rlim_max == RLIM_INFINITY
-                                ? std::string("unlimited")
-                                : format_bytes(static_cast<std::size_t>(limit.rlim_max));
+    const std::string max = limit.rlim_max == RLIM_INFINITY ? std::string("unlimited")
+                                                            : format_bytes(static_cast<std::size_t>(limit.rlim_max));
     fail(Errc::memlock_limit, err,
-         "cannot pin a Block of " + format_bytes(bytes) + ": RLIMIT_MEMLOCK is " + cur +
-             " (hard limit " + max + ") and this process already has " +
-             format_bytes(locked_bytes()) +
+         "cannot pin a Block of " + format_bytes(bytes) + ": RLIMIT_MEMLOCK is " + cur + " (hard limit " + max +
+             ") and this process already has " + format_bytes(locked_bytes()) +
              " locked. Raise the limit (`ulimit -l unlimited` in the shell, "
              "`memlock` in /etc/security/limits.conf, LimitMEMLOCK=infinity for a systemd "
              "service, --ulimit memlock=-1 for docker), or open the Block with "
@@ -79,9 +78,8 @@ void check_capacity(std::size_t bytes, bool pinned) {
   const std::size_t limit = pinned ? ram : ram + swap;
   if (bytes > limit) {
     fail(Errc::out_of_memory, 0,
-         "cannot open a Block of " + format_bytes(bytes) + ": the machine has " +
-             format_bytes(ram) + " of RAM" + (pinned ? "" : " plus " + format_bytes(swap) + " of swap") +
-             ". Open a smaller Block");
+         "cannot open a Block of " + format_bytes(bytes) + ": the machine has " + format_bytes(ram) + " of RAM" +
+             (pinned ? "" : " plus " + format_bytes(swap) + " of swap") + ". Open a smaller Block");
   }
 }
 
@@ -91,8 +89,9 @@ void create_memfd(detail::Region& region) {
   region.handle = ::memfd_create("unimem", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (region.handle < 0) {
     const int err = errno;
-    fail(Errc::system, err, "memfd_create failed while opening a Block of " + format_bytes(bytes) +
-                                (err == EMFILE || err == ENFILE ? "; too many open files" : ""));
+    fail(Errc::system, err,
+         "memfd_create failed while opening a Block of " + format_bytes(bytes) +
+             (err == EMFILE || err == ENFILE ? "; too many open files" : ""));
   }
   if (::ftruncate(region.handle, static_cast<off_t>(bytes)) != 0) {
     const int err = errno;
@@ -204,18 +203,23 @@ detail::Region adopt_region(int fd, std::uint64_t expected_object, const BlockOp
 
 detail::Region map_file_region(const std::string& path, const BlockOptions& options) {
   detail::Region region;
-  region.handle = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (region.handle < 0) {
-    const int err = errno;
-    fail(err == ENOENT || err == ENOTDIR ? Errc::not_found : err == EACCES || err == EPERM ? Errc::permission_denied : Errc::system,
+  // Only a regular file is opened: a FIFO would block the open forever.
+  const OpenedFile file = open_regular_file(path.c_str(), O_RDONLY);
+  if (!file.regular) {
+    fail(Errc::invalid_argument, 0,
+         path + " is not a regular file (it is " + file_kind(file.st.st_mode) + "): nothing to map");
+  }
+  if (file.fd < 0) {
+    const int err = file.err;
+    fail(err == ENOENT || err == ENOTDIR ? Errc::not_found
+         : err == EACCES || err == EPERM ? Errc::permission_denied
+                                         : Errc::system,
          err, "cannot open " + path + " to map it");
   }
+  region.handle = file.fd;
   RegionGuard guard{region};
-  struct stat st {};
-  if (::fstat(region.handle, &st) != 0) fail(Errc::system, errno, "fstat of " + path + " failed");
-  if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
-    fail(Errc::invalid_argument, 0, path + " is " + (S_ISREG(st.st_mode) ? "empty" : "not a regular file") + ": nothing to map");
-  }
+  const struct stat& st = file.st;
+  if (st.st_size <= 0) fail(Errc::invalid_argument, 0, path + " is empty: nothing to map");
   const std::size_t page = page_size();
   region.size = (static_cast<std::size_t>(st.st_size) + page - 1) / page * page;
   BlockOptions read_only = options;

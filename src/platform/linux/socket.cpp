@@ -12,6 +12,7 @@
 #include <cstring>
 #include <string>
 
+#include "format.hpp"
 #include "unimem/share.hpp"
 
 namespace unimem {
@@ -52,7 +53,7 @@ void send_block(int socket, const Block& block) {
   if (n == static_cast<ssize_t>(sizeof header)) return;
   const int err = n < 0 ? errno : EIO;
   throw Error(err == EPIPE || err == ECONNRESET ? Errc::disconnected : Errc::system, err,
-              std::string("unimem: send_block failed: ") + std::strerror(err));
+              "unimem: send_block failed: " + detail::errno_text(err));
 }
 
 Block receive_block(int socket, const BlockOptions& options) {
@@ -68,6 +69,7 @@ Block receive_block(int socket, const BlockOptions& options) {
   do {
     n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
   } while (n < 0 && errno == EINTR);
+  const int recv_errno = n < 0 ? errno : 0;  // before close() below can change errno
   // Take ownership of every descriptor that arrived, whatever happens next.
   int fd = -1;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -87,7 +89,8 @@ Block receive_block(int socket, const BlockOptions& options) {
     if (fd >= 0) ::close(fd);
     throw Error(code, err, "unimem: receive_block: " + why);
   };
-  if (n < 0) refuse(errno == ECONNRESET ? Errc::disconnected : Errc::system, errno, std::strerror(errno));
+  if (n < 0)
+    refuse(recv_errno == ECONNRESET ? Errc::disconnected : Errc::system, recv_errno, detail::errno_text(recv_errno));
   if (n == 0) refuse(Errc::disconnected, 0, "the peer closed the socket before sending a Block");
   if (static_cast<std::size_t>(n) != sizeof header || std::memcmp(header.magic, kMagic, sizeof kMagic) != 0) {
     refuse(Errc::not_a_block, 0, "the message is not a unimem Block header");

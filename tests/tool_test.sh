@@ -1,0 +1,85 @@
+#!/bin/sh
+# tests/tool_test.sh — checks of the `unimem` command line tool that need a
+# shell: a working directory that is gone, a file in the way of the O_DIRECT
+# probe, a FIFO, a /proc file, a misplaced option.
+#
+#   sh tests/tool_test.sh TOOL CASE     (CASE: cwd_gone probe_file bogus_option proc_file fifo)
+#
+# Every failure of the tool must be one line on stderr and an exit code
+# between 1 and 125, never a signal (an abort is 134 in the shell).
+set -u
+case_name=$2
+# Absolute: some cases run the tool from another directory.
+tool=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+[ -x "$tool" ] || { echo "FAIL ($case_name): no tool at $1"; exit 1; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/unimem_tool_test.XXXXXX") || exit 1
+trap 'rm -rf "$work"' EXIT
+fail() {
+  echo "FAIL ($case_name): $*"
+  echo "--- stdout"; cat "$work/out" 2>/dev/null
+  echo "--- stderr"; cat "$work/err" 2>/dev/null
+  exit 1
+}
+# A clean failure: the asked exit code, and exactly one line on stderr
+# containing the given text.
+expect_clean_failure() {  # CODE TEXT
+  [ "$rc" -eq "$1" ] || fail "exit code $rc, expected $1"
+  [ "$(wc -l < "$work/err")" -eq 1 ] || fail "stderr is not one line"
+  grep -q -- "$2" "$work/err" || fail "stderr does not mention '$2'"
+}
+
+case $case_name in
+cwd_gone)
+  # info used to throw std::filesystem_error from current_path: std::terminate.
+  mkdir "$work/gone"
+  (cd "$work/gone" && rmdir "$work/gone" && exec "$tool" info) > "$work/out" 2> "$work/err"
+  rc=$?
+  [ "$rc" -lt 128 ] || fail "killed by signal $((rc - 128))"
+  [ "$rc" -lt 126 ] || fail "could not run the tool (exit $rc)"
+  if [ "$rc" -eq 0 ]; then
+    grep -q "io_uring" "$work/out" || fail "info printed no storage section"
+  else
+    expect_clean_failure "$rc" "unimem"
+  fi
+  ;;
+probe_file)
+  # info's O_DIRECT probe used to open ".unimem_direct_probe" with O_CREAT
+  # and unlink it: a user's file of that name was deleted.
+  mkdir "$work/dir"
+  printf 'keep me\n' > "$work/dir/.unimem_direct_probe"
+  (cd "$work/dir" && TMPDIR="$work/dir" exec "$tool" info) > "$work/out" 2> "$work/err"
+  rc=$?
+  [ "$rc" -eq 0 ] || fail "exit code $rc"
+  [ -f "$work/dir/.unimem_direct_probe" ] || fail "the probe deleted an existing file"
+  [ "$(cat "$work/dir/.unimem_direct_probe")" = "keep me" ] || fail "the probe changed an existing file"
+  [ "$(ls -A "$work/dir" | wc -l)" -eq 1 ] || fail "the probe left files behind: $(ls -A "$work/dir")"
+  grep -q "O_DIRECT in $work/dir" "$work/out" || fail "no O_DIRECT line for the directory"
+  ;;
+bogus_option)
+  # The first argument after load used to be taken as the file whatever it was.
+  printf 'x' > "$work/file"
+  "$tool" load --bogus "$work/file" > "$work/out" 2> "$work/err"
+  rc=$?
+  expect_clean_failure 2 "unknown option --bogus"
+  if grep -q "unknown option $work/file" "$work/err"; then fail "blames the file, not --bogus"; fi
+  ;;
+proc_file)
+  # stat says 0 bytes, read gives more: it used to "load" 0 bytes and succeed.
+  "$tool" load /proc/self/status > "$work/out" 2> "$work/err"
+  rc=$?
+  expect_clean_failure 1 "size of 0 bytes but is not empty"
+  ;;
+fifo)
+  # Opening a FIFO without a writer used to block forever.
+  mkfifo "$work/fifo" || fail "mkfifo"
+  timeout 20 "$tool" load "$work/fifo" > "$work/out" 2> "$work/err"
+  rc=$?
+  [ "$rc" -ne 124 ] || fail "unimem load hung on a FIFO"
+  expect_clean_failure 1 "not a regular file"
+  ;;
+*)
+  echo "unknown case $case_name"
+  exit 2
+  ;;
+esac
+echo "PASS ($case_name)"
