@@ -20,6 +20,11 @@ namespace unimem {
 
 std::size_t Block::page_size() noexcept { return platform::page_size(); }
 
+const Block& detail::empty_block() noexcept {
+  static const Block none;
+  return none;
+}
+
 Block Block::open(std::size_t bytes, const BlockOptions& options) {
   if (bytes == 0) {
     throw Error(Errc::invalid_argument, 0, "unimem: Block::open(0): a Block needs at least one byte");

@@ -30,7 +30,7 @@ class CopyCrew {
         // A thread reads threads_ only after its first job, which publishes it.
         crew_.emplace_back([this, k] { work(k); });
       }
-    } catch (const std::system_error&) {
+    } catch (...) {  // std::system_error (no thread), std::bad_alloc (no thread state)
       // Threads 1..size() run; give the missing ones' share to the rest.
     }
     threads_ = static_cast<unsigned>(crew_.size()) + 1;

@@ -245,6 +245,26 @@ TEST(ReadFile, AThrowingProgressCallbackLeavesNoReadInFlight) {
   EXPECT_EQ(probe.reaped, probe.submitted) << "read_file threw with reads still in flight";
 }
 
+// The pread fallback too: a throwing callback reaches the caller after every
+// reader has stopped (it used to end in std::terminate, with readers running).
+TEST(ReadFile, AThrowingProgressCallbackStopsThePreadReaders) {
+  TempFile f(2 * MiB);
+  Block b = Block::open(f.data.size());
+  ReadOptions o;
+  o.direct = false;
+  o.io_uring = false;
+  o.chunk_bytes = 4096;
+  o.threads = 4;
+  o.progress = [](std::uint64_t, std::uint64_t) { throw std::runtime_error("stop"); };
+  bool caught = false;
+  try {
+    read_file(f.path, 0, b.bytes().first(f.data.size()), o);
+  } catch (const std::runtime_error& e) {
+    caught = std::string(e.what()) == "stop";
+  }
+  EXPECT_TRUE(caught) << "the callback's exception reaches the caller";
+}
+
 // io_uring takes a 32-bit length and Linux moves at most 2 GiB - 4 KiB per
 // read: a chunk of 4 GiB used to become a read of 0 bytes.
 TEST(ReadFile, ChunkBytesAbove1GiBIsRefused) {

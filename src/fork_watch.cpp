@@ -6,26 +6,30 @@
 // pthread_atfork holds the mutex across fork(), so the child inherits a list
 // no thread was halfway through changing; the child, single-threaded at that
 // point, calls every hook and releases the mutex.
+//
+// The list is constant-initialized and never destroyed, so it exists before
+// any static Tape is built and after the last is destroyed, and no fork() can
+// catch it half-initialized. The handlers are registered while the library
+// loads (a failure there, ENOMEM, aborts: fork protection silently off would
+// be worse). Tapes and Grids must not be created or destroyed in a signal
+// handler or an atfork handler (the mutex is not reentrant).
 #include "unimem/detail/fork_watch.hpp"
 
 #include <pthread.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
 
 namespace unimem::detail {
 
 struct ForkWatchList {
-  static ForkWatchList& get() noexcept {
-    static ForkWatchList list;  // constructed before any watch links in
-    return list;
-  }
+  std::mutex mutex;
+  ForkWatch* first = nullptr;
 
-  ForkWatchList() noexcept { ::pthread_atfork(&prepare, &parent, &child); }
-
-  static void prepare() noexcept { get().mutex.lock(); }
-  static void parent() noexcept { get().mutex.unlock(); }
+  static void prepare() noexcept { list.mutex.lock(); }
+  static void parent() noexcept { list.mutex.unlock(); }
   static void child() noexcept {
-    ForkWatchList& list = get();
     for (ForkWatch* w = list.first; w != nullptr; w = w->next_) w->hook_(w->owner_);
     list.mutex.unlock();
   }
@@ -38,19 +42,35 @@ struct ForkWatchList {
   }
   void unlink(ForkWatch& w) noexcept {
     std::lock_guard lock(mutex);
-    if (w.prev_ != nullptr)
+    if (w.prev_ != nullptr) {
       w.prev_->next_ = w.next_;
-    else
+    } else {
       first = w.next_;
+    }
     if (w.next_ != nullptr) w.next_->prev_ = w.prev_;
   }
 
-  std::mutex mutex;
-  ForkWatch* first = nullptr;
+  static ForkWatchList list;
 };
 
-ForkWatch::ForkWatch(void* owner, Hook hook) noexcept : owner_(owner), hook_(hook) { ForkWatchList::get().link(*this); }
+// std::mutex and a pointer: constant-initialized, trivially destructible.
+constinit ForkWatchList ForkWatchList::list{};
 
-ForkWatch::~ForkWatch() { ForkWatchList::get().unlink(*this); }
+namespace {
+const bool handlers_registered = [] {
+  if (::pthread_atfork(&ForkWatchList::prepare, &ForkWatchList::parent, &ForkWatchList::child) != 0) {
+    std::fputs("unimem: pthread_atfork failed: cannot protect allocators across fork()\n", stderr);
+    std::abort();
+  }
+  return true;
+}();
+}  // namespace
+
+ForkWatch::ForkWatch(void* owner, Hook hook) noexcept : owner_(owner), hook_(hook) {
+  (void)handlers_registered;
+  ForkWatchList::list.link(*this);
+}
+
+ForkWatch::~ForkWatch() { ForkWatchList::list.unlink(*this); }
 
 }  // namespace unimem::detail

@@ -272,6 +272,18 @@ TEST(GridCache, ManyGridsPerThreadStayCorrect) {
   }
 }
 
+TEST(Grid, AMovedFromGridHandsOutNothing) {
+  Grid<> a(64, 8);
+  Grid<> b = std::move(a);
+  EXPECT_FALSE(a.take());
+  EXPECT_EQ(a.cells(), 0u);
+  EXPECT_EQ(a.cell_size(), 0u);
+  EXPECT_TRUE(a.block().empty());
+  Cell c = b.take();
+  EXPECT_EQ(a.give(std::move(c)), GiveStatus::foreign_cell);
+  EXPECT_EQ(b.cells(), 8u);
+}
+
 // Constructed on a thread before its first take, so it is destroyed after the
 // grid cache's exit flush (thread_locals die in reverse order of construction).
 thread_local std::vector<Cell> cells_held_until_thread_exit;

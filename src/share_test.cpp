@@ -731,6 +731,46 @@ TEST(SharedGrid, AHostilePeerCannotMakeThisProcessLeaveTheBlock) {
   std::printf("attached %ld times, refused %ld, took %ld cells\n", attached.load(), refused.load(), taken.load());
 }
 
+// Review of issue 11: a forked child inherits the parent's SharedCells; when
+// they are destroyed there (unwinding, exit()), they must not go back to the
+// shared list while the parent still holds them.
+TEST(SharedGrid, AForkedChildNeitherTakesNorGivesBackThroughInheritedObjects) {
+  SharedGrid grid = SharedGrid::create(Block::open(MiB), 64, 8);
+  SharedCell held = grid.take();
+  ASSERT_TRUE(held);
+  const BlockId id = grid.block().id();
+  EXPECT_EQ(in_child([&] {
+              int status = 0;
+              { SharedCell mine = std::move(held); }  // destroyed in the child
+              if (grid.take()) status |= 1;
+              if (!grid.forked()) status |= 2;
+              SharedGrid own = SharedGrid::attach(Block::attach(id));  // what a child does instead
+              SharedCell c = own.take();
+              if (!c || c.index() == 0) status |= 4;
+              return status;  // c goes back through `own`
+            }),
+            0)
+      << "1: took through the inherited grid, 2: forked() false, 4: attaching its own failed";
+  std::vector<SharedCell> all;
+  for (SharedCell c = grid.take(); c; c = grid.take()) {
+    EXPECT_NE(c.index(), held.index()) << "the child gave back the cell the parent holds";
+    all.push_back(std::move(c));
+  }
+  EXPECT_EQ(all.size(), 7u);
+}
+
+TEST(SharedTape, AMovedFromSharedTapeIsEmpty) {
+  SharedTape a = SharedTape::create(Block::open(MiB));
+  ASSERT_TRUE(a.take(64));
+  SharedTape b = std::move(a);
+  EXPECT_EQ(a.take(64).status, TakeStatus::invalid_size);
+  EXPECT_EQ(a.used(), 0u);
+  EXPECT_EQ(a.total(), 0u);
+  EXPECT_EQ(a.at(Block::page_size()), nullptr);
+  a.clear();
+  EXPECT_EQ(b.used(), 64u);
+}
+
 TEST(SharedGrid, ValidatesSizesCellsAndHeaders) {
   EXPECT_EQ(error_of([] { (void)SharedGrid::create(Block::open(MiB), 100, 10); }), Errc::invalid_argument);
   EXPECT_EQ(error_of([] { (void)SharedGrid::create(Block::open(MiB), 64, 0); }), Errc::invalid_argument);

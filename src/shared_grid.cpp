@@ -10,20 +10,23 @@
 // Lifetime: as Grid's core, a SharedGridCore counts the SharedGrid and the
 // cells out in this process; the last of them unmaps the Block. A cell that
 // outlives its SharedGrid still goes back to the shared list, since other
-// processes may still take from it.
+// processes may still take from it. In a forked child the core (copied with
+// the process) is marked by detail::ForkWatch: it takes nothing and drops the
+// inherited cells, which the parent still holds.
 #include <cstring>
 #include <limits>
 #include <new>
 #include <string>
 
 #include "shared_grid_header.hpp"
+#include "shared_magic.hpp"
 #include "tagged_stack.hpp"
 #include "unimem/share.hpp"
 
 namespace unimem {
 namespace {
 
-constexpr char kMagic[8] = {'u', 'n', 'i', 'm', 'e', 'm', 'G', '2'};
+constexpr std::uint64_t kMagic = detail::magic_word("unimemG2");
 
 std::size_t data_offset_for(std::size_t cells) {
   const std::size_t page = Block::page_size();
@@ -65,19 +68,17 @@ SharedGridCore::SharedGridCore(Block block, std::size_t cell_size, std::size_t c
     cells_ = cells;
     data_offset_ = offset;
     list().format();
-    std::atomic_thread_fence(std::memory_order_release);
-    std::memcpy(h->magic, kMagic, sizeof kMagic);
+    publish_magic(h->magic, kMagic);
   } else {  // validate a copy: each field read once
     if (block_.size() < page) {
       throw Error(Errc::not_a_block, 0, "unimem: SharedGrid::attach: the Block is smaller than a page");
     }
     auto* h = std::launder(reinterpret_cast<SharedGridHeader*>(block_.data()));
-    char magic[sizeof kMagic];
-    std::memcpy(magic, h->magic, sizeof magic);
+    const std::uint64_t magic = read_magic(h->magic);
     const std::uint64_t size = read_once(h->cell_size), count = read_once(h->cells), offset = read_once(h->data_offset);
-    const bool ok = std::memcmp(magic, kMagic, sizeof kMagic) == 0 && size != 0 && size % kCellAlign == 0 &&
-                    count != 0 && count < TaggedStack::kNone && offset == data_offset_for(count) &&
-                    offset <= block_.size() && size <= (block_.size() - offset) / count;
+    const bool ok = magic == kMagic && size != 0 && size % kCellAlign == 0 && count != 0 &&
+                    count < TaggedStack::kNone && offset == data_offset_for(count) && offset <= block_.size() &&
+                    size <= (block_.size() - offset) / count;
     if (!ok) {
       throw Error(Errc::not_a_block, 0,
                   "unimem: SharedGrid::attach: the Block's header is not a shared grid's (or is of an older "
@@ -94,8 +95,10 @@ TaggedStack SharedGridCore::list() const noexcept {
   return TaggedStack(&h->head, links(h), static_cast<std::uint32_t>(cells_));
 }
 
+void SharedGridCore::on_fork_child(void* core) noexcept { static_cast<SharedGridCore*>(core)->forked_ = true; }
+
 SharedCell SharedGridCore::take() noexcept {
-  if (block_.read_only()) return {};
+  if (block_.read_only() || forked_) return {};
   std::uint32_t index;
   if (list().pop(&index, 1) == 0) return {};
   refs_.fetch_add(1, std::memory_order_relaxed);
@@ -110,8 +113,8 @@ GiveStatus SharedGridCore::give(SharedCell& cell) noexcept {
 }
 
 void SharedGridCore::give_back(std::uint32_t index) noexcept {
-  list().push(&index, 1);
-  release_refs(1);  // last access: may free this core
+  if (!forked_) list().push(&index, 1);  // in a forked child the cell is the parent's
+  release_refs(1);                       // last access: may free this core
 }
 
 void SharedGridCore::release_refs(std::size_t n) noexcept {
@@ -154,9 +157,8 @@ std::size_t SharedGrid::cells() const noexcept { return core_ != nullptr ? core_
 std::size_t SharedGrid::offset_of(std::uint32_t index) const noexcept {
   return core_ != nullptr ? core_->offset_of(index) : 0;
 }
-const Block& SharedGrid::block() const noexcept {
-  static const Block none;
-  return core_ != nullptr ? core_->block() : none;
-}
+bool SharedGrid::forked() const noexcept { return core_ != nullptr && core_->forked(); }
+
+const Block& SharedGrid::block() const noexcept { return core_ != nullptr ? core_->block() : detail::empty_block(); }
 
 }  // namespace unimem

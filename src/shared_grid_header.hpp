@@ -15,7 +15,7 @@
 namespace unimem::detail {
 
 struct SharedGridHeader {
-  char magic[8];  // "unimemG2" once formatted ("unimemG1": the 32-bit tag layout)
+  std::uint64_t magic;  // "unimemG2" once formatted, published last ("unimemG1": the 32-bit tag layout)
   std::uint64_t cell_size;
   std::uint64_t cells;
   std::uint64_t data_offset;

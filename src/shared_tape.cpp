@@ -12,16 +12,18 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <utility>
 
 #include "unimem/share.hpp"
 
 #include "bump.hpp"
+#include "shared_magic.hpp"
 
 namespace unimem {
 namespace detail {
 
 struct SharedTapeHeader {
-  char magic[8];
+  std::uint64_t magic;  // "unimemT1", published last (src/shared_magic.hpp)
   std::uint64_t data_offset;
   std::uint64_t capacity;
   alignas(64) std::atomic<std::uint64_t> cursor;
@@ -31,7 +33,7 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "shared state nee
 }  // namespace detail
 
 namespace {
-constexpr char kMagic[8] = {'u', 'n', 'i', 'm', 'e', 'm', 'T', '1'};
+constexpr std::uint64_t kMagic = detail::magic_word("unimemT1");
 }
 
 SharedTape::SharedTape(Block block, bool format) : block_(std::move(block)) {
@@ -45,11 +47,10 @@ SharedTape::SharedTape(Block block, bool format) : block_(std::move(block)) {
     h->data_offset = page;
     h->capacity = block_.size() - page;
     h->cursor.store(0, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
-    std::memcpy(h->magic, kMagic, sizeof kMagic);
+    detail::publish_magic(h->magic, kMagic);
   } else {
-    const auto* h = header();
-    if (block_.size() < 2 * page || std::memcmp(h->magic, kMagic, sizeof kMagic) != 0 || h->data_offset != page ||
+    auto* h = header();
+    if (block_.size() < 2 * page || detail::read_magic(h->magic) != kMagic || h->data_offset != page ||
         h->capacity != block_.size() - page) {
       throw Error(Errc::not_a_block, 0,
                   "unimem: SharedTape::attach: the Block's header is not a shared tape's (or was formatted for "
@@ -58,6 +59,20 @@ SharedTape::SharedTape(Block block, bool format) : block_(std::move(block)) {
   }
   data_offset_ = page;
   capacity_ = block_.size() - page;
+}
+
+SharedTape::SharedTape(SharedTape&& other) noexcept
+    : block_(std::move(other.block_)),
+      data_offset_(std::exchange(other.data_offset_, 0)),
+      capacity_(std::exchange(other.capacity_, 0)) {}
+
+SharedTape& SharedTape::operator=(SharedTape&& other) noexcept {
+  if (this != &other) {
+    block_ = std::move(other.block_);
+    data_offset_ = std::exchange(other.data_offset_, 0);
+    capacity_ = std::exchange(other.capacity_, 0);
+  }
+  return *this;
 }
 
 SharedTape SharedTape::create(Block block) { return SharedTape(std::move(block), true); }
@@ -77,10 +92,11 @@ Taken SharedTape::take(std::size_t size, std::size_t align) noexcept {
 }
 
 void SharedTape::clear() noexcept {
-  if (!block_.read_only()) header()->cursor.store(0, std::memory_order_release);
+  if (!block_.empty() && !block_.read_only()) header()->cursor.store(0, std::memory_order_release);
 }
 
 std::size_t SharedTape::used() const noexcept {
+  if (block_.empty()) return 0;  // moved from
   // Another process may have written anything there.
   return static_cast<std::size_t>(std::min<std::uint64_t>(header()->cursor.load(std::memory_order_relaxed), capacity_));
 }

@@ -30,6 +30,20 @@
 #error "unimem needs a 16-byte compare-and-swap (x86-64: build with -mcx16)"
 #endif
 
+#if defined(__SANITIZE_THREAD__)
+#define UNIMEM_TAGGED_STACK_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNIMEM_TAGGED_STACK_TSAN 1
+#endif
+#endif
+#if defined(UNIMEM_TAGGED_STACK_TSAN)
+#include <sanitizer/tsan_interface.h>
+#if !defined(__x86_64__)
+#error "ThreadSanitizer builds of unimem need x86-64 (see swap() in src/tagged_stack.hpp)"
+#endif
+#endif
+
 namespace unimem::detail {
 
 class TaggedStack {
@@ -84,19 +98,38 @@ class TaggedStack {
   static constexpr std::uint64_t index_of(Word w) { return static_cast<std::uint64_t>(w); }
   static constexpr std::uint64_t tag_of(Word w) { return static_cast<std::uint64_t>(w >> 64); }
 
-  // Two 8-byte loads, index first (acquire: the links pushed with it are
-  // visible). They may tear; the compare-exchange then fails and hands back
-  // a consistent word.
+  // Two 8-byte loads, both acquire, the tag first. The pair may tear (an
+  // index newer than the tag); every change bumps the tag, so the
+  // compare-exchange then fails and hands back a consistent word. If it
+  // succeeds, the head still is the word whose tag was read, and the links
+  // walked after the acquire are at least as new as the swap that wrote it;
+  // newer ones would have changed the tag. (Acquire on the tag matters on
+  // weakly ordered CPUs: with the index acquire and the tag relaxed, a pop
+  // could pair a new tag with links read before it.)
   Word load() const noexcept {
+    const std::uint64_t tag = __atomic_load_n(&head_->tag, __ATOMIC_ACQUIRE);
     const std::uint64_t index = __atomic_load_n(&head_->index, __ATOMIC_ACQUIRE);
-    const std::uint64_t tag = __atomic_load_n(&head_->tag, __ATOMIC_RELAXED);
     return pack(tag, index);
   }
   // Replaces the head with `desired` if it still is `expected` (a full
   // barrier); otherwise loads the current head into `expected`.
   bool swap(Word& expected, Word desired) noexcept {
     Word* word = reinterpret_cast<Word*>(head_);
+#if defined(UNIMEM_TAGGED_STACK_TSAN)
+    // ThreadSanitizer emulates 16-byte atomics under a lock of its own
+    // process, which other processes sharing a SharedGrid do not take. Use
+    // the instruction itself and tell TSan about the ordering it gives.
+    __tsan_release(word);
+    std::uint64_t lo = static_cast<std::uint64_t>(expected), hi = static_cast<std::uint64_t>(expected >> 64);
+    asm volatile("lock cmpxchg16b %[word]"
+                 : [word] "+m"(*word), "+a"(lo), "+d"(hi)
+                 : "b"(static_cast<std::uint64_t>(desired)), "c"(static_cast<std::uint64_t>(desired >> 64))
+                 : "memory", "cc");
+    __tsan_acquire(word);
+    const Word seen = (Word{hi} << 64) | lo;
+#else
     const Word seen = __sync_val_compare_and_swap(word, expected, desired);
+#endif
     if (seen == expected) return true;
     expected = seen;
     return false;

@@ -81,8 +81,13 @@ bool Tape::untake(const Taken& taken, std::size_t size) noexcept {
   const std::size_t begin = static_cast<std::size_t>(taken.ptr - block_.data());
   if (size > block_.size() - begin) return false;
   std::size_t end = begin + size + std::min(kRedZone, block_.size() - begin - size);  // as take() moved it
-  if (!cursor_.compare_exchange_strong(end, begin, std::memory_order_acq_rel)) return false;
+  // Poison before the cursor moves back (as clear() does): a take that then
+  // gets these bytes unpoisons them after us, never before.
   detail::poison(taken.ptr, size);
+  if (!cursor_.compare_exchange_strong(end, begin, std::memory_order_acq_rel)) {
+    detail::unpoison(taken.ptr, size);  // still the caller's
+    return false;
+  }
   return true;
 }
 
@@ -107,7 +112,9 @@ Taken Tape::Lane::take_slow(std::size_t size, std::size_t align) noexcept {
   if (size > chunk_ / 2 || align > chunk_ / 2) return tape_->take(size, align);
   for (;;) {
     const std::uint64_t epoch = tape_->epoch_.load(std::memory_order_acquire);
-    const Taken chunk = tape_->reserve(chunk_, 64, 0);
+    // A red zone after the chunk too (ASan builds): a piece that ends at the
+    // chunk's end is followed by one like every other.
+    const Taken chunk = tape_->reserve(chunk_, 64, kRedZone);
     if (!chunk) {
       if (chunk.status == TakeStatus::forked) return chunk;
       return tape_->take(size, align);  // no room for a chunk; the request may still fit

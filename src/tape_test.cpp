@@ -11,6 +11,7 @@
 #include <optional>
 #include <random>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "poison.hpp"
@@ -197,6 +198,28 @@ TEST(Tape, MovingInvalidatesLanesOverTheSource) {
     ASSERT_TRUE(mine);
     EXPECT_GE(mine.ptr, first.ptr + 4096) << "the moved Tape handed out the old lane's chunk again";
   }
+}
+
+// A copy of a Lane would hand out the bytes the original hands out: Lanes
+// move, and the moved-from one reserves a fresh chunk.
+TEST(TapeLane, IsMoveOnlyAndAMovedFromLaneTakesAFreshChunk) {
+  static_assert(!std::is_copy_constructible_v<Tape::Lane> && !std::is_copy_assignable_v<Tape::Lane>);
+  Tape t = Tape::start(MiB);
+  Tape::Lane a(t, 4096);
+  Taken first = a.take(64, 64);
+  ASSERT_TRUE(first);
+  Tape::Lane b = std::move(a);
+  Taken from_b = b.take(64, 64);
+  Taken from_a = a.take(64, 64);
+  ASSERT_TRUE(from_a && from_b);
+  EXPECT_LT(from_b.ptr, first.ptr + 4096) << "the moved-to lane continues the chunk";
+  EXPECT_GE(from_a.ptr, first.ptr + 4096) << "the moved-from lane must not hand out the same chunk";
+  Tape::Lane c(t, 4096);
+  c = std::move(b);
+  Taken from_c = c.take(64, 64);
+  ASSERT_TRUE(from_c);
+  EXPECT_LT(from_c.ptr, first.ptr + 4096);
+  EXPECT_NE(from_c.ptr, from_b.ptr);
 }
 
 TEST(Tape, StartPropagatesBlockErrors) {
@@ -387,11 +410,11 @@ TEST(TapeLane, TakesFromAReservedChunkWithPlainArithmetic) {
   EXPECT_EQ(lane.chunk_bytes(), 4096u);
   Taken a = lane.take(100, 64);
   ASSERT_TRUE(a);
-  EXPECT_EQ(t.used(), 4096u) << "the first take reserves one chunk";
+  EXPECT_EQ(t.used(), 4096u + Tape::kRedZone) << "the first take reserves one chunk (and a red zone, ASan)";
   Taken b = lane.take(100, 64);
   ASSERT_TRUE(b);
   EXPECT_EQ(b.ptr, a.ptr + 128);
-  EXPECT_EQ(t.used(), 4096u) << "later takes do not touch the Tape";
+  EXPECT_EQ(t.used(), 4096u + Tape::kRedZone) << "later takes do not touch the Tape";
   EXPECT_TRUE(aligned(b.ptr, 64));
   // The shared take continues after the lane's chunk.
   Taken shared = t.take(10, 1);
@@ -431,15 +454,17 @@ TEST(TapeLane, ClearInvalidatesEveryLane) {
   Tape::Lane one(t, 4096), two(t, 4096);
   ASSERT_TRUE(one.take(64, 64));
   ASSERT_TRUE(two.take(64, 64));
-  EXPECT_EQ(t.used(), 8192u);
+  // Each chunk is followed by a red zone in ASan builds (64-aligned: 64 bytes).
+  const std::size_t stride = 4096 + (Tape::kRedZone ? 64 : 0);
+  EXPECT_EQ(t.used(), stride + 4096 + Tape::kRedZone);
   t.clear();
   // After clear, a lane never continues in its old chunk: the first lane to
   // take gets the start of the Tape, the second the chunk after it.
   Taken b = two.take(64, 64);
   Taken a = one.take(64, 64);
   EXPECT_EQ(b.ptr, t.block().data());
-  EXPECT_EQ(a.ptr, t.block().data() + 4096);
-  EXPECT_EQ(t.used(), 8192u);
+  EXPECT_EQ(a.ptr, t.block().data() + stride);
+  EXPECT_EQ(t.used(), stride + 4096 + Tape::kRedZone);
 }
 
 // Lanes on several threads take while another thread clears. A take that
@@ -569,6 +594,14 @@ TEST(TapeAsanDeathTest, OverflowIntoTheNextPieceIsReported) {
     auto* past = reinterpret_cast<volatile char*>(a.ptr + 64);
     EXPECT_DEATH(*past = 1, "use-after-poison") << (through_lane ? "lane" : "tape");
   }
+  // A piece that ends exactly at the end of its lane's chunk.
+  Tape::Lane small(t, 128);
+  Taken head = small.take(48, 1);
+  Taken last = small.take(64, 1);
+  ASSERT_TRUE(head && last);
+  ASSERT_EQ(last.ptr, head.ptr + 64) << "the test expects `last` to end the 128-byte chunk";
+  auto* past_chunk = reinterpret_cast<volatile char*>(last.ptr + 64);
+  EXPECT_DEATH(*past_chunk = 1, "use-after-poison") << "the chunk's end";
   EXPECT_EQ(Tape::kRedZone, 16u);
 }
 

@@ -122,6 +122,12 @@ struct Region {
 };
 }  // namespace detail
 
+class Block;
+namespace detail {
+// One empty Block, for accessors of moved-from objects. Never throws.
+const Block& empty_block() noexcept;
+}  // namespace detail
+
 class Block {
  public:
   // Opens a Block of at least `bytes` bytes, rounded up to the page size;

@@ -235,12 +235,14 @@ class Grid {
   // Returns `cell` early. See GiveStatus. Lock-free; never throws.
   GiveStatus give(Cell&& cell) noexcept { return core_ ? core_->give(cell) : GiveStatus::foreign_cell; }
 
-  std::size_t cell_size() const noexcept { return core_->cell_size(); }
-  std::size_t cells() const noexcept { return core_->cells(); }
+  // 0 for a moved-from Grid.
+  std::size_t cell_size() const noexcept { return core_ ? core_->cell_size() : 0; }
+  std::size_t cells() const noexcept { return core_ ? core_->cells() : 0; }
   // Free cells one thread may keep in its cache (0: no caching). Chosen from
   // the grid's size and the machine: cells / (8 x hardware threads), at most 32.
-  std::size_t cache_cells() const noexcept { return core_->cache_cells(); }
-  const Block& block() const noexcept { return core_->block(); }
+  std::size_t cache_cells() const noexcept { return core_ ? core_->cache_cells() : 0; }
+  // An empty Block for a moved-from Grid.
+  const Block& block() const noexcept { return core_ ? core_->block() : detail::empty_block(); }
   // True in a process forked from the one that built this Grid: take() there
   // always comes back empty (see "fork()" above). Never throws.
   bool forked() const noexcept { return core_ && core_->forked(); }

@@ -30,6 +30,7 @@
 #include <utility>
 
 #include "unimem/block.hpp"
+#include "unimem/detail/fork_watch.hpp"
 #include "unimem/grid.hpp"
 #include "unimem/tape.hpp"
 
@@ -66,8 +67,11 @@ class SharedTape {
   // be attached for reading what others wrote; take() and clear() on it fail.
   static SharedTape attach(Block block);
 
-  SharedTape(SharedTape&&) noexcept = default;
-  SharedTape& operator=(SharedTape&&) noexcept = default;
+  // A moved-from SharedTape is empty: takes fail with invalid_size.
+  SharedTape(SharedTape&& other) noexcept;
+  SharedTape& operator=(SharedTape&& other) noexcept;
+  SharedTape(const SharedTape&) = delete;
+  SharedTape& operator=(const SharedTape&) = delete;
 
   // As Tape::take, with align at most the page size (larger: invalid_align);
   // TakeStatus::read_only on a read-only mapping. Never throws.
@@ -123,6 +127,12 @@ using SharedCell = detail::CellHandle<detail::SharedGridCore>;
 // corrupt or hostile peer can make take() come back empty (or hand out cells
 // it also hands out), but never makes this process read or write outside the
 // Block.
+//
+// fork(): the shared state lives in the Block, but a SharedGrid object and
+// its SharedCells are this process's (they count what it holds). In a child
+// forked after they were made, take() comes back empty and inherited cells
+// are dropped, not given back, when destroyed there: the parent still holds
+// them. A child attaches its own: SharedGrid::attach(Block::attach(id)).
 class SharedGrid {
  public:
   // Formats `block` for `cells` cells of `cell_size` bytes (a non-zero
@@ -153,6 +163,8 @@ class SharedGrid {
   // The offset of a cell's data from the Block's start, the same in every process.
   std::size_t offset_of(std::uint32_t index) const noexcept;
   const Block& block() const noexcept;
+  // True in a process forked after this SharedGrid was made (see fork() above).
+  bool forked() const noexcept;
 
  private:
   explicit SharedGrid(detail::SharedGridCore* core) noexcept : core_(core) {}
@@ -181,9 +193,11 @@ class SharedGridCore {
   std::size_t cells() const noexcept { return cells_; }
   std::size_t offset_of(std::uint32_t index) const noexcept { return data_offset_ + std::size_t{index} * cell_size_; }
   const Block& block() const noexcept { return block_; }
+  bool forked() const noexcept { return forked_; }
 
  private:
   ~SharedGridCore() = default;
+  static void on_fork_child(void* core) noexcept;
   TaggedStack list() const noexcept;
   void release_refs(std::size_t n) noexcept;
 
@@ -191,6 +205,8 @@ class SharedGridCore {
   std::size_t data_offset_ = 0;
   std::size_t cell_size_ = 0;
   std::size_t cells_ = 0;
+  bool forked_ = false;  // set only in a forked child, before any of its threads runs
+  ForkWatch fork_watch_{this, &SharedGridCore::on_fork_child};
   std::atomic<std::size_t> refs_{1};  // 1 (the SharedGrid) + cells out in this process
 };
 

@@ -182,7 +182,9 @@ class Tape {
 
 // A private allocation front for one owner (one thread at a time) over a Tape.
 // Not thread-safe itself: give each thread its own Lane. A Lane must not
-// outlive its Tape, nor be used after the Tape is moved.
+// outlive its Tape. After its Tape is moved (to or from), its next take
+// reserves a fresh chunk, or fails when the Tape was moved from. Move-only: a
+// copy would hand out the same bytes as the original.
 class Tape::Lane {
  public:
   static constexpr std::size_t kDefaultChunk = std::size_t{64} << 10;
@@ -191,6 +193,25 @@ class Tape::Lane {
   // of 64, at least 64) at a time. Reserves nothing until the first take.
   explicit Lane(Tape& tape, std::size_t chunk_bytes = kDefaultChunk) noexcept
       : tape_(&tape), chunk_(chunk_bytes < 64 ? 64 : (chunk_bytes + 63) / 64 * 64) {}
+
+  // The moved-from Lane keeps its Tape but no chunk: its next take reserves one.
+  Lane(Lane&& other) noexcept
+      : tape_(other.tape_), chunk_(other.chunk_), next_(other.next_), end_(other.end_), epoch_(other.epoch_) {
+    other.drop_chunk();
+  }
+  Lane& operator=(Lane&& other) noexcept {
+    if (this != &other) {
+      tape_ = other.tape_;
+      chunk_ = other.chunk_;
+      next_ = other.next_;
+      end_ = other.end_;
+      epoch_ = other.epoch_;
+      other.drop_chunk();
+    }
+    return *this;
+  }
+  Lane(const Lane&) = delete;
+  Lane& operator=(const Lane&) = delete;
 
   // As Tape::take. Requests larger than half a chunk go to the shared cursor
   // directly. Never throws.
@@ -222,6 +243,10 @@ class Tape::Lane {
  private:
   Taken take_slow(std::size_t size, std::size_t align) noexcept;
   static Taken hand_out(std::byte* p, std::size_t size) noexcept;
+  void drop_chunk() noexcept {
+    next_ = end_ = 0;
+    epoch_ = ~std::uint64_t{0};
+  }
 
   Tape* tape_;
   std::size_t chunk_;

@@ -342,21 +342,32 @@ void run_pread(const std::string& path, const Files& f, const std::vector<Chunk>
       next.store(chunks.size());
     }
   };
+  // With a progress callback the calling thread reports while the others read.
+  const unsigned readers = o.progress ? threads : threads - 1;
   std::vector<std::thread> pool;
-  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
-  if (o.progress) {
-    // The calling thread reports progress while the others read.
-    std::thread last(worker);
-    while (next.load() < chunks.size()) {
-      o.progress(done.load(), total);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  pool.reserve(readers);
+  try {
+    for (unsigned t = 0; t < readers; ++t) pool.emplace_back(worker);
+  } catch (...) {
+    // No more threads (RLIMIT_NPROC, a pids limit): read with those that started.
+  }
+  std::exception_ptr reporting;  // from the progress callback
+  if (o.progress && !pool.empty()) {
+    try {
+      while (next.load() < chunks.size()) {
+        o.progress(done.load(), total);
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    } catch (...) {
+      reporting = std::current_exception();
+      next.store(chunks.size());  // the readers stop after their current chunk
     }
-    last.join();
   } else {
     worker();
   }
-  for (auto& t : pool) t.join();
+  for (auto& t : pool) t.join();  // no read is in flight past this line
   if (error) std::rethrow_exception(error);
+  if (reporting) std::rethrow_exception(reporting);
   if (o.progress) o.progress(done.load(), total);
 }
 
