@@ -31,7 +31,13 @@
 
 namespace unimem {
 
-enum class ReadPath { io_uring_direct, io_uring_buffered, pread_direct, pread_buffered };
+enum class ReadPath {
+  io_uring_direct,
+  io_uring_buffered,
+  pread_direct,
+  pread_buffered,
+  page_cache_registered,  // to a GPU: the page cache registered in place, DMA straight from it (gpu::Loader)
+};
 
 // "io_uring_direct", ... Never throws.
 const char* to_string(ReadPath path) noexcept;

@@ -7,12 +7,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "gpu/test_kernels.hpp"
+#include "testing.hpp"
 #include "unimem/unimem.hpp"
 
 namespace unimem {
@@ -276,6 +280,153 @@ TEST(GpuFile, CopiesFileRangesIntoDeviceMemory) {
   bad_staging.staging = &plain;
   const gpu::DeviceSegment one[] = {{0, 1, 16}};
   EXPECT_THROW(gpu::copy_file_to_device(path, one, 0, bad_staging), Error);
+  std::remove(path.c_str());
+}
+
+// A file of `words` pattern words (seed), written through the page cache.
+void write_pattern_file(const std::string& path, std::size_t words, std::uint32_t seed) {
+  std::vector<std::uint32_t> data(words);
+  for (std::size_t i = 0; i < words; ++i) data[i] = pattern(i, seed);
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(std::fwrite(data.data(), 4, words, f), words);
+  std::fclose(f);
+}
+
+// Drops [offset, offset + bytes) of the file from the page cache (written back first).
+void evict(const std::string& path, std::size_t offset, std::size_t bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(bytes), POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+// Random, shuffled segments covering [0, bytes), each to the same offset on the device.
+std::vector<gpu::DeviceSegment> random_cover(std::size_t bytes, std::uintptr_t dev, unsigned seed) {
+  std::vector<gpu::DeviceSegment> segments;
+  std::srand(seed);
+  for (std::size_t off = 0; off < bytes;) {
+    const std::size_t n = std::min(bytes - off, std::size_t{4} * (1 + std::rand() % (1 << 20)));
+    segments.push_back({off, dev + off, n});
+    off += n;
+  }
+  for (std::size_t i = segments.size(); i > 1; --i) std::swap(segments[i - 1], segments[std::rand() % i]);
+  return segments;
+}
+
+TEST(GpuLoader, LoadsThePageCacheInPlaceAndKeepsItsRegistrations) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_loader_" + std::to_string(::getpid());
+  const std::size_t words = (40u << 20) / 4 + 123;  // several 8 MiB chunks and a tail
+  const std::size_t bytes = words * 4;
+  write_pattern_file(path, words, 91);
+  gpu::CopyOptions o;
+  o.piece_bytes = 8u << 20;
+  o.register_page_cache = gpu::PageCacheRegistration::always;
+  gpu::Loader loader(0, o);
+  EXPECT_EQ(loader.registered_bytes(), 0u);
+  unsigned long long bad = ~0ull;
+  for (int round = 0; round < 2; ++round) {
+    const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
+    const std::vector<gpu::DeviceSegment> segments = random_cover(bytes, dev, 7 + round);
+    const ReadReport r = loader.load(path, segments);
+    EXPECT_EQ(r.bytes, bytes);
+    EXPECT_EQ(r.path, ReadPath::page_cache_registered) << r.fallback_reason;
+    ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 91, &bad), "");
+    EXPECT_EQ(bad, 0u) << "round " << round << ", " << segments.size() << " segments";
+    EXPECT_GE(loader.registered_bytes(), bytes) << "the registrations stay for the next load";
+    if (round == 1) {
+      EXPECT_NE(r.fallback_reason.find("(0 B newly registered"), std::string::npos) << r.fallback_reason;
+    }
+    std::printf("GpuLoader round %d: %zu segments, %s: %s\n", round, segments.size(), to_string(r.path),
+                r.fallback_reason.c_str());
+    gpu_test::device_free(0, dev);
+  }
+
+  // Rewritten (truncated and written anew: other pages): the old registrations are stale.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  write_pattern_file(path, words, 92);
+  const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
+  const gpu::DeviceSegment all[] = {{0, dev, bytes}};
+  (void)loader.load(path, all);
+  ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 92, &bad), "");
+  EXPECT_EQ(bad, 0u) << "the loader copied what the file held before it was rewritten";
+
+  // Bad input: a clear error, and the loader still works afterwards.
+  const gpu::DeviceSegment outside[] = {{bytes - 4, dev, 8}};
+  EXPECT_EQ(testing::error_of([&] { (void)loader.load(path, outside); }), Errc::invalid_argument);
+  const gpu::DeviceSegment wild[] = {{0, 4096, 4096}};  // no device memory there
+  EXPECT_EQ(testing::error_of([&] { (void)loader.load(path, wild); }), Errc::cuda);
+  EXPECT_EQ(testing::error_of([&] { (void)loader.load("/nonexistent/file", all); }), Errc::not_found);
+  EXPECT_EQ(testing::error_of([] { gpu::Loader none(gpu_test::device_count()); }), Errc::invalid_argument);
+  (void)loader.load(path, all);
+  ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 92, &bad), "");
+  EXPECT_EQ(bad, 0u);
+  loader.release();
+  EXPECT_EQ(loader.registered_bytes(), 0u);
+  gpu_test::device_free(0, dev);
+  std::remove(path.c_str());
+}
+
+// The default: a file is staged on its first load, registered on its second,
+// and moved straight from the registered page cache from the third on.
+TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_loader_again_" + std::to_string(::getpid());
+  const std::size_t words = (24u << 20) / 4 + 5;
+  const std::size_t bytes = words * 4;
+  write_pattern_file(path, words, 94);
+  gpu::CopyOptions o;
+  o.piece_bytes = 8u << 20;
+  gpu::Loader loader(0, o);
+  const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
+  const gpu::DeviceSegment all[] = {{0, dev, bytes}};
+  const ReadPath expected[] = {ReadPath::pread_buffered, ReadPath::page_cache_registered,
+                               ReadPath::page_cache_registered};
+  for (int load = 0; load < 3; ++load) {
+    const ReadReport r = loader.load(path, all);
+    EXPECT_EQ(r.path, expected[load]) << "load " << load << ": " << r.fallback_reason;
+    unsigned long long bad = ~0ull;
+    ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 94, &bad), "");
+    EXPECT_EQ(bad, 0u) << "load " << load;
+    if (load == 0) EXPECT_EQ(loader.registered_bytes(), 0u);
+    if (load == 2) EXPECT_NE(r.fallback_reason.find("(0 B newly registered"), std::string::npos) << r.fallback_reason;
+    std::printf("GpuLoader load %d: %s: %s\n", load, to_string(r.path), r.fallback_reason.c_str());
+  }
+  gpu_test::device_free(0, dev);
+  std::remove(path.c_str());
+}
+
+TEST(GpuLoader, StagesWhatIsNotCachedAndMixesRoutesInOneLoad) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_loader_mix_" + std::to_string(::getpid());
+  const std::size_t words = (32u << 20) / 4 + 77;
+  const std::size_t bytes = words * 4;
+  write_pattern_file(path, words, 93);
+  unsigned long long bad = ~0ull;
+  for (int mode = 0; mode < 3; ++mode) {  // 0: half cached, 1: none cached, 2: cached but staging forced
+    if (mode == 0) evict(path, 0, bytes / 2);
+    if (mode == 1) evict(path, 0, 0);
+    if (mode == 2) {  // read it back into the cache
+      std::vector<char> sink(bytes);
+      std::FILE* f = std::fopen(path.c_str(), "rb");
+      ASSERT_EQ(std::fread(sink.data(), 1, bytes, f), bytes);
+      std::fclose(f);
+    }
+    gpu::CopyOptions o;
+    o.piece_bytes = 4u << 20;
+    o.register_page_cache = mode == 2 ? gpu::PageCacheRegistration::never : gpu::PageCacheRegistration::always;
+    const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
+    const std::vector<gpu::DeviceSegment> segments = random_cover(bytes, dev, 20 + mode);
+    const ReadReport r = gpu::copy_file_to_device(path, segments, 0, o);
+    ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 93, &bad), "");
+    EXPECT_EQ(bad, 0u) << "mode " << mode;
+    std::printf("GpuLoader mode %d (%.0f%% cached): %s: %s\n", mode, 100 * page_cache_fraction(path, 0, bytes),
+                to_string(r.path), r.fallback_reason.c_str());
+    if (mode == 2) EXPECT_EQ(r.path, ReadPath::pread_buffered);
+    if (mode == 1 && page_cache_fraction(path, 0, bytes) < 0.5) EXPECT_NE(r.path, ReadPath::page_cache_registered);
+    gpu_test::device_free(0, dev);
+  }
   std::remove(path.c_str());
 }
 

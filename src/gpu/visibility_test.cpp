@@ -60,6 +60,12 @@ bool contains(const std::string& text, const std::string& part) { return text.fi
   } catch (const Error& e) {
     ok = ok && e.code() == Errc::no_cuda_driver;
   }
+  try {
+    gpu::Loader loader;
+    ok = false;
+  } catch (const Error& e) {
+    ok = ok && e.code() == Errc::no_cuda_driver;
+  }
   if (!ok) std::fprintf(stderr, "reason: %s\n", reason.c_str());
   std::_Exit(ok ? 0 : 1);
 }

@@ -383,6 +383,8 @@ const char* to_string(ReadPath path) noexcept {
       return "pread_direct";
     case ReadPath::pread_buffered:
       return "pread_buffered";
+    case ReadPath::page_cache_registered:
+      return "page_cache_registered";
   }
   return "unknown";
 }

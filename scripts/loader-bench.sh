@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Loading files into GPU memory, every route side by side, on a GPU machine:
+# run from the repository root there, with DIR holding unimem_loader_benchmark
+# (and liburing.so.2).
+#   bash scripts/loader-bench.sh DIR [GiB]
+# Writes .bench/loader.bin (random bytes) and .bench/loader.safetensors (a mix
+# of bf16/f16/f32 tensors, made with torch + safetensors) on disk, times
+# unimem_loader_benchmark on both and safetensors.torch.load_file(device=cuda)
+# on the same safetensors file.
+set -uo pipefail
+dir=${1:?folder with unimem_loader_benchmark}
+gib=${2:-4}
+data="$PWD/.bench"
+mkdir -p "$data"
+export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+bin="$data/loader.bin"
+st="$data/loader.safetensors"
+[ -f "$bin" ] || head -c "$((gib << 30))" /dev/urandom > "$bin"
+[ -f "$st" ] || python3 - "$st" "$gib" <<'PY'
+import sys, torch
+from safetensors.torch import save_file
+path, gib = sys.argv[1], int(sys.argv[2])
+g = torch.Generator().manual_seed(1)
+tensors, total, i = {}, 0, 0
+dtypes = [torch.bfloat16, torch.float16, torch.float32]
+while total < (gib << 30):
+    rows = [4096, 11008, 1024, 128][i % 4]
+    dt = dtypes[i % 3]
+    t = torch.randn(rows, 4096 if i % 5 else 1, generator=g).to(dt)
+    tensors[f"layers.{i}.w"] = t
+    total += t.numel() * t.element_size()
+    i += 1
+save_file(tensors, path)
+print(f"made {path}: {len(tensors)} tensors, {total / 2**30:.2f} GiB")
+PY
+sync  # no writeback of the files just made while timing
+echo "== raw file"
+"$dir/unimem_loader_benchmark" "$bin"
+echo "== safetensors file"
+"$dir/unimem_loader_benchmark" "$st" --safetensors
+python3 - "$st" <<'PY' || echo "safetensors package: not timed"
+import os, sys, time
+import torch
+from safetensors.torch import load_file
+path = sys.argv[1]
+size = os.path.getsize(path)
+load_file(path, device="cuda"); torch.cuda.synchronize()
+best = None
+for _ in range(3):
+    t = time.perf_counter(); d = load_file(path, device="cuda"); torch.cuda.synchronize(); dt = time.perf_counter() - t
+    best = dt if best is None else min(best, dt)
+    del d
+print(f"| peer: safetensors.torch.load_file(device=cuda), same file | {size / best / 1e9:.2f} | |")
+PY

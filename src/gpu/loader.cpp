@@ -1,0 +1,443 @@
+// src/gpu/loader.cpp — file ranges into GPU memory at the link rate (gpu::Loader).
+//
+// A load cuts the file into chunks (64 MiB, CopyOptions::piece_bytes) and
+// picks a route per chunk:
+//   * registered (by an earlier load): copied straight from the page cache,
+//     cuMemcpyHtoDAsync from registered memory at the link rate;
+//   * in the page cache, when the policy says register (PageCacheRegistration:
+//     by default from a file's second load on): the chunk of a read-only
+//     mapping is registered in place, then copied like the above. The driver
+//     serializes registrations (and, measured, most other calls behind them),
+//     so this thread registers chunk after chunk while the copy engine moves
+//     the chunks already registered;
+//   * otherwise staged: a crew of threads copies a cached chunk out of the
+//     page cache into a ring of pinned, registered slots, or read_file
+//     (O_DIRECT where allowed) reads an uncached one; slot i is filled while
+//     earlier slots' copies run. When this thread registers, a second thread
+//     stages the uncached chunks meanwhile, on a stream of its own.
+// Registrations stay with the Loader, keyed by the file's identity (device,
+// inode, size, mtime), so a reload is DMA alone. Events guard slot reuse. A
+// load ends with both streams synchronized, also when it throws: nothing
+// stays in flight.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "copy_crew.hpp"
+#include "format.hpp"
+#include "gpu/driver.hpp"
+#include "platform/files.hpp"
+#include "unimem/gpu.hpp"
+
+namespace unimem::gpu {
+namespace {
+
+using detail::check;
+using detail::CUevent;
+using detail::CUstream;
+
+struct Piece {
+  std::uint64_t file_offset;
+  std::uintptr_t device_address;
+  std::size_t bytes;
+};
+
+// Merges ranges adjacent in the file and on the device.
+std::vector<Piece> merge(std::span<const DeviceSegment> segments) {
+  std::vector<Piece> merged;
+  for (const DeviceSegment& s : segments) {
+    if (s.bytes == 0) continue;
+    if (!merged.empty() && merged.back().file_offset + merged.back().bytes == s.file_offset &&
+        merged.back().device_address + merged.back().bytes == s.device_address) {
+      merged.back().bytes += s.bytes;
+    } else {
+      merged.push_back({s.file_offset, s.device_address, s.bytes});
+    }
+  }
+  return merged;
+}
+
+// What a load did, for ReadReport::fallback_reason.
+std::string describe(std::size_t in_place, std::size_t newly_registered, std::size_t staged, ReadPath staged_path) {
+  using unimem::detail::format_bytes;
+  std::string s = format_bytes(in_place) + " straight from the page cache, registered in place (" +
+                  format_bytes(newly_registered) + " newly registered, the rest kept from earlier loads)";
+  if (staged != 0) s += "; " + format_bytes(staged) + " staged (" + to_string(staged_path) + ")";
+  return s;
+}
+
+// One file mapped read-only, registered chunk by chunk as loads need it.
+struct MappedFile {
+  enum class Chunk : std::uint8_t { unregistered, registered, refused };
+
+  MappedFile(std::string p, const platform::FileIdentity& id, std::size_t chunk_bytes)
+      : path(std::move(p)), identity(id), chunk(chunk_bytes) {
+    BlockOptions o;
+    o.pinning = Pinning::unpinned;  // registration pins what it registers
+    map = Block::map_file(path, o);
+    chunks.assign((map.size() + chunk - 1) / chunk, Chunk::unregistered);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  // Unregisters before `map` unmaps.
+  ~MappedFile() { unregister_all(); }
+
+  std::size_t chunk_length(std::size_t k) const { return std::min(chunk, map.size() - k * chunk); }
+
+  // Registers chunk k (under the caller's context); false when the driver refuses.
+  bool register_chunk(std::size_t k) {
+    if (chunks[k] != Chunk::unregistered) return chunks[k] == Chunk::registered;
+    const detail::Driver& d = detail::driver();
+    const unsigned flags = detail::kHostRegisterPortable | detail::kHostRegisterReadOnly;
+    if (d.cuMemHostRegister(map.data() + k * chunk, chunk_length(k), flags) != 0) {
+      chunks[k] = Chunk::refused;
+      return false;
+    }
+    chunks[k] = Chunk::registered;
+    registered_bytes += chunk_length(k);
+    return true;
+  }
+
+  void unregister_all() noexcept {
+    if (registered_bytes == 0) return;
+    const detail::Driver& d = detail::driver();
+    for (std::size_t k = 0; k < chunks.size(); ++k) {
+      if (chunks[k] == Chunk::registered) d.cuMemHostUnregister(map.data() + k * chunk);
+      chunks[k] = Chunk::unregistered;
+    }
+    registered_bytes = 0;
+  }
+
+  std::string path;
+  platform::FileIdentity identity;
+  std::size_t chunk;
+  Block map;
+  std::vector<Chunk> chunks;
+  std::size_t registered_bytes = 0;
+  unsigned loads = 0;  // completed loads of this file (the on_reload policy)
+};
+
+}  // namespace
+
+struct Loader::State {
+  int device;
+  CopyOptions options;
+  std::size_t chunk;                  // registration chunk and staging slot size
+  std::mutex lock;                    // one load at a time
+  CUstream stream = nullptr;          // copies from registered page cache
+  CUstream staging_stream = nullptr;  // copies from the staging slots
+  std::vector<CUevent> events;        // one per staging slot
+  std::optional<Block> own_staging;   // made on the first staged chunk
+  const Block* staging = nullptr;
+  std::optional<unimem::detail::CopyCrew> crew;  // for register_page_cache = false
+  std::vector<std::unique_ptr<MappedFile>> files;
+
+  MappedFile& mapped(const std::string& path, const platform::FileIdentity& id) {
+    for (auto it = files.begin(); it != files.end(); ++it) {
+      if ((*it)->path != path) continue;
+      if ((*it)->identity == id) return **it;
+      files.erase(it);  // the file changed or was replaced: its registrations are stale
+      break;
+    }
+    files.push_back(std::make_unique<MappedFile>(path, id, chunk));
+    return *files.back();
+  }
+
+  // The staging ring and the copy crew, made on the first load that stages.
+  void ensure_staging() {
+    if (staging == nullptr) {
+      BlockOptions o;
+      o.visibility = Visibility::gpus;
+      o.pinning = Pinning::unpinned;  // the registration pins it
+      own_staging.emplace(Block::open(chunk * options.slots, o));
+      staging = &*own_staging;
+    }
+    if (!crew) {
+      crew.emplace(options.copy_threads ? options.copy_threads
+                                        : std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
+    }
+  }
+};
+
+Loader::Loader(int device, const CopyOptions& options) : state_(std::make_unique<State>()) {
+  const detail::Driver& d = detail::driver();
+  if (device < 0 || device >= d.device_count) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: gpu::Loader: there is no CUDA device " + std::to_string(device) + " (the driver sees " +
+                    std::to_string(d.device_count) + ")");
+  }
+  State& s = *state_;
+  s.device = device;
+  s.options = options;
+  s.options.slots = std::max(1u, options.slots);
+  s.chunk = std::max<std::size_t>(options.piece_bytes / 4096 * 4096, 4096);
+  if (options.staging != nullptr) {
+    if (!options.staging->gpu_visible()) {
+      throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: the staging Block is not GPU-visible");
+    }
+    s.chunk = std::min(s.chunk, options.staging->size() / s.options.slots / 4096 * 4096);
+    if (s.chunk == 0) throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: the staging Block is too small");
+    s.staging = options.staging;
+  }
+  detail::ContextScope context(device);
+  s.events.assign(s.options.slots, nullptr);
+  try {
+    check(d.cuStreamCreate(&s.stream, detail::kStreamNonBlocking), "cuStreamCreate");
+    check(d.cuStreamCreate(&s.staging_stream, detail::kStreamNonBlocking), "cuStreamCreate");
+    for (auto& e : s.events) check(d.cuEventCreate(&e, detail::kEventDisableTiming), "cuEventCreate");
+  } catch (...) {
+    for (auto e : s.events) {
+      if (e) d.cuEventDestroy(e);
+    }
+    if (s.stream) d.cuStreamDestroy(s.stream);
+    if (s.staging_stream) d.cuStreamDestroy(s.staging_stream);
+    throw;
+  }
+}
+
+Loader::~Loader() {
+  if (!state_) return;
+  State& s = *state_;
+  const detail::Driver& d = detail::driver();
+  try {
+    detail::ContextScope context(s.device);
+    s.files.clear();  // unregisters
+    for (auto e : s.events) d.cuEventDestroy(e);
+    d.cuStreamDestroy(s.stream);
+    d.cuStreamDestroy(s.staging_stream);
+  } catch (...) {  // no context: nothing more can be released
+  }
+}
+
+void Loader::release() noexcept {
+  std::lock_guard hold(state_->lock);
+  try {
+    detail::ContextScope context(state_->device);
+    state_->files.clear();
+  } catch (...) {
+  }
+}
+
+std::size_t Loader::registered_bytes() const noexcept {
+  std::lock_guard hold(state_->lock);
+  std::size_t n = 0;
+  for (const auto& f : state_->files) n += f->registered_bytes;
+  return n;
+}
+
+int Loader::device() const noexcept { return state_->device; }
+
+ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> segments) {
+  const auto start = std::chrono::steady_clock::now();
+  State& s = *state_;
+  std::lock_guard hold(s.lock);
+  const detail::Driver& d = detail::driver();
+
+  const std::vector<Piece> pieces = merge(segments);
+  ReadReport report;
+  if (pieces.empty()) return report;
+  const platform::FileIdentity id = platform::file_identity(path);
+  for (const Piece& p : pieces) {
+    report.bytes += p.bytes;
+    if (p.file_offset > id.size || p.bytes > id.size - p.file_offset) {
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: gpu::Loader: bytes " + std::to_string(p.file_offset) + ".." +
+                      std::to_string(p.file_offset + p.bytes) + " lie outside " + path + " (" +
+                      std::to_string(id.size) + " bytes)");
+    }
+  }
+
+  detail::ContextScope context(s.device);
+  MappedFile& file = s.mapped(path, id);
+  // Which pieces touch which chunk, and the part of each chunk they need.
+  struct Need {
+    std::size_t chunk;
+    std::uint64_t lo, hi;
+    std::vector<std::size_t> pieces;
+  };
+  std::vector<Need> needs;
+  {
+    std::vector<std::vector<std::size_t>> by_chunk(file.chunks.size());
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      const std::size_t first = pieces[i].file_offset / s.chunk;
+      const std::size_t last = (pieces[i].file_offset + pieces[i].bytes - 1) / s.chunk;
+      for (std::size_t k = first; k <= last; ++k) by_chunk[k].push_back(i);
+    }
+    for (std::size_t k = 0; k < by_chunk.size(); ++k) {
+      if (by_chunk[k].empty()) continue;
+      const std::uint64_t begin = k * s.chunk, end = std::min<std::uint64_t>(begin + s.chunk, id.size);
+      Need n{k, end, begin, std::move(by_chunk[k])};
+      for (std::size_t i : n.pieces) {
+        n.lo = std::min<std::uint64_t>(n.lo, std::max<std::uint64_t>(begin, pieces[i].file_offset));
+        n.hi = std::max<std::uint64_t>(n.hi, std::min<std::uint64_t>(end, pieces[i].file_offset + pieces[i].bytes));
+      }
+      needs.push_back(std::move(n));
+    }
+  }
+  // Three kinds of chunk: registered already (free: DMA only), cached (register
+  // in place, or stage), not cached (stage: read_file).
+  std::vector<std::size_t> registered, cached, uncached;  // indices into needs
+  for (std::size_t n = 0; n < needs.size(); ++n) {
+    const Need& need = needs[n];
+    if (file.chunks[need.chunk] == MappedFile::Chunk::registered) {
+      registered.push_back(n);
+    } else if (platform::resident_fraction(file.map.data() + need.lo, static_cast<std::size_t>(need.hi - need.lo)) >=
+               0.9) {
+      cached.push_back(n);
+    } else {
+      uncached.push_back(n);
+    }
+  }
+
+  // Whatever happens below, both streams are drained before this returns.
+  struct Drain {
+    const detail::Driver& d;
+    CUstream a, b;
+    ~Drain() {
+      d.cuStreamSynchronize(a);
+      d.cuStreamSynchronize(b);
+    }
+  } drain{d, s.stream, s.staging_stream};
+
+  // Copies the part of every piece of `need` that lies in [begin, end) of the
+  // file from `source(offset)`.
+  auto copy_parts = [&](const Need& need, std::uint64_t begin, std::uint64_t end, CUstream stream, auto&& source) {
+    for (std::size_t i : need.pieces) {
+      const Piece& p = pieces[i];
+      const std::uint64_t b = std::max<std::uint64_t>(begin, p.file_offset);
+      const std::uint64_t e = std::min<std::uint64_t>(end, p.file_offset + p.bytes);
+      if (b >= e) continue;
+      check(d.cuMemcpyHtoDAsync(p.device_address + (b - p.file_offset), source(b), e - b, stream),
+            "cuMemcpyHtoDAsync (to device " + std::to_string(s.device) + ")");
+    }
+  };
+
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> in_place{0}, newly_registered{0}, staged{0}, staged_buffered{0};
+  ReadPath staged_path = ReadPath::io_uring_direct;
+  std::string staged_reason;
+
+  auto stage = [&](const Need& need, bool is_cached, std::size_t& uses) {
+    const Block& ring = *s.staging;
+    const std::size_t slot = uses++ % s.options.slots;
+    if (uses > s.options.slots) check(d.cuEventSynchronize(s.events[slot]), "cuEventSynchronize");
+    std::byte* dest = ring.data() + slot * s.chunk;
+    const std::size_t n = static_cast<std::size_t>(need.hi - need.lo);
+    if (is_cached) {
+      s.crew->copy(dest, file.map.data() + need.lo, n);
+      staged_path = ReadPath::pread_buffered;
+      staged_reason = "in the page cache: copied out of it by several threads into pinned staging";
+      staged_buffered += n;
+    } else {
+      const ReadReport r = read_file(path, need.lo, {dest, n}, s.options.read);
+      staged_path = r.path;
+      if (staged_reason.empty()) staged_reason = r.fallback_reason;
+      staged_buffered += r.buffered_bytes;
+    }
+    copy_parts(need, need.lo, need.hi, s.staging_stream, [&](std::uint64_t off) { return dest + (off - need.lo); });
+    check(d.cuEventRecord(s.events[slot], s.staging_stream), "cuEventRecord");
+    staged += n;
+  };
+
+  // Register in place (always, or from the second load of a file on), or stage everything.
+  const PageCacheRegistration policy = s.options.register_page_cache;
+  const bool register_cached =
+      policy == PageCacheRegistration::always || (policy == PageCacheRegistration::on_reload && file.loads != 0);
+  if (!register_cached) {  // one route: this thread stages every chunk
+    if (!cached.empty() || !uncached.empty()) s.ensure_staging();
+    std::size_t uses = 0;
+    for (std::size_t n : registered) {  // registered by an earlier load that asked for it: free
+      copy_parts(needs[n], needs[n].lo, needs[n].hi, s.stream,
+                 [&](std::uint64_t off) { return file.map.data() + off; });
+      in_place += needs[n].hi - needs[n].lo;
+    }
+    std::vector<std::size_t> rest = cached;
+    rest.insert(rest.end(), uncached.begin(), uncached.end());
+    std::sort(rest.begin(), rest.end());  // file order
+    for (std::size_t n : rest) stage(needs[n], std::binary_search(cached.begin(), cached.end(), n), uses);
+  } else {
+    // The disk's chunks on a second thread, while this one registers: both
+    // feed the copy engine, each on its own stream.
+    std::exception_ptr staging_error;
+    std::optional<std::thread> stager;
+    if (!uncached.empty()) {
+      s.ensure_staging();
+      stager.emplace([&] {
+        try {
+          detail::ContextScope worker_context(s.device);
+          std::size_t uses = 0;
+          for (std::size_t n : uncached) {
+            if (stop) return;
+            stage(needs[n], false, uses);
+          }
+        } catch (...) {
+          staging_error = std::current_exception();
+          stop = true;
+        }
+      });
+    }
+    struct Join {
+      std::optional<std::thread>& t;
+      std::atomic<bool>& stop;
+      ~Join() {
+        if (t && t->joinable()) {
+          stop = true;
+          t->join();
+        }
+      }
+    } join{stager, stop};
+    for (std::size_t n : registered) {
+      copy_parts(needs[n], needs[n].lo, needs[n].hi, s.stream,
+                 [&](std::uint64_t off) { return file.map.data() + off; });
+      in_place += needs[n].hi - needs[n].lo;
+    }
+    std::size_t uses = 0;  // slots for chunks the driver refuses to register
+    for (std::size_t n : cached) {
+      if (stop) break;
+      const Need& need = needs[n];
+      if (!file.register_chunk(need.chunk)) {
+        if (stager) stager->join();  // the ring is the stager's until it is done
+        stager.reset();
+        s.ensure_staging();
+        stage(need, true, uses);
+        continue;
+      }
+      newly_registered += file.chunk_length(need.chunk);
+      copy_parts(need, need.lo, need.hi, s.stream, [&](std::uint64_t off) { return file.map.data() + off; });
+      in_place += need.hi - need.lo;
+    }
+    if (stager) stager->join();
+    stager.reset();
+    if (staging_error) std::rethrow_exception(staging_error);
+  }
+  check(d.cuStreamSynchronize(s.stream), "cuStreamSynchronize");
+  check(d.cuStreamSynchronize(s.staging_stream), "cuStreamSynchronize");
+  ++file.loads;
+
+  report.buffered_bytes = in_place + staged_buffered;
+  report.path = in_place != 0 ? ReadPath::page_cache_registered : staged_path;
+  if (in_place != 0) {
+    report.fallback_reason = describe(in_place, newly_registered, staged, staged_path);
+  } else {
+    report.fallback_reason = staged_reason;
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+ReadReport copy_file_to_device(const std::string& path, std::span<const DeviceSegment> segments, int device,
+                               const CopyOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  Loader loader(device, options);
+  ReadReport r = loader.load(path, segments);
+  loader.release();  // nothing stays registered after the call: count it
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+}  // namespace unimem::gpu

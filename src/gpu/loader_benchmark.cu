@@ -1,0 +1,259 @@
+// src/gpu/loader_benchmark.cu — a cached file into GPU memory, every route side by side.
+//
+//   unimem_loader_benchmark FILE [--device N] [--reps R] [--safetensors]
+// FILE must be in the page cache (the benchmark reads it once first). One run
+// prints, in one table, GB/s and the ratio to the pinned ceiling:
+//   ceiling    cudaMemcpy from cudaMallocHost memory (the link rate)
+//   unimem     gpu::Loader, first load (fresh Loader: registration overlapped
+//              with DMA) at several chunk sizes; reload (registrations kept);
+//              copy_file_to_device (a Loader per call, unregistered at the end);
+//              the staged route (page cache copied into pinned slots)
+//   baselines  read() into two pinned buffers + cudaMemcpyAsync, double-buffered
+//              (what a competent engineer writes); read() into malloc + cudaMemcpy
+// With --safetensors, FILE is a safetensors file and every tensor goes to its
+// own 256-byte-aligned place in one device allocation.
+// Each row is the best of R runs (default 3), after one untimed warm-up.
+#include <cuda_runtime.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "gpu/cuda_check.hpp"
+#include "unimem/unimem.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double best_of(int reps, const std::function<void()>& f) {
+  f();  // warm-up
+  double best = 1e30;
+  for (int i = 0; i < reps; ++i) {
+    const auto t = Clock::now();
+    f();
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - t).count());
+  }
+  return best;
+}
+
+struct Row {
+  std::string what;
+  double gbps;
+};
+
+void read_exact(int fd, std::byte* dest, std::size_t n, std::size_t offset) {
+  while (n != 0) {
+    const ssize_t r = ::pread(fd, dest, n, static_cast<off_t>(offset));
+    if (r <= 0) {
+      std::perror("pread");
+      std::exit(1);
+    }
+    dest += r;
+    n -= static_cast<std::size_t>(r);
+    offset += static_cast<std::size_t>(r);
+  }
+}
+
+unimem::SafetensorsHeader header_of(const std::string& path, std::size_t file_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  std::uint64_t header_len = 0;
+  read_exact(fd, reinterpret_cast<std::byte*>(&header_len), 8, 0);
+  std::vector<std::byte> prefix(8 + header_len);
+  read_exact(fd, prefix.data(), prefix.size(), 0);
+  ::close(fd);
+  return unimem::parse_safetensors_header(prefix, file_bytes);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s FILE [--device N] [--reps R] [--safetensors]\n", argv[0]);
+    return 2;
+  }
+  const std::string path = argv[1];
+  int device = 0, reps = 3;
+  bool safetensors = false;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--device" && i + 1 < argc) {
+      device = std::atoi(argv[++i]);
+    } else if (a == "--reps" && i + 1 < argc) {
+      reps = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--safetensors") {
+      safetensors = true;
+    } else {
+      std::fprintf(stderr, "unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
+  CHECK(cudaSetDevice(device));
+  const std::size_t bytes = unimem::file_size(path);
+
+  // What goes where: the whole file, or every tensor at 256-byte alignment.
+  std::vector<unimem::gpu::DeviceSegment> segments;
+  std::size_t device_bytes = bytes;
+  unimem::SafetensorsHeader h;
+  if (safetensors) {
+    h = header_of(path, bytes);
+    device_bytes = 0;
+    for (const auto& t : h.tensors) device_bytes += (t.bytes + 255) / 256 * 256;
+    segments.reserve(h.tensors.size());
+    std::printf("%zu tensors\n", h.tensors.size());
+  }
+  void* dev = nullptr;
+  CHECK(cudaMalloc(&dev, device_bytes));
+  const auto base = reinterpret_cast<std::uintptr_t>(dev);
+  if (safetensors) {
+    std::size_t at = 0;
+    for (const auto& t : h.tensors) {
+      segments.push_back({t.file_offset, base + at, t.bytes});
+      at += (t.bytes + 255) / 256 * 256;
+    }
+  } else {
+    segments.push_back({0, base, bytes});
+  }
+  std::size_t moved = 0;
+  for (const auto& s : segments) moved += s.bytes;
+
+  // Into the page cache.
+  {
+    std::vector<std::byte> sink(64u << 20);
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    for (std::size_t off = 0; off < bytes; off += sink.size()) {
+      read_exact(fd, sink.data(), std::min(sink.size(), bytes - off), off);
+    }
+    ::close(fd);
+  }
+  std::printf("%s: %.2f GiB, %.0f%% in the page cache; moving %.2f GiB to device %d\n", path.c_str(),
+              bytes / 1073741824.0, 100 * unimem::page_cache_fraction(path, 0, bytes), moved / 1073741824.0, device);
+  std::vector<Row> rows;
+  auto row = [&](const std::string& what, double seconds) {
+    rows.push_back({what, moved / seconds / 1e9});
+    std::printf("  %-72s %7.2f GB/s\n", what.c_str(), rows.back().gbps);
+    std::fflush(stdout);
+  };
+
+  // The ceiling: pinned memory, one cudaMemcpy.
+  void* pinned = nullptr;
+  CHECK(cudaMallocHost(&pinned, moved));
+  std::memset(pinned, 1, moved);
+  row("ceiling: cudaMemcpy from cudaMallocHost memory",
+      best_of(reps, [&] { CHECK(cudaMemcpy(dev, pinned, moved, cudaMemcpyHostToDevice)); }));
+
+  // unimem, first loads: a fresh Loader each time (made before the clock
+  // starts); releasing what it registered is timed on its own.
+  for (auto policy : {unimem::gpu::PageCacheRegistration::on_reload, unimem::gpu::PageCacheRegistration::always}) {
+    unimem::gpu::CopyOptions o;
+    o.register_page_cache = policy;
+    unimem::ReadReport last;
+    double best = 1e30, release = 0;
+    for (int i = 0; i <= reps; ++i) {
+      unimem::gpu::Loader loader(device, o);
+      const auto t = Clock::now();
+      last = loader.load(path, segments);
+      const double dt = std::chrono::duration<double>(Clock::now() - t).count();
+      const auto r = Clock::now();
+      loader.release();
+      if (i > 0 && dt < best) {  // the first is the warm-up
+        best = dt;
+        release = std::chrono::duration<double>(Clock::now() - r).count();
+      }
+    }
+    row(std::string("unimem Loader, first load, ") +
+            (policy == unimem::gpu::PageCacheRegistration::always ? "registering in place" : "defaults") + " (" +
+            unimem::to_string(last.path) + ")",
+        best);
+    std::printf("    %s; release afterwards %.1f ms\n", last.fallback_reason.c_str(), release * 1e3);
+  }
+  {
+    unimem::gpu::Loader loader(device);
+    (void)loader.load(path, segments);  // first load: staged
+    const auto t = Clock::now();
+    const unimem::ReadReport second = loader.load(path, segments);  // registers
+    row(std::string("unimem Loader, second load (defaults: registers now) (") + unimem::to_string(second.path) + ")",
+        std::chrono::duration<double>(Clock::now() - t).count());
+    row("unimem Loader, third and later loads (registrations kept) (" +
+            std::string(unimem::to_string(loader.load(path, segments).path)) + ")",
+        best_of(reps, [&] { (void)loader.load(path, segments); }));
+    std::printf("    registered: %.2f GiB\n", loader.registered_bytes() / 1073741824.0);
+  }
+  row("unimem copy_file_to_device, defaults (a first load)",
+      best_of(reps, [&] { (void)unimem::gpu::copy_file_to_device(path, segments, device); }));
+
+  // Baselines.
+  {
+    constexpr std::size_t kPiece = 64u << 20;
+    void* buf[2] = {nullptr, nullptr};
+    CHECK(cudaMallocHost(&buf[0], kPiece));
+    CHECK(cudaMallocHost(&buf[1], kPiece));
+    cudaStream_t stream;
+    cudaEvent_t done[2];
+    CHECK(cudaStreamCreate(&stream));
+    CHECK(cudaEventCreateWithFlags(&done[0], cudaEventDisableTiming));
+    CHECK(cudaEventCreateWithFlags(&done[1], cudaEventDisableTiming));
+    row("baseline: pread() into 2 pinned 64 MiB buffers + cudaMemcpyAsync", best_of(reps, [&] {
+          const int fd = ::open(path.c_str(), O_RDONLY);
+          int k = 0;
+          for (const auto& s : segments) {
+            for (std::size_t off = 0; off < s.bytes; off += kPiece, k ^= 1) {
+              const std::size_t n = std::min(kPiece, s.bytes - off);
+              CHECK(cudaEventSynchronize(done[k]));
+              read_exact(fd, static_cast<std::byte*>(buf[k]), n, s.file_offset + off);
+              CHECK(cudaMemcpyAsync(reinterpret_cast<void*>(s.device_address + off), buf[k], n, cudaMemcpyHostToDevice,
+                                    stream));
+              CHECK(cudaEventRecord(done[k], stream));
+            }
+          }
+          CHECK(cudaStreamSynchronize(stream));
+          ::close(fd);
+        }));
+    CHECK(cudaFreeHost(buf[0]));
+    CHECK(cudaFreeHost(buf[1]));
+  }
+  {
+    std::vector<std::byte> heap(bytes);
+    row("baseline: read() the file into malloc, cudaMemcpy per segment (pageable)", best_of(reps, [&] {
+          const int fd = ::open(path.c_str(), O_RDONLY);
+          read_exact(fd, heap.data(), bytes, 0);
+          ::close(fd);
+          for (const auto& s : segments) {
+            CHECK(cudaMemcpy(reinterpret_cast<void*>(s.device_address), heap.data() + s.file_offset, s.bytes,
+                             cudaMemcpyHostToDevice));
+          }
+        }));
+  }
+
+  // Check the last load's bytes against the file.
+  {
+    unimem::gpu::Loader loader(device);
+    CHECK(cudaMemset(dev, 0, device_bytes));
+    (void)loader.load(path, segments);
+    std::vector<std::byte> host(device_bytes), file(bytes);
+    CHECK(cudaMemcpy(host.data(), dev, device_bytes, cudaMemcpyDeviceToHost));
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    read_exact(fd, file.data(), bytes, 0);
+    ::close(fd);
+    std::size_t wrong = 0;
+    for (const auto& s : segments) {
+      wrong += std::memcmp(host.data() + (s.device_address - base), file.data() + s.file_offset, s.bytes) != 0;
+    }
+    std::printf("check: %zu of %zu segments differ from the file\n", wrong, segments.size());
+    if (wrong != 0) return 1;
+  }
+
+  const double ceiling = rows.front().gbps;
+  std::printf("\n| route | GB/s | x ceiling |\n|---|---|---|\n");
+  for (const Row& r : rows) std::printf("| %s | %.2f | %.2f |\n", r.what.c_str(), r.gbps, r.gbps / ceiling);
+  CHECK(cudaFreeHost(pinned));
+  CHECK(cudaFree(dev));
+  return 0;
+}

@@ -1,0 +1,33 @@
+// src/platform/files.hpp — what the GPU loader asks the platform about files.
+//
+// The loader (src/gpu/loader.cpp) plans routes and keeps registrations; it
+// needs to know whether a file is still the one it registered and which of
+// its pages are in the page cache. Linux answers in platform/linux/files.cpp
+// (stat, mincore); another platform answers here without touching the loader.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace unimem::platform {
+
+// What identifies a file's contents well enough to keep its registration:
+// the same object (device, inode), size and modification time.
+struct FileIdentity {
+  std::uint64_t device = 0;
+  std::uint64_t inode = 0;
+  std::uint64_t size = 0;
+  std::int64_t modified_ns = 0;
+  friend bool operator==(const FileIdentity&, const FileIdentity&) = default;
+};
+
+// Throws Error(not_found, permission_denied), Error(invalid_argument) for a
+// file that is not a regular file. Never opens the file (a FIFO cannot block).
+FileIdentity file_identity(const std::string& path);
+
+// The fraction of [p, p + bytes), part of a file mapping, whose pages are in
+// memory (the page cache), in [0, 1]; 0 when the kernel will not say. Never throws.
+double resident_fraction(const std::byte* p, std::size_t bytes) noexcept;
+
+}  // namespace unimem::platform
