@@ -12,17 +12,4 @@ data="$PWD/.bench"
 mkdir -p "$data"
 export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 "$dir/unimem_file_benchmark" --dir "$data" --gib "$gib" --st-gib "$st_gib"
-python3 - "$data/bench.safetensors" <<'PY' || echo "safetensors package: not timed"
-import os, sys, time
-import torch
-from safetensors.torch import load_file
-path = sys.argv[1]
-size = os.path.getsize(path)
-load_file(path, device="cuda"); torch.cuda.synchronize()  # warm the page cache and CUDA
-best = None
-for _ in range(3):
-    t = time.perf_counter(); d = load_file(path, device="cuda"); torch.cuda.synchronize(); dt = time.perf_counter() - t
-    best = dt if best is None else min(best, dt)
-    del d
-print(f"{'safetensors->GPU warm: safetensors.torch.load_file(device=cuda)':<66} {size / best / 1e9:10.2f}")
-PY
+python3 scripts/safetensors-peer.py "$data/bench.safetensors" "safetensors->GPU warm: safetensors.torch.load_file(device=cuda)" || echo "safetensors package: not timed"

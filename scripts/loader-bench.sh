@@ -38,17 +38,5 @@ echo "== raw file"
 "$dir/unimem_loader_benchmark" "$bin"
 echo "== safetensors file"
 "$dir/unimem_loader_benchmark" "$st" --safetensors
-python3 - "$st" <<'PY' || echo "safetensors package: not timed"
-import os, sys, time
-import torch
-from safetensors.torch import load_file
-path = sys.argv[1]
-size = os.path.getsize(path)
-load_file(path, device="cuda"); torch.cuda.synchronize()
-best = None
-for _ in range(3):
-    t = time.perf_counter(); d = load_file(path, device="cuda"); torch.cuda.synchronize(); dt = time.perf_counter() - t
-    best = dt if best is None else min(best, dt)
-    del d
-print(f"| peer: safetensors.torch.load_file(device=cuda), same file | {size / best / 1e9:.2f} | |")
-PY
+python3 scripts/safetensors-peer.py "$st" "peer: safetensors.torch.load_file(device=cuda), same file" ||
+  echo "safetensors package: not timed"

@@ -81,6 +81,7 @@ TEST(ReadFile, EveryPathGivesTheSameBytes) {
       o.chunk_bytes = 256 * 1024;
       o.queue_depth = 4;
       o.threads = 3;
+      o.small_read_bytes = 0;  // the machinery, not the small-read shortcut
       f.evict();
       ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()), o);
       EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0) << ring << direct;
@@ -111,6 +112,22 @@ TEST(ReadFile, UnalignedOffsetsAndDestinationsAndScatter) {
   EXPECT_EQ(r.bytes, 2 * MiB + MiB + 70000 + 10);
   EXPECT_GE(r.buffered_bytes, 70000u + 10u);
   expect_consistent(r);
+}
+
+// Below ReadOptions::small_read_bytes, one pread per piece in the calling
+// thread: no ring, no threads, no O_DIRECT set-up.
+TEST(ReadFile, SmallReadsSkipTheMachinery) {
+  TempFile f(100 * 1024 + 7);
+  Block b = Block::open(f.data.size());
+  const ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()));
+  EXPECT_EQ(r.path, ReadPath::pread_buffered);
+  EXPECT_NE(r.fallback_reason.find("small read"), std::string::npos) << r.fallback_reason;
+  EXPECT_EQ(r.buffered_bytes, r.bytes);
+  EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
+  ReadOptions off;
+  off.small_read_bytes = 0;
+  EXPECT_EQ(read_file(f.path, 0, b.bytes().first(f.data.size()), off).fallback_reason.find("small read"),
+            std::string::npos);
 }
 
 TEST(ReadFile, ACachedFileIsReadFromTheCache) {
@@ -205,6 +222,7 @@ TEST(ReadFile, AFailedCompletionLeavesNoReadInFlight) {
     probe.fail_completion = 3;
     probe.fail_errno = EIO;
     ReadOptions o;
+    o.small_read_bytes = 0;  // through the ring
     o.direct = direct;
     o.chunk_bytes = 4096;  // 512 reads, 64 at a time: the third fails amid the rest
     o.queue_depth = 64;
@@ -228,6 +246,7 @@ TEST(ReadFile, AThrowingProgressCallbackLeavesNoReadInFlight) {
   Block b = Block::open(f.data.size());
   detail::ReadRingProbe probe;
   ReadOptions o;
+  o.small_read_bytes = 0;  // through the ring
   o.direct = false;
   o.chunk_bytes = 4096;
   o.queue_depth = 64;

@@ -55,6 +55,10 @@ struct ReadOptions {
   unsigned threads = 0;                            // pread fallback threads; 0: the cores, at most 16
   bool direct = true;                              // try O_DIRECT (unless the file is cached)
   bool io_uring = true;                            // try io_uring
+  // Reads of at most this many bytes in all skip io_uring, threads and
+  // O_DIRECT: one pread per piece in the calling thread, through the page
+  // cache (their setup costs more than such a read). 0: never.
+  std::size_t small_read_bytes = std::size_t{4} << 20;
   // Called on the calling thread as reads complete, with bytes done and the
   // total; keep it cheap. May be empty.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;

@@ -13,11 +13,13 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "unimem/block.hpp"
 #include "unimem/error.hpp"
 #include "unimem/file.hpp"
+#include "unimem/safetensors.hpp"
 
 namespace unimem::gpu {
 
@@ -69,9 +71,11 @@ struct CopyOptions {
   // Where the file is in the page cache: register it in place, or copy it
   // into pinned staging with a crew of threads. See PageCacheRegistration.
   PageCacheRegistration register_page_cache = PageCacheRegistration::on_reload;
-  std::size_t piece_bytes = std::size_t{64} << 20;  // one staging slot
-  unsigned slots = 4;                               // pieces in flight
-  unsigned copy_threads = 0;                        // for cached files; 0: the cores, at most 16
+  // One staging slot, and the granularity of routes and registrations (at
+  // most 1 GiB; shrunk to fit a caller's staging Block).
+  std::size_t piece_bytes = std::size_t{64} << 20;
+  unsigned slots = 4;         // pieces in flight
+  unsigned copy_threads = 0;  // for cached files; 0: the cores, at most 16
   // A GPU-visible Block to stage through (kept by the caller across calls:
   // setting one up costs a registration). When null, one is made for the call.
   const Block* staging = nullptr;
@@ -93,9 +97,16 @@ struct CopyOptions {
 // registration the driver refuses is staged.
 //
 // Registrations pin the file's page-cache pages until release(), the file
-// changes (size or modification time; checked at every load), or the Loader
-// is destroyed. Thread safety: one load() at a time per Loader (others wait);
-// separate Loaders are independent.
+// changes (its identity: inode, size, mtime, ctime; checked when the same path
+// is loaded again), or the Loader is destroyed. release() also forgets how
+// often each file was loaded. Files this Loader loaded stay mapped (one
+// descriptor each) until then: release() what is no longer needed.
+// Known limit: a cached file truncated while a load copies it out of the page
+// cache raises SIGBUS (the copy reads a mapping); read_file's route reports
+// such a file as an error instead.
+// Thread safety: one load() at a time per Loader (others wait); separate
+// Loaders are independent unless they share CopyOptions::staging, which must
+// then not be used by two loads at once, and must outlive them.
 class Loader {
  public:
   // Throws Error(no_cuda_driver, no_cuda_device, cuda) and Error(invalid_argument)
@@ -132,5 +143,72 @@ class Loader {
 // GPU-visible.
 ReadReport copy_file_to_device(const std::string& path, std::span<const DeviceSegment> segments, int device = 0,
                                const CopyOptions& options = {});
+
+// Device memory that unimem allocated (cuMemAlloc in the device's primary
+// context, which the CUDA runtime shares); freed when destroyed. Move-only.
+class DeviceMemory {
+ public:
+  DeviceMemory() noexcept = default;
+  // Throws Error(out_of_memory) when the device has no room (the message says
+  // how much was asked for), Error(cuda) for other refusals, and what
+  // driver loading throws.
+  DeviceMemory(int device, std::size_t bytes);
+  DeviceMemory(DeviceMemory&& other) noexcept;
+  DeviceMemory& operator=(DeviceMemory&& other) noexcept;
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  ~DeviceMemory();
+
+  std::uintptr_t address() const noexcept { return address_; }
+  std::size_t size() const noexcept { return size_; }
+  int device() const noexcept { return device_; }
+
+ private:
+  void release() noexcept;
+  std::uintptr_t address_ = 0;
+  std::size_t size_ = 0;
+  int device_ = 0;
+};
+
+// A tensor in device memory.
+struct DeviceTensor {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<std::uint64_t> shape;
+  std::uintptr_t address = 0;  // on the device, 256-byte aligned
+  std::uint64_t bytes = 0;
+  std::string file;  // the safetensors file it came from
+};
+
+// What load_safetensors returns: every tensor and the device memory that
+// holds them. Move-only.
+class DeviceTensors {
+ public:
+  // The tensor called `name`, or nullptr. Never throws.
+  const DeviceTensor* find(std::string_view name) const noexcept;
+  // The tensor called `name`. Throws Error(not_found).
+  const DeviceTensor& at(std::string_view name) const;
+  std::span<const DeviceTensor> tensors() const noexcept { return tensors_; }
+  const DeviceMemory& memory() const noexcept { return memory_; }
+  // What the loads did, one report per file.
+  std::span<const ReadReport> reports() const noexcept { return reports_; }
+
+ private:
+  friend DeviceTensors load_safetensors(const std::string& path, Loader& loader);
+  DeviceMemory memory_;
+  std::vector<DeviceTensor> tensors_;  // sorted by name
+  std::vector<ReadReport> reports_;
+};
+
+// Loads a safetensors model into one device allocation on the loader's
+// device, every tensor at 256-byte alignment. `path` is a .safetensors file,
+// or a sharded model's index (model.safetensors.index.json, as Hugging Face
+// ships them): its "weight_map" names the file of every tensor, relative to
+// the index's folder, and every tensor it names is loaded. Throws
+// Error(not_found) for a missing file or a tensor the index names that its
+// file lacks, Error(bad_format) for a malformed index or header (or a tensor
+// two shards both hold), Error(out_of_memory) when the device has no room,
+// and what Loader::load throws. On a throw nothing stays allocated.
+DeviceTensors load_safetensors(const std::string& path, Loader& loader);
 
 }  // namespace unimem::gpu

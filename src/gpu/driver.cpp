@@ -58,7 +58,8 @@ Loaded load() {
       bind(library, "cuStreamSynchronize", d.cuStreamSynchronize) && bind(library, "cuEventCreate", d.cuEventCreate) &&
       bind(library, "cuEventDestroy_v2", d.cuEventDestroy) && bind(library, "cuEventRecord", d.cuEventRecord) &&
       bind(library, "cuEventSynchronize", d.cuEventSynchronize) &&
-      bind(library, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync);
+      bind(library, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync) && bind(library, "cuMemAlloc_v2", d.cuMemAlloc) &&
+      bind(library, "cuMemFree_v2", d.cuMemFree);
   if (!bound) {
     out.failure = Errc::no_cuda_driver;
     out.message = "unimem: no usable CUDA driver: " + path + " lacks a driver API entry point (" +

@@ -46,7 +46,7 @@ struct Driver {
   CUresult (*cuMemHostUnregister)(void* p);
   CUresult (*cuMemHostGetDevicePointer)(CUdeviceptr* device_pointer, void* p, unsigned flags);
   CUresult (*cuGetErrorName)(CUresult error, const char** name);
-  // Streams, events and copies, for copy_file_to_device.
+  // Streams, events and copies, for gpu::Loader.
   CUresult (*cuStreamCreate)(CUstream* stream, unsigned flags);
   CUresult (*cuStreamDestroy)(CUstream stream);
   CUresult (*cuStreamSynchronize)(CUstream stream);
@@ -55,6 +55,9 @@ struct Driver {
   CUresult (*cuEventRecord)(CUevent event, CUstream stream);
   CUresult (*cuEventSynchronize)(CUevent event);
   CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr dst, const void* src, std::size_t bytes, CUstream stream);
+  // Device memory, for gpu::load_safetensors.
+  CUresult (*cuMemAlloc)(CUdeviceptr* p, std::size_t bytes);
+  CUresult (*cuMemFree)(CUdeviceptr p);
 
   int version = 0;       // e.g. 13000 for CUDA 13.0
   int device_count = 0;  // at least 1 once driver() returned

@@ -11,6 +11,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -336,7 +339,7 @@ TEST(GpuLoader, LoadsThePageCacheInPlaceAndKeepsItsRegistrations) {
     EXPECT_EQ(bad, 0u) << "round " << round << ", " << segments.size() << " segments";
     EXPECT_GE(loader.registered_bytes(), bytes) << "the registrations stay for the next load";
     if (round == 1) {
-      EXPECT_NE(r.fallback_reason.find("(0 B newly registered"), std::string::npos) << r.fallback_reason;
+      EXPECT_NE(r.fallback_reason.find("(chunks of 0 B newly registered"), std::string::npos) << r.fallback_reason;
     }
     std::printf("GpuLoader round %d: %zu segments, %s: %s\n", round, segments.size(), to_string(r.path),
                 r.fallback_reason.c_str());
@@ -359,6 +362,14 @@ TEST(GpuLoader, LoadsThePageCacheInPlaceAndKeepsItsRegistrations) {
   EXPECT_EQ(testing::error_of([&] { (void)loader.load(path, wild); }), Errc::cuda);
   EXPECT_EQ(testing::error_of([&] { (void)loader.load("/nonexistent/file", all); }), Errc::not_found);
   EXPECT_EQ(testing::error_of([] { gpu::Loader none(gpu_test::device_count()); }), Errc::invalid_argument);
+  EXPECT_EQ(testing::error_of([] {
+              gpu::CopyOptions huge;
+              huge.piece_bytes = std::size_t{2} << 30;
+              gpu::Loader too_big(0, huge);
+            }),
+            Errc::invalid_argument);
+  const gpu::DeviceSegment wraps[] = {{8, dev, ~std::size_t{0}}};
+  EXPECT_EQ(testing::error_of([&] { (void)loader.load(path, wraps); }), Errc::invalid_argument);
   (void)loader.load(path, all);
   ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 92, &bad), "");
   EXPECT_EQ(bad, 0u);
@@ -390,7 +401,8 @@ TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {
     ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 94, &bad), "");
     EXPECT_EQ(bad, 0u) << "load " << load;
     if (load == 0) EXPECT_EQ(loader.registered_bytes(), 0u);
-    if (load == 2) EXPECT_NE(r.fallback_reason.find("(0 B newly registered"), std::string::npos) << r.fallback_reason;
+    if (load == 2)
+      EXPECT_NE(r.fallback_reason.find("(chunks of 0 B newly registered"), std::string::npos) << r.fallback_reason;
     std::printf("GpuLoader load %d: %s: %s\n", load, to_string(r.path), r.fallback_reason.c_str());
   }
   gpu_test::device_free(0, dev);
@@ -428,6 +440,88 @@ TEST(GpuLoader, StagesWhatIsNotCachedAndMixesRoutesInOneLoad) {
     gpu_test::device_free(0, dev);
   }
   std::remove(path.c_str());
+}
+
+// A sharded model as Hugging Face ships it: two .safetensors files and the
+// index that names the file of every tensor.
+TEST(GpuLoader, LoadsASafetensorsModelFromOneFileOrAShardedIndex) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string dir = "/tmp/unimem_gpu_model_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  // Tensor i: words_of[i] pattern words of seed 200 + i, in shard i % 2.
+  const std::size_t words_of[] = {1000, 1, 65536 + 3, 777, (3u << 20) / 4, 64};
+  std::vector<std::vector<std::uint32_t>> data;
+  std::vector<TensorData> shard[2];
+  for (std::size_t i = 0; i < std::size(words_of); ++i) {
+    data.emplace_back(words_of[i]);
+    for (std::size_t w = 0; w < words_of[i]; ++w) data[i][w] = pattern(w, 200 + static_cast<std::uint32_t>(i));
+  }
+  for (std::size_t i = 0; i < std::size(words_of); ++i) {
+    shard[i % 2].push_back({"layer." + std::to_string(i),
+                            DType::U32,
+                            {words_of[i]},
+                            std::as_bytes(std::span<const std::uint32_t>(data[i]))});
+  }
+  save_safetensors(dir + "/model-00001-of-00002.safetensors", shard[0]);
+  save_safetensors(dir + "/model-00002-of-00002.safetensors", shard[1]);
+  {
+    std::ofstream index(dir + "/model.safetensors.index.json");
+    index << "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {";
+    for (std::size_t i = 0; i < std::size(words_of); ++i) {
+      index << (i ? ", " : "") << "\"layer." << i << "\": \"model-0000" << (i % 2 + 1) << "-of-00002.safetensors\"";
+    }
+    index << "}}";
+  }
+  gpu::Loader loader(0);
+  for (const std::string& path : {dir + "/model.safetensors.index.json", dir + "/model-00001-of-00002.safetensors"}) {
+    const gpu::DeviceTensors model = gpu::load_safetensors(path, loader);
+    const bool sharded = path.ends_with(".json");
+    EXPECT_EQ(model.tensors().size(), sharded ? std::size(words_of) : 3u) << path;
+    for (const gpu::DeviceTensor& t : model.tensors()) {
+      const std::size_t i = std::stoul(t.name.substr(6));
+      EXPECT_EQ(t.address % 256, 0u) << t.name;
+      EXPECT_EQ(t.dtype, DType::U32);
+      ASSERT_EQ(t.shape, std::vector<std::uint64_t>{words_of[i]});
+      EXPECT_GE(t.address, model.memory().address());
+      EXPECT_LE(t.address + t.bytes, model.memory().address() + model.memory().size());
+      unsigned long long bad = ~0ull;
+      ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(t.address), words_of[i],
+                                           200 + static_cast<std::uint32_t>(i), &bad),
+                "");
+      EXPECT_EQ(bad, 0u) << t.name << " from " << t.file;
+    }
+    EXPECT_NE(model.find("layer.0"), nullptr);
+    EXPECT_EQ(model.find("layer.99"), nullptr);
+    EXPECT_EQ(testing::error_of([&] { (void)model.at("nope"); }), Errc::not_found);
+    std::printf("GpuLoader model %s: %zu tensors, %zu files, first file: %s\n", sharded ? "(index)" : "(one file)",
+                model.tensors().size(), model.reports().size(), to_string(model.reports()[0].path));
+  }
+  // Bad models: a clear error before any device memory is taken.
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir + "/" + name) << text;
+    return dir + "/" + name;
+  };
+  EXPECT_EQ(testing::error_of([&] { (void)gpu::load_safetensors(write("a.json", "{nope"), loader); }),
+            Errc::bad_format);
+  EXPECT_EQ(testing::error_of([&] { (void)gpu::load_safetensors(write("b.json", "{\"weight_map\": 3}"), loader); }),
+            Errc::bad_format);
+  EXPECT_EQ(testing::error_of([&] {
+              (void)gpu::load_safetensors(
+                  write("c.json", "{\"weight_map\": {\"layer.0\": \"model-00002-of-00002.safetensors\"}}"), loader);
+            }),
+            Errc::not_found)
+      << "the index puts a tensor in a file that lacks it";
+  EXPECT_EQ(testing::error_of([&] {
+              (void)gpu::load_safetensors(write("d.json", "{\"weight_map\": {\"x\": \"missing.safetensors\"}}"),
+                                          loader);
+            }),
+            Errc::not_found);
+  EXPECT_EQ(testing::error_of([&] {
+              (void)gpu::load_safetensors(write("e.json", "{\"weight_map\": {\"x\": \"../etc/passwd\"}}"), loader);
+            }),
+            Errc::bad_format);
+  EXPECT_EQ(testing::error_of([] { gpu::DeviceMemory too_big(0, std::size_t{1} << 50); }), Errc::out_of_memory);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(GpuShare, ReadOnlyAttachIsRegisteredReadOnlyAndReadByKernels) {

@@ -52,6 +52,9 @@ std::vector<Piece> merge(std::span<const DeviceSegment> segments) {
   std::vector<Piece> merged;
   for (const DeviceSegment& s : segments) {
     if (s.bytes == 0) continue;
+    if (s.file_offset + s.bytes < s.file_offset || s.device_address + s.bytes < s.device_address) {
+      throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: a segment's range overflows");
+    }
     if (!merged.empty() && merged.back().file_offset + merged.back().bytes == s.file_offset &&
         merged.back().device_address + merged.back().bytes == s.device_address) {
       merged.back().bytes += s.bytes;
@@ -65,8 +68,8 @@ std::vector<Piece> merge(std::span<const DeviceSegment> segments) {
 // What a load did, for ReadReport::fallback_reason.
 std::string describe(std::size_t in_place, std::size_t newly_registered, std::size_t staged, ReadPath staged_path) {
   using unimem::detail::format_bytes;
-  std::string s = format_bytes(in_place) + " straight from the page cache, registered in place (" +
-                  format_bytes(newly_registered) + " newly registered, the rest kept from earlier loads)";
+  std::string s = format_bytes(in_place) + " straight from the page cache, registered in place (chunks of " +
+                  format_bytes(newly_registered) + " newly registered)";
   if (staged != 0) s += "; " + format_bytes(staged) + " staged (" + to_string(staged_path) + ")";
   return s;
 }
@@ -80,7 +83,12 @@ struct MappedFile {
     BlockOptions o;
     o.pinning = Pinning::unpinned;  // registration pins what it registers
     map = Block::map_file(path, o);
-    chunks.assign((map.size() + chunk - 1) / chunk, Chunk::unregistered);
+    // Replaced between the caller's stat and the mapping? Then the mapping may
+    // be another file than `id` describes: refuse rather than mix them.
+    if (platform::file_identity(path) != id || map.size() < id.size) {
+      throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: " + path + " changed while it was being opened");
+    }
+    chunks.assign((id.size + chunk - 1) / chunk, Chunk::unregistered);
   }
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -134,7 +142,7 @@ struct Loader::State {
   std::vector<CUevent> events;        // one per staging slot
   std::optional<Block> own_staging;   // made on the first staged chunk
   const Block* staging = nullptr;
-  std::optional<unimem::detail::CopyCrew> crew;  // for register_page_cache = false
+  std::optional<unimem::detail::CopyCrew> crew;  // copies cached chunks into the staging ring
   std::vector<std::unique_ptr<MappedFile>> files;
 
   MappedFile& mapped(const std::string& path, const platform::FileIdentity& id) {
@@ -175,12 +183,18 @@ Loader::Loader(int device, const CopyOptions& options) : state_(std::make_unique
   s.device = device;
   s.options = options;
   s.options.slots = std::max(1u, options.slots);
-  s.chunk = std::max<std::size_t>(options.piece_bytes / 4096 * 4096, 4096);
+  const std::size_t page = Block::page_size();
+  if (options.piece_bytes > (std::size_t{1} << 30) || options.slots > 64) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: gpu::Loader: piece_bytes above 1 GiB or more than 64 slots (" +
+                    std::to_string(options.piece_bytes) + " x " + std::to_string(options.slots) + ")");
+  }
+  s.chunk = std::max<std::size_t>(options.piece_bytes / page * page, page);
   if (options.staging != nullptr) {
     if (!options.staging->gpu_visible()) {
       throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: the staging Block is not GPU-visible");
     }
-    s.chunk = std::min(s.chunk, options.staging->size() / s.options.slots / 4096 * 4096);
+    s.chunk = std::min(s.chunk, options.staging->size() / s.options.slots / page * page);
     if (s.chunk == 0) throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: the staging Block is too small");
     s.staging = options.staging;
   }
@@ -325,7 +339,9 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   auto stage = [&](const Need& need, bool is_cached, std::size_t& uses) {
     const Block& ring = *s.staging;
     const std::size_t slot = uses++ % s.options.slots;
-    if (uses > s.options.slots) check(d.cuEventSynchronize(s.events[slot]), "cuEventSynchronize");
+    // Always wait (a slot never recorded returns at once): after a staging
+    // thread, this thread's first uses of the ring may find its copies running.
+    check(d.cuEventSynchronize(s.events[slot]), "cuEventSynchronize");
     std::byte* dest = ring.data() + slot * s.chunk;
     const std::size_t n = static_cast<std::size_t>(need.hi - need.lo);
     if (is_cached) {

@@ -186,6 +186,17 @@ int main(int argc, char** argv) {
         best_of(reps, [&] { (void)loader.load(path, segments); }));
     std::printf("    registered: %.2f GiB\n", loader.registered_bytes() / 1073741824.0);
   }
+  if (safetensors) {  // the whole API: headers, one device allocation, every tensor
+    row("unimem gpu::load_safetensors, first load (fresh Loader; allocation included)", best_of(reps, [&] {
+          unimem::gpu::Loader loader(device);
+          (void)unimem::gpu::load_safetensors(path, loader);
+        }));
+    unimem::gpu::Loader kept(device);
+    (void)unimem::gpu::load_safetensors(path, kept);
+    (void)unimem::gpu::load_safetensors(path, kept);  // registers
+    row("unimem gpu::load_safetensors, later loads (kept Loader; allocation included)",
+        best_of(reps, [&] { (void)unimem::gpu::load_safetensors(path, kept); }));
+  }
   row("unimem copy_file_to_device, defaults (a first load)",
       best_of(reps, [&] { (void)unimem::gpu::copy_file_to_device(path, segments, device); }));
 

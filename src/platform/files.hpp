@@ -13,12 +13,15 @@
 namespace unimem::platform {
 
 // What identifies a file's contents well enough to keep its registration:
-// the same object (device, inode), size and modification time.
+// the same object (device, inode), size, and modification and change times.
+// Limit: a rewrite within one tick of the kernel's file clock (a few ms) that
+// keeps the size is not seen.
 struct FileIdentity {
   std::uint64_t device = 0;
   std::uint64_t inode = 0;
   std::uint64_t size = 0;
   std::int64_t modified_ns = 0;
+  std::int64_t changed_ns = 0;  // ctime: unlike mtime, no one can set it back
   friend bool operator==(const FileIdentity&, const FileIdentity&) = default;
 };
 

@@ -25,7 +25,8 @@ FileIdentity file_identity(const std::string& path) {
   if (!S_ISREG(st.st_mode)) throw Error(Errc::invalid_argument, 0, "unimem: " + path + " is not a regular file");
   return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
           static_cast<std::uint64_t>(st.st_size),
-          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec,
+          static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec};
 }
 
 double resident_fraction(const std::byte* p, std::size_t bytes) noexcept {
