@@ -55,22 +55,22 @@ struct DeviceSegment {
 };
 
 // When a Loader registers a file's page-cache pages with CUDA in place, so
-// that copies run straight from the page cache. Registering costs more than
-// it saves on one load: the driver pins page by page and serializes every
-// other call behind it (measured on an H100 machine, 4 GiB cached: first load
-// in place 16-25 GB/s, staged 42-44 GB/s; a load of registered pages 51-55
-// GB/s, the link rate). So by default a file is staged on its first load and
-// registered on its second, and from the third on it moves at the link rate.
+// that copies run straight from the page cache. Measured (4 GiB cached
+// safetensors file, five H100/H200 hosts, docs/BENCHMARKS.md): registering in
+// place on the first load 30-34 GB/s on four hosts (staging: 18-22 there, 45
+// on the fifth), every later load 55 GB/s, the link rate. Files whose page
+// cache holds 4 KiB pages (written in small pieces) register slower and stage
+// about as fast; `never` or `on_reload` suit loaders that see each file once.
 enum class PageCacheRegistration {
-  on_reload,  // from a file's second load by the same Loader on (the default)
-  always,     // from the first load
+  always,     // from the first load (the default)
+  on_reload,  // from a file's second load by the same Loader on
   never,      // always stage
 };
 
 struct CopyOptions {
   // Where the file is in the page cache: register it in place, or copy it
   // into pinned staging with a crew of threads. See PageCacheRegistration.
-  PageCacheRegistration register_page_cache = PageCacheRegistration::on_reload;
+  PageCacheRegistration register_page_cache = PageCacheRegistration::always;
   // One staging slot, and the granularity of routes and registrations (at
   // most 1 GiB; shrunk to fit a caller's staging Block).
   std::size_t piece_bytes = std::size_t{64} << 20;
@@ -88,13 +88,12 @@ struct CopyOptions {
 // nothing to register).
 //
 // Routes, chosen per 64 MiB chunk of the file: a chunk in the page cache (>=
-// 90%, by mincore) is copied by a crew of threads into a ring of pinned
-// staging slots, or, when CopyOptions::register_page_cache says so (by
-// default from the file's second load by this Loader on), registered with
-// CUDA in place, read-only, and copied straight from the page cache; a chunk
-// not in the page cache is read with read_file (O_DIRECT where allowed) into
-// the staging ring. Every fill overlaps earlier copies. A chunk whose
-// registration the driver refuses is staged.
+// 90%, by mincore) is registered with CUDA in place, read-only, and copied
+// straight from the page cache (or, when CopyOptions::register_page_cache
+// says otherwise, copied by a crew of threads into a ring of pinned staging
+// slots); a chunk not in the page cache is read with read_file (O_DIRECT where
+// allowed) into the staging ring. Every fill overlaps earlier copies. A chunk
+// whose registration the driver refuses is staged.
 //
 // Registrations pin the file's page-cache pages until release(), the file
 // changes (its identity: inode, size, mtime, ctime; checked when the same path
@@ -136,9 +135,9 @@ class Loader {
   std::unique_ptr<State> state_;
 };
 
-// One load with a Loader made for the call (a first load: staged unless
-// options.register_page_cache is `always`; nothing stays registered): copies
-// ranges of the file at `path` into the memory of GPU `device`. Throws what Loader and Loader::load
+// One load with a Loader made for the call (nothing stays registered
+// afterwards): copies ranges of the file at `path` into the memory of GPU
+// `device`. Throws what Loader and Loader::load
 // throw, and Error(invalid_argument) for a staging Block that is not
 // GPU-visible.
 ReadReport copy_file_to_device(const std::string& path, std::span<const DeviceSegment> segments, int device = 0,

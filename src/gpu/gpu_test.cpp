@@ -379,7 +379,7 @@ TEST(GpuLoader, LoadsThePageCacheInPlaceAndKeepsItsRegistrations) {
   std::remove(path.c_str());
 }
 
-// The default: a file is staged on its first load, registered on its second,
+// on_reload: a file is staged on its first load, registered on its second,
 // and moved straight from the registered page cache from the third on.
 TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {
   UNIMEM_REQUIRE_GPUS(1);
@@ -389,6 +389,7 @@ TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {
   write_pattern_file(path, words, 94);
   gpu::CopyOptions o;
   o.piece_bytes = 8u << 20;
+  o.register_page_cache = gpu::PageCacheRegistration::on_reload;
   gpu::Loader loader(0, o);
   const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
   const gpu::DeviceSegment all[] = {{0, dev, bytes}};

@@ -4,8 +4,8 @@
 // picks a route per chunk:
 //   * registered (by an earlier load): copied straight from the page cache,
 //     cuMemcpyHtoDAsync from registered memory at the link rate;
-//   * in the page cache, when the policy says register (PageCacheRegistration:
-//     by default from a file's second load on): the chunk of a read-only
+//   * in the page cache, when the policy says register (PageCacheRegistration,
+//     by default from the first load on): the chunk of a read-only
 //     mapping is registered in place, then copied like the above. The driver
 //     serializes registrations (and, measured, most other calls behind them),
 //     so this thread registers chunk after chunk while the copy engine moves
