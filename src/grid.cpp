@@ -106,12 +106,7 @@ Cell GridCore::take() noexcept {
   return pop_batch(&index, 1) ? make_cell(index) : Cell();
 }
 
-GiveStatus GridCore::give(Cell& cell) noexcept {
-  if (cell.pool_ == nullptr) return GiveStatus::empty_cell;
-  if (cell.pool_ != this) return GiveStatus::foreign_cell;
-  cell.reset();
-  return GiveStatus::ok;
-}
+GiveStatus GridCore::give(Cell& cell) noexcept { return cell.give_to(this); }
 
 void GridCore::give_back(std::uint32_t index) noexcept {
   if (cache_cells_ != 0 && !forked_ && grid_cache::give(*this, index)) return;

@@ -105,12 +105,7 @@ SharedCell SharedGridCore::take() noexcept {
   return SharedCell(this, block_.data() + offset_of(index), index);
 }
 
-GiveStatus SharedGridCore::give(SharedCell& cell) noexcept {
-  if (cell.pool_ == nullptr) return GiveStatus::empty_cell;
-  if (cell.pool_ != this) return GiveStatus::foreign_cell;
-  cell.reset();
-  return GiveStatus::ok;
-}
+GiveStatus SharedGridCore::give(SharedCell& cell) noexcept { return cell.give_to(this); }
 
 void SharedGridCore::give_back(std::uint32_t index) noexcept {
   if (!forked_) list().push(&index, 1);  // in a forked child the cell is the parent's

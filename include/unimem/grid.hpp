@@ -122,6 +122,15 @@ class CellHandle {
 
  private:
   friend Pool;
+  // What every pool's give() does: refuses an empty cell or one of another
+  // pool (leaving it untouched), else returns it to `pool`. Never throws.
+  GiveStatus give_to(const Pool* pool) noexcept {
+    if (pool_ == nullptr) return GiveStatus::empty_cell;
+    if (pool_ != pool) return GiveStatus::foreign_cell;
+    reset();
+    return GiveStatus::ok;
+  }
+
   CellHandle(Pool* pool, std::byte* data, std::uint32_t index) noexcept : pool_(pool), data_(data), index_(index) {}
 
   Pool* pool_ = nullptr;
