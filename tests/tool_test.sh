@@ -3,7 +3,7 @@
 # shell: a working directory that is gone, a file in the way of the O_DIRECT
 # probe, a FIFO, a /proc file, a misplaced option.
 #
-#   sh tests/tool_test.sh TOOL CASE     (CASE: cwd_gone probe_file bogus_option proc_file fifo)
+#   sh tests/tool_test.sh TOOL CASE     (CASE: cwd_gone probe_file bogus_option proc_file fifo gpu_without_gpu)
 #
 # Every failure of the tool must be one line on stderr and an exit code
 # between 1 and 125, never a signal (an abort is 134 in the shell).
@@ -54,6 +54,17 @@ probe_file)
   [ "$(cat "$work/dir/.unimem_direct_probe")" = "keep me" ] || fail "the probe changed an existing file"
   [ "$(ls -A "$work/dir" | wc -l)" -eq 1 ] || fail "the probe left files behind: $(ls -A "$work/dir")"
   grep -q "O_DIRECT in $work/dir" "$work/out" || fail "no O_DIRECT line for the directory"
+  ;;
+gpu_without_gpu)
+  # --gpu where there is no GPU: one line that says so, exit 1.
+  if command -v nvidia-smi > /dev/null && nvidia-smi > /dev/null 2>&1; then
+    echo "PASS ($case_name): skipped: a GPU is here"
+    exit 0
+  fi
+  printf 'x' > "$work/file"
+  "$tool" load "$work/file" --gpu > "$work/out" 2> "$work/err"
+  rc=$?
+  expect_clean_failure 1 "CUDA"
   ;;
 bogus_option)
   # The first argument after load used to be taken as the file whatever it was.

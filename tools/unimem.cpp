@@ -1,9 +1,16 @@
 // tools/unimem.cpp — the `unimem` command line tool.
 //
 //   unimem info                       what this machine offers unimem
-//   unimem load FILE [--gpu] [--no-direct] [--no-io-uring]
+//   unimem load FILE [--no-direct] [--no-io-uring]
 //                                     read FILE (a .safetensors file: every tensor) into a
 //                                     Block, with a progress bar and the throughput
+//   unimem load FILE... --gpu [N|all] [--repeat R]
+//                                     FILEs into the memory of GPU N (default 0) or of
+//                                     every GPU, through one gpu::Loader per GPU: a
+//                                     .safetensors file or a model.safetensors.index.json
+//                                     as a model (every tensor at 256 bytes), any other
+//                                     file whole; prints the route and GB/s of each load
+//                                     (R loads: the first registers, later ones do not)
 //
 // Every failure is one line on stderr and a non-zero exit (1: it failed, 2:
 // bad usage); main catches every exception, so nothing ends in an abort.
@@ -25,8 +32,10 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include <unimem/unimem.hpp>
 
@@ -38,7 +47,9 @@ namespace {
 using unimem::detail::errno_text;
 using unimem::detail::format_bytes;
 
-constexpr const char* kUsage = "usage: unimem info | unimem load FILE [--gpu] [--no-direct] [--no-io-uring]";
+constexpr const char* kUsage =
+    "usage: unimem info | unimem load FILE [--no-direct] [--no-io-uring] | "
+    "unimem load FILE... --gpu [N|all] [--repeat R]";
 
 // True while the progress bar has printed a line without its newline: an
 // error message then starts on a line of its own.
@@ -83,6 +94,32 @@ std::string direct_io_support(const std::string& dir) {
   return result;
 }
 
+// Whether the page cache can be registered with CUDA in place (what
+// gpu::Loader does with cached files): a small file of our own, mapped
+// read-only and registered with every GPU.
+std::string page_cache_registration() {
+  char name[] = "/tmp/unimem_registration_probe.XXXXXX";
+  const int fd = ::mkstemp(name);
+  if (fd < 0) return "not probed (no temporary file: " + errno_text(errno) + ")";
+  std::string result;
+  try {
+    const std::string page(4096, 'u');
+    for (int i = 0; i < 256; ++i) {
+      if (::write(fd, page.data(), page.size()) != static_cast<ssize_t>(page.size())) throw std::runtime_error("write");
+    }
+    unimem::BlockOptions o;
+    o.visibility = unimem::Visibility::gpus;
+    o.pinning = unimem::Pinning::unpinned;
+    unimem::Block cached = unimem::Block::map_file(name, o);
+    result = "registers in place, read-only: gpu::Loader copies cached files straight from the page cache";
+  } catch (const std::exception& e) {
+    result = std::string("refused: ") + e.what() + " (gpu::Loader stages cached files through pinned memory)";
+  }
+  ::close(fd);
+  ::unlink(name);
+  return result;
+}
+
 int info() {
   std::printf("unimem %s\n\nmemory\n", UNIMEM_VERSION_STRING);
   std::printf("  page size              %zu B\n", unimem::Block::page_size());
@@ -111,6 +148,7 @@ int info() {
       std::printf("  GPU %d                  %s; host pointers usable on device: %s\n", d.ordinal, d.name.c_str(),
                   d.host_pointer_is_device_pointer ? "yes" : "no");
     }
+    std::printf("  page cache -> GPU      %s\n", page_cache_registration().c_str());
   }
 
   std::printf("\nCPU\n");
@@ -191,12 +229,47 @@ void check_loadable(const std::string& path) {
   }
 }
 
-int load(const std::string& path, bool gpu, bool direct, bool ring) {
+// FILEs into GPU memory through one Loader per device, `repeat` times each.
+int load_gpu(const std::vector<std::string>& files, const std::vector<int>& devices, int repeat) {
+  for (int device : devices) {
+    unimem::gpu::Loader loader(device);
+    for (const std::string& path : files) {
+      check_loadable(path);
+      const bool model = path.ends_with(".safetensors") || path.ends_with(".json");
+      std::optional<unimem::gpu::DeviceMemory> whole;
+      if (!model) whole.emplace(device, unimem::file_size(path));
+      for (int round = 0; round < repeat; ++round) {
+        const auto start = std::chrono::steady_clock::now();
+        std::uint64_t bytes = 0;
+        std::size_t tensors = 0;
+        unimem::ReadReport first;
+        if (model) {
+          const unimem::gpu::DeviceTensors t = unimem::gpu::load_safetensors(path, loader);
+          for (const auto& r : t.reports()) bytes += r.bytes;
+          tensors = t.tensors().size();
+          first = t.reports().empty() ? unimem::ReadReport{} : t.reports()[0];
+        } else {
+          const unimem::gpu::DeviceSegment all{0, whole->address(), whole->size()};
+          first = loader.load(path, {&all, 1});
+          bytes = first.bytes;
+        }
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        std::printf("%s -> GPU %d, load %d: %s in %.3f s (%.2f GB/s) via %s%s%s", path.c_str(), device, round + 1,
+                    format_bytes(bytes).c_str(), seconds, bytes / seconds / 1e9, unimem::to_string(first.path),
+                    first.fallback_reason.empty() ? "" : " — ", first.fallback_reason.c_str());
+        if (model) std::printf("; %zu tensors", tensors);
+        std::printf("\n");
+      }
+    }
+  }
+  return 0;
+}
+
+int load(const std::string& path, bool direct, bool ring) {
   check_loadable(path);
   const std::uint64_t size = unimem::file_size(path);
   unimem::BlockOptions o;
   o.pinning = unimem::Pinning::unpinned;  // large files exceed non-root memlock limits
-  if (gpu) o.visibility = unimem::Visibility::gpus;
   unimem::ReadOptions r;
   r.direct = direct;
   r.io_uring = ring;
@@ -222,7 +295,6 @@ int load(const std::string& path, bool gpu, bool direct, bool ring) {
               report.bytes / seconds / 1e9, unimem::to_string(report.path), report.fallback_reason.empty() ? "" : " — ",
               report.fallback_reason.c_str());
   if (safetensors) std::printf("  %zu tensors, %s\n", tensors, in_place ? "read in place" : "read per tensor");
-  if (gpu) std::printf("  GPU-visible on %d device(s) at the same address\n", tape.block().gpu_count());
   return 0;
 }
 
@@ -233,36 +305,62 @@ int main(int argc, char** argv) try {
   if (cmd == "info" && argc == 2) return info();
   if (cmd == "load") {
     bool gpu = false, direct = true, ring = true, options_done = false;
-    std::string file;
-    bool have_file = false;
+    std::vector<int> devices;
+    int repeat = 1;
+    std::vector<std::string> files;
+    auto number = [](const std::string& text, int& out) {
+      char* end = nullptr;
+      const long v = std::strtol(text.c_str(), &end, 10);
+      if (text.empty() || *end != '\0' || v < 0 || v > 1'000'000) return false;
+      out = static_cast<int>(v);
+      return true;
+    };
     for (int i = 2; i < argc; ++i) {
       const std::string a = argv[i];
       if (!options_done && a == "--") {
         options_done = true;
       } else if (!options_done && a.size() > 1 && a[0] == '-') {
-        if (a == "--gpu")
+        if (a == "--gpu") {
           gpu = true;
-        else if (a == "--no-direct")
+          int n = 0;
+          if (i + 1 < argc && std::string(argv[i + 1]) == "all") {
+            ++i;
+            for (const auto& d : unimem::gpu::devices()) devices.push_back(d.ordinal);
+          } else if (i + 1 < argc && number(argv[i + 1], n)) {
+            ++i;
+            devices.push_back(n);
+          }
+        } else if (a == "--repeat") {
+          if (i + 1 >= argc || !number(argv[i + 1], repeat) || repeat == 0) {
+            std::fprintf(stderr, "unimem load: --repeat needs a count of loads, 1 or more (%s)\n", kUsage);
+            return 2;
+          }
+          ++i;
+        } else if (a == "--no-direct") {
           direct = false;
-        else if (a == "--no-io-uring")
+        } else if (a == "--no-io-uring") {
           ring = false;
-        else {
+        } else {
           std::fprintf(stderr, "unimem load: unknown option %s (%s)\n", a.c_str(), kUsage);
           return 2;
         }
-      } else if (have_file) {
-        std::fprintf(stderr, "unimem load: one FILE only, not %s and %s (%s)\n", file.c_str(), a.c_str(), kUsage);
-        return 2;
       } else {
-        file = a;
-        have_file = true;
+        files.push_back(a);
       }
     }
-    if (!have_file) {
+    if (files.empty()) {
       std::fprintf(stderr, "unimem load: no FILE given (%s)\n", kUsage);
       return 2;
     }
-    return load(file, gpu, direct, ring);
+    if (gpu) {
+      if (devices.empty()) devices.push_back(0);
+      return load_gpu(files, devices, repeat);
+    }
+    if (files.size() > 1 || repeat != 1) {
+      std::fprintf(stderr, "unimem load: several FILEs and --repeat need --gpu (%s)\n", kUsage);
+      return 2;
+    }
+    return load(files[0], direct, ring);
   }
   std::fprintf(stderr, "%s\n", kUsage);
   return 2;
