@@ -96,10 +96,9 @@ struct CopyOptions {
 // whose registration the driver refuses is staged.
 //
 // Registrations pin the file's page-cache pages until release(), the file
-// changes (its identity: inode, size, mtime, ctime; checked when the same path
-// is loaded again), or the Loader is destroyed. release() also forgets how
-// often each file was loaded. Files this Loader loaded stay mapped (one
-// descriptor each) until then: release() what is no longer needed.
+// changes or goes away (its identity: inode, size, mtime, ctime; checked at
+// every load for every file kept), 64 other files were loaded since, or the
+// Loader is destroyed. release() also forgets how often each file was loaded.
 // Known limit: a cached file truncated while a load copies it out of the page
 // cache raises SIGBUS (the copy reads a mapping); read_file's route reports
 // such a file as an error instead.

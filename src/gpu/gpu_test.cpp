@@ -379,6 +379,32 @@ TEST(GpuLoader, LoadsThePageCacheInPlaceAndKeepsItsRegistrations) {
   std::remove(path.c_str());
 }
 
+// A Loader keeps registrations only of files that are still what they were:
+// a deleted file's pinned pages go at the next load.
+TEST(GpuLoader, DropsTheRegistrationsOfFilesThatWentAway) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string a = "/tmp/unimem_gpu_loader_a_" + std::to_string(::getpid());
+  const std::string b = "/tmp/unimem_gpu_loader_b_" + std::to_string(::getpid());
+  const std::size_t words = (8u << 20) / 4;
+  write_pattern_file(a, words, 95);
+  write_pattern_file(b, words, 96);
+  gpu::Loader loader(0);
+  const std::uintptr_t dev = gpu_test::device_alloc(0, words * 4);
+  const gpu::DeviceSegment all[] = {{0, dev, words * 4}};
+  (void)loader.load(a, all);
+  (void)loader.load(b, all);
+  const std::size_t both = loader.registered_bytes();
+  EXPECT_GE(both, 2 * words * 4);
+  std::remove(b.c_str());
+  (void)loader.load(a, all);
+  EXPECT_EQ(loader.registered_bytes(), both / 2) << "the deleted file's registration was kept";
+  unsigned long long bad = ~0ull;
+  ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 95, &bad), "");
+  EXPECT_EQ(bad, 0u);
+  gpu_test::device_free(0, dev);
+  std::remove(a.c_str());
+}
+
 // on_reload: a file is staged on its first load, registered on its second,
 // and moved straight from the registered page cache from the third on.
 TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {

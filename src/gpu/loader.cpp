@@ -127,7 +127,8 @@ struct MappedFile {
   Block map;
   std::vector<Chunk> chunks;
   std::size_t registered_bytes = 0;
-  unsigned loads = 0;  // completed loads of this file (the on_reload policy)
+  unsigned loads = 0;          // completed loads of this file (the on_reload policy)
+  std::uint64_t last_use = 0;  // when a load last asked for it (State::clock)
 };
 
 }  // namespace
@@ -145,16 +146,37 @@ struct Loader::State {
   std::optional<unimem::detail::CopyCrew> crew;  // copies cached chunks into the staging ring
   std::vector<std::unique_ptr<MappedFile>> files;
 
+  // The mapping of `path` as `id` describes it, made if needed. Files that
+  // changed or went away since they were mapped are dropped first (their
+  // registrations pin pages nobody can load again), and beyond kMaxFiles the
+  // least recently loaded, so a long-lived Loader does not hoard descriptors
+  // and pinned memory.
+  static constexpr std::size_t kMaxFiles = 64;
   MappedFile& mapped(const std::string& path, const platform::FileIdentity& id) {
-    for (auto it = files.begin(); it != files.end(); ++it) {
-      if ((*it)->path != path) continue;
-      if ((*it)->identity == id) return **it;
-      files.erase(it);  // the file changed or was replaced: its registrations are stale
-      break;
+    std::erase_if(files, [&](const std::unique_ptr<MappedFile>& f) {
+      if (f->path == path) return f->identity != id;
+      try {
+        return platform::file_identity(f->path) != f->identity;
+      } catch (const Error&) {
+        return true;  // gone, or no longer a regular file
+      }
+    });
+    ++clock;
+    for (auto& f : files) {
+      if (f->path == path) {
+        f->last_use = clock;
+        return *f;
+      }
+    }
+    if (files.size() >= kMaxFiles) {
+      files.erase(std::min_element(files.begin(), files.end(),
+                                   [](const auto& a, const auto& b) { return a->last_use < b->last_use; }));
     }
     files.push_back(std::make_unique<MappedFile>(path, id, chunk));
+    files.back()->last_use = clock;
     return *files.back();
   }
+  std::uint64_t clock = 0;  // counts mapped() calls, for last_use
 
   // The staging ring and the copy crew, made on the first load that stages.
   void ensure_staging() {
