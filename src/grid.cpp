@@ -102,6 +102,10 @@ void GridCore::flush(const std::uint32_t* cells, std::uint32_t n) noexcept {
 Cell GridCore::take() noexcept {
   if (forked_) return Cell();  // the parent owns these cells (see grid.hpp)
   if (cache_cells_ != 0) return grid_cache::take(*this);
+  return take_shared();
+}
+
+Cell GridCore::take_shared() noexcept {
   std::uint32_t index;
   return pop_batch(&index, 1) ? make_cell(index) : Cell();
 }

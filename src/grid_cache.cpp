@@ -89,10 +89,7 @@ Entry& claim(GridCore& core) noexcept {
 }  // namespace
 
 Cell take(GridCore& core) noexcept {
-  if (exiting) {
-    std::uint32_t index;
-    return core.pop_batch(&index, 1) ? core.make_cell(index) : Cell();
-  }
+  if (exiting) return core.take_shared();
   Entry* e = find(core);
   if (e != nullptr && e->count != 0) return core.make_cell(e->cells[--e->count]);
   if (e == nullptr) e = &claim(core);

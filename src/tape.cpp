@@ -11,7 +11,8 @@
 //
 // Moves bump the epoch of both Tapes, so Lanes never hand out a chunk of a
 // Block their Tape no longer holds. A forked child's Tapes are marked by
-// detail::ForkWatch and refuse every take.
+// detail::ForkWatch, which moves their cursor past the end: every take fails
+// there, and clear() refuses to rewind it.
 #include "unimem/tape.hpp"
 
 #include <utility>
@@ -57,16 +58,18 @@ Tape::~Tape() {
 void Tape::on_fork_child(void* tape) noexcept {
   auto* t = static_cast<Tape*>(tape);
   t->forked_ = true;
+  // A cursor past the end makes every take fail as full, so the take path
+  // itself needs no check; reserve() tells forked from full only on failure.
+  t->cursor_.store(t->block_.size() + 1, std::memory_order_relaxed);
   t->epoch_.fetch_add(1, std::memory_order_relaxed);  // every Lane copied into the child drops its chunk
 }
 
 Taken Tape::reserve(std::size_t size, std::size_t align, std::size_t tail) noexcept {
   const std::size_t capacity = block_.size();
   if (const TakeStatus bad = detail::check_take(size, align, capacity); bad != TakeStatus::ok) return {nullptr, bad};
-  if (forked_) return {nullptr, TakeStatus::forked};
   const detail::Bumped b =
       detail::bump(cursor_, reinterpret_cast<std::uintptr_t>(block_.data()), capacity, size, align, tail);
-  if (b.status != TakeStatus::ok) return {nullptr, b.status};
+  if (b.status != TakeStatus::ok) return {nullptr, forked_ ? TakeStatus::forked : b.status};
   return {block_.data() + b.offset, TakeStatus::ok};
 }
 
@@ -77,7 +80,7 @@ Taken Tape::take(std::size_t size, std::size_t align) noexcept {
 }
 
 bool Tape::untake(const Taken& taken, std::size_t size) noexcept {
-  if (!taken || !owns(taken.ptr) || forked_) return false;
+  if (!taken || !owns(taken.ptr)) return false;  // (in a forked child the cursor is past the end: no match)
   const std::size_t begin = static_cast<std::size_t>(taken.ptr - block_.data());
   if (size > block_.size() - begin) return false;
   std::size_t end = begin + size + std::min(kRedZone, block_.size() - begin - size);  // as take() moved it

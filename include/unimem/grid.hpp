@@ -169,6 +169,8 @@ class GridCore {
   std::uint32_t pop_batch(std::uint32_t* out, std::uint32_t max) noexcept;
   void flush(const std::uint32_t* cells, std::uint32_t n) noexcept;
   Cell make_cell(std::uint32_t index) noexcept;
+  // One cell straight from the shared list, no thread cache. Never throws.
+  Cell take_shared() noexcept;
 
   std::size_t cell_size() const noexcept { return cell_size_; }
   std::size_t cells() const noexcept { return cells_; }

@@ -154,7 +154,8 @@ class Tape {
 
   // Bytes handed out since the last clear, alignment padding and the unused
   // rest of lanes' chunks included.
-  std::size_t used() const noexcept { return cursor_.load(std::memory_order_relaxed); }
+  // (Clamped: a forked child's cursor lies past the end.)
+  std::size_t used() const noexcept { return std::min(cursor_.load(std::memory_order_relaxed), total()); }
   std::size_t free() const noexcept { return total() - used(); }
   std::size_t total() const noexcept { return block_.size(); }
   // True when `p` points into this Tape's Block (taken or not).

@@ -382,6 +382,11 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     staged += n;
   };
 
+  // Chunks an earlier load registered: DMA only, whatever the policy.
+  for (std::size_t n : registered) {
+    copy_parts(needs[n], needs[n].lo, needs[n].hi, s.stream, [&](std::uint64_t off) { return file.map.data() + off; });
+    in_place += needs[n].hi - needs[n].lo;
+  }
   // Register in place (always, or from the second load of a file on), or stage everything.
   const PageCacheRegistration policy = s.options.register_page_cache;
   const bool register_cached =
@@ -389,11 +394,6 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   if (!register_cached) {  // one route: this thread stages every chunk
     if (!cached.empty() || !uncached.empty()) s.ensure_staging();
     std::size_t uses = 0;
-    for (std::size_t n : registered) {  // registered by an earlier load that asked for it: free
-      copy_parts(needs[n], needs[n].lo, needs[n].hi, s.stream,
-                 [&](std::uint64_t off) { return file.map.data() + off; });
-      in_place += needs[n].hi - needs[n].lo;
-    }
     std::vector<std::size_t> rest = cached;
     rest.insert(rest.end(), uncached.begin(), uncached.end());
     std::sort(rest.begin(), rest.end());  // file order
@@ -429,11 +429,6 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
         }
       }
     } join{stager, stop};
-    for (std::size_t n : registered) {
-      copy_parts(needs[n], needs[n].lo, needs[n].hi, s.stream,
-                 [&](std::uint64_t off) { return file.map.data() + off; });
-      in_place += needs[n].hi - needs[n].lo;
-    }
     std::size_t uses = 0;  // slots for chunks the driver refuses to register
     for (std::size_t n : cached) {
       if (stop) break;
