@@ -240,6 +240,72 @@ TEST(ReadFile, AFailedCompletionLeavesNoReadInFlight) {
   }
 }
 
+// A FileReader opens and probes its file once and keeps its ring: the pieces
+// of a long load (gpu::Loader stages 64 MiB at a time) used to reopen the
+// file and make a ring each, and a file replaced between two pieces mixed
+// two files' bytes.
+TEST(FileReader, OpensTheFileOnceAndKeepsOneRingForEveryRead) {
+  TempFile f(8 * MiB);
+  TempFile other(8 * MiB, fs::temp_directory_path(), 2);
+  Block b = Block::open(f.data.size());
+  ReadOptions o;
+  o.small_read_bytes = 0;  // through the ring even for small pieces
+  detail::ReadRingProbe probe;
+  detail::set_read_ring_probe(&probe);
+  FileReader reader(f.path, o);
+  EXPECT_EQ(reader.size(), f.data.size());
+  EXPECT_EQ(reader.path(), f.path.string());
+  ReadReport first;
+  for (std::size_t piece = 0; piece < 8; ++piece) {
+    if (piece == 4) fs::rename(other.path, f.path);  // the path now names another file
+    const ReadReport r = reader.read(piece * MiB, b.bytes().subspan(piece * MiB, MiB));
+    if (piece == 0) first = r;
+    EXPECT_EQ(r.bytes, MiB);
+  }
+  detail::set_read_ring_probe(nullptr);
+  expect_consistent(first);
+  EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0) << "every piece comes from the file opened";
+  if (first.path == ReadPath::io_uring_direct || first.path == ReadPath::io_uring_buffered) {
+    EXPECT_EQ(probe.rings_made, 1u) << "one ring for all eight reads";
+  }
+  // read_file is one FileReader read: a ring per call.
+  probe = {};
+  detail::set_read_ring_probe(&probe);
+  for (int i = 0; i < 2; ++i) (void)read_file(f.path, 0, b.bytes().first(MiB), o);
+  detail::set_read_ring_probe(nullptr);
+  if (probe.rings_made != 0) {
+    EXPECT_EQ(probe.rings_made, 2u);
+  }
+}
+
+// A failed read leaves the reader usable: nothing in flight, the ring drained.
+TEST(FileReader, StaysUsableAfterAFailedRead) {
+  TempFile f(2 * MiB);
+  Block b = Block::open(f.data.size());
+  ReadOptions o;
+  o.small_read_bytes = 0;
+  o.chunk_bytes = 4096;
+  o.queue_depth = 64;
+  FileReader reader(f.path, o);
+  detail::ReadRingProbe probe;
+  probe.fail_completion = 3;
+  detail::set_read_ring_probe(&probe);
+  const Thrown t = thrown_by([&] { (void)reader.read(0, b.bytes().first(f.data.size())); });
+  detail::set_read_ring_probe(nullptr);
+  if (probe.submitted == 0) GTEST_SKIP() << "io_uring is unavailable here: " << t.message;
+  EXPECT_EQ(t.code, Errc::system) << t.message;
+  EXPECT_EQ(probe.reaped, probe.submitted);
+  std::memset(b.data(), 0, f.data.size());
+  const ReadReport r = reader.read(0, b.bytes().first(f.data.size()));
+  EXPECT_EQ(r.bytes, f.data.size());
+  EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
+  // Bad segments are refused before anything is read.
+  const Thrown outside = thrown_by([&] { (void)reader.read(f.data.size() - 10, b.bytes().first(11)); });
+  EXPECT_EQ(outside.code, Errc::invalid_argument) << outside.message;
+  EXPECT_NE(outside.message.find("outside"), std::string::npos) << outside.message;
+  EXPECT_EQ(thrown_by([] { FileReader("/nonexistent/unimem"); }).code, Errc::not_found);
+}
+
 // The same for an exception from the progress callback.
 TEST(ReadFile, AThrowingProgressCallbackLeavesNoReadInFlight) {
   TempFile f(2 * MiB);

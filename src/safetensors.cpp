@@ -183,19 +183,20 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> prefix, st
   return h;
 }
 
-SafetensorsHeader read_safetensors_header(const std::string& path) {
-  // The header is small: read it through the page cache, in this thread.
-  ReadOptions buffered;
-  buffered.direct = false;
-  buffered.io_uring = false;
-  const std::uint64_t size = file_size(path);
+SafetensorsHeader read_safetensors_header(FileReader& file) {
+  const std::uint64_t size = file.size();
   std::byte length[8] = {};
-  if (size >= 8) read_file(path, 0, length, buffered);
+  if (size >= 8) file.read(0, length);
   const std::uint64_t n = size >= 8 ? std::min<std::uint64_t>(read_le64(length), size - 8) : 0;
   if (n > kMaxHeader) bad("the header length exceeds the format's 100 MB limit");
   std::vector<std::byte> prefix(8 + n);
-  if (size >= 8) read_file(path, 0, prefix, buffered);
+  if (size >= 8) file.read(0, prefix);
   return parse_safetensors_header(prefix, size);
+}
+
+SafetensorsHeader read_safetensors_header(const std::string& path) {
+  FileReader file(path);
+  return read_safetensors_header(file);
 }
 
 void save_safetensors(const std::string& path, std::span<const TensorData> tensors,
@@ -248,7 +249,8 @@ Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_
                 "unimem: Safetensors::load: alignment " + std::to_string(align) + " is not a power of two");
   }
   Safetensors model;
-  model.header_ = read_safetensors_header(path);
+  FileReader file(path, options);  // opened once: the header, then the tensors
+  model.header_ = read_safetensors_header(file);
   const SafetensorsHeader& h = model.header_;
   const std::uint64_t file_end =
       h.tensors.empty() ? h.data_offset : h.tensors.back().file_offset + h.tensors.back().bytes;
@@ -291,7 +293,7 @@ Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_
                     " bytes; the Tape has " + std::to_string(weights.free()) + " free");
   }
   try {
-    model.report_ = read_file(path, segments, options);
+    model.report_ = file.read(segments);
   } catch (...) {
     // Nothing half-loaded stays taken; untake refuses (false) when another
     // take came after ours, and then the space stays taken until a clear.

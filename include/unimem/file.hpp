@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 
@@ -70,6 +71,47 @@ struct ReadReport {
   ReadPath path = ReadPath::pread_buffered;
   double seconds = 0;
   std::string fallback_reason;  // why not io_uring_direct; empty when it was
+};
+
+// A file opened and probed once for many reads: its descriptors (page cache
+// and O_DIRECT), the file system's direct-I/O alignment and one io_uring are
+// set up on first need and kept, so the 64 MiB pieces of a long load do not
+// each reopen the file and make a ring. read_file() is one FileReader read.
+// The file's size is taken when it is opened.
+//
+// Thread safety: one read at a time per FileReader (others wait); separate
+// FileReaders are independent.
+class FileReader {
+ public:
+  // Opens `path` for reading. Throws Error:
+  //   not_found          no such file
+  //   permission_denied  the file cannot be opened for reading
+  //   invalid_argument   not a regular file (nothing is opened then, so a
+  //                      FIFO without a writer cannot block), or
+  //                      options.chunk_bytes is above 1 GiB
+  //   system             other open failures
+  explicit FileReader(const std::string& path, const ReadOptions& options = {});
+  ~FileReader();
+  FileReader(FileReader&&) noexcept;
+  FileReader& operator=(FileReader&&) noexcept;
+  FileReader(const FileReader&) = delete;
+  FileReader& operator=(const FileReader&) = delete;
+
+  // Reads every segment. Throws Error:
+  //   invalid_argument   a segment lies outside the file or has a null destination
+  //   system             an I/O error, or the file ended early (it shrank while
+  //                      read); every read already started has completed when
+  //                      it throws, and the reader stays usable
+  ReadReport read(std::span<const ReadSegment> segments);
+  // Reads dest.size() bytes from `offset` into `dest`.
+  ReadReport read(std::uint64_t offset, std::span<std::byte> dest);
+
+  std::uint64_t size() const noexcept;  // when opened
+  const std::string& path() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
 };
 
 // Reads every segment of the file at `path`. Throws Error:

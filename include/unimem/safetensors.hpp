@@ -60,9 +60,10 @@ struct SafetensorsHeader {
 // or bytes after the last tensor).
 SafetensorsHeader parse_safetensors_header(std::span<const std::byte> prefix, std::uint64_t file_size);
 
-// Reads and parses the header of the file at `path`. Throws what
-// parse_safetensors_header and read_file throw.
+// Reads and parses the header of the file at `path`, or of an open file.
+// Throws what parse_safetensors_header, FileReader and FileReader::read throw.
 SafetensorsHeader read_safetensors_header(const std::string& path);
+SafetensorsHeader read_safetensors_header(FileReader& file);
 
 // A tensor to write with save_safetensors.
 struct TensorData {

@@ -11,8 +11,8 @@
 //     so this thread registers chunk after chunk while the copy engine moves
 //     the chunks already registered;
 //   * otherwise staged: a crew of threads copies a cached chunk out of the
-//     page cache into a ring of pinned, registered slots, or read_file
-//     (O_DIRECT where allowed) reads an uncached one; slot i is filled while
+//     page cache into a ring of pinned, registered slots, or a FileReader
+//     (O_DIRECT where allowed, one per load) reads an uncached one; slot i is filled while
 //     earlier slots' copies run. When this thread registers, a second thread
 //     stages the uncached chunks meanwhile, on a stream of its own.
 // Registrations stay with the Loader, keyed by the file's identity (device,
@@ -316,7 +316,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     }
   }
   // Three kinds of chunk: registered already (free: DMA only), cached (register
-  // in place, or stage), not cached (stage: read_file).
+  // in place, or stage), not cached (stage: FileReader).
   std::vector<std::size_t> registered, cached, uncached;  // indices into needs
   for (std::size_t n = 0; n < needs.size(); ++n) {
     const Need& need = needs[n];
@@ -357,6 +357,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   std::atomic<std::size_t> in_place{0}, newly_registered{0}, staged{0}, staged_buffered{0};
   ReadPath staged_path = ReadPath::io_uring_direct;
   std::string staged_reason;
+  std::optional<FileReader> reader;  // for chunks not in the page cache
 
   auto stage = [&](const Need& need, bool is_cached, std::size_t& uses) {
     const Block& ring = *s.staging;
@@ -372,7 +373,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       staged_reason = "in the page cache: copied out of it by several threads into pinned staging";
       staged_buffered += n;
     } else {
-      const ReadReport r = read_file(path, need.lo, {dest, n}, s.options.read);
+      if (!reader) reader.emplace(path, s.options.read);  // opened once per load
+      const ReadReport r = reader->read(need.lo, {dest, n});
       staged_path = r.path;
       if (staged_reason.empty()) staged_reason = r.fallback_reason;
       staged_buffered += r.buffered_bytes;

@@ -19,6 +19,7 @@ struct ReadRingProbe {
   // Reads the kernel accepted (io_uring_submit's count) and completions reaped.
   std::size_t submitted = 0;
   std::size_t reaped = 0;
+  std::size_t rings_made = 0;  // io_uring instances set up
 };
 
 // Installs `probe` for the read_file calls of the calling thread (nullptr

@@ -1,22 +1,24 @@
-// src/platform/linux/read.cpp — read_file: io_uring + O_DIRECT, with fallbacks.
+// src/platform/linux/read.cpp — FileReader on Linux: io_uring + O_DIRECT, with fallbacks.
 //
-// The plan: open the file twice, buffered and (if the file system allows)
-// O_DIRECT. Split every segment into an O_DIRECT body, whose file offset,
-// length and destination address meet the file system's direct-I/O alignment
-// (statx STATX_DIOALIGN where the kernel reports it, 4 KiB otherwise), and a
-// buffered head and tail. Cut everything into chunk_bytes reads and keep
-// queue_depth of them in flight with io_uring; where io_uring cannot be set up
-// (old kernel, seccomp, io_uring_disabled), threads run pread over the same
-// list. Short reads are resubmitted for the rest; a read of 0 bytes means the
-// file shrank, which is an error.
+// A FileReader opens the file once, through the page cache. The first read
+// that wants O_DIRECT probes the file system's direct-I/O alignment (statx
+// STATX_DIOALIGN where the kernel reports it, 4 KiB otherwise) and opens the
+// path a second time with O_DIRECT; the first read that wants io_uring makes
+// the ring. All of it is kept for later reads. read_plan.cpp cuts each read
+// into chunks: this file keeps queue_depth of them in flight with io_uring,
+// or, where io_uring cannot be set up (old kernel, seccomp,
+// io_uring_disabled), runs pread on threads over the same list. Short reads
+// are resubmitted for the rest; a read of 0 bytes means the file shrank,
+// which is an error.
 //
 // An error never leaves a read in flight: the kernel writes into the
 // destinations until a read completes, and io_uring_queue_exit only unmaps the
 // ring (the kernel finishes the requests in the background), while the caller
 // may free the destinations as soon as we throw (Safetensors::load gives them
 // back to its Tape). So on any error the loop stops submitting, reaps every
-// completion still owed, and only then throws. The pread fallback joins its
-// threads before it throws, for the same reason.
+// completion still owed, and only then throws; the ring is then empty and
+// stays usable. The pread fallback joins its threads before it throws, for the
+// same reason.
 //
 // Paths are opened only when they name a regular file (open_file.hpp): a FIFO
 // would block the open forever.
@@ -41,6 +43,7 @@
 #include "format.hpp"
 #include "platform/linux/open_file.hpp"
 #include "platform/read_probe.hpp"
+#include "read_plan.hpp"
 #include "unimem/file.hpp"
 
 namespace unimem {
@@ -55,16 +58,7 @@ namespace {
 
 using detail::errno_text;
 
-// One read moves at most 2 GiB - 4 KiB on Linux, and io_uring takes a 32-bit
-// length: larger chunks would be truncated or cut short.
-constexpr std::size_t kMaxChunk = std::size_t{1} << 30;
-
-struct Chunk {
-  bool direct;
-  std::uint64_t offset;
-  std::byte* dest;
-  std::size_t bytes;
-};
+using Chunk = detail::ReadChunk;
 
 [[noreturn]] void fail_open(const std::string& path, int err) {
   const Errc code = err == ENOENT || err == ENOTDIR ? Errc::not_found
@@ -84,19 +78,6 @@ platform::OpenedFile open_regular(const std::string& path, int flags) {
   if (f.fd < 0) fail_open(path, f.err);
   return f;
 }
-
-struct Files {
-  int buffered = -1;
-  int direct = -1;
-  std::uint64_t size = 0;
-  std::size_t mem_align = 4096;
-  std::size_t offset_align = 4096;
-  std::string no_direct;  // why O_DIRECT is off
-  ~Files() {
-    if (buffered >= 0) ::close(buffered);
-    if (direct >= 0) ::close(direct);
-  }
-};
 
 // The fraction of the pages of [begin, end) of the file in the page cache
 // (mincore over a read-only mapping of just that range: no I/O, a byte per
@@ -120,80 +101,6 @@ double cached_fraction(int fd, std::uint64_t begin, std::uint64_t end) {
   return fraction;
 }
 
-void open_files(const std::string& path, bool want_direct, std::span<const ReadSegment> segments, Files& f) {
-  const platform::OpenedFile buffered = open_regular(path, O_RDONLY);
-  f.buffered = buffered.fd;
-  f.size = static_cast<std::uint64_t>(buffered.st.st_size);
-  if (!want_direct) {
-    f.no_direct = "O_DIRECT not asked for";
-    return;
-  }
-  std::uint64_t lo = f.size, hi = 0;
-  for (const ReadSegment& s : segments) {
-    if (s.bytes == 0 || s.file_offset >= f.size) continue;
-    lo = std::min(lo, s.file_offset);
-    hi = std::max(hi, std::min<std::uint64_t>(f.size, s.file_offset + s.bytes));
-  }
-  if (const double cached = cached_fraction(f.buffered, lo, hi); cached >= 0.9) {
-    f.no_direct = "the file is in the page cache (" + std::to_string(static_cast<int>(cached * 100)) +
-                  "%): read from there, not the disk";
-    return;
-  }
-#ifdef STATX_DIOALIGN
-  struct statx sx {};
-  if (::statx(f.buffered, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
-    if (sx.stx_dio_mem_align == 0) {
-      f.no_direct = "the file system does not support O_DIRECT for this file";
-      return;
-    }
-    f.mem_align = std::max<std::size_t>(sx.stx_dio_mem_align, 512);
-    f.offset_align = std::max<std::size_t>(sx.stx_dio_offset_align, 512);
-  }
-#endif
-  // A second open of the path: it must still name the same file.
-  const platform::OpenedFile direct = platform::open_regular_file(path.c_str(), O_RDONLY | O_DIRECT);
-  if (direct.fd >= 0 && (direct.st.st_dev != buffered.st.st_dev || direct.st.st_ino != buffered.st.st_ino)) {
-    ::close(direct.fd);
-    f.no_direct = "the file was replaced while it was opened";
-  } else if (direct.fd >= 0) {
-    f.direct = direct.fd;
-  } else if (!direct.regular) {
-    f.no_direct = "the file was replaced while it was opened";
-  } else {
-    f.no_direct = "O_DIRECT refused (" + errno_text(direct.err) + ")";
-  }
-}
-
-// Cuts the segments into chunks: O_DIRECT bodies where alignment allows.
-std::vector<Chunk> plan(std::span<const ReadSegment> segments, const Files& f, std::size_t chunk_bytes,
-                        std::uint64_t& buffered_bytes) {
-  std::vector<Chunk> chunks;
-  auto add = [&](bool direct, std::uint64_t off, std::byte* dest, std::uint64_t n) {
-    if (!direct) buffered_bytes += n;
-    for (std::uint64_t done = 0; done < n; done += chunk_bytes) {
-      chunks.push_back(
-          {direct, off + done, dest + done, static_cast<std::size_t>(std::min<std::uint64_t>(chunk_bytes, n - done))});
-    }
-  };
-  const std::size_t align = std::max(f.mem_align, f.offset_align);
-  for (const ReadSegment& s : segments) {
-    if (s.bytes == 0) continue;
-    const auto dest = reinterpret_cast<std::uintptr_t>(s.dest);
-    // O_DIRECT body: the first aligned offset whose destination is aligned too.
-    const std::uint64_t body_begin = (s.file_offset + align - 1) / align * align;
-    const std::uint64_t body_end = (s.file_offset + s.bytes) / align * align;
-    const bool direct = f.direct >= 0 && (dest - s.file_offset) % align == 0 && body_begin < body_end;
-    if (!direct) {
-      add(false, s.file_offset, s.dest, s.bytes);
-      continue;
-    }
-    add(false, s.file_offset, s.dest, body_begin - s.file_offset);
-    add(true, body_begin, s.dest + (body_begin - s.file_offset), body_end - body_begin);
-    add(false, body_end, s.dest + (body_end - s.file_offset), s.file_offset + s.bytes - body_end);
-  }
-  return chunks;
-}
-
 [[noreturn]] void fail_read(const std::string& path, int err, std::uint64_t offset) {
   if (err == 0) {
     throw Error(Errc::system, 0,
@@ -203,19 +110,15 @@ std::vector<Chunk> plan(std::span<const ReadSegment> segments, const Files& f, s
               "unimem: reading " + path + " at byte " + std::to_string(offset) + " failed: " + errno_text(err));
 }
 
-// io_uring path. Returns false (and sets why) when a ring cannot be set up.
-bool run_io_uring(const std::string& path, const Files& f, std::vector<Chunk>& chunks, const ReadOptions& o,
-                  std::uint64_t total, std::string& why) {
-  io_uring ring;
-  const unsigned depth = std::clamp(o.queue_depth, 1u, 4096u);
-  if (int err = io_uring_queue_init(depth, &ring, 0); err < 0) {
-    why = "io_uring unavailable (" + errno_text(-err) + ")";
-    return false;
-  }
-  struct RingGuard {
-    io_uring* r;
-    ~RingGuard() { io_uring_queue_exit(r); }
-  } guard{&ring};
+// The descriptors a read uses.
+struct Descriptors {
+  int buffered;
+  int direct;
+};
+
+// Runs the chunks on `ring` (of `depth` entries); on return nothing is in flight.
+void run_io_uring(const std::string& path, io_uring& ring, unsigned depth, Descriptors f, std::vector<Chunk>& chunks,
+                  const ReadOptions& o, std::uint64_t total) {
   detail::ReadRingProbe* const probe = detail::read_ring_probe;
 
   std::vector<std::size_t> pending;  // chunk indices still to submit (resubmits go last)
@@ -309,7 +212,6 @@ bool run_io_uring(const std::string& path, const Files& f, std::vector<Chunk>& c
   }
   if (thrown) std::rethrow_exception(thrown);
   if (error >= 0) fail_read(path, error, error_offset);
-  return true;
 }
 
 // Reads one segment through the page cache with pread, in this thread.
@@ -327,7 +229,7 @@ void read_buffered(const std::string& path, int fd, const ReadSegment& s) {
   }
 }
 
-void run_pread(const std::string& path, const Files& f, const std::vector<Chunk>& chunks, const ReadOptions& o,
+void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>& chunks, const ReadOptions& o,
                std::uint64_t total) {
   unsigned threads = o.threads ? o.threads : std::min(16u, std::max(1u, std::thread::hardware_concurrency()));
   threads = static_cast<unsigned>(std::min<std::size_t>(threads, std::max<std::size_t>(1, chunks.size())));
@@ -388,22 +290,6 @@ void run_pread(const std::string& path, const Files& f, const std::vector<Chunk>
 
 }  // namespace
 
-const char* to_string(ReadPath path) noexcept {
-  switch (path) {
-    case ReadPath::io_uring_direct:
-      return "io_uring_direct";
-    case ReadPath::io_uring_buffered:
-      return "io_uring_buffered";
-    case ReadPath::pread_direct:
-      return "pread_direct";
-    case ReadPath::pread_buffered:
-      return "pread_buffered";
-    case ReadPath::page_cache_registered:
-      return "page_cache_registered";
-  }
-  return "unknown";
-}
-
 double page_cache_fraction(const std::string& path, std::uint64_t begin, std::uint64_t end) {
   const int fd = open_regular(path, O_RDONLY).fd;
   const double f = cached_fraction(fd, begin, end);
@@ -417,32 +303,99 @@ std::uint64_t file_size(const std::string& path) {
   return static_cast<std::uint64_t>(st.st_size);
 }
 
-ReadReport read_file(const std::string& path, std::span<const ReadSegment> segments, const ReadOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
-  if (options.chunk_bytes > kMaxChunk) {
+struct FileReader::State {
+  std::string path;
+  ReadOptions options;
+  std::mutex lock;  // one read at a time
+  platform::OpenedFile file;  // through the page cache
+  // O_DIRECT: probed and opened on the first read that wants it.
+  bool direct_probed = false;
+  int direct = -1;
+  std::size_t align = 4096;  // for offsets and addresses alike
+  std::string no_direct;     // why direct is -1
+  // io_uring: made on the first read that wants it.
+  bool ring_tried = false;
+  bool has_ring = false;
+  io_uring ring{};
+  unsigned depth = 0;
+  std::string no_ring;  // why has_ring is false
+
+  ~State() {
+    if (has_ring) io_uring_queue_exit(&ring);
+    if (direct >= 0) ::close(direct);
+    if (file.fd >= 0) ::close(file.fd);
+  }
+
+  void probe_direct() {
+    direct_probed = true;
+#ifdef STATX_DIOALIGN
+    struct statx sx {};
+    if (::statx(file.fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
+      if (sx.stx_dio_mem_align == 0) {
+        no_direct = "the file system does not support O_DIRECT for this file";
+        return;
+      }
+      align = std::max<std::size_t>({sx.stx_dio_mem_align, sx.stx_dio_offset_align, 512});
+    }
+#endif
+    // A second open of the path: it must still name the same file.
+    const platform::OpenedFile d = platform::open_regular_file(path.c_str(), O_RDONLY | O_DIRECT);
+    if (d.fd >= 0 && (d.st.st_dev != file.st.st_dev || d.st.st_ino != file.st.st_ino)) {
+      ::close(d.fd);
+      no_direct = "the file was replaced after it was opened";
+    } else if (d.fd >= 0) {
+      direct = d.fd;
+    } else if (!d.regular) {
+      no_direct = "the file was replaced after it was opened";
+    } else {
+      no_direct = "O_DIRECT refused (" + errno_text(d.err) + ")";
+    }
+  }
+
+  void make_ring() {
+    ring_tried = true;
+    depth = std::clamp(options.queue_depth, 1u, 4096u);
+    if (const int err = io_uring_queue_init(depth, &ring, 0); err < 0) {
+      no_ring = "io_uring unavailable (" + errno_text(-err) + ")";
+      return;
+    }
+    has_ring = true;
+    if (detail::read_ring_probe) ++detail::read_ring_probe->rings_made;
+  }
+};
+
+FileReader::FileReader(const std::string& path, const ReadOptions& options) : state_(std::make_unique<State>()) {
+  if (options.chunk_bytes > detail::kMaxReadChunk) {
     throw Error(Errc::invalid_argument, 0,
                 "unimem: read_file: ReadOptions::chunk_bytes is " + std::to_string(options.chunk_bytes) +
-                    "; it must be at most 1 GiB (" + std::to_string(kMaxChunk) + ")");
+                    "; it must be at most 1 GiB (" + std::to_string(detail::kMaxReadChunk) + ")");
   }
-  Files f;
-  open_files(path, options.direct, segments, f);
+  state_->path = path;
+  state_->options = options;
+  state_->file = open_regular(path, O_RDONLY);
+}
+
+FileReader::~FileReader() = default;
+FileReader::FileReader(FileReader&&) noexcept = default;
+FileReader& FileReader::operator=(FileReader&&) noexcept = default;
+
+std::uint64_t FileReader::size() const noexcept { return static_cast<std::uint64_t>(state_->file.st.st_size); }
+const std::string& FileReader::path() const noexcept { return state_->path; }
+
+ReadReport FileReader::read(std::span<const ReadSegment> segments) {
+  const auto start = std::chrono::steady_clock::now();
+  State& st = *state_;
+  std::lock_guard hold(st.lock);
+  const ReadOptions& options = st.options;
+  const std::string& path = st.path;
   ReadReport report;
-  for (const ReadSegment& s : segments) {
-    if (s.bytes != 0 && s.dest == nullptr)
-      throw Error(Errc::invalid_argument, 0, "unimem: read_file: a segment has no destination");
-    if (s.file_offset > f.size || s.bytes > f.size - s.file_offset) {
-      throw Error(Errc::invalid_argument, 0,
-                  "unimem: read_file: bytes [" + std::to_string(s.file_offset) + ", " +
-                      std::to_string(s.file_offset + s.bytes) + ") lie outside " + path + " (" +
-                      std::to_string(f.size) + " bytes)");
-    }
-    report.bytes += s.bytes;
-  }
+  report.bytes = detail::check_segments(segments, size(), "read_file of " + path);
+  const Descriptors fds{st.file.fd, -1};
   // Small reads: a ring, a crew of threads and O_DIRECT alignment cost more
   // to set up than the read itself (a 3 MiB safetensors file: 6.6 ms through
   // them, 0.7 ms with read()). Read them in this thread through the cache.
   if (report.bytes <= options.small_read_bytes && !options.progress) {
-    for (const ReadSegment& s : segments) read_buffered(path, f.buffered, s);
+    for (const ReadSegment& s : segments) read_buffered(path, fds.buffered, s);
     report.buffered_bytes = report.bytes;
     report.path = ReadPath::pread_buffered;
     report.fallback_reason =
@@ -450,26 +403,61 @@ ReadReport read_file(const std::string& path, std::span<const ReadSegment> segme
     report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return report;
   }
+  // Direct, unless not asked for or the range is in the page cache (O_DIRECT
+  // would bypass the cache and go to the disk, many times slower).
+  std::string why;
+  bool direct = false;
+  if (!options.direct) {
+    why = "O_DIRECT not asked for";
+  } else {
+    std::uint64_t lo = 0, hi = 0;
+    detail::segment_span(segments, size(), lo, hi);
+    if (const double cached = cached_fraction(fds.buffered, lo, hi); cached >= 0.9) {
+      why = "the file is in the page cache (" + std::to_string(static_cast<int>(cached * 100)) +
+            "%): read from there, not the disk";
+    } else {
+      if (!st.direct_probed) st.probe_direct();
+      direct = st.direct >= 0;
+      why = st.no_direct;
+    }
+  }
   const std::size_t chunk = std::max<std::size_t>(options.chunk_bytes / 4096 * 4096, 4096);
-  std::vector<Chunk> chunks = plan(segments, f, chunk, report.buffered_bytes);
+  std::vector<Chunk> chunks = detail::plan_reads(segments, direct, st.align, chunk, report.buffered_bytes);
   const bool any_direct = std::any_of(chunks.begin(), chunks.end(), [](const Chunk& c) { return c.direct; });
+  if (direct && !any_direct && report.bytes != 0) why = "no piece is aligned for O_DIRECT";
+  const Descriptors with_direct{fds.buffered, st.direct};
 
-  std::string why = f.no_direct;
-  if (f.direct >= 0 && !any_direct && report.bytes != 0) why = "no piece is aligned for O_DIRECT";
   bool ring = false;
   if (options.io_uring) {
-    std::string ring_why;
-    ring = run_io_uring(path, f, chunks, options, report.bytes, ring_why);
-    if (!ring) why = why.empty() ? ring_why : ring_why + "; " + why;
+    if (!st.ring_tried) st.make_ring();
+    ring = st.has_ring;
+    if (ring) {
+      run_io_uring(path, st.ring, st.depth, with_direct, chunks, options, report.bytes);
+    } else {
+      why = why.empty() ? st.no_ring : st.no_ring + "; " + why;
+    }
   } else {
     why = why.empty() ? "io_uring not asked for" : "io_uring not asked for; " + why;
   }
-  if (!ring) run_pread(path, f, chunks, options, report.bytes);
+  if (!ring) run_pread(path, with_direct, chunks, options, report.bytes);
   report.path = ring ? (any_direct ? ReadPath::io_uring_direct : ReadPath::io_uring_buffered)
                      : (any_direct ? ReadPath::pread_direct : ReadPath::pread_buffered);
   report.fallback_reason = report.path == ReadPath::io_uring_direct ? "" : why;
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
+}
+
+ReadReport FileReader::read(std::uint64_t offset, std::span<std::byte> dest) {
+  const ReadSegment segment{offset, dest.data(), dest.size()};
+  return read(std::span<const ReadSegment>(&segment, 1));
+}
+
+ReadReport read_file(const std::string& path, std::span<const ReadSegment> segments, const ReadOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  FileReader reader(path, options);
+  ReadReport r = reader.read(segments);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
 }
 
 ReadReport read_file(const std::string& path, std::uint64_t offset, std::span<std::byte> dest,
