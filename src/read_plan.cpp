@@ -31,8 +31,8 @@ std::uint64_t check_segments(std::span<const ReadSegment> segments, std::uint64_
     if (s.file_offset > file_size || s.bytes > file_size - s.file_offset) {
       throw Error(Errc::invalid_argument, 0,
                   "unimem: " + what + ": bytes [" + std::to_string(s.file_offset) + ", " +
-                      std::to_string(s.file_offset + s.bytes) + ") lie outside the file (" +
-                      std::to_string(file_size) + " bytes)");
+                      std::to_string(s.file_offset + s.bytes) + ") lie outside the file (" + std::to_string(file_size) +
+                      " bytes)");
     }
     total += s.bytes;
   }

@@ -306,7 +306,7 @@ std::uint64_t file_size(const std::string& path) {
 struct FileReader::State {
   std::string path;
   ReadOptions options;
-  std::mutex lock;  // one read at a time
+  std::mutex lock;            // one read at a time
   platform::OpenedFile file;  // through the page cache
   // O_DIRECT: probed and opened on the first read that wants it.
   bool direct_probed = false;
