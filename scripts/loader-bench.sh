@@ -6,7 +6,9 @@
 # Writes .bench/loader.bin (random bytes) and .bench/loader.safetensors (a mix
 # of bf16/f16/f32 tensors, made with torch + safetensors) on disk, times
 # unimem_loader_benchmark on both and safetensors.torch.load_file(device=cuda)
-# on the same safetensors file.
+# on the same safetensors file. Where the page cache can be dropped (root),
+# also the cold file: dd iflag=direct, unimem load into a Block, and unimem
+# load --gpu, each after dropping the cache, twice (needs DIR/unimem).
 set -uo pipefail
 dir=${1:?folder with unimem_loader_benchmark}
 gib=${2:-4}
@@ -40,3 +42,14 @@ echo "== safetensors file"
 "$dir/unimem_loader_benchmark" "$st" --safetensors
 python3 scripts/safetensors-peer.py "$st" "peer: safetensors.torch.load_file(device=cuda), same file" ||
   echo "safetensors package: not timed"
+if [ -w /proc/sys/vm/drop_caches ] && [ -x "$dir/unimem" ]; then
+  echo "== cold file (the page cache dropped before each line)"
+  cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+  for rep in 1 2; do
+    cold; echo "dd iflag=direct: $(dd if="$bin" of=/dev/null bs=64M iflag=direct 2>&1 | tail -1)"
+    cold; "$dir/unimem" load "$bin" | tr "\r" "\n" | grep -v "^\s*$" | tail -2
+    cold; "$dir/unimem" load "$bin" --gpu 0
+  done
+else
+  echo "cold file: not timed (the page cache cannot be dropped here)"
+fi

@@ -74,6 +74,15 @@ bogus_option)
   expect_clean_failure 2 "unknown option --bogus"
   if grep -q "unknown option $work/file" "$work/err"; then fail "blames the file, not --bogus"; fi
   ;;
+bad_dtype)
+  printf 'x' > "$work/file"
+  "$tool" load "$work/file" --gpu --dtype I32 > "$work/out" 2> "$work/err"
+  rc=$?
+  expect_clean_failure 2 "--dtype needs F32, F16 or BF16"
+  "$tool" load "$work/file" --dtype F16 > "$work/out" 2> "$work/err"
+  rc=$?
+  expect_clean_failure 2 "need --gpu"
+  ;;
 proc_file)
   # stat says 0 bytes, read gives more: it used to "load" 0 bytes and succeed.
   "$tool" load /proc/self/status > "$work/out" 2> "$work/err"

@@ -4,11 +4,12 @@
 //   unimem load FILE [--no-direct] [--no-io-uring]
 //                                     read FILE (a .safetensors file: every tensor) into a
 //                                     Block, with a progress bar and the throughput
-//   unimem load FILE... --gpu [N|all] [--repeat R]
+//   unimem load FILE... --gpu [N|all] [--dtype F32|F16|BF16] [--repeat R]
 //                                     FILEs into the memory of GPU N (default 0) or of
-//                                     every GPU, through one gpu::Loader per GPU: a
+//                                     every GPU at once, through one gpu::Loader: a
 //                                     .safetensors file or a model.safetensors.index.json
-//                                     as a model (every tensor at 256 bytes), any other
+//                                     as a model (every tensor at 256 bytes, floating
+//                                     ones converted on the GPU with --dtype), any other
 //                                     file whole; prints the route and GB/s of each load
 //                                     (R loads: the first registers, later ones do not)
 //
@@ -49,7 +50,7 @@ using unimem::detail::format_bytes;
 
 constexpr const char* kUsage =
     "usage: unimem info | unimem load FILE [--no-direct] [--no-io-uring] | "
-    "unimem load FILE... --gpu [N|all] [--repeat R]";
+    "unimem load FILE... --gpu [N|all] [--dtype F32|F16|BF16] [--repeat R]";
 
 // True while the progress bar has printed a line without its newline: an
 // error message then starts on a line of its own.
@@ -229,37 +230,47 @@ void check_loadable(const std::string& path) {
   }
 }
 
-// FILEs into GPU memory through one Loader per device, `repeat` times each.
-int load_gpu(const std::vector<std::string>& files, const std::vector<int>& devices, int repeat) {
-  for (int device : devices) {
-    unimem::gpu::Loader loader(device);
-    for (const std::string& path : files) {
-      check_loadable(path);
-      const bool model = path.ends_with(".safetensors") || path.ends_with(".json");
-      std::optional<unimem::gpu::DeviceMemory> whole;
-      if (!model) whole.emplace(device, unimem::file_size(path));
-      for (int round = 0; round < repeat; ++round) {
-        const auto start = std::chrono::steady_clock::now();
-        std::uint64_t bytes = 0;
-        std::size_t tensors = 0;
-        unimem::ReadReport first;
-        if (model) {
-          const unimem::gpu::DeviceTensors t = unimem::gpu::load_safetensors(path, loader);
-          for (const auto& r : t.reports()) bytes += r.bytes;
-          tensors = t.tensors().size();
-          first = t.reports().empty() ? unimem::ReadReport{} : t.reports()[0];
-        } else {
-          const unimem::gpu::DeviceSegment all{0, whole->address(), whole->size()};
-          first = loader.load(path, {&all, 1});
-          bytes = first.bytes;
-        }
-        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        std::printf("%s -> GPU %d, load %d: %s in %.3f s (%.2f GB/s) via %s%s%s", path.c_str(), device, round + 1,
-                    format_bytes(bytes).c_str(), seconds, bytes / seconds / 1e9, unimem::to_string(first.path),
-                    first.fallback_reason.empty() ? "" : " — ", first.fallback_reason.c_str());
-        if (model) std::printf("; %zu tensors", tensors);
-        std::printf("\n");
+// FILEs into the memory of every device in `devices` at once, through one
+// Loader (each chunk registered once), `repeat` times each.
+int load_gpu(const std::vector<std::string>& files, const std::vector<int>& devices, int repeat,
+             std::optional<unimem::DType> dtype) {
+  unimem::gpu::Loader loader(devices);
+  std::string to = "GPU";
+  for (std::size_t i = 0; i < devices.size(); ++i) to += (i ? "," : " ") + std::to_string(devices[i]);
+  for (const std::string& path : files) {
+    check_loadable(path);
+    const bool model = path.ends_with(".safetensors") || path.ends_with(".json");
+    std::vector<unimem::gpu::DeviceMemory> whole;
+    std::vector<unimem::gpu::DeviceSegment> all;
+    if (!model) {
+      const std::uint64_t size = unimem::file_size(path);
+      for (int device : devices) {
+        whole.emplace_back(device, size);
+        all.push_back({0, whole.back().address(), static_cast<std::size_t>(size), 1, 0, 0, device});
       }
+    }
+    for (int round = 0; round < repeat; ++round) {
+      const auto start = std::chrono::steady_clock::now();
+      std::uint64_t bytes = 0;
+      std::size_t tensors = 0;
+      unimem::ReadReport first;
+      if (model) {
+        unimem::gpu::TensorLoadOptions o;
+        o.dtype = dtype;
+        const std::vector<unimem::gpu::DeviceTensors> t = unimem::gpu::load_safetensors(path, loader, o);
+        for (const auto& r : t[0].reports()) bytes += r.bytes;
+        tensors = t[0].tensors().size();
+        first = t[0].reports().empty() ? unimem::ReadReport{} : t[0].reports()[0];
+      } else {
+        first = loader.load(path, all);
+        bytes = first.bytes;
+      }
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::printf("%s -> %s, load %d: %s in %.3f s (%.2f GB/s) via %s%s%s", path.c_str(), to.c_str(), round + 1,
+                  format_bytes(bytes).c_str(), seconds, bytes / seconds / 1e9, unimem::to_string(first.path),
+                  first.fallback_reason.empty() ? "" : " — ", first.fallback_reason.c_str());
+      if (model) std::printf("; %zu tensors%s%s", tensors, dtype ? " as " : "", dtype ? unimem::to_string(*dtype) : "");
+      std::printf("\n");
     }
   }
   return 0;
@@ -307,6 +318,7 @@ int main(int argc, char** argv) try {
     bool gpu = false, direct = true, ring = true, options_done = false;
     std::vector<int> devices;
     int repeat = 1;
+    std::optional<unimem::DType> dtype;
     std::vector<std::string> files;
     auto number = [](const std::string& text, int& out) {
       char* end = nullptr;
@@ -336,6 +348,15 @@ int main(int argc, char** argv) try {
             return 2;
           }
           ++i;
+        } else if (a == "--dtype") {
+          const std::string t = i + 1 < argc ? argv[i + 1] : "";
+          if (t == "F32" || t == "F16" || t == "BF16") {
+            dtype = t == "F32" ? unimem::DType::F32 : t == "F16" ? unimem::DType::F16 : unimem::DType::BF16;
+          } else {
+            std::fprintf(stderr, "unimem load: --dtype needs F32, F16 or BF16 (%s)\n", kUsage);
+            return 2;
+          }
+          ++i;
         } else if (a == "--no-direct") {
           direct = false;
         } else if (a == "--no-io-uring") {
@@ -354,10 +375,10 @@ int main(int argc, char** argv) try {
     }
     if (gpu) {
       if (devices.empty()) devices.push_back(0);
-      return load_gpu(files, devices, repeat);
+      return load_gpu(files, devices, repeat, dtype);
     }
-    if (files.size() > 1 || repeat != 1) {
-      std::fprintf(stderr, "unimem load: several FILEs and --repeat need --gpu (%s)\n", kUsage);
+    if (files.size() > 1 || repeat != 1 || dtype) {
+      std::fprintf(stderr, "unimem load: several FILEs, --repeat and --dtype need --gpu (%s)\n", kUsage);
       return 2;
     }
     return load(files[0], direct, ring);

@@ -10,7 +10,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -47,11 +49,19 @@ int driver_version();
 // Throws Error(no_cuda_driver), Error(no_cuda_device) or Error(cuda).
 std::vector<Device> devices();
 
-// A range of a file and the device memory it goes to.
+// A range of a file and the device memory it goes to; or, with rows > 1, a
+// strided rectangle: `rows` rows of `bytes` each, file_pitch apart in the file
+// and device_pitch apart on the device (a column slice of a row-major matrix
+// for tensor parallelism: bytes = the slice's width, file_pitch = the
+// matrix's row).
 struct DeviceSegment {
   std::uint64_t file_offset = 0;
-  std::uintptr_t device_address = 0;  // e.g. from cudaMalloc, on the chosen device
-  std::size_t bytes = 0;
+  std::uintptr_t device_address = 0;  // e.g. from cudaMalloc, on `device`
+  std::size_t bytes = 0;              // of the range, or of each row
+  std::size_t rows = 1;
+  std::uint64_t file_pitch = 0;  // with rows > 1: at least bytes
+  std::size_t device_pitch = 0;  // with rows > 1: at least bytes
+  int device = -1;               // one of the Loader's devices; -1: its first
 };
 
 // When a Loader registers a file's page-cache pages with CUDA in place, so
@@ -82,7 +92,7 @@ struct CopyOptions {
   ReadOptions read;  // for files not in the page cache
 };
 
-// Moves ranges of files into the memory of one GPU, keeping between loads
+// Moves ranges of files into the memory of one GPU or several, keeping between loads
 // what is costly to set up: the stream and events, the staging ring, and the
 // registrations of page-cache ranges (so loading the same file again pays
 // nothing to register).
@@ -102,21 +112,29 @@ struct CopyOptions {
 // Known limit: a cached file truncated while a load copies it out of the page
 // cache raises SIGBUS (the copy reads a mapping); read_file's route reports
 // such a file as an error instead.
+// Several devices: one Loader registers each chunk once (PORTABLE, so every
+// device's copy engine reads it) and copies to all devices at once, each on
+// its own streams: a model replicated or split across GPUs reads the page
+// cache once.
 // Thread safety: one load() at a time per Loader (others wait); separate
 // Loaders are independent unless they share CopyOptions::staging, which must
 // then not be used by two loads at once, and must outlive them.
 class Loader {
  public:
   // Throws Error(no_cuda_driver, no_cuda_device, cuda) and Error(invalid_argument)
-  // for a device that does not exist.
+  // for a device that does not exist (or is named twice, or none is).
   explicit Loader(int device = 0, const CopyOptions& options = {});
+  explicit Loader(std::span<const int> devices, const CopyOptions& options = {});
   ~Loader();
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
 
   // Copies each segment's file range to its device address; returns when all
-  // of it is on the device. Adjacent ranges (in the file and on the device)
-  // merge into larger copies. ReadReport::path is page_cache_registered when
+  // of it is on the devices. Adjacent ranges (in the file and on the device)
+  // merge into larger copies; a rectangle goes by strided copies
+  // (cuMemcpy2DAsync) straight from the registered page cache or a staging
+  // slot. Throws Error(invalid_argument) also for a segment whose device is
+  // not the Loader's or whose rows overlap. ReadReport::path is page_cache_registered when
   // any chunk went in place (buffered_bytes counts those bytes), else the
   // read path of the staged chunks. Throws Error(invalid_argument) for a range
   // outside the file, Error(cuda) for a copy the driver refuses (e.g. a bad
@@ -127,7 +145,8 @@ class Loader {
   void release() noexcept;
   // Bytes of page cache registered and kept for later loads.
   std::size_t registered_bytes() const noexcept;
-  int device() const noexcept;
+  int device() const noexcept;  // the first of devices()
+  std::span<const int> devices() const noexcept;
 
  private:
   struct State;
@@ -168,14 +187,37 @@ class DeviceMemory {
   int device_ = 0;
 };
 
-// A tensor in device memory.
+// How load_safetensors places a tensor across a Loader's devices.
+enum class Split : std::uint8_t {
+  replicate,  // every device holds the whole tensor
+  rows,       // dimension 0 is cut into one part per device (device i of the
+              // Loader's order gets part i): contiguous in the file
+  columns,    // the last dimension is cut likewise: strided copies
+};
+// Parts of a dimension of n split k ways: part i is [i*n/k, (i+1)*n/k), so
+// sizes differ by at most one. A tensor of rank 0 is always replicated; for
+// rank 1, rows and columns are the same cut.
+
+struct TensorLoadOptions {
+  // Floating-point tensors (F32, F16, BF16) arrive in this dtype, converted on
+  // the GPU as they load (round to nearest even); other tensors as stored.
+  // Empty: every tensor as stored. Converting needs scratch device memory the
+  // size of the converted tensors' stored bytes until the call returns.
+  std::optional<DType> dtype;
+  // Per tensor, for a Loader of several devices. Empty: replicate.
+  std::function<Split(const TensorInfo&)> split;
+};
+
+// A tensor (or one device's part of it) in device memory.
 struct DeviceTensor {
   std::string name;
   DType dtype = DType::F32;
-  std::vector<std::uint64_t> shape;
-  std::uintptr_t address = 0;  // on the device, 256-byte aligned
+  std::vector<std::uint64_t> shape;  // of this part
+  std::uintptr_t address = 0;        // on the device, 256-byte aligned
   std::uint64_t bytes = 0;
   std::string file;  // the safetensors file it came from
+  Split split = Split::replicate;
+  std::uint64_t part_begin = 0;  // where this part starts along the split dimension
 };
 
 // What load_safetensors returns: every tensor and the device memory that
@@ -192,7 +234,8 @@ class DeviceTensors {
   std::span<const ReadReport> reports() const noexcept { return reports_; }
 
  private:
-  friend DeviceTensors load_safetensors(const std::string& path, Loader& loader);
+  friend std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loader,
+                                                     const TensorLoadOptions& options);
   DeviceMemory memory_;
   std::vector<DeviceTensor> tensors_;  // sorted by name
   std::vector<ReadReport> reports_;
@@ -206,7 +249,15 @@ class DeviceTensors {
 // Error(not_found) for a missing file or a tensor the index names that its
 // file lacks, Error(bad_format) for a malformed index or header (or a tensor
 // two shards both hold), Error(out_of_memory) when the device has no room,
-// and what Loader::load throws. On a throw nothing stays allocated.
+// and what Loader::load throws. On a throw nothing stays allocated. The
+// Loader must have one device (Error(invalid_argument) otherwise).
 DeviceTensors load_safetensors(const std::string& path, Loader& loader);
+
+// The same onto every device of the Loader at once, each tensor replicated or
+// split as options.split says, converted to options.dtype on the GPU: one
+// DeviceTensors per device, in the Loader's order. Every file is read (and
+// registered) once for all devices. Also throws Error(invalid_argument) when
+// options.dtype is not F32, F16 or BF16.
+std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loader, const TensorLoadOptions& options);
 
 }  // namespace unimem::gpu

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "format.hpp"
+#include "gpu/convert.hpp"
 #include "gpu/driver.hpp"
 #include "unimem/gpu.hpp"
 
@@ -116,6 +117,20 @@ const DeviceTensor& DeviceTensors::at(std::string_view name) const {
 }
 
 DeviceTensors load_safetensors(const std::string& path, Loader& loader) {
+  if (loader.devices().size() != 1) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: load_safetensors: the Loader has " + std::to_string(loader.devices().size()) +
+                    " devices; the overload with TensorLoadOptions returns one DeviceTensors per device");
+  }
+  return std::move(load_safetensors(path, loader, TensorLoadOptions{}).front());
+}
+
+std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loader, const TensorLoadOptions& options) {
+  if (options.dtype && !detail::convertible(*options.dtype, *options.dtype)) {
+    throw Error(
+        Errc::invalid_argument, 0,
+        std::string("unimem: load_safetensors: tensors convert to F32, F16 or BF16, not ") + to_string(*options.dtype));
+  }
   // Every header first: nothing is allocated for a model that cannot load.
   struct File {
     std::string path;
@@ -123,7 +138,7 @@ DeviceTensors load_safetensors(const std::string& path, Loader& loader) {
     std::vector<const TensorInfo*> wanted;
   };
   std::vector<File> files;
-  std::size_t total = 0, count = 0;
+  std::size_t count = 0;
   for (auto& [file, names] : shards_of(path)) {
     File f{file, read_safetensors_header(file), {}};
     if (names.empty()) {
@@ -142,7 +157,6 @@ DeviceTensors load_safetensors(const std::string& path, Loader& loader) {
       std::sort(f.wanted.begin(), f.wanted.end(),
                 [](const TensorInfo* a, const TensorInfo* b) { return a->file_offset < b->file_offset; });
     }
-    for (const TensorInfo* t : f.wanted) total += (t->bytes + kTensorAlign - 1) / kTensorAlign * kTensorAlign;
     count += f.wanted.size();
     files.push_back(std::move(f));
   }
@@ -163,22 +177,107 @@ DeviceTensors load_safetensors(const std::string& path, Loader& loader) {
     }
   }
 
-  DeviceTensors out;
-  out.memory_ = DeviceMemory(loader.device(), total);
-  out.tensors_.reserve(count);
-  std::uintptr_t at = out.memory_.address();
+  // Each device's part of each tensor: where it comes from in the file and
+  // where it goes. Converted parts land in scratch first.
+  const std::span<const int> devices = loader.devices();
+  const std::size_t k = devices.size();
+  struct Part {
+    const TensorInfo* tensor;
+    const File* file;
+    std::size_t lane;
+    DeviceTensor out;  // address: an offset into its device's memory until allocated
+    DeviceSegment segment;
+    bool convert;
+    std::uint64_t elements;
+    std::uint64_t scratch_offset;
+  };
+  std::vector<Part> parts;
+  parts.reserve(count * k);
+  std::vector<std::uint64_t> total(k, 0), scratch_total(k, 0);
+  auto aligned = [](std::uint64_t n) { return (n + kTensorAlign - 1) / kTensorAlign * kTensorAlign; };
+  for (const File& f : files) {
+    for (const TensorInfo* t : f.wanted) {
+      const Split split = t->shape.empty() || !options.split ? Split::replicate : options.split(*t);
+      const std::size_t esize = dtype_bytes(t->dtype);
+      const bool convert = options.dtype && *options.dtype != t->dtype && detail::convertible(t->dtype, *options.dtype);
+      const DType dtype = convert ? *options.dtype : t->dtype;
+      for (std::size_t lane = 0; lane < k; ++lane) {
+        Part p{t, &f, lane, {t->name, dtype, t->shape, 0, 0, f.path, split, 0}, {}, convert, 0, 0};
+        p.segment.device = devices[lane];
+        if (split == Split::replicate) {
+          p.segment.file_offset = t->file_offset;
+          p.segment.bytes = static_cast<std::size_t>(t->bytes);
+        } else {
+          const std::size_t dim = split == Split::rows ? 0 : t->shape.size() - 1;
+          const std::uint64_t n = t->shape[dim];
+          const std::uint64_t begin = lane * n / k, end = (lane + 1) * n / k;
+          p.out.shape[dim] = end - begin;
+          p.out.part_begin = begin;
+          std::uint64_t inner = esize;  // bytes of one step along dim
+          for (std::size_t i = dim + 1; i < t->shape.size(); ++i) inner *= t->shape[i];
+          std::uint64_t outer = 1;  // how many times the dimension repeats
+          for (std::size_t i = 0; i < dim; ++i) outer *= t->shape[i];
+          p.segment.file_offset = t->file_offset + begin * inner;
+          p.segment.bytes = static_cast<std::size_t>((end - begin) * inner);
+          if (outer > 1) {  // columns of a matrix: one row of the slice per outer index
+            p.segment.rows = static_cast<std::size_t>(outer);
+            p.segment.file_pitch = n * inner;
+            p.segment.device_pitch = p.segment.bytes;
+          }
+        }
+        const std::uint64_t stored = static_cast<std::uint64_t>(p.segment.bytes) * p.segment.rows;
+        p.elements = stored / esize;
+        p.out.bytes = p.elements * dtype_bytes(dtype);
+        p.out.address = total[lane];
+        total[lane] += aligned(p.out.bytes);
+        if (convert) {
+          p.scratch_offset = scratch_total[lane];
+          scratch_total[lane] += aligned(stored);
+        }
+        parts.push_back(std::move(p));
+      }
+    }
+  }
+
+  std::vector<DeviceTensors> out(k);
+  std::vector<DeviceMemory> scratch(k);
+  for (std::size_t lane = 0; lane < k; ++lane) {
+    out[lane].memory_ = DeviceMemory(devices[lane], static_cast<std::size_t>(total[lane]));
+    if (scratch_total[lane] != 0)
+      scratch[lane] = DeviceMemory(devices[lane], static_cast<std::size_t>(scratch_total[lane]));
+    out[lane].tensors_.reserve(count);
+  }
+  for (Part& p : parts) {
+    p.out.address += out[p.lane].memory_.address();
+    p.segment.device_address = p.convert ? scratch[p.lane].address() + p.scratch_offset : p.out.address;
+  }
+  // One load per file, for every device at once.
   for (const File& f : files) {
     std::vector<DeviceSegment> segments;
-    segments.reserve(f.wanted.size());
-    for (const TensorInfo* t : f.wanted) {
-      out.tensors_.push_back({t->name, t->dtype, t->shape, at, t->bytes, f.path});
-      segments.push_back({t->file_offset, at, static_cast<std::size_t>(t->bytes)});
-      at += (t->bytes + kTensorAlign - 1) / kTensorAlign * kTensorAlign;
+    for (const Part& p : parts) {
+      if (p.file == &f) segments.push_back(p.segment);
     }
-    out.reports_.push_back(loader.load(f.path, segments));
+    const ReadReport r = loader.load(f.path, segments);
+    for (DeviceTensors& d : out) d.reports_.push_back(r);
   }
-  std::sort(out.tensors_.begin(), out.tensors_.end(),
-            [](const DeviceTensor& a, const DeviceTensor& b) { return a.name < b.name; });
+  // Conversions, on each device's default stream.
+  const detail::Driver& d = detail::driver();
+  for (std::size_t lane = 0; lane < k; ++lane) {
+    if (scratch_total[lane] == 0) continue;
+    detail::ContextScope context(devices[lane]);
+    for (const Part& p : parts) {
+      if (p.lane == lane && p.convert) {
+        detail::convert(devices[lane], nullptr, p.segment.device_address, p.out.address, p.elements, p.tensor->dtype,
+                        p.out.dtype);
+      }
+    }
+    detail::check(d.cuStreamSynchronize(nullptr), "cuStreamSynchronize (after dtype conversion)");
+  }
+  for (Part& p : parts) out[p.lane].tensors_.push_back(std::move(p.out));
+  for (DeviceTensors& t : out) {
+    std::sort(t.tensors_.begin(), t.tensors_.end(),
+              [](const DeviceTensor& a, const DeviceTensor& b) { return a.name < b.name; });
+  }
   return out;
 }
 

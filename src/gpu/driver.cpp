@@ -59,7 +59,9 @@ Loaded load() {
       bind(library, "cuEventDestroy_v2", d.cuEventDestroy) && bind(library, "cuEventRecord", d.cuEventRecord) &&
       bind(library, "cuEventSynchronize", d.cuEventSynchronize) &&
       bind(library, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync) && bind(library, "cuMemAlloc_v2", d.cuMemAlloc) &&
-      bind(library, "cuMemFree_v2", d.cuMemFree);
+      bind(library, "cuMemFree_v2", d.cuMemFree) && bind(library, "cuMemcpy2DAsync_v2", d.cuMemcpy2DAsync) &&
+      bind(library, "cuModuleLoadData", d.cuModuleLoadData) &&
+      bind(library, "cuModuleGetFunction", d.cuModuleGetFunction) && bind(library, "cuLaunchKernel", d.cuLaunchKernel);
   if (!bound) {
     out.failure = Errc::no_cuda_driver;
     out.message = "unimem: no usable CUDA driver: " + path + " lacks a driver API entry point (" +

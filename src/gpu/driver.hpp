@@ -20,6 +20,27 @@ using CUcontext = struct CUctx_st*;
 using CUdeviceptr = unsigned long long;
 using CUstream = struct CUstream_st*;
 using CUevent = struct CUevent_st*;
+using CUmodule = struct CUmod_st*;
+using CUfunction = struct CUfunc_st*;
+
+// CUDA_MEMCPY2D (cuda.h), for strided copies (tensor-parallel slices).
+struct Memcpy2D {
+  std::size_t srcXInBytes = 0, srcY = 0;
+  unsigned srcMemoryType = 0;  // CUmemorytype: 1 host, 2 device
+  const void* srcHost = nullptr;
+  CUdeviceptr srcDevice = 0;
+  void* srcArray = nullptr;
+  std::size_t srcPitch = 0;
+  std::size_t dstXInBytes = 0, dstY = 0;
+  unsigned dstMemoryType = 0;
+  void* dstHost = nullptr;
+  CUdeviceptr dstDevice = 0;
+  void* dstArray = nullptr;
+  std::size_t dstPitch = 0;
+  std::size_t WidthInBytes = 0, Height = 0;
+};
+inline constexpr unsigned kMemoryTypeHost = 1;    // CU_MEMORYTYPE_HOST
+inline constexpr unsigned kMemoryTypeDevice = 2;  // CU_MEMORYTYPE_DEVICE
 
 inline constexpr unsigned kStreamNonBlocking = 0x1;   // CU_STREAM_NON_BLOCKING
 inline constexpr unsigned kEventDisableTiming = 0x2;  // CU_EVENT_DISABLE_TIMING
@@ -58,6 +79,13 @@ struct Driver {
   // Device memory, for gpu::load_safetensors.
   CUresult (*cuMemAlloc)(CUdeviceptr* p, std::size_t bytes);
   CUresult (*cuMemFree)(CUdeviceptr p);
+  // Strided copies and the dtype-conversion kernel (gpu/convert.cpp).
+  CUresult (*cuMemcpy2DAsync)(const Memcpy2D* copy, CUstream stream);
+  CUresult (*cuModuleLoadData)(CUmodule* module, const void* image);
+  CUresult (*cuModuleGetFunction)(CUfunction* function, CUmodule module, const char* name);
+  CUresult (*cuLaunchKernel)(CUfunction f, unsigned grid_x, unsigned grid_y, unsigned grid_z, unsigned block_x,
+                             unsigned block_y, unsigned block_z, unsigned shared_bytes, CUstream stream, void** params,
+                             void** extra);
 
   int version = 0;       // e.g. 13000 for CUDA 13.0
   int device_count = 0;  // at least 1 once driver() returned

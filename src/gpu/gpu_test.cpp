@@ -8,11 +8,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <span>
 #include <string>
 #include <thread>
@@ -549,6 +551,226 @@ TEST(GpuLoader, LoadsASafetensorsModelFromOneFileOrAShardedIndex) {
             Errc::bad_format);
   EXPECT_EQ(testing::error_of([] { gpu::DeviceMemory too_big(0, std::size_t{1} << 50); }), Errc::out_of_memory);
   std::filesystem::remove_all(dir);
+}
+
+// Column slices of a row-major matrix (tensor parallelism): strided copies
+// straight from the registered page cache and from staging slots, with rows
+// that straddle the 1 MiB chunks, a rectangle whose rows touch (one range),
+// and bad rectangles refused.
+TEST(GpuLoader, CopiesStridedRectanglesByEitherRoute) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_loader_rect_" + std::to_string(::getpid());
+  const std::size_t cols = 3001, rows = 1500;  // 4 B words: a 12004-byte row, 18 MB in all
+  write_pattern_file(path, cols * rows, 97);
+  const std::size_t c0 = 1000, width = 1234;  // the slice: columns [1000, 2234)
+  for (auto policy : {gpu::PageCacheRegistration::always, gpu::PageCacheRegistration::never}) {
+    gpu::CopyOptions o;
+    o.piece_bytes = 1u << 20;
+    o.register_page_cache = policy;
+    gpu::Loader loader(0, o);
+    const std::size_t pitch = width * 4 + 256;  // padded rows on the device
+    const std::uintptr_t dev = gpu_test::device_alloc(0, pitch * rows);
+    gpu::DeviceSegment rect;
+    rect.file_offset = c0 * 4;
+    rect.device_address = dev;
+    rect.bytes = width * 4;
+    rect.rows = rows;
+    rect.file_pitch = cols * 4;
+    rect.device_pitch = pitch;
+    const ReadReport r = loader.load(path, {&rect, 1});
+    EXPECT_EQ(r.bytes, width * 4 * rows);
+    std::vector<std::uint32_t> got(pitch * rows / 4);
+    ASSERT_EQ(gpu_test::copy_to_host(0, got.data(), dev, pitch * rows), "");
+    std::size_t bad = 0;
+    for (std::size_t y = 0; y < rows; ++y) {
+      for (std::size_t x = 0; x < width; ++x) bad += got[y * pitch / 4 + x] != pattern(y * cols + c0 + x, 97);
+      for (std::size_t x = width; x < pitch / 4; ++x) bad += got[y * pitch / 4 + x] != 0xffffffffu;  // untouched
+    }
+    EXPECT_EQ(bad, 0u) << to_string(r.path) << ": " << r.fallback_reason;
+    std::printf("GpuLoader rectangle %zu x %zu B (%s): %s\n", rows, width * 4, to_string(r.path),
+                r.fallback_reason.c_str());
+    // Touching rows are one range.
+    gpu::DeviceSegment whole{0, dev, cols * 4, 7, cols * 4, cols * 4};
+    (void)loader.load(path, {&whole, 1});
+    unsigned long long wrong = ~0ull;
+    ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), cols * 7, 97, &wrong), "");
+    EXPECT_EQ(wrong, 0u);
+    gpu::DeviceSegment overlapping = rect;
+    overlapping.file_pitch = rect.bytes - 4;
+    EXPECT_EQ(testing::error_of([&] { (void)loader.load(path, {&overlapping, 1}); }), Errc::invalid_argument);
+    gpu::DeviceSegment past_end = rect;
+    past_end.rows = rows + 1;
+    EXPECT_EQ(testing::error_of([&] { (void)loader.load(path, {&past_end, 1}); }), Errc::invalid_argument);
+    gpu::DeviceSegment huge = rect;
+    huge.rows = std::size_t{1} << 62;
+    EXPECT_EQ(testing::error_of([&] { (void)loader.load(path, {&huge, 1}); }), Errc::invalid_argument);
+    gpu::DeviceSegment elsewhere = rect;
+    elsewhere.device = 1000;
+    EXPECT_EQ(testing::error_of([&] { (void)loader.load(path, {&elsewhere, 1}); }), Errc::invalid_argument);
+    gpu_test::device_free(0, dev);
+  }
+  std::remove(path.c_str());
+}
+
+// bf16 / f16 / f32 to each other on the GPU while loading, against the CPU's
+// conversion: round to nearest even (ties included), NaN, infinities,
+// subnormals and overflow.
+std::uint16_t bf16_of(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40);
+  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+float f32_of_bf16(std::uint16_t h) {
+  const std::uint32_t u = std::uint32_t{h} << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+TEST(GpuLoader, ConvertsDtypesOnTheGpuWhileLoading) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_convert_" + std::to_string(::getpid()) + ".safetensors";
+  std::vector<float> f32 = {0.0f,
+                            -0.0f,
+                            1.0f,
+                            -2.5f,
+                            3.14159265f,
+                            65504.0f,
+                            70000.0f,
+                            1e-8f,
+                            1e-40f,
+                            1.0f + 1.0f / 256,
+                            1.0f + 3.0f / 256,
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(),
+                            3.3895314e38f};
+  for (int i = 0; i < 100000; ++i)
+    f32.push_back(std::ldexp(static_cast<float>(std::rand()) / RAND_MAX - 0.5f, i % 40 - 20));
+  std::vector<std::uint16_t> bf16(f32.size());
+  for (std::size_t i = 0; i < f32.size(); ++i) bf16[i] = bf16_of(f32[i]);
+  const std::vector<std::uint32_t> ints = {1, 2, 3, 4};
+  const std::vector<TensorData> tensors = {
+      {"f32", DType::F32, {f32.size()}, std::as_bytes(std::span<const float>(f32))},
+      {"bf16", DType::BF16, {bf16.size()}, std::as_bytes(std::span<const std::uint16_t>(bf16))},
+      {"ints", DType::U32, {4}, std::as_bytes(std::span<const std::uint32_t>(ints))}};
+  save_safetensors(path, tensors);
+  gpu::Loader loader(0);
+  // To F32: bf16 widens exactly; f32 stays.
+  {
+    gpu::TensorLoadOptions o;
+    o.dtype = DType::F32;
+    const std::vector<gpu::DeviceTensors> out = gpu::load_safetensors(path, loader, o);
+    ASSERT_EQ(out.size(), 1u);
+    const gpu::DeviceTensor& t = out[0].at("bf16");
+    EXPECT_EQ(t.dtype, DType::F32);
+    EXPECT_EQ(t.bytes, bf16.size() * 4);
+    std::vector<float> got(bf16.size());
+    ASSERT_EQ(gpu_test::copy_to_host(0, got.data(), t.address, t.bytes), "");
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < bf16.size(); ++i) {
+      const float want = f32_of_bf16(bf16[i]);
+      bad += std::isnan(want) ? !std::isnan(got[i]) : std::memcmp(&got[i], &want, 4) != 0;
+    }
+    EXPECT_EQ(bad, 0u) << "bf16 -> f32";
+    EXPECT_EQ(out[0].at("ints").dtype, DType::U32) << "integers are not converted";
+    std::uint32_t back[4];
+    ASSERT_EQ(gpu_test::copy_to_host(0, back, out[0].at("ints").address, 16), "");
+    EXPECT_EQ(std::memcmp(back, ints.data(), 16), 0);
+  }
+  // To BF16: f32 narrows with round to nearest even (the CPU reference above).
+  {
+    gpu::TensorLoadOptions o;
+    o.dtype = DType::BF16;
+    const std::vector<gpu::DeviceTensors> out = gpu::load_safetensors(path, loader, o);
+    const gpu::DeviceTensor& t = out[0].at("f32");
+    EXPECT_EQ(t.dtype, DType::BF16);
+    std::vector<std::uint16_t> got(f32.size());
+    ASSERT_EQ(gpu_test::copy_to_host(0, got.data(), t.address, t.bytes), "");
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < f32.size(); ++i) bad += got[i] != bf16[i];
+    EXPECT_EQ(bad, 0u) << "f32 -> bf16";
+  }
+  // To F16 and back through F16: what f16 holds survives; 70000 overflows to inf.
+  {
+    gpu::TensorLoadOptions o;
+    o.dtype = DType::F16;
+    const std::vector<gpu::DeviceTensors> out = gpu::load_safetensors(path, loader, o);
+    const gpu::DeviceTensor& t = out[0].at("f32");
+    EXPECT_EQ(t.dtype, DType::F16);
+    std::vector<std::uint16_t> got(f32.size());
+    ASSERT_EQ(gpu_test::copy_to_host(0, got.data(), t.address, t.bytes), "");
+    EXPECT_EQ(got[2], 0x3c00u);  // 1.0
+    EXPECT_EQ(got[3], 0xc100u);  // -2.5
+    EXPECT_EQ(got[5], 0x7bffu);  // 65504, the largest f16
+    EXPECT_EQ(got[6], 0x7c00u);  // 70000: infinity
+    EXPECT_EQ(got[11], 0x7c00u);
+    EXPECT_EQ(got[12], 0xfc00u);
+    EXPECT_EQ(got[13] & 0x7c00u, 0x7c00u);
+    EXPECT_NE(got[13] & 0x03ffu, 0u) << "NaN stays NaN";
+  }
+  EXPECT_EQ(testing::error_of([&] {
+              gpu::TensorLoadOptions o;
+              o.dtype = DType::I32;
+              (void)gpu::load_safetensors(path, loader, o);
+            }),
+            Errc::invalid_argument);
+  std::remove(path.c_str());
+}
+
+// One Loader, two GPUs: each chunk registered once, rows and columns split,
+// small tensors replicated.
+TEST(GpuLoader, SplitsAModelAcrossTwoGpusFromOneRegistration) {
+  UNIMEM_REQUIRE_GPUS(2);
+  const std::string path = "/tmp/unimem_gpu_split_" + std::to_string(::getpid()) + ".safetensors";
+  const std::size_t r = 1001, c = 4097;
+  std::vector<std::uint32_t> m(r * c), bias(c);
+  for (std::size_t i = 0; i < m.size(); ++i) m[i] = pattern(i, 300);
+  for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = pattern(i, 301);
+  const std::vector<TensorData> tensors = {
+      {"cols", DType::U32, {r, c}, std::as_bytes(std::span<const std::uint32_t>(m))},
+      {"rows", DType::U32, {r, c}, std::as_bytes(std::span<const std::uint32_t>(m))},
+      {"bias", DType::U32, {c}, std::as_bytes(std::span<const std::uint32_t>(bias))}};
+  save_safetensors(path, tensors);
+  const int devices[] = {0, 1};
+  gpu::Loader loader(devices);
+  gpu::TensorLoadOptions o;
+  o.split = [](const TensorInfo& t) {
+    return t.name == "cols" ? gpu::Split::columns : t.name == "rows" ? gpu::Split::rows : gpu::Split::replicate;
+  };
+  EXPECT_EQ(testing::error_of([&] { (void)gpu::load_safetensors(path, loader); }), Errc::invalid_argument);
+  for (int round = 0; round < 2; ++round) {
+    const std::vector<gpu::DeviceTensors> out = gpu::load_safetensors(path, loader, o);
+    ASSERT_EQ(out.size(), 2u);
+    for (int d = 0; d < 2; ++d) {
+      const gpu::DeviceTensor& cols = out[d].at("cols");
+      const std::size_t c0 = d * c / 2, cw = (d + 1) * c / 2 - c0;
+      EXPECT_EQ(cols.shape, (std::vector<std::uint64_t>{r, cw}));
+      EXPECT_EQ(cols.part_begin, c0);
+      std::vector<std::uint32_t> got(r * cw);
+      ASSERT_EQ(gpu_test::copy_to_host(d, got.data(), cols.address, got.size() * 4), "");
+      std::size_t bad = 0;
+      for (std::size_t y = 0; y < r; ++y) {
+        for (std::size_t x = 0; x < cw; ++x) bad += got[y * cw + x] != m[y * c + c0 + x];
+      }
+      EXPECT_EQ(bad, 0u) << "columns on device " << d;
+      const gpu::DeviceTensor& rows = out[d].at("rows");
+      const std::size_t r0 = d * r / 2, rh = (d + 1) * r / 2 - r0;
+      EXPECT_EQ(rows.shape, (std::vector<std::uint64_t>{rh, c}));
+      got.resize(rh * c);
+      ASSERT_EQ(gpu_test::copy_to_host(d, got.data(), rows.address, got.size() * 4), "");
+      EXPECT_EQ(std::memcmp(got.data(), m.data() + r0 * c, got.size() * 4), 0) << "rows on device " << d;
+      got.resize(c);
+      ASSERT_EQ(gpu_test::copy_to_host(d, got.data(), out[d].at("bias").address, c * 4), "");
+      EXPECT_EQ(std::memcmp(got.data(), bias.data(), c * 4), 0) << "bias on device " << d;
+      EXPECT_EQ(out[d].memory().device(), d);
+    }
+    std::printf("GpuLoader split round %d: %s: %s\n", round, to_string(out[0].reports()[0].path),
+                out[0].reports()[0].fallback_reason.c_str());
+  }
+  EXPECT_LE(loader.registered_bytes(), (2 * r * c + c) * 4 + (64u << 20)) << "one registration for both devices";
+  std::remove(path.c_str());
 }
 
 TEST(GpuShare, ReadOnlyAttachIsRegisteredReadOnlyAndReadByKernels) {

@@ -41,26 +41,62 @@ using detail::check;
 using detail::CUevent;
 using detail::CUstream;
 
+// A copy: one range, or a strided rectangle of `rows` rows (a slice of a
+// row-major matrix), into device memory of the Loader's device `lane`.
 struct Piece {
   std::uint64_t file_offset;
   std::uintptr_t device_address;
-  std::size_t bytes;
+  std::size_t width;  // bytes per row
+  std::size_t rows;
+  std::uint64_t file_pitch;
+  std::size_t device_pitch;
+  std::size_t lane;  // index into Loader::State::lanes
+  // One past the last file byte it reads.
+  std::uint64_t end() const { return file_offset + (rows - 1) * file_pitch + width; }
 };
 
-// Merges ranges adjacent in the file and on the device.
-std::vector<Piece> merge(std::span<const DeviceSegment> segments) {
+// Checks the segments and merges ranges adjacent in the file and on the
+// device; a rectangle whose rows touch becomes one range.
+std::vector<Piece> merge(std::span<const DeviceSegment> segments, std::span<const int> devices) {
   std::vector<Piece> merged;
   for (const DeviceSegment& s : segments) {
-    if (s.bytes == 0) continue;
-    if (s.file_offset + s.bytes < s.file_offset || s.device_address + s.bytes < s.device_address) {
+    if (s.bytes == 0 || s.rows == 0) continue;
+    const int device = s.device < 0 ? devices.front() : s.device;
+    const auto lane = static_cast<std::size_t>(std::find(devices.begin(), devices.end(), device) - devices.begin());
+    if (lane == devices.size()) {
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: gpu::Loader: a segment is for device " + std::to_string(device) +
+                      ", which is not one of the Loader's");
+    }
+    Piece p{s.file_offset, s.device_address, s.bytes, s.rows, s.file_pitch, s.device_pitch, lane};
+    if (p.rows > 1 && (p.file_pitch < p.width || p.device_pitch < p.width)) {
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: gpu::Loader: a segment's rows overlap (file_pitch " + std::to_string(p.file_pitch) +
+                      " or device_pitch " + std::to_string(p.device_pitch) + " below its " + std::to_string(p.width) +
+                      " bytes per row)");
+    }
+    // Where the rectangle ends, in the file and on the device, unless that overflows.
+    auto end_of = [&](std::uint64_t start, std::uint64_t pitch, std::uint64_t& end) {
+      return !__builtin_mul_overflow(std::uint64_t{p.rows - 1}, pitch, &end) &&
+             !__builtin_add_overflow(end, start, &end) && !__builtin_add_overflow(end, std::uint64_t{p.width}, &end);
+    };
+    std::uint64_t file_end = 0, device_end = 0;
+    if (!end_of(p.file_offset, p.file_pitch, file_end) || !end_of(p.device_address, p.device_pitch, device_end)) {
       throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: a segment's range overflows");
     }
-    if (!merged.empty() && merged.back().file_offset + merged.back().bytes == s.file_offset &&
-        merged.back().device_address + merged.back().bytes == s.device_address) {
-      merged.back().bytes += s.bytes;
-    } else {
-      merged.push_back({s.file_offset, s.device_address, s.bytes});
+    if (p.rows > 1 && p.file_pitch == p.width && p.device_pitch == p.width) {
+      p.width *= p.rows;  // rows back to back on both sides: one range
+      p.rows = 1;
     }
+    if (!merged.empty()) {
+      Piece& last = merged.back();
+      if (last.rows == 1 && p.rows == 1 && last.lane == p.lane && last.file_offset + last.width == p.file_offset &&
+          last.device_address + last.width == p.device_address) {
+        last.width += p.width;
+        continue;
+      }
+    }
+    merged.push_back(p);
   }
   return merged;
 }
@@ -134,14 +170,19 @@ struct MappedFile {
 }  // namespace
 
 struct Loader::State {
-  int device;
+  // What each of the Loader's devices copies on.
+  struct Lane {
+    int device;
+    CUstream stream = nullptr;          // copies from registered page cache
+    CUstream staging_stream = nullptr;  // copies from the staging slots
+    std::vector<CUevent> events;        // one per staging slot
+  };
+  std::vector<int> devices;
+  std::vector<Lane> lanes;  // one per device, in the same order
   CopyOptions options;
-  std::size_t chunk;                  // registration chunk and staging slot size
-  std::mutex lock;                    // one load at a time
-  CUstream stream = nullptr;          // copies from registered page cache
-  CUstream staging_stream = nullptr;  // copies from the staging slots
-  std::vector<CUevent> events;        // one per staging slot
-  std::optional<Block> own_staging;   // made on the first staged chunk
+  std::size_t chunk;                 // registration chunk and staging slot size
+  std::mutex lock;                   // one load at a time
+  std::optional<Block> own_staging;  // made on the first staged chunk
   const Block* staging = nullptr;
   std::optional<unimem::detail::CopyCrew> crew;  // copies cached chunks into the staging ring
   std::vector<std::unique_ptr<MappedFile>> files;
@@ -178,6 +219,22 @@ struct Loader::State {
   }
   std::uint64_t clock = 0;  // counts mapped() calls, for last_use
 
+  void destroy_lanes() noexcept {
+    const detail::Driver& d = detail::driver();
+    for (Lane& lane : lanes) {
+      try {
+        detail::ContextScope context(lane.device);
+        for (auto e : lane.events) {
+          if (e) d.cuEventDestroy(e);
+        }
+        if (lane.stream) d.cuStreamDestroy(lane.stream);
+        if (lane.staging_stream) d.cuStreamDestroy(lane.staging_stream);
+      } catch (...) {  // no context: nothing more can be released
+      }
+    }
+    lanes.clear();
+  }
+
   // The staging ring and the copy crew, made on the first load that stages.
   void ensure_staging() {
     if (staging == nullptr) {
@@ -194,15 +251,25 @@ struct Loader::State {
   }
 };
 
-Loader::Loader(int device, const CopyOptions& options) : state_(std::make_unique<State>()) {
+Loader::Loader(int device, const CopyOptions& options) : Loader(std::span<const int>(&device, 1), options) {}
+
+Loader::Loader(std::span<const int> devices, const CopyOptions& options) : state_(std::make_unique<State>()) {
   const detail::Driver& d = detail::driver();
-  if (device < 0 || device >= d.device_count) {
-    throw Error(Errc::invalid_argument, 0,
-                "unimem: gpu::Loader: there is no CUDA device " + std::to_string(device) + " (the driver sees " +
-                    std::to_string(d.device_count) + ")");
+  if (devices.empty()) throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: no device given");
+  for (std::size_t i = 0; i < devices.size(); ++i) {
+    if (devices[i] < 0 || devices[i] >= d.device_count) {
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: gpu::Loader: there is no CUDA device " + std::to_string(devices[i]) + " (the driver sees " +
+                      std::to_string(d.device_count) + ")");
+    }
+    if (std::find(devices.begin(), devices.begin() + static_cast<std::ptrdiff_t>(i), devices[i]) !=
+        devices.begin() + static_cast<std::ptrdiff_t>(i)) {
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: gpu::Loader: device " + std::to_string(devices[i]) + " is named twice");
+    }
   }
   State& s = *state_;
-  s.device = device;
+  s.devices.assign(devices.begin(), devices.end());
   s.options = options;
   s.options.slots = std::max(1u, options.slots);
   const std::size_t page = Block::page_size();
@@ -220,18 +287,18 @@ Loader::Loader(int device, const CopyOptions& options) : state_(std::make_unique
     if (s.chunk == 0) throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: the staging Block is too small");
     s.staging = options.staging;
   }
-  detail::ContextScope context(device);
-  s.events.assign(s.options.slots, nullptr);
   try {
-    check(d.cuStreamCreate(&s.stream, detail::kStreamNonBlocking), "cuStreamCreate");
-    check(d.cuStreamCreate(&s.staging_stream, detail::kStreamNonBlocking), "cuStreamCreate");
-    for (auto& e : s.events) check(d.cuEventCreate(&e, detail::kEventDisableTiming), "cuEventCreate");
-  } catch (...) {
-    for (auto e : s.events) {
-      if (e) d.cuEventDestroy(e);
+    for (int device : s.devices) {
+      detail::ContextScope context(device);
+      State::Lane& lane = s.lanes.emplace_back();
+      lane.device = device;
+      lane.events.assign(s.options.slots, nullptr);
+      check(d.cuStreamCreate(&lane.stream, detail::kStreamNonBlocking), "cuStreamCreate");
+      check(d.cuStreamCreate(&lane.staging_stream, detail::kStreamNonBlocking), "cuStreamCreate");
+      for (auto& e : lane.events) check(d.cuEventCreate(&e, detail::kEventDisableTiming), "cuEventCreate");
     }
-    if (s.stream) d.cuStreamDestroy(s.stream);
-    if (s.staging_stream) d.cuStreamDestroy(s.staging_stream);
+  } catch (...) {
+    s.destroy_lanes();
     throw;
   }
 }
@@ -239,21 +306,18 @@ Loader::Loader(int device, const CopyOptions& options) : state_(std::make_unique
 Loader::~Loader() {
   if (!state_) return;
   State& s = *state_;
-  const detail::Driver& d = detail::driver();
   try {
-    detail::ContextScope context(s.device);
+    detail::ContextScope context(s.devices.front());
     s.files.clear();  // unregisters
-    for (auto e : s.events) d.cuEventDestroy(e);
-    d.cuStreamDestroy(s.stream);
-    d.cuStreamDestroy(s.staging_stream);
-  } catch (...) {  // no context: nothing more can be released
+  } catch (...) {     // no context: nothing more can be released
   }
+  s.destroy_lanes();
 }
 
 void Loader::release() noexcept {
   std::lock_guard hold(state_->lock);
   try {
-    detail::ContextScope context(state_->device);
+    detail::ContextScope context(state_->devices.front());
     state_->files.clear();
   } catch (...) {
   }
@@ -266,7 +330,9 @@ std::size_t Loader::registered_bytes() const noexcept {
   return n;
 }
 
-int Loader::device() const noexcept { return state_->device; }
+int Loader::device() const noexcept { return state_->devices.front(); }
+
+std::span<const int> Loader::devices() const noexcept { return state_->devices; }
 
 ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> segments) {
   const auto start = std::chrono::steady_clock::now();
@@ -274,21 +340,22 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   std::lock_guard hold(s.lock);
   const detail::Driver& d = detail::driver();
 
-  const std::vector<Piece> pieces = merge(segments);
+  const std::vector<Piece> pieces = merge(segments, s.devices);
   ReadReport report;
   if (pieces.empty()) return report;
   const platform::FileIdentity id = platform::file_identity(path);
   for (const Piece& p : pieces) {
-    report.bytes += p.bytes;
-    if (p.file_offset > id.size || p.bytes > id.size - p.file_offset) {
+    report.bytes += static_cast<std::uint64_t>(p.width) * p.rows;
+    if (p.end() > id.size) {
       throw Error(Errc::invalid_argument, 0,
-                  "unimem: gpu::Loader: bytes " + std::to_string(p.file_offset) + ".." +
-                      std::to_string(p.file_offset + p.bytes) + " lie outside " + path + " (" +
-                      std::to_string(id.size) + " bytes)");
+                  "unimem: gpu::Loader: bytes " + std::to_string(p.file_offset) + ".." + std::to_string(p.end()) +
+                      " lie outside " + path + " (" + std::to_string(id.size) + " bytes)");
     }
   }
 
-  detail::ContextScope context(s.device);
+  // Registrations are made under the first device's context, PORTABLE: every
+  // context may copy from them.
+  detail::ContextScope context(s.devices.front());
   MappedFile& file = s.mapped(path, id);
   // Which pieces touch which chunk, and the part of each chunk they need.
   struct Need {
@@ -301,7 +368,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     std::vector<std::vector<std::size_t>> by_chunk(file.chunks.size());
     for (std::size_t i = 0; i < pieces.size(); ++i) {
       const std::size_t first = pieces[i].file_offset / s.chunk;
-      const std::size_t last = (pieces[i].file_offset + pieces[i].bytes - 1) / s.chunk;
+      const std::size_t last = (pieces[i].end() - 1) / s.chunk;
       for (std::size_t k = first; k <= last; ++k) by_chunk[k].push_back(i);
     }
     for (std::size_t k = 0; k < by_chunk.size(); ++k) {
@@ -310,7 +377,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       Need n{k, end, begin, std::move(by_chunk[k])};
       for (std::size_t i : n.pieces) {
         n.lo = std::min<std::uint64_t>(n.lo, std::max<std::uint64_t>(begin, pieces[i].file_offset));
-        n.hi = std::max<std::uint64_t>(n.hi, std::min<std::uint64_t>(end, pieces[i].file_offset + pieces[i].bytes));
+        n.hi = std::max<std::uint64_t>(n.hi, std::min<std::uint64_t>(end, pieces[i].end()));
       }
       needs.push_back(std::move(n));
     }
@@ -330,26 +397,67 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     }
   }
 
-  // Whatever happens below, both streams are drained before this returns.
+  // Whatever happens below, every stream is drained before this returns.
   struct Drain {
     const detail::Driver& d;
-    CUstream a, b;
+    std::vector<State::Lane>& lanes;
     ~Drain() {
-      d.cuStreamSynchronize(a);
-      d.cuStreamSynchronize(b);
+      for (const State::Lane& lane : lanes) {
+        d.cuStreamSynchronize(lane.stream);
+        d.cuStreamSynchronize(lane.staging_stream);
+      }
     }
-  } drain{d, s.stream, s.staging_stream};
+  } drain{d, s.lanes};
 
   // Copies the part of every piece of `need` that lies in [begin, end) of the
-  // file from `source(offset)`.
-  auto copy_parts = [&](const Need& need, std::uint64_t begin, std::uint64_t end, CUstream stream, auto&& source) {
+  // file from `source(offset)`, on each piece's device: on its staging stream
+  // when `staged` (and marks the lane in `used`), else on its stream.
+  auto copy_parts = [&](const Need& need, std::uint64_t begin, std::uint64_t end, bool staged, std::vector<char>* used,
+                        auto&& source) {
     for (std::size_t i : need.pieces) {
       const Piece& p = pieces[i];
-      const std::uint64_t b = std::max<std::uint64_t>(begin, p.file_offset);
-      const std::uint64_t e = std::min<std::uint64_t>(end, p.file_offset + p.bytes);
-      if (b >= e) continue;
-      check(d.cuMemcpyHtoDAsync(p.device_address + (b - p.file_offset), source(b), e - b, stream),
-            "cuMemcpyHtoDAsync (to device " + std::to_string(s.device) + ")");
+      const State::Lane& lane = s.lanes[p.lane];
+      const CUstream stream = staged ? lane.staging_stream : lane.stream;
+      std::optional<detail::ContextScope> other;  // the caller's context is the first device's
+      if (p.lane != 0) other.emplace(lane.device);
+      const std::string what = "a copy to device " + std::to_string(lane.device);
+      // One range: [b, e) of row r, wherever the row meets [begin, end).
+      auto copy_row_part = [&](std::uint64_t r) {
+        const std::uint64_t row = p.file_offset + r * p.file_pitch;
+        const std::uint64_t b = std::max<std::uint64_t>(begin, row);
+        const std::uint64_t e = std::min<std::uint64_t>(end, row + p.width);
+        if (b >= e) return;
+        check(d.cuMemcpyHtoDAsync(p.device_address + r * p.device_pitch + (b - row), source(b), e - b, stream),
+              "cuMemcpyHtoDAsync (" + what + ")");
+        if (used) (*used)[p.lane] = 1;
+      };
+      if (p.rows == 1) {
+        copy_row_part(0);
+        continue;
+      }
+      // Rows wholly inside [begin, end) in one strided copy, and at most one
+      // cut row at either edge.
+      const std::uint64_t full_first =
+          begin <= p.file_offset ? 0 : (begin - p.file_offset + p.file_pitch - 1) / p.file_pitch;
+      const std::uint64_t full_end =
+          end < p.file_offset + p.width
+              ? 0
+              : std::min<std::uint64_t>(p.rows, (end - p.file_offset - p.width) / p.file_pitch + 1);
+      if (full_first < full_end) {
+        detail::Memcpy2D c;
+        c.srcMemoryType = detail::kMemoryTypeHost;
+        c.srcHost = source(p.file_offset + full_first * p.file_pitch);
+        c.srcPitch = p.file_pitch;
+        c.dstMemoryType = detail::kMemoryTypeDevice;
+        c.dstDevice = p.device_address + full_first * p.device_pitch;
+        c.dstPitch = p.device_pitch;
+        c.WidthInBytes = p.width;
+        c.Height = full_end - full_first;
+        check(d.cuMemcpy2DAsync(&c, stream), "cuMemcpy2DAsync (" + what + ")");
+        if (used) (*used)[p.lane] = 1;
+      }
+      if (full_first > 0) copy_row_part(full_first - 1);
+      if (full_end < p.rows && full_end + 1 != full_first) copy_row_part(full_end);
     }
   };
 
@@ -364,7 +472,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     const std::size_t slot = uses++ % s.options.slots;
     // Always wait (a slot never recorded returns at once): after a staging
     // thread, this thread's first uses of the ring may find its copies running.
-    check(d.cuEventSynchronize(s.events[slot]), "cuEventSynchronize");
+    for (const State::Lane& lane : s.lanes) check(d.cuEventSynchronize(lane.events[slot]), "cuEventSynchronize");
     std::byte* dest = ring.data() + slot * s.chunk;
     const std::size_t n = static_cast<std::size_t>(need.hi - need.lo);
     if (is_cached) {
@@ -379,14 +487,18 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       if (staged_reason.empty()) staged_reason = r.fallback_reason;
       staged_buffered += r.buffered_bytes;
     }
-    copy_parts(need, need.lo, need.hi, s.staging_stream, [&](std::uint64_t off) { return dest + (off - need.lo); });
-    check(d.cuEventRecord(s.events[slot], s.staging_stream), "cuEventRecord");
+    std::vector<char> used(s.lanes.size(), 0);
+    copy_parts(need, need.lo, need.hi, true, &used, [&](std::uint64_t off) { return dest + (off - need.lo); });
+    for (std::size_t l = 0; l < s.lanes.size(); ++l) {
+      if (used[l]) check(d.cuEventRecord(s.lanes[l].events[slot], s.lanes[l].staging_stream), "cuEventRecord");
+    }
     staged += n;
   };
 
   // Chunks an earlier load registered: DMA only, whatever the policy.
   for (std::size_t n : registered) {
-    copy_parts(needs[n], needs[n].lo, needs[n].hi, s.stream, [&](std::uint64_t off) { return file.map.data() + off; });
+    copy_parts(needs[n], needs[n].lo, needs[n].hi, false, nullptr,
+               [&](std::uint64_t off) { return file.map.data() + off; });
     in_place += needs[n].hi - needs[n].lo;
   }
   // Register in place (always, or from the second load of a file on), or stage everything.
@@ -409,7 +521,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       s.ensure_staging();
       stager.emplace([&] {
         try {
-          detail::ContextScope worker_context(s.device);
+          detail::ContextScope worker_context(s.devices.front());
           std::size_t uses = 0;
           for (std::size_t n : uncached) {
             if (stop) return;
@@ -443,18 +555,20 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
         continue;
       }
       newly_registered += file.chunk_length(need.chunk);
-      copy_parts(need, need.lo, need.hi, s.stream, [&](std::uint64_t off) { return file.map.data() + off; });
+      copy_parts(need, need.lo, need.hi, false, nullptr, [&](std::uint64_t off) { return file.map.data() + off; });
       in_place += need.hi - need.lo;
     }
     if (stager) stager->join();
     stager.reset();
     if (staging_error) std::rethrow_exception(staging_error);
   }
-  check(d.cuStreamSynchronize(s.stream), "cuStreamSynchronize");
-  check(d.cuStreamSynchronize(s.staging_stream), "cuStreamSynchronize");
+  for (const State::Lane& lane : s.lanes) {
+    check(d.cuStreamSynchronize(lane.stream), "cuStreamSynchronize");
+    check(d.cuStreamSynchronize(lane.staging_stream), "cuStreamSynchronize");
+  }
   ++file.loads;
 
-  report.buffered_bytes = in_place + staged_buffered;
+  report.buffered_bytes = std::min<std::uint64_t>(report.bytes, in_place + staged_buffered);
   report.path = in_place != 0 ? ReadPath::page_cache_registered : staged_path;
   if (in_place != 0) {
     report.fallback_reason = describe(in_place, newly_registered, staged, staged_path);

@@ -11,7 +11,9 @@
 //   baselines  read() into two pinned buffers + cudaMemcpyAsync, double-buffered
 //              (what a competent engineer writes); read() into malloc + cudaMemcpy
 // With --safetensors, FILE is a safetensors file and every tensor goes to its
-// own 256-byte-aligned place in one device allocation.
+// own 256-byte-aligned place in one device allocation; rows also convert
+// every float tensor on the GPU, and with two GPUs a second table loads the
+// model onto both at once (replicated, split by rows, split by columns).
 // Each row is the best of R runs (default 3), after one untimed warm-up.
 #include <cuda_runtime.h>
 #include <fcntl.h>
@@ -24,6 +26,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gpu/cuda_check.hpp"
@@ -70,6 +73,63 @@ unimem::SafetensorsHeader header_of(const std::string& path, std::size_t file_by
   read_exact(fd, prefix.data(), prefix.size(), 0);
   ::close(fd);
   return unimem::parse_safetensors_header(prefix, file_bytes);
+}
+
+// The model onto two GPUs at once: replicated, and split for tensor
+// parallelism, against the aggregate ceiling (pinned cudaMemcpyAsync to both
+// devices at once) and two Loaders (one per GPU) on two threads.
+void two_gpus(const std::string& path, int device, int reps, void* pinned, std::size_t moved) {
+  const int other = device == 0 ? 1 : 0;
+  const int both[] = {device, other};
+  std::vector<Row> rows;
+  auto row = [&](const std::string& what, std::size_t bytes, double seconds) {
+    rows.push_back({what, bytes / seconds / 1e9});
+    std::printf("  %-72s %7.2f GB/s\n", what.c_str(), rows.back().gbps);
+    std::fflush(stdout);
+  };
+  void* dev[2];
+  cudaStream_t stream[2];
+  for (int i = 0; i < 2; ++i) {
+    CHECK(cudaSetDevice(both[i]));
+    CHECK(cudaMalloc(&dev[i], moved));
+    CHECK(cudaStreamCreate(&stream[i]));
+  }
+  row("ceiling: cudaMemcpyAsync from cudaMallocHost memory to both GPUs at once", 2 * moved, best_of(reps, [&] {
+        for (int i = 0; i < 2; ++i) CHECK(cudaMemcpyAsync(dev[i], pinned, moved, cudaMemcpyHostToDevice, stream[i]));
+        for (int i = 0; i < 2; ++i) CHECK(cudaStreamSynchronize(stream[i]));
+      }));
+  for (int i = 0; i < 2; ++i) {
+    CHECK(cudaSetDevice(both[i]));
+    CHECK(cudaFree(dev[i]));
+    CHECK(cudaStreamDestroy(stream[i]));
+  }
+  CHECK(cudaSetDevice(device));
+  unimem::gpu::Loader loader(both);
+  unimem::gpu::TensorLoadOptions replicate;
+  (void)unimem::gpu::load_safetensors(path, loader, replicate);  // registers
+  row("unimem: one Loader, both GPUs, every tensor replicated (kept Loader)", 2 * moved,
+      best_of(reps, [&] { (void)unimem::gpu::load_safetensors(path, loader, replicate); }));
+  for (auto split : {unimem::gpu::Split::rows, unimem::gpu::Split::columns}) {
+    unimem::gpu::TensorLoadOptions o;
+    o.split = [split](const unimem::TensorInfo&) { return split; };
+    row(std::string("unimem: one Loader, both GPUs, every tensor split by ") +
+            (split == unimem::gpu::Split::rows ? "rows" : "columns (strided copies)"),
+        moved, best_of(reps, [&] { (void)unimem::gpu::load_safetensors(path, loader, o); }));
+  }
+  {
+    unimem::gpu::Loader a(device), b(other);
+    auto both_at_once = [&] {
+      std::thread t([&] { (void)unimem::gpu::load_safetensors(path, b); });
+      (void)unimem::gpu::load_safetensors(path, a);
+      t.join();
+    };
+    both_at_once();  // registers
+    row("baseline: two Loaders (one per GPU, each registering) on two threads, replicated", 2 * moved,
+        best_of(reps, both_at_once));
+  }
+  const double ceiling = rows.front().gbps;
+  std::printf("\n| two GPUs | GB/s (aggregate) | x ceiling |\n|---|---|---|\n");
+  for (const Row& r : rows) std::printf("| %s | %.2f | %.2f |\n", r.what.c_str(), r.gbps, r.gbps / ceiling);
 }
 
 }  // namespace
@@ -199,6 +259,13 @@ int main(int argc, char** argv) {
     (void)unimem::gpu::load_safetensors(path, kept);  // registers
     row("unimem gpu::load_safetensors, later loads (kept Loader; allocation included)",
         best_of(reps, [&] { (void)unimem::gpu::load_safetensors(path, kept); }));
+    for (unimem::DType to : {unimem::DType::F16, unimem::DType::F32}) {
+      unimem::gpu::TensorLoadOptions o;
+      o.dtype = to;
+      row(std::string("unimem gpu::load_safetensors, later loads, every float tensor converted to ") +
+              unimem::to_string(to) + " on the GPU (GB/s of file bytes)",
+          best_of(reps, [&] { (void)unimem::gpu::load_safetensors(path, kept, o); }));
+    }
   }
   row("unimem copy_file_to_device, defaults (a first load)",
       best_of(reps, [&] { (void)unimem::gpu::copy_file_to_device(path, segments, device); }));
@@ -267,6 +334,9 @@ int main(int argc, char** argv) {
   const double ceiling = rows.front().gbps;
   std::printf("\n| route | GB/s | x ceiling |\n|---|---|---|\n");
   for (const Row& r : rows) std::printf("| %s | %.2f | %.2f |\n", r.what.c_str(), r.gbps, r.gbps / ceiling);
+  int gpus = 0;
+  CHECK(cudaGetDeviceCount(&gpus));
+  if (safetensors && gpus >= 2) two_gpus(path, device, reps, pinned, moved);
   CHECK(cudaFreeHost(pinned));
   CHECK(cudaFree(dev));
   return 0;

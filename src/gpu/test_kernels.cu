@@ -70,6 +70,12 @@ std::uintptr_t device_alloc(int device, std::size_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p);
 }
 
+std::string copy_to_host(int device, void* dst, std::uintptr_t src, std::size_t bytes) {
+  if (cudaSetDevice(device) != cudaSuccess) return "cudaSetDevice failed";
+  const cudaError_t e = cudaMemcpy(dst, reinterpret_cast<const void*>(src), bytes, cudaMemcpyDeviceToHost);
+  return e == cudaSuccess ? "" : cudaGetErrorString(e);
+}
+
 void device_free(int device, std::uintptr_t p) {
   cudaSetDevice(device);
   cudaFree(reinterpret_cast<void*>(p));

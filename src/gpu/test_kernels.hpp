@@ -33,6 +33,8 @@ std::string count_mismatches(int device, const std::uint32_t* p, std::size_t n, 
 // Device memory for tests: 0 on failure.
 std::uintptr_t device_alloc(int device, std::size_t bytes);
 void device_free(int device, std::uintptr_t p);
+// cudaMemcpy device to host; "" on success, else the error.
+std::string copy_to_host(int device, void* dst, std::uintptr_t src, std::size_t bytes);
 
 // True when the runtime reports `p` as registered (page-locked) host memory.
 bool is_registered_host_memory(const void* p);
