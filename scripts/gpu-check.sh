@@ -3,7 +3,8 @@
 #   bash scripts/gpu-check.sh build DIR   (here) build Release with nvcc for sm_90 and
 #                                          copy the test and benchmark binaries into DIR
 #   bash scripts/gpu-check.sh run DIR [ARGS]  (on the GPU machine) run the tests, the GPU
-#                                          benchmark (ARGS go to it) and unimem-bench; logs
+#                                          benchmark (ARGS go to it), the loader benchmark
+#                                          (scripts/loader-bench.sh) and unimem-bench; logs
 #                                          go to $OUT when set, else DIR/logs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ if [ "$step" = build ]; then
   mkdir -p "$dir"
   cp build/device/tests/unimem_test build/device/tests/unimem_share_helper build/device/tests/unimem_gpu_test \
      build/device/bench/unimem_gpu_benchmark build/device/bench/unimem_file_benchmark build/device/unimem \
+     build/device/bench/unimem_loader_benchmark \
      build/device/bench/unimem_block_benchmark build/device/bench/unimem_alloc_benchmark* \
      build/device/bench/unimem-bench build/device/examples/unimem_pipeline "$dir"/
   # The shared libraries they need that the GPU machine lacks.
@@ -42,6 +44,7 @@ status=0
 "$dir/unimem_gpu_test" 2>&1 | tee "$logs/gpu_test.txt" || status=1
 "$dir/unimem_test" --gtest_death_test_style=threadsafe 2>&1 | tee "$logs/unit_test.txt" | tail -3 || status=1
 "$dir/unimem_gpu_benchmark" "${@:3}" 2>&1 | tee "$logs/gpu_benchmark.txt" || status=1
+bash scripts/loader-bench.sh "$dir" 4 2>&1 | tee "$logs/loader_bench.txt" || status=1
 # The allocation suite on 16 cores (the size of the single-GPU machine), whatever this host has.
 cpus=$(( $(nproc) < 16 ? $(nproc) : 16 ))
 pin=""

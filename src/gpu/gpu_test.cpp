@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -716,6 +717,41 @@ TEST(GpuLoader, ConvertsDtypesOnTheGpuWhileLoading) {
               (void)gpu::load_safetensors(path, loader, o);
             }),
             Errc::invalid_argument);
+  std::remove(path.c_str());
+}
+
+// A model that does not fit: out_of_memory, and no device memory stays
+// taken, also when the first device's allocation succeeded and a later one
+// (the second device, or the conversion scratch) failed.
+TEST(GpuLoader, AModelThatDoesNotFitLeavesNoDeviceMemoryTaken) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_oom_" + std::to_string(::getpid()) + ".safetensors";
+  std::vector<std::uint16_t> data((64u << 20) / 2, 0x3f80);  // 64 MiB of bf16 ones
+  const std::vector<TensorData> tensors = {
+      {"w", DType::BF16, {data.size()}, std::as_bytes(std::span<const std::uint16_t>(data))}};
+  save_safetensors(path, tensors);
+  gpu::Loader loader(0);
+  // Leave room for the model as stored (64 MiB) but not for it converted to F32
+  // (128 MiB) plus scratch (64 MiB).
+  const std::size_t before = gpu_test::free_device_memory(0);
+  ASSERT_GT(before, 256u << 20);
+  std::optional<gpu::DeviceMemory> hog;
+  for (std::size_t leave = 160u << 20; leave >= (96u << 20) && !hog; leave -= 16u << 20) {
+    try {
+      hog.emplace(0, before - leave);
+    } catch (const Error&) {  // fragmentation or reserve: leave more
+    }
+  }
+  ASSERT_TRUE(hog) << "could not take most of the device's memory";
+  const std::size_t with_hog = gpu_test::free_device_memory(0);
+  gpu::TensorLoadOptions to_f32;
+  to_f32.dtype = DType::F32;
+  const Errc e = testing::error_of([&] { (void)gpu::load_safetensors(path, loader, to_f32); });
+  EXPECT_EQ(e, Errc::out_of_memory);
+  EXPECT_EQ(gpu_test::free_device_memory(0), with_hog) << "device memory stayed taken after the failed load";
+  std::printf("GpuLoader OOM: %zu MiB free, load as F32 refused: %s\n", with_hog >> 20, to_string(e));
+  hog.reset();
+  EXPECT_EQ(gpu_test::free_device_memory(0), before);
   std::remove(path.c_str());
 }
 

@@ -104,8 +104,20 @@ void two_gpus(const std::string& path, int device, int reps, void* pinned, std::
     CHECK(cudaStreamDestroy(stream[i]));
   }
   CHECK(cudaSetDevice(device));
-  unimem::gpu::Loader loader(both);
   unimem::gpu::TensorLoadOptions replicate;
+  // First loads: one Loader registers each chunk once for both GPUs; two
+  // Loaders register everything twice (the driver serializes registrations).
+  row("unimem: one Loader, both GPUs, replicated, first load (fresh Loader)", 2 * moved, best_of(reps, [&] {
+        unimem::gpu::Loader fresh(both);
+        (void)unimem::gpu::load_safetensors(path, fresh, replicate);
+      }));
+  row("baseline: two fresh Loaders (one per GPU) on two threads, replicated, first load", 2 * moved, best_of(reps, [&] {
+        unimem::gpu::Loader a(device), b(other);
+        std::thread t([&] { (void)unimem::gpu::load_safetensors(path, b); });
+        (void)unimem::gpu::load_safetensors(path, a);
+        t.join();
+      }));
+  unimem::gpu::Loader loader(both);
   (void)unimem::gpu::load_safetensors(path, loader, replicate);  // registers
   row("unimem: one Loader, both GPUs, every tensor replicated (kept Loader)", 2 * moved,
       best_of(reps, [&] { (void)unimem::gpu::load_safetensors(path, loader, replicate); }));

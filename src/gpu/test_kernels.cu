@@ -76,6 +76,12 @@ std::string copy_to_host(int device, void* dst, std::uintptr_t src, std::size_t 
   return e == cudaSuccess ? "" : cudaGetErrorString(e);
 }
 
+std::size_t free_device_memory(int device) {
+  std::size_t free = 0, total = 0;
+  if (cudaSetDevice(device) != cudaSuccess || cudaMemGetInfo(&free, &total) != cudaSuccess) return 0;
+  return free;
+}
+
 void device_free(int device, std::uintptr_t p) {
   cudaSetDevice(device);
   cudaFree(reinterpret_cast<void*>(p));

@@ -33,6 +33,8 @@ std::string count_mismatches(int device, const std::uint32_t* p, std::size_t n, 
 // Device memory for tests: 0 on failure.
 std::uintptr_t device_alloc(int device, std::size_t bytes);
 void device_free(int device, std::uintptr_t p);
+// cudaMemGetInfo's free bytes (0 on error).
+std::size_t free_device_memory(int device);
 // cudaMemcpy device to host; "" on success, else the error.
 std::string copy_to_host(int device, void* dst, std::uintptr_t src, std::size_t bytes);
 
