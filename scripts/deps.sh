@@ -5,7 +5,9 @@ set -euo pipefail
 
 UNIMEM_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libgtest-dev libbenchmark-dev
                  libboost-dev libmimalloc-dev libjemalloc-dev python3
-                 liburing-dev nlohmann-json3-dev pkg-config libdnnl-dev clang-format clang-tidy)
+                 liburing-dev nlohmann-json3-dev pkg-config libdnnl-dev clang-format clang-tidy
+                 python3-dev python3-pybind11 pybind11-dev python3-numpy python3-pytest python3-setuptools
+                 python3-pip python3-torch python3-tqdm)
 
 missing=()
 for p in "${UNIMEM_PACKAGES[@]}"; do
@@ -19,6 +21,13 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The Python package builds for and is tested with Debian's python3 (its
+# packages: pybind11, numpy, pytest, torch), also where another python3 comes
+# first on PATH (pyenv).
+UNIMEM_PYTHON=/usr/bin/python3
+[ -x "$UNIMEM_PYTHON" ] || UNIMEM_PYTHON=$(command -v python3)
+export UNIMEM_PYTHON
 
 # CUDA's compiler is optional (it only adds the nvcc header check); use it where installed.
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs every test in three configurations:
-#   release  g++,     -O2 (also checks the headers with nvcc where CUDA is installed)
+#   release  g++,     -O2, with the Python package and its pytest suite (also checks
+#            the headers with nvcc where CUDA is installed)
 #   asan     clang++, AddressSanitizer + UndefinedBehaviorSanitizer
 #   tsan     g++,     ThreadSanitizer
 # every build with warnings as errors; after the release build, scripts/lint.sh
@@ -16,7 +17,8 @@ jobs=$(nproc)
 
 for config in "${configs[@]}"; do
   case "$config" in
-    release) args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++) ;;
+    release) args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ -DUNIMEM_PYTHON=ON
+                   "-DPython_EXECUTABLE=$UNIMEM_PYTHON") ;;
     asan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DUNIMEM_SANITIZE=address) ;;
     tsan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ -DUNIMEM_SANITIZE=thread) ;;
     *) echo "unknown configuration '$config' (release, asan, tsan)" >&2; exit 2 ;;
@@ -27,7 +29,15 @@ for config in "${configs[@]}"; do
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     ctest --test-dir "build/$config" --output-on-failure -j "$jobs"
-  if [ "$config" = release ]; then bash scripts/lint.sh "build/$config"; fi
+  if [ "$config" = release ]; then
+    bash scripts/lint.sh "build/$config"
+    # README's install command for the Python package, into a folder of the build.
+    rm -rf "build/$config/pip-check"
+    "$UNIMEM_PYTHON" -m pip install -q --no-build-isolation --no-deps --target "build/$config/pip-check" . \
+      2> >(grep -v "Running pip as the 'root' user" >&2)
+    (cd /tmp && PYTHONPATH="$OLDPWD/build/$config/pip-check" "$UNIMEM_PYTHON" -c \
+      "import unimem; assert unimem.Tape(4096).take(8).nbytes == 8; print('pip install: ok,', unimem.__file__)")
+  fi
   # ctest hides what skipped tests print: show the GPU tests' verdict here.
   gpu_test="build/$config/tests/unimem_gpu_test"
   if [ -x "$gpu_test" ]; then

@@ -18,6 +18,12 @@
 // such late cells go straight back to their grid's shared list.
 #include "grid_cache.hpp"
 
+// initial-exec: one instruction per access. The Python build asks for
+// global-dynamic instead (CMakeLists.txt: UNIMEM_PYTHON).
+#ifndef UNIMEM_TLS_MODEL
+#define UNIMEM_TLS_MODEL "initial-exec"
+#endif
+
 namespace unimem::detail::grid_cache {
 namespace {
 
@@ -31,9 +37,9 @@ struct Entry {
 };
 
 // Trivial, so access needs no guard; the flusher below gives it a destructor.
-__attribute__((tls_model("initial-exec"))) thread_local Entry entries[kEntries];
+__attribute__((tls_model(UNIMEM_TLS_MODEL))) thread_local Entry entries[kEntries];
 // Set when the flusher has run: the thread is exiting and must not cache.
-__attribute__((tls_model("initial-exec"))) thread_local bool exiting = false;
+__attribute__((tls_model(UNIMEM_TLS_MODEL))) thread_local bool exiting = false;
 
 void flush(Entry& e) noexcept {
   const std::uint32_t n = e.count;

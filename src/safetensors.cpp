@@ -92,6 +92,41 @@ TensorInfo parse_tensor(const std::string& name, const nlohmann::json& t, std::u
   return info;
 }
 
+// A SAX handler that only looks for a key repeated within one object.
+struct RepeatedKeys : nlohmann::json_sax<nlohmann::json> {
+  std::vector<std::set<std::string, std::less<>>> open;  // keys of each open object, innermost last
+  std::string duplicate;                                 // the first repeated key
+  bool duplicate_at_top = false;
+
+  bool start_object(std::size_t) override {
+    open.emplace_back();
+    return true;
+  }
+  bool end_object() override {
+    open.pop_back();
+    return true;
+  }
+  bool key(string_t& k) override {
+    if (!open.back().insert(k).second) {
+      duplicate = k;
+      duplicate_at_top = open.size() == 1;
+      return false;  // stop: one is enough
+    }
+    return true;
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  // Malformed JSON: the DOM parse that follows reports it.
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+};
+
 }  // namespace
 
 const char* to_string(DType dtype) noexcept {
@@ -123,26 +158,19 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> prefix, st
     bad("the header has a NUL byte at offset " + std::to_string(nul) + " (JSON allows none)");
   }
   if (header.starts_with("\xEF\xBB\xBF")) bad("the header starts with a byte-order mark (JSON allows none)");
-  // Keys seen in each object being parsed, innermost last.
-  std::vector<std::set<std::string, std::less<>>> keys;
-  const nlohmann::json::parser_callback_t no_repeated_keys = [&](int, nlohmann::json::parse_event_t event,
-                                                                 nlohmann::json& parsed) {
-    if (event == nlohmann::json::parse_event_t::object_start) {
-      keys.emplace_back();
-    } else if (event == nlohmann::json::parse_event_t::object_end) {
-      keys.pop_back();
-    } else if (event == nlohmann::json::parse_event_t::key) {
-      const std::string& key = parsed.get_ref<const std::string&>();
-      if (!keys.back().insert(key).second) {
-        bad("the header has the key '" + key + "' twice" +
-            (keys.size() == 1 && key != "__metadata__" ? " (two tensors of one name)" : ""));
-      }
-    }
-    return true;
-  };
+  // Repeated keys first, in a SAX pass of their own: nlohmann keeps the last
+  // of a repeated key silently, and its callback parser, which could catch
+  // them during the DOM parse, rescans the whole enclosing object at the end
+  // of every nested one (quadratic: 100,000 tensors took minutes).
+  RepeatedKeys repeated;
+  (void)nlohmann::json::sax_parse(text, text + n, &repeated);
+  if (!repeated.duplicate.empty()) {
+    bad("the header has the key '" + repeated.duplicate + "' twice" +
+        (repeated.duplicate_at_top && repeated.duplicate != "__metadata__" ? " (two tensors of one name)" : ""));
+  }
   nlohmann::json json;
   try {
-    json = nlohmann::json::parse(text, text + n, no_repeated_keys);
+    json = nlohmann::json::parse(text, text + n);
   } catch (const nlohmann::json::exception& e) {
     bad(std::string("the header is not valid JSON (") + e.what() + ")");
   }

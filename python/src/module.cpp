@@ -1,0 +1,668 @@
+// python/src/module.cpp — unimem._unimem: the C++ API for Python, zero copy.
+//
+// Every object that hands out memory hands out a View: an address, a dtype, a
+// shape, where the bytes live (DLPack's device) and a shared_ptr to what keeps
+// them valid (a Block, a Tape, a Grid cell, device tensors). Views export
+// DLPack capsules (versioned or legacy, as the consumer asks) and the buffer
+// protocol; each export holds its own reference to the owner, so an array
+// that outlives the Python object it came from keeps the memory valid.
+//
+// Owners are C++ objects only, never Python ones: consumers may run a
+// capsule's deleter on any thread, without the GIL (PyTorch frees tensors
+// from its own threads), and dropping a C++ shared_ptr needs no GIL.
+//
+// Errors: unimem::Error becomes the Python class that unimem/__init__.py
+// registers for its code (unimem.Error subclasses that also derive from
+// MemoryError, FileNotFoundError, PermissionError, ValueError or OSError).
+#include <Python.h>
+#include <pybind11/functional.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dlpack.hpp"
+#include "unimem/unimem.hpp"
+
+namespace py = pybind11;
+
+namespace unimem::python {
+namespace {
+
+using namespace dlpack;
+
+// ---- dtypes --------------------------------------------------------------
+
+struct DTypeName {
+  DType dtype;
+  const char* name;  // as torch and numpy spell it
+  DLDataType dl;
+  const char* format;  // buffer protocol (bf16 and fp8: their raw bits)
+};
+
+constexpr DTypeName kDTypes[] = {
+    {DType::BOOL, "bool", {kDLBool, 8, 1}, "?"},
+    {DType::U8, "uint8", {kDLUInt, 8, 1}, "B"},
+    {DType::I8, "int8", {kDLInt, 8, 1}, "b"},
+    {DType::F8_E5M2, "float8_e5m2", {kDLFloat8_e5m2, 8, 1}, "B"},
+    {DType::F8_E4M3, "float8_e4m3fn", {kDLFloat8_e4m3fn, 8, 1}, "B"},
+    {DType::I16, "int16", {kDLInt, 16, 1}, "h"},
+    {DType::U16, "uint16", {kDLUInt, 16, 1}, "H"},
+    {DType::F16, "float16", {kDLFloat, 16, 1}, "e"},
+    {DType::BF16, "bfloat16", {kDLBfloat, 16, 1}, "H"},
+    {DType::I32, "int32", {kDLInt, 32, 1}, "i"},
+    {DType::U32, "uint32", {kDLUInt, 32, 1}, "I"},
+    {DType::F32, "float32", {kDLFloat, 32, 1}, "f"},
+    {DType::I64, "int64", {kDLInt, 64, 1}, "q"},
+    {DType::U64, "uint64", {kDLUInt, 64, 1}, "Q"},
+    {DType::F64, "float64", {kDLFloat, 64, 1}, "d"},
+};
+
+const DTypeName& info_of(DType t) {
+  for (const DTypeName& d : kDTypes) {
+    if (d.dtype == t) return d;
+  }
+  throw Error(Errc::invalid_argument, 0, "unimem: unknown dtype");
+}
+
+// "float32", "F32", ... Throws Error(invalid_argument).
+DType parse_dtype(const std::string& name) {
+  for (const DTypeName& d : kDTypes) {
+    if (name == d.name || name == to_string(d.dtype)) return d.dtype;
+  }
+  throw Error(Errc::invalid_argument, 0, "unimem: unknown dtype '" + name + "'");
+}
+
+// ---- views ---------------------------------------------------------------
+
+struct View {
+  std::shared_ptr<const void> owner;  // keeps `data` valid
+  std::byte* data = nullptr;
+  std::vector<std::int64_t> shape;
+  DType dtype = DType::U8;
+  DLDevice device{kDLCPU, 0};
+  bool read_only = false;
+
+  std::size_t count() const {
+    std::size_t n = 1;
+    for (std::int64_t d : shape) n *= static_cast<std::size_t>(d);
+    return n;
+  }
+  std::size_t nbytes() const { return count() * dtype_bytes(dtype); }
+};
+
+DLDevice host_device(const Block& b) { return {b.gpu_visible() ? kDLCUDAHost : kDLCPU, 0}; }
+
+std::vector<std::int64_t> shape_of(const py::object& shape) {
+  std::vector<std::int64_t> out;
+  if (shape.is_none()) return out;
+  if (py::isinstance<py::int_>(shape)) {
+    out.push_back(shape.cast<std::int64_t>());
+  } else {
+    for (py::handle d : shape) out.push_back(d.cast<std::int64_t>());
+  }
+  for (std::int64_t d : out) {
+    if (d < 0) throw Error(Errc::invalid_argument, 0, "unimem: a shape has a negative dimension");
+  }
+  return out;
+}
+
+// What a capsule's DLManagedTensor owns.
+struct Export {
+  std::shared_ptr<const void> owner;
+  std::vector<std::int64_t> shape;
+};
+
+template <class Managed>
+void delete_managed(Managed* m) {
+  delete static_cast<Export*>(m->manager_ctx);
+  delete m;
+}
+
+// A capsule nobody consumed still owns its tensor.
+template <class Managed>
+void destroy_capsule(PyObject* capsule, const char* name) {
+  if (!PyCapsule_IsValid(capsule, name)) return;  // renamed "used_...": the consumer owns it
+  PyObject *type, *value, *trace;
+  PyErr_Fetch(&type, &value, &trace);
+  auto* m = static_cast<Managed*>(PyCapsule_GetPointer(capsule, name));
+  if (m != nullptr && m->deleter != nullptr) m->deleter(m);
+  PyErr_Restore(type, value, trace);
+}
+
+void destroy_versioned(PyObject* c) { destroy_capsule<DLManagedTensorVersioned>(c, "dltensor_versioned"); }
+void destroy_legacy(PyObject* c) { destroy_capsule<DLManagedTensor>(c, "dltensor"); }
+
+py::object dlpack_capsule(const View& v, const py::object& stream, const py::object& max_version,
+                          const py::object& dl_device, const py::object& copy) {
+  (void)stream;  // every producer here finished its writes before the view existed
+  if (!copy.is_none() && copy.cast<bool>()) {
+    throw py::buffer_error("unimem: views are zero-copy; __dlpack__(copy=True) is not supported");
+  }
+  DLDevice device = v.device;
+  if (!dl_device.is_none()) {
+    const auto d = dl_device.cast<std::pair<int, int>>();
+    // GPU-visible host memory is CPU memory too: exported as such on request, still zero copy.
+    const bool as_cpu = d.first == kDLCPU && d.second == 0 && v.device.device_type == kDLCUDAHost;
+    if (!as_cpu && (d.first != v.device.device_type || d.second != v.device.device_id)) {
+      throw py::buffer_error("unimem: the view lives on DLPack device (" + std::to_string(v.device.device_type) + ", " +
+                             std::to_string(v.device.device_id) + "); it cannot be exported to another");
+    }
+    if (as_cpu) device = DLDevice{kDLCPU, 0};
+  }
+  bool versioned = false;
+  if (!max_version.is_none()) versioned = max_version.cast<std::pair<int, int>>().first >= 1;
+  if (!versioned && v.read_only) {
+    throw py::buffer_error(
+        "unimem: the view is read-only, which a legacy DLPack capsule cannot say; ask for a versioned one "
+        "(max_version >= (1, 0))");
+  }
+  auto ctx = std::make_unique<Export>(Export{v.owner, v.shape});
+  DLTensor t{};
+  t.data = v.data;
+  t.device = device;
+  t.ndim = static_cast<std::int32_t>(v.shape.size());
+  t.dtype = info_of(v.dtype).dl;
+  t.shape = ctx->shape.data();
+  t.strides = nullptr;
+  t.byte_offset = 0;
+  if (versioned) {
+    auto* m = new DLManagedTensorVersioned{kVersion, ctx.get(), &delete_managed<DLManagedTensorVersioned>,
+                                           v.read_only ? kFlagReadOnly : 0, t};
+    PyObject* c = PyCapsule_New(m, "dltensor_versioned", &destroy_versioned);
+    if (c == nullptr) {
+      delete m;
+      throw py::error_already_set();
+    }
+    ctx.release();
+    return py::reinterpret_steal<py::object>(c);
+  }
+  auto* m = new DLManagedTensor{t, ctx.get(), &delete_managed<DLManagedTensor>};
+  PyObject* c = PyCapsule_New(m, "dltensor", &destroy_legacy);
+  if (c == nullptr) {
+    delete m;
+    throw py::error_already_set();
+  }
+  ctx.release();
+  return py::reinterpret_steal<py::object>(c);
+}
+
+py::buffer_info buffer_of(const View& v) {
+  if (v.device.device_type == kDLCUDA) {
+    throw py::buffer_error("unimem: the view is in GPU memory; use DLPack (torch.from_dlpack) instead");
+  }
+  const std::size_t item = dtype_bytes(v.dtype);
+  std::vector<py::ssize_t> shape(v.shape.begin(), v.shape.end()), strides(v.shape.size());
+  py::ssize_t stride = static_cast<py::ssize_t>(item);
+  for (std::size_t i = v.shape.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= static_cast<py::ssize_t>(v.shape[i]);
+  }
+  return py::buffer_info(v.data, static_cast<py::ssize_t>(item), info_of(v.dtype).format,
+                         static_cast<py::ssize_t>(v.shape.size()), shape, strides, v.read_only);
+}
+
+// A View of `count` elements of `dtype` at `data`, shaped `shape` (default 1-D).
+View make_view(std::shared_ptr<const void> owner, std::byte* data, std::size_t bytes, DType dtype,
+               std::vector<std::int64_t> shape, DLDevice device, bool read_only) {
+  const std::size_t item = dtype_bytes(dtype);
+  if (shape.empty()) shape.push_back(static_cast<std::int64_t>(bytes / item));
+  View v{std::move(owner), data, std::move(shape), dtype, device, read_only};
+  if (v.nbytes() > bytes) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: a view of " + std::to_string(v.nbytes()) + " bytes does not fit in " + std::to_string(bytes));
+  }
+  return v;
+}
+
+// ---- objects ---------------------------------------------------------------
+
+BlockOptions block_options(bool gpu, bool shareable, bool huge_pages, bool pinned, bool read_only = false) {
+  BlockOptions o;
+  o.visibility = gpu ? Visibility::gpus : Visibility::host;
+  o.shareable = shareable;
+  o.huge_pages = huge_pages;
+  o.pinning = pinned ? Pinning::pinned : Pinning::unpinned;
+  o.read_only = read_only;
+  return o;
+}
+
+struct PyBlock {
+  std::shared_ptr<Block> block;
+
+  View view(const std::string& dtype, const py::object& shape, std::size_t offset) const {
+    if (offset > block->size())
+      throw Error(Errc::invalid_argument, 0, "unimem: offset " + std::to_string(offset) + " is past the Block");
+    return make_view(block, block->data() + offset, block->size() - offset, parse_dtype(dtype), shape_of(shape),
+                     host_device(*block), block->read_only());
+  }
+  View whole() const { return view("uint8", py::none(), 0); }
+};
+
+struct PyTape {
+  std::shared_ptr<Tape> tape;
+
+  View take(const py::object& shape, const std::string& dtype, std::size_t align) {
+    const DType t = parse_dtype(dtype);
+    std::vector<std::int64_t> dims = shape_of(shape);
+    std::size_t bytes = dtype_bytes(t);
+    for (std::int64_t d : dims) {
+      if (d != 0 && bytes > SIZE_MAX / static_cast<std::size_t>(d))
+        throw Error(Errc::invalid_argument, 0, "unimem: Tape.take: the size overflows");
+      bytes *= static_cast<std::size_t>(d);
+    }
+    const Taken taken = tape->take(bytes, align);
+    switch (taken.status) {
+      case TakeStatus::ok:
+        break;
+      case TakeStatus::full:
+        throw Error(Errc::out_of_memory, 0,
+                    "unimem: Tape.take: " + std::to_string(bytes) + " bytes do not fit; " +
+                        std::to_string(tape->free()) + " of " + std::to_string(tape->total()) +
+                        " are free (clear() frees them all)");
+      case TakeStatus::invalid_size:
+        throw Error(Errc::invalid_argument, 0,
+                    "unimem: Tape.take: size " + std::to_string(bytes) + " is 0 or larger than the Tape");
+      case TakeStatus::invalid_align:
+        throw Error(Errc::invalid_argument, 0,
+                    "unimem: Tape.take: alignment " + std::to_string(align) + " is not a power of two");
+      default:  // forked: this process is a fork() child of the Tape's
+        throw Error(Errc::unsupported, 0,
+                    "unimem: Tape.take refused: a Tape belongs to the process that made it, not to a fork() child");
+    }
+    if (dims.empty()) dims.push_back(static_cast<std::int64_t>(bytes / dtype_bytes(t)));
+    return View{tape, taken.ptr, std::move(dims), t, host_device(tape->block()), false};
+  }
+};
+
+// A cell out of a Grid: returned to the Grid when the last of the Python
+// Cell and the arrays made from it goes (give() drops the Cell's part).
+struct CellBox {
+  Cell cell;
+  std::shared_ptr<const Grid<>> grid;
+};
+
+struct PyGrid;
+
+struct PyCell {
+  std::shared_ptr<CellBox> box;
+  const Grid<>* grid = nullptr;  // identity of the Grid it came from
+
+  const CellBox& held() const {
+    if (!box) throw Error(Errc::invalid_argument, 0, "unimem: the cell was given back already");
+    return *box;
+  }
+  View view(const std::string& dtype, const py::object& shape) const {
+    const CellBox& b = held();
+    return make_view(box, b.cell.data(), b.cell.size(), parse_dtype(dtype), shape_of(shape),
+                     host_device(b.grid->block()), false);
+  }
+};
+
+struct PyGrid {
+  std::shared_ptr<Grid<>> grid;
+
+  std::optional<PyCell> take() {
+    Cell c = grid->take();
+    if (!c) return std::nullopt;
+    return PyCell{std::make_shared<CellBox>(CellBox{std::move(c), grid}), grid.get()};
+  }
+  void give(PyCell& cell) {
+    if (cell.grid != grid.get()) throw Error(Errc::invalid_argument, 0, "unimem: Grid.give: a cell of another Grid");
+    (void)cell.held();
+    cell.box.reset();
+  }
+};
+
+struct PyLayout {
+  std::shared_ptr<Layout> layout;
+  PyTape tape(Tape& t) const { return PyTape{std::shared_ptr<Tape>(layout, &t)}; }
+};
+
+// ---- errors ----------------------------------------------------------------
+
+std::array<PyObject*, 16> error_types{};  // by Errc value; set by unimem/__init__.py
+
+void set_error_types(const py::dict& by_code) {
+  for (auto [code, cls] : by_code) {
+    const int c = code.cast<int>();
+    if (c < 0 || c >= static_cast<int>(error_types.size())) continue;
+    Py_XDECREF(error_types[c]);
+    error_types[c] = cls.ptr();
+    Py_INCREF(error_types[c]);
+  }
+}
+
+void translate(std::exception_ptr p) {
+  try {
+    if (p) std::rethrow_exception(p);
+  } catch (const Error& e) {
+    const auto c = static_cast<std::size_t>(e.code());
+    PyObject* cls = c < error_types.size() && error_types[c] ? error_types[c] : PyExc_RuntimeError;
+    py::tuple args = py::make_tuple(e.what(), to_string(e.code()), e.sys_errno());
+    PyErr_SetObject(cls, args.ptr());
+  }
+}
+
+// ---- safetensors -------------------------------------------------------------
+
+// One file's tensors in a pinned Tape: Safetensors keeps its header, the
+// Tape its bytes; both stay while any tensor view does.
+struct HostModel {
+  Tape tape;
+  Safetensors model;
+};
+
+std::vector<std::pair<std::string, View>> load_host(const std::string& path, bool gpu_visible,
+                                                    const py::object& progress) {
+  std::shared_ptr<HostModel> m;
+  {
+    // Room for every tensor at 64 bytes without parsing the header twice: a
+    // tensor's entry in the header takes at least 40 bytes, so the header's
+    // length bounds the count, and each tensor adds at most 63 bytes of
+    // padding. Untouched pages of the Tape cost nothing.
+    FileReader file(path);
+    std::byte length[8] = {};
+    if (file.size() >= 8) (void)file.read(0, length);
+    std::uint64_t header = 0;
+    for (int i = 7; i >= 0; --i) header = header << 8 | static_cast<std::uint8_t>(length[i]);
+    header = std::min<std::uint64_t>(header, file.size());
+    const std::size_t bytes = static_cast<std::size_t>(file.size() + (header / 40 + 1) * 64) + 2 * Block::page_size();
+    BlockOptions o = block_options(gpu_visible, false, false, true);
+    ReadOptions r;
+    if (!progress.is_none()) {
+      // Copies of the callback (ReadOptions is copied into the reader) copy
+      // this shared_ptr, not the Python object: no reference counting
+      // without the GIL. The last copy is `r`'s, dropped under the GIL.
+      auto callback = std::make_shared<py::object>(progress);
+      r.progress = [callback](std::uint64_t done, std::uint64_t total) {
+        py::gil_scoped_acquire gil;
+        (*callback)(done, total);
+      };
+    }
+    py::gil_scoped_release released;
+    Tape tape = Tape::start(std::max<std::size_t>(bytes, 1), o);
+    m = std::make_shared<HostModel>(HostModel{std::move(tape), {}});
+    m->model = Safetensors::load(path, m->tape, 64, r);
+  }
+  const DLDevice device = host_device(m->tape.block());
+  std::vector<std::pair<std::string, View>> out;
+  out.reserve(m->model.tensors().size());
+  for (const Tensor& t : m->model.tensors()) {
+    std::vector<std::int64_t> shape(t.info->shape.begin(), t.info->shape.end());
+    out.emplace_back(t.info->name, View{m, t.data, std::move(shape), t.info->dtype, device, false});
+  }
+  return out;
+}
+
+// Loaders kept across calls, one per device list: a reload of a cached file
+// then costs no registration.
+std::mutex loaders_lock;
+std::vector<std::pair<std::vector<int>, std::shared_ptr<gpu::Loader>>> loaders;
+
+std::shared_ptr<gpu::Loader> loader_for(const std::vector<int>& devices) {
+  std::lock_guard hold(loaders_lock);
+  for (auto& [d, l] : loaders) {
+    if (d == devices) return l;
+  }
+  auto l = std::make_shared<gpu::Loader>(std::span<const int>(devices));
+  loaders.emplace_back(devices, l);
+  return l;
+}
+
+// Every device's tensors: one list per device, in `devices` order.
+std::vector<std::vector<std::pair<std::string, View>>> load_devices(const std::string& path,
+                                                                    const std::vector<int>& devices,
+                                                                    const std::optional<std::string>& dtype,
+                                                                    const py::object& split) {
+  gpu::TensorLoadOptions o;
+  if (dtype) o.dtype = parse_dtype(*dtype);
+  // `split`: None, one rule for every tensor, or a rule per tensor name
+  // (unimem/__init__.py evaluates a callable into that).
+  auto as_split = [](const std::string& r) {
+    if (r == "replicate") return gpu::Split::replicate;
+    if (r == "rows") return gpu::Split::rows;
+    if (r == "columns") return gpu::Split::columns;
+    throw Error(Errc::invalid_argument, 0, "unimem: split must be 'replicate', 'rows' or 'columns', not '" + r + "'");
+  };
+  std::vector<std::pair<std::string, gpu::Split>> rules;
+  if (py::isinstance<py::str>(split)) {
+    const gpu::Split all = as_split(split.cast<std::string>());
+    o.split = [all](const TensorInfo&) { return all; };
+  } else if (!split.is_none()) {
+    for (auto [name, rule] : split.cast<py::dict>())
+      rules.emplace_back(name.cast<std::string>(), as_split(rule.cast<std::string>()));
+    std::sort(rules.begin(), rules.end());
+    o.split = [&rules](const TensorInfo& t) {
+      auto it = std::lower_bound(rules.begin(), rules.end(), t.name,
+                                 [](const auto& r, const std::string& n) { return r.first < n; });
+      return it != rules.end() && it->first == t.name ? it->second : gpu::Split::replicate;
+    };
+  }
+  const std::shared_ptr<gpu::Loader> loader = loader_for(devices);
+  std::vector<gpu::DeviceTensors> loaded;
+  {
+    py::gil_scoped_release released;
+    loaded = gpu::load_safetensors(path, *loader, o);
+  }
+  std::vector<std::vector<std::pair<std::string, View>>> out;
+  for (std::size_t i = 0; i < loaded.size(); ++i) {
+    auto owner = std::make_shared<gpu::DeviceTensors>(std::move(loaded[i]));
+    auto& list = out.emplace_back();
+    list.reserve(owner->tensors().size());
+    for (const gpu::DeviceTensor& t : owner->tensors()) {
+      std::vector<std::int64_t> shape(t.shape.begin(), t.shape.end());
+      list.emplace_back(t.name, View{owner, reinterpret_cast<std::byte*>(t.address), std::move(shape), t.dtype,
+                                     DLDevice{kDLCUDA, devices[i]}, false});
+    }
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace unimem::python
+
+PYBIND11_MODULE(_unimem, m) {
+  using namespace unimem;
+  using namespace unimem::python;
+  m.doc() = "unimem: one piece of memory for the CPU, every GPU and other processes (C++ core)";
+  py::register_exception_translator(&translate);
+  m.def("_set_error_types", &set_error_types);
+  py::dict codes;
+  for (int c = 1; c <= static_cast<int>(Errc::bad_format); ++c) codes[to_string(static_cast<Errc>(c))] = c;
+  m.attr("_error_codes") = codes;
+
+  py::class_<View>(m, "View", py::buffer_protocol(), R"(Memory unimem owns, shaped and typed; zero copy.
+
+Export it with DLPack (torch.from_dlpack(view), numpy.from_dlpack(view)) or the
+buffer protocol (memoryview(view), numpy.asarray(view)). Exports keep the
+memory valid after the object they came from is gone.)")
+      .def_buffer(&buffer_of)
+      .def(
+          "__dlpack__",
+          [](const View& v, const py::object& stream, const py::object& max_version, const py::object& dl_device,
+             const py::object& copy) { return dlpack_capsule(v, stream, max_version, dl_device, copy); },
+          py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
+          py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
+      .def("__dlpack_device__",
+           [](const View& v) { return py::make_tuple(static_cast<int>(v.device.device_type), v.device.device_id); })
+      .def_property_readonly("address", [](const View& v) { return reinterpret_cast<std::uintptr_t>(v.data); })
+      .def_property_readonly("nbytes", &View::nbytes)
+      .def_property_readonly("shape", [](const View& v) { return py::tuple(py::cast(v.shape)); })
+      .def_property_readonly("dtype", [](const View& v) { return std::string(info_of(v.dtype).name); })
+      .def_property_readonly("read_only", [](const View& v) { return v.read_only; })
+      .def(
+          "view_as",
+          [](const View& v, const std::string& dtype) {
+            const DType t = parse_dtype(dtype);
+            if (dtype_bytes(t) != dtype_bytes(v.dtype)) {
+              throw Error(Errc::invalid_argument, 0,
+                          "unimem: View.view_as: " + dtype + " is not as wide as " + info_of(v.dtype).name);
+            }
+            View w = v;
+            w.dtype = t;
+            return w;
+          },
+          py::arg("dtype"), "The same bytes as another dtype of the same width.")
+      .def(
+          "as_cpu",
+          [](const View& v) {
+            if (v.device.device_type == kDLCUDA) {
+              throw Error(Errc::invalid_argument, 0, "unimem: View.as_cpu: the view is in GPU memory");
+            }
+            View w = v;
+            w.device = DLDevice{kDLCPU, 0};
+            return w;
+          },
+          "The same memory as a plain CPU view (DLPack kDLCPU). GPU-visible host memory exports as kDLCUDAHost, "
+          "which some consumers (torch 2.11's from_dlpack) do not import; this one they do, still zero copy.")
+      .def("__repr__", [](const View& v) {
+        return "<unimem.View " + std::string(info_of(v.dtype).name) + " " +
+               py::str(py::tuple(py::cast(v.shape))).cast<std::string>() + " at 0x" +
+               py::str(py::int_(reinterpret_cast<std::uintptr_t>(v.data)).attr("__format__")("x")).cast<std::string>() +
+               ", DLPack device " + std::to_string(v.device.device_type) + ">";
+      });
+
+  py::class_<PyBlock>(m, "Block", py::buffer_protocol(), "Pinned, shareable pages at a stable address.")
+      .def(py::init([](std::size_t size, bool gpu, bool shareable, bool huge_pages, bool pinned) {
+             py::gil_scoped_release released;
+             return PyBlock{
+                 std::make_shared<Block>(Block::open(size, block_options(gpu, shareable, huge_pages, pinned)))};
+           }),
+           py::arg("size"), py::kw_only(), py::arg("gpu") = false, py::arg("shareable") = true,
+           py::arg("huge_pages") = false, py::arg("pinned") = true)
+      .def_static(
+          "attach",
+          [](const std::string& id, bool read_only, bool gpu) {
+            py::gil_scoped_release released;
+            return PyBlock{std::make_shared<Block>(
+                Block::attach(BlockId::parse(id), block_options(gpu, true, false, true, read_only)))};
+          },
+          py::arg("id"), py::kw_only(), py::arg("read_only") = false, py::arg("gpu") = false)
+      .def_static(
+          "map_file",
+          [](const std::string& path, bool gpu) {
+            py::gil_scoped_release released;
+            BlockOptions o = block_options(gpu, true, false, false);
+            return PyBlock{std::make_shared<Block>(Block::map_file(path, o))};
+          },
+          py::arg("path"), py::kw_only(), py::arg("gpu") = false)
+      .def("make_gpu_visible",
+           [](PyBlock& b) {
+             py::gil_scoped_release released;
+             b.block->make_gpu_visible();
+           })
+      .def("view", &PyBlock::view, py::arg("dtype") = "uint8", py::arg("shape") = py::none(), py::arg("offset") = 0)
+      .def_buffer([](const PyBlock& b) { return buffer_of(b.whole()); })
+      .def(
+          "__dlpack__",
+          [](const PyBlock& b, const py::object& stream, const py::object& max_version, const py::object& dl_device,
+             const py::object& copy) { return dlpack_capsule(b.whole(), stream, max_version, dl_device, copy); },
+          py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
+          py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
+      .def("__dlpack_device__",
+           [](const PyBlock& b) { return py::make_tuple(static_cast<int>(host_device(*b.block).device_type), 0); })
+      .def_property_readonly("size", [](const PyBlock& b) { return b.block->size(); })
+      .def_property_readonly("address",
+                             [](const PyBlock& b) { return reinterpret_cast<std::uintptr_t>(b.block->data()); })
+      .def_property_readonly("gpu_visible", [](const PyBlock& b) { return b.block->gpu_visible(); })
+      .def_property_readonly("pinned", [](const PyBlock& b) { return b.block->pinned(); })
+      .def_property_readonly("read_only", [](const PyBlock& b) { return b.block->read_only(); })
+      .def_property_readonly("id", [](const PyBlock& b) {
+        const BlockId id = b.block->id();
+        return id ? py::object(py::str(id.to_string())) : py::object(py::none());
+      });
+
+  py::class_<PyTape>(m, "Tape", "A bump allocator over a Block: take() in O(1), clear() frees everything.")
+      .def(py::init([](std::size_t size, bool gpu, bool shareable, bool huge_pages) {
+             py::gil_scoped_release released;
+             return PyTape{std::make_shared<Tape>(Tape::start(size, block_options(gpu, shareable, huge_pages, true)))};
+           }),
+           py::arg("size"), py::kw_only(), py::arg("gpu") = false, py::arg("shareable") = true,
+           py::arg("huge_pages") = false)
+      .def("take", &PyTape::take, py::arg("shape"), py::arg("dtype") = "uint8", py::arg("align") = 64)
+      .def("clear", [](PyTape& t) { t.tape->clear(); })
+      .def_property_readonly("used", [](const PyTape& t) { return t.tape->used(); })
+      .def_property_readonly("free", [](const PyTape& t) { return t.tape->free(); })
+      .def_property_readonly("total", [](const PyTape& t) { return t.tape->total(); })
+      .def_property_readonly("address",
+                             [](const PyTape& t) { return reinterpret_cast<std::uintptr_t>(t.tape->block().data()); })
+      .def_property_readonly("gpu_visible", [](const PyTape& t) { return t.tape->block().gpu_visible(); });
+
+  py::class_<PyCell>(m, "Cell", "A cell taken from a Grid; back to the Grid once it and its arrays are gone.")
+      .def("view", &PyCell::view, py::arg("dtype") = "uint8", py::arg("shape") = py::none())
+      .def("give",
+           [](PyCell& c) {
+             (void)c.held();
+             c.box.reset();
+           })
+      .def_property_readonly("index", [](const PyCell& c) { return c.held().cell.index(); })
+      .def_property_readonly("address",
+                             [](const PyCell& c) { return reinterpret_cast<std::uintptr_t>(c.held().cell.data()); })
+      .def_property_readonly("size", [](const PyCell& c) { return c.held().cell.size(); })
+      .def_property_readonly("given", [](const PyCell& c) { return !c.box; })
+      .def(
+          "__dlpack__",
+          [](const PyCell& c, const py::object& stream, const py::object& max_version, const py::object& dl_device,
+             const py::object& copy) {
+            return dlpack_capsule(c.view("uint8", py::none()), stream, max_version, dl_device, copy);
+          },
+          py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
+          py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
+      .def("__dlpack_device__", [](const PyCell& c) {
+        return py::make_tuple(static_cast<int>(host_device(c.held().grid->block()).device_type), 0);
+      });
+
+  py::class_<PyGrid>(m, "Grid", "A lock-free pool of fixed-size cells over a Block.")
+      .def(py::init([](std::size_t cell_size, std::size_t cells, bool gpu, bool shareable) {
+             py::gil_scoped_release released;
+             return PyGrid{std::make_shared<Grid<>>(cell_size, cells, block_options(gpu, shareable, false, true))};
+           }),
+           py::arg("cell_size"), py::arg("cells"), py::kw_only(), py::arg("gpu") = false, py::arg("shareable") = true)
+      .def("take", &PyGrid::take, "A free cell, or None when all are out.")
+      .def("give", &PyGrid::give, py::arg("cell"))
+      .def_property_readonly("cell_size", [](const PyGrid& g) { return g.grid->cell_size(); })
+      .def_property_readonly("cells", [](const PyGrid& g) { return g.grid->cells(); })
+      .def_property_readonly("gpu_visible", [](const PyGrid& g) { return g.grid->block().gpu_visible(); });
+
+  py::class_<PyLayout>(m, "Layout", "Three Tapes for inference: weights, scratch (per pass), history (per talk).")
+      .def(py::init([](std::size_t weights, std::size_t scratch, std::size_t history, bool gpu) {
+             py::gil_scoped_release released;
+             return PyLayout{std::make_shared<Layout>(
+                 Layout::open(weights, scratch, history, block_options(gpu, true, false, true)))};
+           }),
+           py::arg("weights"), py::arg("scratch"), py::arg("history"), py::kw_only(), py::arg("gpu") = false)
+      .def_property_readonly("weights", [](const PyLayout& l) { return l.tape(l.layout->weights()); })
+      .def_property_readonly("scratch", [](const PyLayout& l) { return l.tape(l.layout->scratch()); })
+      .def_property_readonly("history", [](const PyLayout& l) { return l.tape(l.layout->history()); })
+      .def("clear_pass", [](PyLayout& l) { l.layout->clear_pass(); })
+      .def("clear_talk", [](PyLayout& l) { l.layout->clear_talk(); })
+      .def("stat", [](const PyLayout& l) { return l.layout->stat(); });
+
+  m.def(
+      "_header",
+      [](const std::string& path) {
+        py::list out;
+        for (const TensorInfo& t : read_safetensors_header(path).tensors) {
+          out.append(py::make_tuple(t.name, info_of(t.dtype).name, py::tuple(py::cast(t.shape))));
+        }
+        return out;
+      },
+      py::arg("path"), "The tensors of a safetensors file: (name, dtype, shape) in file order.");
+  m.def("_load_host", &load_host, py::arg("path"), py::arg("gpu_visible"), py::arg("progress"));
+  m.def("_load_devices", &load_devices, py::arg("path"), py::arg("devices"), py::arg("dtype"), py::arg("split"));
+  m.def("_release_loaders", [] {
+    std::lock_guard hold(loaders_lock);
+    loaders.clear();
+  });
+  m.def("gpu_available", [] { return gpu::available(); });
+  m.def("gpu_unavailable_reason", [] { return gpu::unavailable_reason(); });
+  m.def("gpu_count", [] { return gpu::available() ? static_cast<int>(gpu::devices().size()) : 0; });
+}
