@@ -466,6 +466,33 @@ std::vector<std::vector<std::pair<std::string, View>>> load_devices(const std::s
   return out;
 }
 
+// What the loaders hand to Python, per tensor: (name, View) for mode 0; for
+// modes 1 (versioned) and 2 (legacy), (name, DLPack capsule, fp8 dtype name
+// or None), ready for torch's importer: a capsule made here costs a fraction
+// of a __dlpack__ call from Python, which is most of the per-tensor cost of
+// a model of many small tensors. GPU-visible host memory goes out as kDLCPU
+// there (torch 2.11 imports no kDLCUDAHost), fp8 as uint8 (older consumers
+// know no fp8 code; the caller views it back).
+py::list pack(std::vector<std::pair<std::string, View>>& tensors, int mode) {
+  py::list out(tensors.size());
+  const py::object none = py::none(), no_version = py::none(), versioned = py::make_tuple(1, 0);
+  std::size_t i = 0;
+  for (auto& [name, view] : tensors) {
+    if (mode == 0) {
+      out[i++] = py::make_tuple(name, py::cast(std::move(view)));
+      continue;
+    }
+    py::object fp8 = none;
+    if (view.dtype == DType::F8_E4M3 || view.dtype == DType::F8_E5M2) {
+      fp8 = py::str(info_of(view.dtype).name);
+      view.dtype = DType::U8;
+    }
+    if (view.device.device_type == kDLCUDAHost) view.device = DLDevice{kDLCPU, 0};
+    out[i++] = py::make_tuple(name, dlpack_capsule(view, none, mode == 1 ? versioned : no_version, none, none), fp8);
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace unimem::python
 
@@ -656,8 +683,23 @@ memory valid after the object they came from is gone.)")
         return out;
       },
       py::arg("path"), "The tensors of a safetensors file: (name, dtype, shape) in file order.");
-  m.def("_load_host", &load_host, py::arg("path"), py::arg("gpu_visible"), py::arg("progress"));
-  m.def("_load_devices", &load_devices, py::arg("path"), py::arg("devices"), py::arg("dtype"), py::arg("split"));
+  m.def(
+      "_load_host",
+      [](const std::string& path, bool gpu_visible, const py::object& progress, int mode) {
+        auto tensors = load_host(path, gpu_visible, progress);
+        return pack(tensors, mode);
+      },
+      py::arg("path"), py::arg("gpu_visible"), py::arg("progress"), py::arg("mode") = 0);
+  m.def(
+      "_load_devices",
+      [](const std::string& path, const std::vector<int>& devices, const std::optional<std::string>& dtype,
+         const py::object& split, int mode) {
+        auto lists = load_devices(path, devices, dtype, split);
+        py::list out;
+        for (auto& tensors : lists) out.append(pack(tensors, mode));
+        return out;
+      },
+      py::arg("path"), py::arg("devices"), py::arg("dtype"), py::arg("split"), py::arg("mode") = 0);
   m.def("_release_loaders", [] {
     std::lock_guard hold(loaders_lock);
     loaders.clear();

@@ -379,6 +379,29 @@ def test_an_unreadable_file_is_a_permission_error(write_st):
         unimem.load_safetensors(path)
 
 
+def test_a_memlock_refusal_is_a_memory_error():
+    """Pinning beyond RLIMIT_MEMLOCK, in a child with a 1 MiB limit (as nobody
+    when run as root: root's CAP_IPC_LOCK ignores the limit)."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (1 << 20, 1 << 20))
+        if os.geteuid() == 0:
+            os.setgid(65534)
+            os.setuid(65534)
+    code = ("import unimem\n"
+            "try:\n    unimem.Block(64 << 20)\n"
+            "except MemoryError as e:\n    print(type(e).__name__, e.code, isinstance(e, unimem.Error))\n")
+    package = os.path.dirname(os.path.dirname(unimem.__file__))
+    r = subprocess.run([sys.executable, "-c", code], preexec_fn=limit, capture_output=True, text=True, cwd="/",
+                       env={"PYTHONPATH": package})
+    if "ModuleNotFoundError" in r.stderr or "Permission denied" in r.stderr:
+        pytest.skip(f"skipped: the package is not readable by the unprivileged child ({r.stderr.strip()[-120:]})")
+    assert r.stdout.split() == ["OutOfMemory", "memlock_limit", "True"], r.stdout + r.stderr
+
+
 def test_error_classes_map_to_builtin_exceptions():
     assert issubclass(unimem.OutOfMemory, MemoryError)
     assert issubclass(unimem.NotFound, FileNotFoundError)

@@ -80,9 +80,6 @@ _unimem._set_error_types({value: _by_code.get(name, Error) for name, value in _u
 _FP8 = ("float8_e4m3fn", "float8_e5m2")
 _NOT_NUMPY = ("bfloat16",) + _FP8
 
-_loader_devices: set = set()
-
-
 def _devices(device) -> Optional[list[int]]:
     """None for the CPU, else the CUDA ordinals `device` names."""
     if isinstance(device, (list, tuple)):
@@ -107,71 +104,70 @@ def _devices(device) -> Optional[list[int]]:
     raise InvalidArgument(f"unimem: unknown device {device!r} (cpu, cuda, cuda:N, or a list)", "invalid_argument")
 
 
-def _converter(output: Optional[str]) -> Callable[[View], Any]:
-    """How a View becomes what load_safetensors returns."""
-    if output not in (None, "torch", "numpy", "view"):
-        raise InvalidArgument(f"unimem: output must be 'torch', 'numpy' or 'view', not {output!r}", "invalid_argument")
-    if output in (None, "torch"):
-        try:
-            import torch
-        except ImportError:
-            if output == "torch":
-                raise
-        else:
-            importer = _torch_importer(torch)
+class _Output:
+    """How the loaders' results become what load_safetensors returns. `mode`
+    is what the C++ side hands over: 0 Views, 1 versioned or 2 legacy DLPack
+    capsules (for torch, whose importer then takes them directly)."""
 
-            def to_torch(v: View):
+    def __init__(self, output: Optional[str]):
+        if output not in (None, "torch", "numpy", "view"):
+            raise InvalidArgument(f"unimem: output must be 'torch', 'numpy' or 'view', not {output!r}",
+                                  "invalid_argument")
+        self.mode, self.finish = 0, lambda item: item[1]
+        if output in (None, "torch"):
+            try:
+                import torch
+            except ImportError:
+                if output == "torch":
+                    raise
+            else:
+                self._torch(torch)
+                return
+        if output in (None, "numpy"):
+            try:
+                import numpy
+            except ImportError:
+                if output == "numpy":
+                    raise
+            else:
+                def to_numpy(item):
+                    v = item[1]
+                    if v.dtype in _NOT_NUMPY or v.__dlpack_device__()[0] == 2:
+                        return v  # NumPy has no such dtype, or cannot reach GPU memory
+                    return numpy.asarray(v)
+                self.finish = to_numpy
+
+    def _torch(self, torch):
+        # torch.from_dlpack spends most of its time, for a small tensor, on the
+        # stream handshake (finding the current CUDA stream to order the
+        # producer's work before it). Every unimem tensor is complete before
+        # it is handed over, so capsules go to torch's importer directly where
+        # torch has one (versioned where it reads them), else Views through
+        # torch.from_dlpack.
+        raw = getattr(torch._C, "_from_dlpack", None)
+        probe = Tape(4096).take(4, "float32")
+        for mode, capsule in ((1, lambda: probe.__dlpack__(max_version=(1, 0))), (2, lambda: probe.__dlpack__())):
+            try:
+                if raw is not None and raw(capsule()).data_ptr() == probe.address:
+                    break
+            except (TypeError, RuntimeError, BufferError):
+                pass
+        else:
+            def public(item):
+                v = item[1]
                 if v.__dlpack_device__()[0] == 3:  # kDLCUDAHost: torch imports it as kDLCPU
                     v = v.as_cpu()
-                if v.dtype in _FP8:  # through uint8: DLPack's fp8 codes are newer than some consumers
-                    return importer(v.view_as("uint8")).view(getattr(torch, v.dtype))
-                return importer(v)
-            return to_torch
-    if output in (None, "numpy"):
-        try:
-            import numpy
-        except ImportError:
-            if output == "numpy":
-                raise
-        else:
-            def to_numpy(v: View):
-                if v.dtype in _NOT_NUMPY or v.__dlpack_device__()[0] == 2:
-                    return v  # NumPy has no such dtype, or cannot reach GPU memory
-                return numpy.asarray(v)
-            return to_numpy
-    return lambda v: v
+                if v.dtype in _FP8:
+                    return torch.from_dlpack(v.view_as("uint8")).view(getattr(torch, v.dtype))
+                return torch.from_dlpack(v)
+            self.finish = public
+            return
+        self.mode = mode
 
-
-def _torch_importer(torch):
-    """View -> torch tensor. torch.from_dlpack spends most of its time, for a
-    small tensor, on the stream handshake (finding the current CUDA stream to
-    order the producer's work before it); every unimem View is complete when
-    it is made, so the capsule goes to torch's importer directly where torch
-    has one (5 us per tensor less, measured), else through from_dlpack."""
-    raw = getattr(torch._C, "_from_dlpack", None)
-    if raw is None:
-        return torch.from_dlpack
-    mode = []  # decided on the first tensor: "versioned", "legacy" or "public"
-
-    def versioned(v):
-        return raw(v.__dlpack__(max_version=(1, 0)))
-
-    def legacy(v):
-        return raw(v.__dlpack__())
-
-    def first(v):
-        for name, f in (("versioned", versioned), ("legacy", legacy), ("public", torch.from_dlpack)):
-            try:
-                t = f(v)
-            except (TypeError, RuntimeError, BufferError):
-                continue
-            mode.append(f)
-            return t
-        return torch.from_dlpack(v)  # raises what torch says
-
-    def importer(v):
-        return mode[0](v) if mode else first(v)
-    return importer
+        def imported(item):
+            t = raw(item[1])
+            return t if item[2] is None else t.view(getattr(torch, item[2]))
+        self.finish = imported
 
 
 def _shards(path: str) -> list[str]:
@@ -223,7 +219,8 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
         converted on the GPU as they load.
     split: CUDA lists only: "replicate" (default), "rows", "columns", or a
         callable (name, dtype, shape) -> one of those, per tensor.
-    progress: a callable(done_bytes, total_bytes), or True for a tqdm bar.
+    progress: a callable(done, total), or True for a tqdm bar: bytes read on
+        the CPU, files loaded for CUDA.
     output: "torch" (default when torch imports), "numpy" (default otherwise;
         bfloat16/fp8 and GPU tensors stay Views) or "view".
 
@@ -234,7 +231,7 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
         paths = [paths]
     paths = [os.fspath(p) for p in paths]
     devices = _devices(device)
-    convert = _converter(output)
+    out_as = _Output(output)
     callback, bar = _progress_callback(progress)
     try:
         if devices is None:
@@ -248,12 +245,13 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
                     with open(path) as f:
                         wanted = set(json.load(f).get("weight_map", {}))
                 for shard in _shards(path):
-                    for name, view in _unimem._load_host(shard, False, callback):
+                    for item in _unimem._load_host(shard, False, callback, out_as.mode):
+                        name = item[0]
                         if wanted is not None and name not in wanted:
                             continue
                         if name in out:
                             raise BadFormat(f"unimem: tensor {name!r} is in more than one file", "bad_format")
-                        out[name] = convert(view)
+                        out[name] = out_as.finish(item)
             return out
         rules = split
         if callable(split):
@@ -264,18 +262,16 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
                         rules[name] = split(name, dt, shape)
         per_device: list[dict] = [{} for _ in devices]
         done = 0
-        for path in paths:
-            lists = _unimem._load_devices(path, devices, dtype, rules)
-            _loader_devices.add(tuple(devices))
+        for i, path in enumerate(paths):
+            lists = _unimem._load_devices(path, devices, dtype, rules, out_as.mode)
             for d, tensors in enumerate(lists):
-                for name, view in tensors:
-                    if name in per_device[d]:
-                        raise BadFormat(f"unimem: tensor {name!r} is in more than one file", "bad_format")
-                    per_device[d][name] = convert(view)
-                    if d == 0:
-                        done += view.nbytes
+                into = per_device[d]
+                for item in tensors:
+                    if item[0] in into:
+                        raise BadFormat(f"unimem: tensor {item[0]!r} is in more than one file", "bad_format")
+                    into[item[0]] = out_as.finish(item)
             if callback:
-                callback(done, done)
+                callback(i + 1, len(paths))
         return per_device if isinstance(device, (list, tuple)) else per_device[0]
     finally:
         if bar is not None:
