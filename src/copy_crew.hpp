@@ -6,12 +6,16 @@
 // pays for starting them once. Idle threads sleep on an atomic (futex) wait.
 // A crew that cannot start all its threads (RLIMIT_NPROC, a container's pids
 // limit) works with those that started: fewer threads copy the same bytes.
+// run() shares other work the same way (the GPU loader's reads of a cached
+// file with pread, which fail cleanly where a copy out of a mapping of a
+// file truncated meanwhile would raise SIGBUS).
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -47,23 +51,40 @@ class CopyCrew {
   // Copies n bytes from src to dst (not overlapping) with every thread of the
   // crew; returns when all of it is copied. One caller at a time.
   void copy(std::byte* dst, const std::byte* src, std::size_t n) {
-    dst_ = dst;
-    src_ = src;
+    (void)run(n, [dst, src](std::size_t b, std::size_t e) {
+      std::memcpy(dst + b, src + b, e - b);
+      return 0;
+    });
+  }
+
+  // Runs part(begin, end) over [0, n) in one slice per thread, each returning
+  // 0 or an error code; returns when every slice is done, with the first
+  // nonzero code (0 when none failed). One caller at a time.
+  template <class Part>
+  int run(std::size_t n, Part&& part) {
+    part_ = [&part](std::size_t b, std::size_t e) { return static_cast<int>(part(b, e)); };
     n_ = n;
+    error_.store(0, std::memory_order_relaxed);
     finished_.store(0, std::memory_order_relaxed);
     job_.fetch_add(1, std::memory_order_release);
     job_.notify_all();
     share(0);
     for (unsigned done; (done = finished_.load(std::memory_order_acquire)) != threads_ - 1;) finished_.wait(done);
+    part_ = nullptr;
+    return error_.load(std::memory_order_relaxed);
   }
 
   unsigned threads() const noexcept { return threads_; }
 
  private:
-  void share(unsigned k) const {
+  void share(unsigned k) {
     const std::size_t part = (n_ + threads_ - 1) / threads_;
     const std::size_t b = std::min(n_, k * part), e = std::min(n_, b + part);
-    if (b < e) std::memcpy(dst_ + b, src_ + b, e - b);
+    if (b >= e) return;
+    if (const int err = part_(b, e); err != 0) {
+      int none = 0;
+      error_.compare_exchange_strong(none, err, std::memory_order_relaxed);
+    }
   }
   void work(unsigned k) {
     std::uint64_t seen = 0;
@@ -82,9 +103,9 @@ class CopyCrew {
   std::atomic<std::uint64_t> job_{0};
   std::atomic<unsigned> finished_{0};
   std::atomic<bool> stop_{false};
-  std::byte* dst_ = nullptr;
-  const std::byte* src_ = nullptr;
+  std::function<int(std::size_t, std::size_t)> part_;  // the job's work on one slice
   std::size_t n_ = 0;
+  std::atomic<int> error_{0};
 };
 
 }  // namespace unimem::detail

@@ -109,9 +109,10 @@ struct CopyOptions {
 // changes or goes away (its identity: inode, size, mtime, ctime; checked at
 // every load for every file kept), 64 other files were loaded since, or the
 // Loader is destroyed. release() also forgets how often each file was loaded.
-// Known limit: a cached file truncated while a load copies it out of the page
-// cache raises SIGBUS (the copy reads a mapping); read_file's route reports
-// such a file as an error instead.
+// A file that shrinks while it loads: Error(system, "ended early") (staged
+// chunks are read with pread, never copied out of the mapping, which would
+// raise SIGBUS past the new end); chunks registered before it shrank hold
+// their pages until the next load sees the file changed.
 // Several devices: one Loader registers each chunk once (PORTABLE, so every
 // device's copy engine reads it) and copies to all devices at once, each on
 // its own streams: a model replicated or split across GPUs reads the page

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "gpu/loader_probe.hpp"
 #include "gpu/test_kernels.hpp"
 #include "testing.hpp"
 #include "unimem/unimem.hpp"
@@ -717,6 +718,64 @@ TEST(GpuLoader, ConvertsDtypesOnTheGpuWhileLoading) {
               (void)gpu::load_safetensors(path, loader, o);
             }),
             Errc::invalid_argument);
+  std::remove(path.c_str());
+}
+
+// A file that shrinks while it loads: an error, not SIGBUS (a copy out of
+// its mapping past the new end faults), and the Loader works afterwards.
+// The probe truncates the file just before the loader reaches chunk 2.
+struct Truncate : gpu::detail::LoaderProbe {
+  std::string path;
+  std::size_t at_chunk, to_bytes;
+  bool done = false;
+  void before_chunk(std::size_t chunk) override {
+    if (chunk == at_chunk && !done) {
+      done = true;
+      ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(to_bytes)), 0);
+    }
+  }
+};
+
+TEST(GpuLoader, AFileThatShrinksWhileItLoadsIsAnErrorNotACrash) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_shrink_" + std::to_string(::getpid());
+  const std::size_t words = (8u << 20) / 4, bytes = words * 4;  // 8 chunks of 1 MiB
+  for (auto policy : {gpu::PageCacheRegistration::never, gpu::PageCacheRegistration::always}) {
+    write_pattern_file(path, words, 98);
+    gpu::CopyOptions o;
+    o.piece_bytes = 1u << 20;
+    o.register_page_cache = policy;
+    gpu::Loader loader(0, o);
+    const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
+    const gpu::DeviceSegment all[] = {{0, dev, bytes}};
+    Truncate probe;
+    probe.path = path;
+    probe.at_chunk = 2;
+    probe.to_bytes = bytes / 4;  // 2 MiB: chunk 2 on is gone
+    gpu::detail::set_loader_probe(&probe);
+    std::string message;
+    const Errc e = testing::error_of([&] {
+      try {
+        (void)loader.load(path, all);
+      } catch (const Error& err) {
+        message = err.what();
+        throw;
+      }
+    });
+    gpu::detail::set_loader_probe(nullptr);
+    EXPECT_TRUE(probe.done);
+    EXPECT_EQ(e, Errc::system) << message;
+    EXPECT_NE(message.find("ended early"), std::string::npos) << message;
+    std::printf("GpuLoader shrink (%s): %s\n", policy == gpu::PageCacheRegistration::never ? "never" : "always",
+                message.c_str());
+    // The shrunk file loads (as what it is now) with the same Loader.
+    const gpu::DeviceSegment rest[] = {{0, dev, bytes / 4}};
+    (void)loader.load(path, rest);
+    unsigned long long bad = ~0ull;
+    ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words / 4, 98, &bad), "");
+    EXPECT_EQ(bad, 0u);
+    gpu_test::device_free(0, dev);
+  }
   std::remove(path.c_str());
 }
 

@@ -31,10 +31,21 @@
 #include "copy_crew.hpp"
 #include "format.hpp"
 #include "gpu/driver.hpp"
+#include "gpu/loader_probe.hpp"
 #include "platform/files.hpp"
 #include "unimem/gpu.hpp"
 
 namespace unimem::gpu {
+namespace detail {
+namespace {
+std::atomic<LoaderProbe*> loader_probe{nullptr};
+}  // namespace
+void set_loader_probe(LoaderProbe* probe) noexcept { loader_probe.store(probe); }
+void loader_probe_before(std::size_t chunk) {
+  if (LoaderProbe* p = loader_probe.load(std::memory_order_relaxed)) p->before_chunk(chunk);
+}
+}  // namespace detail
+
 namespace {
 
 using detail::check;
@@ -115,7 +126,7 @@ struct MappedFile {
   enum class Chunk : std::uint8_t { unregistered, registered, refused };
 
   MappedFile(std::string p, const platform::FileIdentity& id, std::size_t chunk_bytes)
-      : path(std::move(p)), identity(id), chunk(chunk_bytes) {
+      : path(std::move(p)), identity(id), chunk(chunk_bytes), reader(path, id) {
     BlockOptions o;
     o.pinning = Pinning::unpinned;  // registration pins what it registers
     map = Block::map_file(path, o);
@@ -160,6 +171,7 @@ struct MappedFile {
   std::string path;
   platform::FileIdentity identity;
   std::size_t chunk;
+  platform::ReadableFile reader;  // staged copies of cached chunks read through it
   Block map;
   std::vector<Chunk> chunks;
   std::size_t registered_bytes = 0;
@@ -476,7 +488,16 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     std::byte* dest = ring.data() + slot * s.chunk;
     const std::size_t n = static_cast<std::size_t>(need.hi - need.lo);
     if (is_cached) {
-      s.crew->copy(dest, file.map.data() + need.lo, n);
+      // pread by the crew, not a copy out of the mapping: a file truncated
+      // meanwhile is then an error, not SIGBUS.
+      const int err = s.crew->run(
+          n, [&](std::size_t b, std::size_t e) { return file.reader.read_at(dest + b, e - b, need.lo + b); });
+      if (err != 0) {
+        throw Error(Errc::system, err > 0 ? err : 0,
+                    "unimem: gpu::Loader: " + path +
+                        (err > 0 ? " could not be read: " + unimem::detail::errno_text(err)
+                                 : " ended early (it shrank while it was loaded)"));
+      }
       staged_path = ReadPath::pread_buffered;
       staged_reason = "in the page cache: copied out of it by several threads into pinned staging";
       staged_buffered += n;
@@ -511,7 +532,10 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     std::vector<std::size_t> rest = cached;
     rest.insert(rest.end(), uncached.begin(), uncached.end());
     std::sort(rest.begin(), rest.end());  // file order
-    for (std::size_t n : rest) stage(needs[n], std::binary_search(cached.begin(), cached.end(), n), uses);
+    for (std::size_t n : rest) {
+      detail::loader_probe_before(needs[n].chunk);
+      stage(needs[n], std::binary_search(cached.begin(), cached.end(), n), uses);
+    }
   } else {
     // The disk's chunks on a second thread, while this one registers: both
     // feed the copy engine, each on its own stream.
@@ -547,6 +571,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     for (std::size_t n : cached) {
       if (stop) break;
       const Need& need = needs[n];
+      detail::loader_probe_before(need.chunk);
       if (!file.register_chunk(need.chunk)) {
         if (stager) stager->join();  // the ring is the stager's until it is done
         stager.reset();

@@ -29,6 +29,31 @@ struct FileIdentity {
 // file that is not a regular file. Never opens the file (a FIFO cannot block).
 FileIdentity file_identity(const std::string& path);
 
+// A regular file open for reading; closed when destroyed. Move-only.
+class ReadableFile {
+ public:
+  // Opens `path` (never blocking on a FIFO) and checks that it is still the
+  // file `expected` describes. Throws Error(not_found, permission_denied,
+  // system), Error(invalid_argument) for a file that is not regular or no
+  // longer `expected`.
+  ReadableFile(const std::string& path, const FileIdentity& expected);
+  ReadableFile(ReadableFile&& other) noexcept;
+  ReadableFile& operator=(ReadableFile&&) = delete;
+  ReadableFile(const ReadableFile&) = delete;
+  ReadableFile& operator=(const ReadableFile&) = delete;
+  ~ReadableFile();
+
+  // Reads n bytes at `offset` into dest through the page cache. 0 on
+  // success, else the errno of the failure, -1 when the file ended first (it
+  // shrank). Never throws; any number of threads may read at once. Unlike a
+  // copy out of the file's mapping, a file truncated meanwhile gives an error
+  // here, not SIGBUS.
+  int read_at(std::byte* dest, std::size_t n, std::uint64_t offset) const noexcept;
+
+ private:
+  int fd_ = -1;
+};
+
 // The fraction of [p, p + bytes), part of a file mapping, whose pages are in
 // memory (the page cache), in [0, 1]; 0 when the kernel will not say. Never throws.
 double resident_fraction(const std::byte* p, std::size_t bytes) noexcept;

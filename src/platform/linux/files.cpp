@@ -1,5 +1,6 @@
-// src/platform/linux/files.cpp — file identity (stat) and page-cache
-// residency of a mapping (mincore), for the GPU loader.
+// src/platform/linux/files.cpp — file identity (stat), page-cache residency
+// of a mapping (mincore) and reads that fail cleanly on a shrunk file
+// (pread), for the GPU loader.
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 
 #include "format.hpp"
 #include "platform/files.hpp"
+#include "platform/linux/open_file.hpp"
 #include "unimem/error.hpp"
 
 namespace unimem::platform {
@@ -27,6 +29,43 @@ FileIdentity file_identity(const std::string& path) {
           static_cast<std::uint64_t>(st.st_size),
           static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec,
           static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec};
+}
+
+ReadableFile::ReadableFile(const std::string& path, const FileIdentity& expected) {
+  const OpenedFile f = open_regular_file(path.c_str(), O_RDONLY);
+  if (!f.regular) throw Error(Errc::invalid_argument, 0, "unimem: " + path + " is not a regular file");
+  if (f.fd < 0) {
+    const Errc code = f.err == ENOENT || f.err == ENOTDIR ? Errc::not_found
+                      : f.err == EACCES || f.err == EPERM ? Errc::permission_denied
+                                                          : Errc::system;
+    throw Error(code, f.err, "unimem: cannot open " + path + ": " + detail::errno_text(f.err));
+  }
+  fd_ = f.fd;
+  if (static_cast<std::uint64_t>(f.st.st_dev) != expected.device ||
+      static_cast<std::uint64_t>(f.st.st_ino) != expected.inode) {
+    ::close(fd_);
+    fd_ = -1;
+    throw Error(Errc::invalid_argument, 0, "unimem: " + path + " changed while it was being opened");
+  }
+}
+
+ReadableFile::ReadableFile(ReadableFile&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+
+ReadableFile::~ReadableFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+int ReadableFile::read_at(std::byte* dest, std::size_t n, std::uint64_t offset) const noexcept {
+  while (n != 0) {
+    const ssize_t r = ::pread(fd_, dest, n, static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return errno;
+    if (r == 0) return -1;
+    dest += r;
+    n -= static_cast<std::size_t>(r);
+    offset += static_cast<std::uint64_t>(r);
+  }
+  return 0;
 }
 
 double resident_fraction(const std::byte* p, std::size_t bytes) noexcept {
