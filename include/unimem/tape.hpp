@@ -37,7 +37,7 @@
 //
 // Lane protocol (how clear() invalidates lanes it never touches): the Tape
 // keeps an epoch beside its cursor. clear() stores 0 to the cursor, then
-// increments the epoch (release). A lane remembers the epoch its chunk was
+// stores a new epoch, one no clear or move has stored before (release). A lane remembers the epoch its chunk was
 // reserved in and checks it (one acquire load of a line that only clear()
 // writes, so it stays in every core's cache) before each take; on a mismatch
 // it reserves a new chunk. A reservation reads the epoch before and after
@@ -177,7 +177,7 @@ class Tape {
   // by clear() and moves. Separate lines keep lanes' epoch checks from missing
   // the cache.
   alignas(64) std::atomic<std::size_t> cursor_{0};   // offset of the first free byte
-  alignas(64) std::atomic<std::uint64_t> epoch_{0};  // clears and moves so far
+  alignas(64) std::atomic<std::uint64_t> epoch_{0};  // new with every clear and move (unique, not counted)
   bool forked_ = false;                              // set only in a forked child, before any of its threads runs
 };
 
