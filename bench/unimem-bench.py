@@ -25,7 +25,7 @@ UNIMEM = ("tape", "grid", "block")  # implementations that are unimem's own
 EXTRA_PAIRS = [("tape-lane", "tape-shared")]  # unimem rows also compared with each other
 
 
-def run(binary, bench_filter, min_time):
+def run(binary, bench_filter, min_time, repetitions):
     path = os.path.join(HERE, binary)
     if not os.path.exists(path):
         return None
@@ -36,10 +36,13 @@ def run(binary, bench_filter, min_time):
         cmd.append("--benchmark_filter=" + bench_filter)
     if min_time:
         cmd.append("--benchmark_min_time=%g" % min_time)
+    if repetitions > 1:  # each row: median of the repetitions, and their spread
+        cmd += ["--benchmark_repetitions=%d" % repetitions, "--benchmark_report_aggregates_only=true"]
     print("# running " + " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(out_path) as f:
-        data = json.load(f)
+        text = f.read()
+    data = json.loads(text) if text.strip() else {}  # empty: the filter matched none of its rows
     os.unlink(out_path)
     return data
 
@@ -62,14 +65,16 @@ def parse(name):
 
 
 def measure(row):
-    """(value, higher_is_better, text)."""
+    """(value, higher_is_better, text); the text carries the spread of the
+    repetitions (their coefficient of variation) where there were several."""
+    spread = " ±%.0f%%" % (100 * row["cv"]) if row.get("cv") is not None else ""
     for key, unit in (("items_per_second", "op/s"), ("bytes_per_second", "B/s")):
         if key in row:
             v = row[key]
-            return v, True, human(v) + unit
+            return v, True, human(v) + unit + spread
     scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[row.get("time_unit", "ns")]
     t = row["real_time"] * scale
-    return t, False, "%.3g ms" % (t * 1e3) if t >= 1e-4 else "%.3g ns" % (t * 1e9)
+    return t, False, ("%.3g ms" % (t * 1e3) if t >= 1e-4 else "%.3g ns" % (t * 1e9)) + spread
 
 
 def human(v):
@@ -88,11 +93,14 @@ def main():
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--filter", default="")
     ap.add_argument("--min-time", type=float, default=0)
+    ap.add_argument("--repetitions", type=int, default=5,
+                    help="runs of each row; the table shows their median and spread (default 5)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.filter = args.filter or r"(take/.*/64/|cell/|open-lazy/.*/16777216|read/.*/67108864)"
         args.min_time = args.min_time or 0.01
+        args.repetitions = 1
 
     # The allocator variants differ from the main binary only in their malloc.
     plans = [
@@ -104,20 +112,28 @@ def main():
     wanted = re.compile(args.filter) if args.filter else None
     rows, context, errors = {}, None, []
     for binary, flt in plans:
-        data = run(binary, flt, args.min_time)
+        data = run(binary, flt, args.min_time, args.repetitions)
         if data is None:
             print("# %s not built; its rows are missing" % binary, file=sys.stderr)
             continue
         context = context or data.get("context", {})
+        spreads = {}
         for b in data.get("benchmarks", []):
-            if b.get("run_type") == "aggregate":
-                continue
             if b.get("error_occurred"):
                 errors.append("%s: %s" % (b["name"], b.get("error_message", "")))
                 continue
-            key = parse(b["name"])
-            if key and (wanted is None or wanted.search(b["name"])):
-                rows[key] = b
+            name = b.get("run_name", b["name"])
+            if b.get("run_type") == "aggregate":
+                if b.get("aggregate_name") == "cv":
+                    spreads[name] = b.get("real_time")
+                if b.get("aggregate_name") != "median":
+                    continue
+            key = parse(name)
+            if key and (wanted is None or wanted.search(name)):
+                rows[key] = dict(b, run_name=name)
+        for key, row in rows.items():
+            if row.get("run_name") in spreads:
+                row["cv"] = spreads[row["run_name"]]
 
     ratios = {}
     table = []
@@ -138,11 +154,12 @@ def main():
         print("unimem-bench on %s: %s CPUs at %s MHz, %s" % (context.get("host_name", "?"), context.get("num_cpus"),
                                                            context.get("mhz_per_cpu"), context.get("date")))
     header = ("group", "param", "thr", "unimem", "peer", "unimem", "peer", "ratio")
-    fmt = "%-10s %-11s %4s  %-12s %-18s %14s %14s %8s"
+    fmt = "%-10s %-11s %4s  %-12s %-24s %18s %18s %8s"
     print(fmt % header)
     for g, p, t, i, peer, a, b, r in table:
         print(fmt % (g, p, t, i, peer, a, b, "%.2fx" % r))
-    print("(ratio: how many times better unimem is than the peer; >1 is better)")
+    print("(ratio: how many times better unimem is than the peer named on its row; >1 is better; values are the"
+          " median of %d runs, ± their coefficient of variation)" % args.repetitions)
     for e in errors:
         print("error: " + e)
     if args.json:
