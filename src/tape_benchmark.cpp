@@ -10,6 +10,7 @@
 // sized for every timed take (iterations are fixed), so no take runs on a
 // full tape, and a failed take aborts the row.
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -26,12 +27,18 @@ constexpr std::size_t kAlign = 64;
 
 // Iterations per thread for a size. The Tape (and pmr's buffer) must hold
 // every take of a run, so the count is fixed rather than chosen by the
-// library; it is large enough that a run lasts milliseconds even at the
-// fastest rate (16M takes of 64 B; 16384 of 1 MiB, which used to be 256: a
-// few microseconds, not a measurement). The memory is address space only:
+// library: as many takes as fit in 4 GiB per thread, or in half the RAM
+// shared by the most threads a row runs (Block::open refuses more than the
+// machine has), between 256 and 16M. 64-byte rows get 16M takes; 1 MiB rows
+// 3072 on the 16-core GPU machine (they used to get 256: microseconds, not a
+// measurement; more would need more RAM). The memory is address space only:
 // nothing touches it. unimem-bench repeats each run and reports the median.
 std::int64_t iterations_for(std::size_t size) {
-  return static_cast<std::int64_t>(std::clamp<std::size_t>((std::size_t{4} << 30) / size, 16384, 16u << 20));
+  const auto ram =
+      static_cast<std::size_t>(::sysconf(_SC_PHYS_PAGES)) * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const auto most_threads = static_cast<std::size_t>(thread_counts().back());
+  const std::size_t per_thread = std::min<std::size_t>(std::size_t{4} << 30, ram / 2 / most_threads);
+  return static_cast<std::int64_t>(std::clamp<std::size_t>(per_thread / size, 256, 16u << 20));
 }
 
 std::unique_ptr<Tape> tape;  // one per benchmark run, shared by its threads
@@ -41,9 +48,11 @@ void make_tape(const benchmark::State& state) {
   const auto iterations = static_cast<std::size_t>(iterations_for(size));
   BlockOptions o;
   o.pinning = Pinning::unpinned;  // lazy and never touched: costs address space only
-  // Every thread's takes, with their padding, plus two lane chunks of slack each.
+  // Every thread's takes, with their padding, plus slack for what a lane
+  // leaves unused: the rest of its last chunk, which grows to kMaxChunk.
   const std::size_t per_take = (size + kAlign - 1) / kAlign * kAlign;
-  const std::size_t bytes = static_cast<std::size_t>(state.threads()) * (iterations * per_take + (8u << 20));
+  const std::size_t slack = 2 * Tape::Lane::kMaxChunk;
+  const std::size_t bytes = static_cast<std::size_t>(state.threads()) * (iterations * per_take + slack);
   tape = std::make_unique<Tape>(Tape::start(bytes, o));
 }
 void drop_tape(const benchmark::State&) { tape.reset(); }

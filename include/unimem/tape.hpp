@@ -189,21 +189,31 @@ class Tape {
 class Tape::Lane {
  public:
   static constexpr std::size_t kDefaultChunk = std::size_t{64} << 10;
+  static constexpr std::size_t kMaxChunk = std::size_t{64} << 20;
 
-  // A lane over `tape` that reserves `chunk_bytes` (rounded up to a multiple
-  // of 64, at least 64) at a time. Reserves nothing until the first take.
+  // A lane over `tape` whose first reservation is `chunk_bytes` (rounded up
+  // to a multiple of 64, at least 64); each later one is twice the one before,
+  // up to a 64th of what the Tape has free (kMaxChunk at most), and the first
+  // after a clear() is chunk_bytes again. A lane may thus leave up to its last
+  // chunk unused until the next clear. Reserves nothing until the first take.
   explicit Lane(Tape& tape, std::size_t chunk_bytes = kDefaultChunk) noexcept
-      : tape_(&tape), chunk_(chunk_bytes < 64 ? 64 : (chunk_bytes + 63) / 64 * 64) {}
+      : tape_(&tape), chunk_(chunk_bytes < 64 ? 64 : (chunk_bytes + 63) / 64 * 64), grown_(chunk_) {}
 
   // The moved-from Lane keeps its Tape but no chunk: its next take reserves one.
   Lane(Lane&& other) noexcept
-      : tape_(other.tape_), chunk_(other.chunk_), next_(other.next_), end_(other.end_), epoch_(other.epoch_) {
+      : tape_(other.tape_),
+        chunk_(other.chunk_),
+        grown_(other.grown_),
+        next_(other.next_),
+        end_(other.end_),
+        epoch_(other.epoch_) {
     other.drop_chunk();
   }
   Lane& operator=(Lane&& other) noexcept {
     if (this != &other) {
       tape_ = other.tape_;
       chunk_ = other.chunk_;
+      grown_ = other.grown_;
       next_ = other.next_;
       end_ = other.end_;
       epoch_ = other.epoch_;
@@ -214,8 +224,9 @@ class Tape::Lane {
   Lane(const Lane&) = delete;
   Lane& operator=(const Lane&) = delete;
 
-  // As Tape::take. Requests larger than half a chunk go to the shared cursor
-  // directly. Never throws.
+  // As Tape::take. A request larger than half the next chunk gets a larger
+  // one (up to the cap above); one larger than half the cap goes to the
+  // shared cursor directly. Never throws.
   Taken take(std::size_t size, std::size_t align = alignof(std::max_align_t)) noexcept {
     // Fast path: the chunk is current and the request fits. Invalid requests
     // never fit (align 0 wraps p below next_; size 0 wraps size - 1), so the
@@ -250,7 +261,8 @@ class Tape::Lane {
   }
 
   Tape* tape_;
-  std::size_t chunk_;
+  std::size_t chunk_;        // the first reservation's size
+  std::size_t grown_;        // the next reservation's size
   std::uintptr_t next_ = 0;  // [next_, end_) is what is left of the chunk
   std::uintptr_t end_ = 0;
   std::uint64_t epoch_ = ~std::uint64_t{0};  // the epoch the chunk belongs to; none yet
