@@ -100,6 +100,15 @@ def test_a_gpu_visible_view_is_a_pinned_tensor_at_the_same_address():
     block = unimem.Block(1 << 16, gpu=True)
     z = torch.from_dlpack(block.view("int32").as_cpu())
     assert z.is_pinned() and z.data_ptr() == block.address
+    later = unimem.Block(1 << 16)
+    assert later.__dlpack_device__() == (1, 0)
+    np_view = np.asarray(later)
+    np_view[:4] = [9, 8, 7, 6]
+    later.make_gpu_visible()  # the same pages, registered in place
+    assert later.gpu_visible and later.__dlpack_device__() == (3, 0)
+    w = torch.from_dlpack(later.view("uint8").as_cpu())
+    assert w.is_pinned() and w[:4].tolist() == [9, 8, 7, 6]
+    assert w.cuda()[:4].tolist() == [9, 8, 7, 6]
 
 
 def test_device_memory_is_freed_when_the_last_tensor_goes(tmp_path):
