@@ -51,6 +51,22 @@ std::uint64_t fresh_epoch() noexcept {
   return epoch_next++;
 }
 
+// Publishes a fresh epoch after a cursor store. Where the hardware keeps
+// one order of all stores (x86-64's TSO, ARMv8's multi-copy atomicity), a
+// plain release store suffices even for concurrent clears: a lane that read
+// one clear's epoch before and after reserving its chunk reserved it after
+// every cursor store ordered before that epoch store. The C++ memory model
+// alone does not promise this for two clears racing each other (without a
+// read-modify-write, one clear's epoch store does not join the other's
+// release sequence), so elsewhere an exchange keeps the proof in the model.
+inline void publish_epoch(std::atomic<std::uint64_t>& epoch) noexcept {
+#if defined(__x86_64__) || defined(__aarch64__)
+  epoch.store(fresh_epoch(), std::memory_order_release);
+#else
+  (void)epoch.exchange(fresh_epoch(), std::memory_order_acq_rel);
+#endif
+}
+
 }  // namespace
 
 Tape Tape::start(std::size_t bytes, const BlockOptions& options) { return Tape(Block::open(bytes, options)); }
@@ -131,7 +147,7 @@ void Tape::clear() noexcept {
   // Order matters (see the lane protocol in tape.hpp): a lane that sees the
   // new epoch must also see the rewound cursor.
   cursor_.store(0, std::memory_order_release);
-  epoch_.store(fresh_epoch(), std::memory_order_release);
+  publish_epoch(epoch_);
 }
 
 Taken Tape::Lane::hand_out(std::byte* p, std::size_t size) noexcept {

@@ -489,6 +489,18 @@ TEST(TapeLane, LargeTakesComeFromGrowingChunksNotTheCursor) {
   EXPECT_EQ(lane.take(9 * MiB, 64).status, TakeStatus::ok) << "more than half the cap: straight from the cursor";
 }
 
+// A chunk size near SIZE_MAX used to round to 0; such a lane's chunk then
+// never grew and its first take spun forever (found in review).
+TEST(TapeLane, AHugeChunkSizeDoesNotWrapToZero) {
+  Tape t = Tape::start(MiB);
+  for (std::size_t bytes : {SIZE_MAX, SIZE_MAX - 10, SIZE_MAX - 63, SIZE_MAX - 64}) {
+    Tape::Lane lane(t, bytes);
+    EXPECT_GE(lane.chunk_bytes(), 64u) << bytes;
+    EXPECT_EQ(lane.chunk_bytes() % 64, 0u) << bytes;
+    EXPECT_TRUE(lane.take(16, 16)) << "a small take from a lane of chunk size " << bytes;
+  }
+}
+
 // Near a full Tape chunks shrink with the free space, and a request that
 // fits is still served when no chunk does.
 TEST(TapeLane, ChunksShrinkNearAFullTape) {

@@ -197,7 +197,7 @@ class Tape::Lane {
   // after a clear() is chunk_bytes again. A lane may thus leave up to its last
   // chunk unused until the next clear. Reserves nothing until the first take.
   explicit Lane(Tape& tape, std::size_t chunk_bytes = kDefaultChunk) noexcept
-      : tape_(&tape), chunk_(chunk_bytes < 64 ? 64 : (chunk_bytes + 63) / 64 * 64), grown_(chunk_) {}
+      : tape_(&tape), chunk_(round_chunk(chunk_bytes)), grown_(chunk_) {}
 
   // The moved-from Lane keeps its Tape but no chunk: its next take reserves one.
   Lane(Lane&& other) noexcept
@@ -253,6 +253,11 @@ class Tape::Lane {
   Tape& tape() const noexcept { return *tape_; }
 
  private:
+  // chunk_bytes rounded up to a multiple of 64, at least 64, and without
+  // wrapping to 0 near SIZE_MAX (a 0 chunk never grows: takes would spin).
+  static constexpr std::size_t round_chunk(std::size_t bytes) noexcept {
+    return bytes < 64 ? 64 : bytes > SIZE_MAX - 63 ? SIZE_MAX / 64 * 64 : (bytes + 63) / 64 * 64;
+  }
   Taken take_slow(std::size_t size, std::size_t align) noexcept;
   static Taken hand_out(std::byte* p, std::size_t size) noexcept;
   void drop_chunk() noexcept {
