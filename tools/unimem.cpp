@@ -132,7 +132,15 @@ int info() {
   }
   std::printf("  huge page sizes       %s\n", huge.empty() ? " none" : huge.c_str());
   std::printf("  THP, private memory    %s\n", read_text("/sys/kernel/mm/transparent_hugepage/enabled").c_str());
-  std::printf("  THP, shmem (Blocks)    %s\n", read_text("/sys/kernel/mm/transparent_hugepage/shmem_enabled").c_str());
+  const std::string shmem = read_text("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  std::printf("  THP, shmem (Blocks)    %s\n", shmem.c_str());
+  if (shmem.find("[never]") != std::string::npos || shmem.find("[deny]") != std::string::npos) {
+    // Shareable Blocks are memfd (shmem) pages: they get huge pages only where this allows.
+    std::printf(
+        "                         shareable Blocks get 4 KiB pages here; to let BlockOptions::huge_pages\n"
+        "                         give them 2 MiB pages (faster to back and to register), as root:\n"
+        "                         echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled\n");
+  }
   rlimit limit{};
   ::getrlimit(RLIMIT_MEMLOCK, &limit);
   std::printf("  memlock limit          %s%s\n",
