@@ -74,6 +74,18 @@ bogus_option)
   expect_clean_failure 2 "unknown option --bogus"
   if grep -q "unknown option $work/file" "$work/err"; then fail "blames the file, not --bogus"; fi
   ;;
+huge_page_hint)
+  # Where shmem huge pages are off, info says how to allow them for Blocks.
+  policy=$(cat /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null)
+  "$tool" info > "$work/out" 2> "$work/err" || fail "info failed"
+  case "$policy" in
+  *"[never]"* | *"[deny]"*)
+    grep -q "echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled" "$work/out" ||
+      fail "no hint although shmem_enabled is: $policy" ;;
+  *)
+    if grep -q "echo advise >" "$work/out"; then fail "a hint although shmem_enabled is: $policy"; fi ;;
+  esac
+  ;;
 bad_dtype)
   printf 'x' > "$work/file"
   "$tool" load "$work/file" --gpu --dtype I32 > "$work/out" 2> "$work/err"

@@ -140,6 +140,19 @@ void destroy_capsule(PyObject* capsule, const char* name) {
 void destroy_versioned(PyObject* c) { destroy_capsule<DLManagedTensorVersioned>(c, "dltensor_versioned"); }
 void destroy_legacy(PyObject* c) { destroy_capsule<DLManagedTensor>(c, "dltensor"); }
 
+// `m` in a capsule called `name`; from then on the capsule (or its consumer)
+// owns `m` and the Export in `ctx`.
+template <class Managed>
+py::object wrap(Managed* m, const char* name, PyCapsule_Destructor destroy, std::unique_ptr<Export>& ctx) {
+  PyObject* c = PyCapsule_New(m, name, destroy);
+  if (c == nullptr) {
+    delete m;
+    throw py::error_already_set();
+  }
+  ctx.release();
+  return py::reinterpret_steal<py::object>(c);
+}
+
 py::object dlpack_capsule(const View& v, const py::object& stream, const py::object& max_version,
                           const py::object& dl_device, const py::object& copy) {
   (void)stream;  // every producer here finished its writes before the view existed
@@ -174,24 +187,11 @@ py::object dlpack_capsule(const View& v, const py::object& stream, const py::obj
   t.strides = nullptr;
   t.byte_offset = 0;
   if (versioned) {
-    auto* m = new DLManagedTensorVersioned{kVersion, ctx.get(), &delete_managed<DLManagedTensorVersioned>,
-                                           v.read_only ? kFlagReadOnly : 0, t};
-    PyObject* c = PyCapsule_New(m, "dltensor_versioned", &destroy_versioned);
-    if (c == nullptr) {
-      delete m;
-      throw py::error_already_set();
-    }
-    ctx.release();
-    return py::reinterpret_steal<py::object>(c);
+    return wrap(new DLManagedTensorVersioned{kVersion, ctx.get(), &delete_managed<DLManagedTensorVersioned>,
+                                             v.read_only ? kFlagReadOnly : 0, t},
+                "dltensor_versioned", &destroy_versioned, ctx);
   }
-  auto* m = new DLManagedTensor{t, ctx.get(), &delete_managed<DLManagedTensor>};
-  PyObject* c = PyCapsule_New(m, "dltensor", &destroy_legacy);
-  if (c == nullptr) {
-    delete m;
-    throw py::error_already_set();
-  }
-  ctx.release();
-  return py::reinterpret_steal<py::object>(c);
+  return wrap(new DLManagedTensor{t, ctx.get(), &delete_managed<DLManagedTensor>}, "dltensor", &destroy_legacy, ctx);
 }
 
 py::buffer_info buffer_of(const View& v) {

@@ -104,6 +104,27 @@ def _devices(device) -> Optional[list[int]]:
     raise InvalidArgument(f"unimem: unknown device {device!r} (cpu, cuda, cuda:N, or a list)", "invalid_argument")
 
 
+_capsule_modes: dict = {}  # torch module -> what its importer reads (probed once per process)
+
+
+def _torch_capsule_mode(torch, raw) -> Optional[int]:
+    """1 if torch's importer takes versioned capsules, 2 if legacy ones only,
+    None if it has none or takes neither."""
+    if id(torch) not in _capsule_modes:
+        mode = None
+        if raw is not None:
+            probe = Tape(4096).take(4, "float32")
+            for m, capsule in ((1, lambda: probe.__dlpack__(max_version=(1, 0))), (2, lambda: probe.__dlpack__())):
+                try:
+                    if raw(capsule()).data_ptr() == probe.address:
+                        mode = m
+                        break
+                except (TypeError, RuntimeError, BufferError):
+                    pass
+        _capsule_modes[id(torch)] = mode
+    return _capsule_modes[id(torch)]
+
+
 class _Output:
     """How the loaders' results become what load_safetensors returns. `mode`
     is what the C++ side hands over: 0 Views, 1 versioned or 2 legacy DLPack
@@ -145,14 +166,8 @@ class _Output:
         # torch has one (versioned where it reads them), else Views through
         # torch.from_dlpack.
         raw = getattr(torch._C, "_from_dlpack", None)
-        probe = Tape(4096).take(4, "float32")
-        for mode, capsule in ((1, lambda: probe.__dlpack__(max_version=(1, 0))), (2, lambda: probe.__dlpack__())):
-            try:
-                if raw is not None and raw(capsule()).data_ptr() == probe.address:
-                    break
-            except (TypeError, RuntimeError, BufferError):
-                pass
-        else:
+        mode = _torch_capsule_mode(torch, raw)
+        if mode is None:
             def public(item):
                 v = item[1]
                 if v.__dlpack_device__()[0] == 3:  # kDLCUDAHost: torch imports it as kDLCPU
