@@ -432,18 +432,15 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       const CUstream stream = staged ? lane.staging_stream : lane.stream;
       std::optional<detail::ContextScope> other;  // the caller's context is the first device's
       if (p.lane != 0) other.emplace(lane.device);
-      // The message is built only when a copy fails: this runs per piece per chunk.
-      auto checked = [&](detail::CUresult r, const char* call) {
-        if (r != 0) check(r, std::string(call) + " (a copy to device " + std::to_string(lane.device) + ")");
-      };
+      const std::string what = "a copy to device " + std::to_string(lane.device);
       // One range: [b, e) of row r, wherever the row meets [begin, end).
       auto copy_row_part = [&](std::uint64_t r) {
         const std::uint64_t row = p.file_offset + r * p.file_pitch;
         const std::uint64_t b = std::max<std::uint64_t>(begin, row);
         const std::uint64_t e = std::min<std::uint64_t>(end, row + p.width);
         if (b >= e) return;
-        checked(d.cuMemcpyHtoDAsync(p.device_address + r * p.device_pitch + (b - row), source(b), e - b, stream),
-                "cuMemcpyHtoDAsync");
+        check(d.cuMemcpyHtoDAsync(p.device_address + r * p.device_pitch + (b - row), source(b), e - b, stream),
+              "cuMemcpyHtoDAsync (" + what + ")");
         if (used) (*used)[p.lane] = 1;
       };
       if (p.rows == 1) {
@@ -468,7 +465,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
         c.dstPitch = p.device_pitch;
         c.WidthInBytes = p.width;
         c.Height = full_end - full_first;
-        checked(d.cuMemcpy2DAsync(&c, stream), "cuMemcpy2DAsync");
+        check(d.cuMemcpy2DAsync(&c, stream), "cuMemcpy2DAsync (" + what + ")");
         if (used) (*used)[p.lane] = 1;
       }
       if (full_first > 0) copy_row_part(full_first - 1);
