@@ -15,6 +15,12 @@ void free_device_quietly(void*) noexcept {}
 void copy_to_device(void*, const void*, std::size_t) { none(); }
 void copy_to_host(void*, const void*, std::size_t) { none(); }
 void sync() { none(); }
+void* malloc_device_async(std::size_t) { none(); }
+void free_device_async(void*) { none(); }
+void* malloc_pinned(std::size_t) { none(); }
+void free_pinned(void*) noexcept {}
+void copy_to_device_async(void*, const void*, std::size_t) { none(); }
+void copy_to_host_async(void*, const void*, std::size_t) { none(); }
 void matmul(const float*, std::size_t, std::size_t, const void*, bool, std::size_t, Out) { none(); }
 void rmsnorm(const float*, const float*, Out, std::size_t, std::size_t) { none(); }
 void rope(const float*, Out, std::size_t, std::size_t, std::size_t, std::size_t, const float*) { none(); }

@@ -50,6 +50,7 @@ __device__ inline void put(Out o, std::size_t i, float v) {
 
 constexpr int kRowsAtOnce = 4;
 constexpr int kWarps = 8;  // output rows per block
+constexpr int kUnroll = 4;
 
 // One warp per output row; the block's kWarps results for an activation row
 // leave together, as one 32-byte store: over the bus to host pages, 4-byte
@@ -68,7 +69,27 @@ __global__ void matmul_kernel(const float* __restrict__ x, int m, int k, const W
       int i = lane;
       if (kVector) {
         const int kv = k / 256 * 256;
-        for (i = lane * 8; i < kv; i += 256) {
+        i = lane * 8;
+        // kUnroll weight loads in flight per lane before any is used: one
+        // 16-byte load per lane at a time leaves HBM at half its rate.
+        for (; i + (kUnroll - 1) * 256 < kv; i += kUnroll * 256) {
+          float wf[kUnroll][8];
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) load8(wr + i + u * 256, wf[u]);
+#pragma unroll
+          for (int r = 0; r < kRowsAtOnce; ++r) {
+            if (r < rows) {
+#pragma unroll
+              for (int u = 0; u < kUnroll; ++u) {
+                float xf[8];
+                load8(x + std::size_t(r0 + r) * k + i + u * 256, xf);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[r] += wf[u][j] * xf[j];
+              }
+            }
+          }
+        }
+        for (; i < kv; i += 256) {
           float wf[8];
           load8(wr + i, wf);
 #pragma unroll
@@ -223,6 +244,39 @@ void copy_to_host(void* host, const void* device, std::size_t bytes) {
   check(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
 }
 void sync() { check(cudaStreamSynchronize(0), "cudaStreamSynchronize"); }
+
+void* malloc_device_async(std::size_t bytes) {
+  static const bool pool_keeps_memory = [] {
+    // By default the pool returns freed memory to the driver at every
+    // synchronization; serving code keeps it (as PyTorch's caching allocator does).
+    int device = 0;
+    cudaMemPool_t pool;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+    std::uint64_t keep = ~std::uint64_t{0};
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+    return true;
+  }();
+  (void)pool_keeps_memory;
+  void* p = nullptr;
+  check(cudaMallocAsync(&p, bytes, 0), "cudaMallocAsync");
+  return p;
+}
+void free_device_async(void* p) { check(cudaFreeAsync(p, 0), "cudaFreeAsync"); }
+void* malloc_pinned(std::size_t bytes) {
+  void* p = nullptr;
+  check(cudaHostAlloc(&p, bytes, cudaHostAllocDefault), "cudaHostAlloc");
+  return p;
+}
+void free_pinned(void* p) noexcept {
+  if (p) cudaFreeHost(p);
+}
+void copy_to_device_async(void* device, const void* host, std::size_t bytes) {
+  check(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, 0), "cudaMemcpyAsync to device");
+}
+void copy_to_host_async(void* host, const void* device, std::size_t bytes) {
+  check(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, 0), "cudaMemcpyAsync to host");
+}
 
 void matmul(const float* x, std::size_t m, std::size_t k, const void* w, bool bf16, std::size_t n, Out out) {
   constexpr unsigned kThreads = kWarps * 32;

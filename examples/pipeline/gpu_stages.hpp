@@ -1,7 +1,8 @@
 // examples/pipeline/gpu_stages.hpp — what the pipeline needs of a GPU, behind
 // plain C++ so that pipeline.cpp needs no CUDA header: the runtime calls the
-// standard path makes (cudaMalloc, cudaMemcpy, cudaFree) and the layer's
-// kernels. Built from gpu_stages.cu with nvcc, else from gpu_none.cpp, where
+// standard paths make (cudaMalloc/cudaFree and blocking cudaMemcpy for the
+// naive one; the stream-ordered pool, pinned host memory and async copies for
+// the competent one) and the layer's kernels. Built from gpu_stages.cu with nvcc, else from gpu_none.cpp, where
 // probe() says why there is no GPU.
 //
 // Kernels are launched asynchronously, in order, on one stream; every pointer
@@ -45,7 +46,20 @@ class DeviceBuffer {
 // Blocking copies; a pageable host side is staged by the driver.
 void copy_to_device(void* device, const void* host, std::size_t bytes);
 void copy_to_host(void* host, const void* device, std::size_t bytes);
-void sync();  // waits for every kernel launched so far
+void sync();  // waits for every kernel and copy queued so far
+
+// What a competent engineer uses instead. Device memory from the stream-
+// ordered pool (cudaMallocAsync; the pool keeps what is freed for the next
+// step instead of returning it to the driver), freed in stream order.
+void* malloc_device_async(std::size_t bytes);
+void free_device_async(void* p);
+// Page-locked host memory (cudaHostAlloc), which the copy engines reach directly.
+void* malloc_pinned(std::size_t bytes);
+void free_pinned(void* p) noexcept;
+// Copies queued on the kernels' stream; the host side must be pinned and
+// stay untouched until a sync() (to host) or the next kernel (to device).
+void copy_to_device_async(void* device, const void* host, std::size_t bytes);
+void copy_to_host_async(void* host, const void* device, std::size_t bytes);
 
 // Where a kernel writes its results: p, and the same values at `also` when
 // it is not null (host pages the CPU reads, and the GPU's own device copy of

@@ -1,8 +1,8 @@
 // examples/pipeline/paths.hpp — what separates the two paths: how each
 // obtains the layer's memory and moves data between the CPU and the GPU.
 // Stages ask a Path for their inputs (need) and outputs (produce) on the side
-// they run; the standard path answers with cudaMemcpy and per-tensor
-// allocations, the unimem path with the same host pages for both sides.
+// they run; the standard paths answer with copies and allocations of their
+// own, the unimem path with the same host pages for both sides.
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -64,10 +64,17 @@ struct Counters {
   std::size_t alloc_calls = 0;
   std::size_t copies = 0, copy_bytes = 0;     // cudaMemcpy between host and device
   std::size_t gathers = 0, gather_bytes = 0;  // host pages a kernel read into device memory
+  // Every other byte crossing PCIe: kernels' loads from and stores to host
+  // pages, counted from the kernels' access patterns (each element once; a
+  // kernel without a device mirror may load some again, so reads are a floor).
+  std::size_t host_reads = 0, host_writes = 0;
+  std::size_t pcie_bytes() const { return copy_bytes + gather_bytes + host_reads + host_writes; }
   Counters operator-(const Counters& o) const {
     Counters r = *this;
     r.gathers -= o.gathers;
     r.gather_bytes -= o.gather_bytes;
+    r.host_reads -= o.host_reads;
+    r.host_writes -= o.host_writes;
     for (int s = 0; s < kStages; ++s) r.stage[s] -= o.stage[s];
     r.alloc -= o.alloc;
     r.alloc_calls -= o.alloc_calls;
@@ -100,6 +107,12 @@ class Path {
   // The whole KV cache, on the side attention runs.
   virtual const float* keys() const = 0;
   virtual const float* values() const = 0;
+  // A kernel is about to read the first `rows` rows of the KV cache, weight
+  // w, or `rows` rows of the RoPE table: counts what of it crosses PCIe
+  // (nothing when it is in device memory).
+  virtual void reading_cache(std::size_t /*rows*/) {}
+  virtual void reading_weight(Weight /*w*/) {}
+  virtual void reading_rope(std::size_t /*rows*/) {}
 
   // unimem's Layout.stat(); empty for the standard path.
   virtual std::string layout_stat() const { return {}; }
@@ -133,11 +146,20 @@ class Path {
   Step step_;
 };
 
-// The standard path: weights read() into malloc'ed buffers (and cudaMalloc +
-// cudaMemcpy'd once when a GPU is used), new/delete and cudaMalloc/cudaFree
-// per tensor per step, cudaMemcpy from pageable memory at every hand-off, a
-// KV cache that grows a row at a time on the CPU.
-std::unique_ptr<Path> make_standard_path(const std::string& file, const Config& c, Placement pl, bool x16);
+// The standard paths: weights read() into malloc'ed buffers (and cudaMalloc +
+// cudaMemcpy'd once when a GPU is used).
+//   competent  device tensors from the stream-ordered pool (cudaMallocAsync /
+//              cudaFreeAsync, memory kept by the pool), host tensors that
+//              cross to the GPU in pinned memory taken once, cudaMemcpyAsync
+//              on the kernels' stream with one wait where the CPU needs the
+//              GPU's results, a KV cache allocated once for the conversation;
+//              new/delete for what stays on the CPU
+//   naive      new/delete and cudaMalloc/cudaFree per tensor per step, a
+//              blocking cudaMemcpy from pageable memory at every hand-off,
+//              a KV cache that grows a row at a time on the CPU
+enum class StandardStyle { competent, naive };
+std::unique_ptr<Path> make_standard_path(const std::string& file, const Config& c, Placement pl, bool x16,
+                                         StandardStyle style);
 
 // How the unimem path's GPU stages reach its pages.
 struct UnimemGpuOptions {

@@ -1,11 +1,14 @@
 // examples/pipeline/pipeline.cpp — one transformer decoder layer (RMSNorm, QKV,
 // RoPE, causal attention over a KV cache, output projection, SwiGLU MLP)
-// generating tokens after a prompt, two ways:
-//   standard  what code usually does: weights read() into malloc'ed buffers
-//             (and cudaMalloc + cudaMemcpy'd for a GPU), a new/delete and a
-//             cudaMalloc/cudaFree per tensor per step, a cudaMemcpy from
-//             pageable memory at every host/device hand-off, a KV cache that
-//             grows
+// generating tokens after a prompt, three ways:
+//   standard  what a competent engineer writes without unimem: weights read()
+//             into malloc'ed buffers (and copied once to the GPU), device
+//             tensors from CUDA's stream-ordered pool, host tensors that cross
+//             to the GPU in pinned buffers, cudaMemcpyAsync with one wait per
+//             hand-off, a KV cache allocated once per conversation
+//   naive     what first versions do (an extra column): new/delete and
+//             cudaMalloc/cudaFree per tensor per step, a blocking cudaMemcpy
+//             from pageable memory at every hand-off, a KV cache that grows
 //   unimem    weights loaded from safetensors into Layout.weights,
 //             activations taken from scratch (clear_pass per step), the KV
 //             cache in history (clear_talk per conversation); the Layout's
@@ -14,13 +17,14 @@
 // in three modes: cpu (everything on the CPU; matrix products through oneDNN,
 // on AMX where the CPU has it), gpu (everything on the GPU) and split (matrix
 // products on the GPU, everything else on the CPU: the hand-offs are where
-// copies cost). Both paths run the same kernels; their outputs are compared
+// copies cost). Every path runs the same kernels; their outputs are compared
 // with each other and with a float64 reference, and the program fails when
-// they differ.
+// they differ. Every byte that crosses PCIe per token is counted: copies,
+// and kernels' loads from and stores to host pages.
 //
-// This file runs a layer step on either path, times it and reports. The
+// This file runs a layer step on any path, times it and reports. The
 // layer is in model.hpp, its stages in cpu_stages.hpp, cpu_matmul.* and
-// gpu_stages.*, the two paths in paths.hpp, standard_path.cpp and
+// gpu_stages.*, the paths in paths.hpp, standard_path.cpp and
 // unimem_path.cpp, the float64 reference in reference.*.
 #include <algorithm>
 #include <chrono>
@@ -53,7 +57,7 @@ using namespace pipeline;
 constexpr const char* kUsage =
     "usage: unimem_pipeline [--mode auto|cpu|gpu|split|all] [--preset large] [--dim N] [--heads N]\n"
     "                       [--mlp N] [--prompt N] [--tokens N] [--bf16] [--gpu-weights device|host]\n"
-    "                       [--no-gpu-mirror] [--repeat N]\n"
+    "                       [--no-gpu-mirror] [--repeat N] [--save-weights FILE] [--json FILE]\n"
     "  --mode         auto (default): cpu without a GPU, all three with one\n"
     "  --preset large dim 4096, 32 heads, MLP 11008, bf16, 128 prompt + 32 generated tokens\n"
     "  --gpu-weights  device (default): GPU matrix products read a device copy of the weights,\n"
@@ -62,6 +66,8 @@ constexpr const char* kUsage =
     "                 unimem's kernels read host pages over the bus every time, instead of a\n"
     "                 device mirror they write through to and gather CPU-written data into\n"
     "  --repeat       conversations per path (default 5), alternating; medians reported\n"
+    "  --save-weights write the layer's weights to FILE (safetensors) and keep it\n"
+    "  --json         write each mode's tokens/s, prefill, error and PCIe bytes per path to FILE\n"
     "  --gpu-or-skip  (tests) without a GPU, print why and exit 77 instead of failing\n";
 
 enum class Mode { cpu, gpu, split };
@@ -79,13 +85,16 @@ const char* kStageNames[] = {"rmsnorm", "qkv projection", "rope", "attention", "
 class Runner {
  public:
   Runner(const Config& c, Placement pl, CpuMatmul& mm) : c_(c), pl_(pl), mm_(mm) {}
+  bool stage_times = false;  // time each stage (waiting for the GPU after each)
 
   void layer(Path& P, Step& s) {
     const std::size_t m = s.m, d = c_.dim, f = c_.mlp;
     const Weights& W = P.weights();
     const Where mm = pl_.mm, vec = pl_.vec;
-    // Each stage waits for its GPU work, so that its time is its own.
+    // With stage times on, each stage waits for its GPU work, so that its
+    // time is its own; off (the timed runs), GPU work queues freely.
     auto timed = [&](Stage st, auto&& fn) {
+      if (!stage_times) return fn();
       const auto t = Clock::now();
       fn();
       if (pl_.uses(Where::gpu)) gpu::sync();
@@ -98,6 +107,7 @@ class Runner {
       const float* x = P.need(in, mm);
       const gpu::Out y = write(out, mm);
       if (mm == Where::gpu) {
+        P.reading_weight(w);
         gpu::matmul(x, m, k, W.at(w, mm), c_.bf16, n, y);
       } else {
         mm_.run(x, m, k, W.at(w, mm), c_.bf16, n, y.p, s.x16);
@@ -107,7 +117,7 @@ class Runner {
       const float* x = P.need(in, vec);
       const gpu::Out y = write(out, vec);
       if (vec == Where::gpu)
-        gpu::rmsnorm(x, W.vec(w, vec), y, m, d);
+        P.reading_weight(w), gpu::rmsnorm(x, W.vec(w, vec), y, m, d);
       else
         cpu::rmsnorm(x, W.vec(w, vec), y.p, m, d);
     };
@@ -115,6 +125,7 @@ class Runner {
       const float* in = P.need(b, vec);
       const gpu::Out out = write(b, vec);
       if (vec == Where::gpu) {
+        P.reading_rope(m);
         gpu::rope(in, out, m, s.p0, d, c_.head_dim(), W.rope(vec));
       } else {
         const float* table = W.rope(vec);
@@ -150,7 +161,7 @@ class Runner {
       P.need(s.v, vec);
       const gpu::Out out = write(s.attn, vec);
       if (vec == Where::gpu)
-        gpu::attend(q, P.keys(), P.values(), out, m, s.p0, d, c_.heads);
+        P.reading_cache(s.p0 + m), gpu::attend(q, P.keys(), P.values(), out, m, s.p0, d, c_.heads);
       else
         cpu::attend(q, P.keys(), P.values(), out.p, s.scores, m, s.p0, c_);
     });
@@ -272,17 +283,40 @@ double rel_error(const std::vector<A>& a, const std::vector<B>& ref) {
   return std::sqrt(num / den);
 }
 
-// ---- one mode: both paths, the table, the checks ------------------------------
+// ---- one mode: every path, the table, the checks ------------------------------
 struct Options {
   Config c;
   std::vector<Mode> modes;
   UnimemGpuOptions unimem_gpu;
   bool gpu_or_skip = false;
   int repeat = 5;
+  std::string save_weights, json;
+};
+
+// What one mode measured of one path (for --json).
+struct Row {
+  std::string path;
+  double tokens_per_s, prefill_ms, error;
+  std::size_t pcie_bytes_per_token;
+};
+struct ModeReport {
+  Mode mode;
+  std::vector<Row> rows;
+};
+
+// The paths a mode compares, in the table's order; unimem is last, and every
+// ratio is another path's time over unimem's.
+struct Contender {
+  const char* name;
+  const char* label;  // of its ratio column
+  std::unique_ptr<Path> path;
+  std::vector<Result> runs;
+  Result median;
+  Counters stages;  // one more conversation, with stage times
 };
 
 bool run_mode(Mode mode, const Options& opt, const std::string& file, const std::vector<double>& reference,
-              CpuMatmul& mm, const std::string& gpu_name) {
+              CpuMatmul& mm, const std::string& gpu_name, std::vector<ModeReport>& reports) {
   const Config& c = opt.c;
   const Placement pl = placement(mode);
   const bool x16 = pl.mm == Where::cpu && mm.rounds_to_bf16(c.bf16);
@@ -303,75 +337,124 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
   }
 
   Runner run(c, pl, mm);
-  {  // Untimed: oneDNN's primitives and CUDA's kernels are created on first use.
-    const std::unique_ptr<Path> warm_up = make_standard_path(file, c, pl, x16);
+  {  // Untimed: oneDNN's primitives, CUDA's kernels and its memory pool are made on first use.
+    const std::unique_ptr<Path> warm_up = make_standard_path(file, c, pl, x16, StandardStyle::competent);
     converse(*warm_up, c, run);
   }
-  // Conversations of the two paths alternate, --repeat times; each path's
-  // median (by generation time) is reported.
-  const std::unique_ptr<Path> standard_path = make_standard_path(file, c, pl, x16);
-  const std::unique_ptr<Path> unimem_path_ptr = make_unimem_path(file, c, pl, x16, opt.unimem_gpu);
-  Path& standard = *standard_path;
-  Path& unimem_path = *unimem_path_ptr;
-  std::vector<Result> all_s, all_u;
+  std::vector<Contender> paths;
+  paths.push_back({"naive", "naive/u", make_standard_path(file, c, pl, x16, StandardStyle::naive), {}, {}, {}});
+  paths.push_back({"standard", "std/u", make_standard_path(file, c, pl, x16, StandardStyle::competent), {}, {}, {}});
+  paths.push_back({"unimem", "", make_unimem_path(file, c, pl, x16, opt.unimem_gpu), {}, {}, {}});
+  // Conversations of the paths alternate, --repeat times; each path's median
+  // (by generation time) is reported. Stage times come from one more
+  // conversation each, which waits for the GPU after every stage.
   bool repeatable = true;
   for (int rep = 0; rep < opt.repeat; ++rep) {
-    all_s.push_back(converse(standard, c, run));
-    all_u.push_back(converse(unimem_path, c, run));
-    repeatable = repeatable && all_s.back().out == all_s.front().out && all_u.back().out == all_u.front().out;
+    for (Contender& p : paths) {
+      p.runs.push_back(converse(*p.path, c, run));
+      repeatable = repeatable && p.runs.back().out == p.runs.front().out;
+    }
   }
-  auto median = [](std::vector<Result>& v) {
-    std::sort(v.begin(), v.end(), [](const Result& a, const Result& b) { return a.decode_seconds < b.decode_seconds; });
-    return v[v.size() / 2];
-  };
-  Result rs = median(all_s), ru = median(all_u);
-  rs.alloc_replayed = replay_allocations(standard, c);
-  ru.alloc_replayed = replay_allocations(unimem_path, c);
-  std::printf("   %d conversations per path, alternating; the median's figures (by generation time)\n", opt.repeat);
+  run.stage_times = true;
+  for (Contender& p : paths) {
+    p.stages = converse(*p.path, c, run).decode;
+    std::sort(p.runs.begin(), p.runs.end(),
+              [](const Result& a, const Result& b) { return a.decode_seconds < b.decode_seconds; });
+    p.median = p.runs[p.runs.size() / 2];
+    p.median.alloc_replayed = replay_allocations(*p.path, c);
+  }
+  run.stage_times = false;
+  const Contender& u = paths.back();
+  std::printf(
+      "   %d conversations per path, alternating; the median's figures (by generation time);\n"
+      "   stage times from one more conversation per path that waits for the GPU after each stage\n",
+      opt.repeat);
+  std::printf(
+      "   naive: cudaMalloc/cudaFree per tensor, blocking cudaMemcpy from pageable memory, a growing KV\n"
+      "   standard: stream-ordered pool, pinned buffers, cudaMemcpyAsync with one wait per hand-off,\n"
+      "             KV cache allocated once (what a competent engineer writes without unimem)\n");
 
   const double gen = double(c.tokens);
-  std::printf("\n%-30s %12s %12s %8s\n", "per generated token", "standard", "unimem", "ratio");
-  for (int s = 0; s < kStages; ++s) {
-    std::printf("%-30s %9.2f us %9.2f us %7.2fx\n", kStageNames[s], rs.decode.stage[s] / gen * 1e6,
-                ru.decode.stage[s] / gen * 1e6, rs.decode.stage[s] / ru.decode.stage[s]);
+  auto header = [&](const char* title) {
+    std::printf("\n%-34s", title);
+    for (const Contender& p : paths) std::printf(" %12s", p.name);
+    // Ratios: each other path's time over unimem's (above 1: unimem is faster).
+    for (std::size_t i = 0; i + 1 < paths.size(); ++i) std::printf(" %8s", paths[i].label);
+    std::printf("\n");
+  };
+  // A row of per-token figures with the others' ratio to unimem (x > 1: unimem faster).
+  auto row = [&](const std::string& name, auto&& value, const char* unit, double scale, const char* format) {
+    std::printf("%-34s", name.c_str());
+    for (const Contender& p : paths) std::printf(format, value(p) * scale, unit);
+    for (std::size_t i = 0; i + 1 < paths.size(); ++i) std::printf(" %7.2fx", value(paths[i]) / value(u));
+    std::printf("\n");
+  };
+  auto count = [&](const char* name, auto&& value) {
+    std::printf("%-34s", name);
+    for (const Contender& p : paths) std::printf(" %12zu", std::size_t(value(p)) / c.tokens);
+    std::printf("\n");
+  };
+  header("per generated token");
+  for (int st = 0; st < kStages; ++st) {
+    row(
+        kStageNames[st], [&](const Contender& p) { return p.stages.stage[st] / gen; }, "us", 1e6, " %9.2f %s");
   }
-  std::printf("%-30s %12zu %12zu\n", "host<->device copies", rs.decode.copies / c.tokens, ru.decode.copies / c.tokens);
-  std::printf("%-30s %12zu %12zu\n", "host<->device bytes staged", rs.decode.copy_bytes / c.tokens,
-              ru.decode.copy_bytes / c.tokens);
-  std::printf("%-30s %12zu %12zu\n", "bytes GPU gathered from host", rs.decode.gather_bytes / c.tokens,
-              ru.decode.gather_bytes / c.tokens);
-  std::printf("%-30s %12.2f %12.2f %7.2fx\n", "tokens/s (generated)", gen / rs.decode_seconds, gen / ru.decode_seconds,
-              rs.decode_seconds / ru.decode_seconds);
-  std::printf("%-30s %9.2f ms %9.2f ms %7.2fx\n", ("prefill (" + std::to_string(c.prompt) + " tokens)").c_str(),
-              rs.prefill_seconds * 1e3, ru.prefill_seconds * 1e3, rs.prefill_seconds / ru.prefill_seconds);
-  std::printf("%-30s %9.2f ms %9.2f ms %7.2fx\n", "loading the weights", standard.load_seconds * 1e3,
-              unimem_path.load_seconds * 1e3, standard.load_seconds / unimem_path.load_seconds);
+  if (mode != Mode::cpu) {
+    count("host<->device copies", [](const Contender& p) { return p.median.decode.copies; });
+    count("PCIe bytes: copies", [](const Contender& p) { return p.median.decode.copy_bytes; });
+    count("PCIe bytes: kernels read host",
+          [](const Contender& p) { return p.median.decode.gather_bytes + p.median.decode.host_reads; });
+    count("PCIe bytes: kernels wrote host", [](const Contender& p) { return p.median.decode.host_writes; });
+    count("PCIe bytes in all", [](const Contender& p) { return p.median.decode.pcie_bytes(); });
+  }
+  std::printf("%-34s", "tokens/s (generated)");
+  for (const Contender& p : paths) std::printf(" %12.2f", gen / p.median.decode_seconds);
+  for (std::size_t i = 0; i + 1 < paths.size(); ++i)
+    std::printf(" %7.2fx", paths[i].median.decode_seconds / u.median.decode_seconds);
+  std::printf("\n");
+  row(
+      "prefill (" + std::to_string(c.prompt) + " tokens)", [](const Contender& p) { return p.median.prefill_seconds; },
+      "ms", 1e3, " %9.2f %s");
+  row(
+      "loading the weights", [](const Contender& p) { return p.path->load_seconds; }, "ms", 1e3, " %9.2f %s");
   // Two timed sections per token (obtain, release); their clock reads are
-  // not the allocator's cost.
+  // not the allocator's cost. Allocation figures come from the stage-timed
+  // conversation's counters as much as the others': the same calls.
   const double overhead = 2 * clock_overhead();
-  const double in_run_s = std::max(0.0, rs.decode.alloc / gen - overhead);
-  const double in_run_u = std::max(0.0, ru.decode.alloc / gen - overhead);
-  std::printf("\n%-30s %12s %12s %8s\n", "allocation, per gen. token", "standard", "unimem", "ratio");
-  std::printf("%-30s %9.3f us %9.3f us %7.1fx\n", "in the run", in_run_s * 1e6, in_run_u * 1e6, in_run_s / in_run_u);
-  std::printf("%-30s %9.3f us %9.3f us %7.1fx\n", "replayed alone (warm caches)", rs.alloc_replayed * 1e6,
-              ru.alloc_replayed * 1e6, rs.alloc_replayed / ru.alloc_replayed);
-  std::printf("%-30s %12.1f %12.1f\n", "calls", double(rs.decode.alloc_calls) / gen,
-              double(ru.decode.alloc_calls) / gen);
-  std::printf("(in the run: the clock's own %.0f ns per token subtracted)\n", overhead * 1e9);
+  header("allocation, per gen. token");
+  row(
+      "in the run", [&](const Contender& p) { return std::max(1e-12, p.median.decode.alloc / gen - overhead); }, "us",
+      1e6, " %9.3f %s");
+  row(
+      "replayed alone (warm caches)", [](const Contender& p) { return p.median.alloc_replayed; }, "us", 1e6,
+      " %9.3f %s");
+  std::printf("%-34s", "calls");
+  for (const Contender& p : paths) std::printf(" %12.1f", double(p.median.decode.alloc_calls) / gen);
+  std::printf("\n(in the run: the clock's own %.0f ns per token subtracted)\n", overhead * 1e9);
 
-  const double e_standard = rel_error(rs.out, reference), e_unimem = rel_error(ru.out, reference);
-  const double between = rel_error(rs.out, ru.out);
-  const bool identical = std::memcmp(rs.out.data(), ru.out.data(), rs.out.size() * sizeof(float)) == 0;
   // float32 arithmetic: 1e-4 over a layer; activations rounded to bf16 for
   // AMX/AVX-512 bf16 products carry 8 significant bits: 3e-2.
   const double tolerance = x16 ? 3e-2 : 1e-4;
-  std::printf("\nerror vs float64 over all %zu outputs: standard %.2e, unimem %.2e (tolerance %.0e%s)\n", c.positions(),
-              e_standard, e_unimem, tolerance, x16 ? ", bf16 activations" : "");
-  std::printf("standard vs unimem: %s\n",
-              identical ? "identical, bit for bit" : ("differ by " + std::to_string(between)).c_str());
-  std::printf("\nLayout after the conversation (unimem path):\n%s\n", unimem_path.layout_stat().c_str());
+  std::printf("\nerror vs float64 over all %zu outputs:", c.positions());
+  ModeReport report{mode, {}};
+  bool within = true, identical = true;
+  double between = 0;
+  for (const Contender& p : paths) {
+    const double e = rel_error(p.median.out, reference);
+    within = within && e < tolerance;
+    std::printf(" %s %.2e,", p.name, e);
+    report.rows.push_back({p.name, gen / p.median.decode_seconds, p.median.prefill_seconds * 1e3, e,
+                           p.median.decode.pcie_bytes() / c.tokens});
+    identical = identical && std::memcmp(p.median.out.data(), u.median.out.data(), u.median.out.size() * 4) == 0;
+    between = std::max(between, rel_error(p.median.out, u.median.out));
+  }
+  std::printf(" (tolerance %.0e%s)\n", tolerance, x16 ? ", bf16 activations" : "");
+  std::printf("paths vs unimem: %s\n",
+              identical ? "identical, bit for bit" : ("differ by up to " + std::to_string(between)).c_str());
+  std::printf("\nLayout after the conversation (unimem path):\n%s\n", u.path->layout_stat().c_str());
+  reports.push_back(std::move(report));
   bool ok = true;
-  if (!(e_standard < tolerance) || !(e_unimem < tolerance)) {
+  if (!within) {
     std::fprintf(stderr, "FAILED (%s mode): outputs differ from the float64 reference beyond %.0e\n", mode_name(mode),
                  tolerance);
     ok = false;
@@ -381,10 +464,38 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
     ok = false;
   }
   if (!(between < 1e-6)) {
-    std::fprintf(stderr, "FAILED (%s mode): the two paths differ by %.2e\n", mode_name(mode), between);
+    std::fprintf(stderr, "FAILED (%s mode): the paths differ by %.2e\n", mode_name(mode), between);
     ok = false;
   }
   return ok;
+}
+
+// --json: the figures a peer (examples/pipeline/torch_layer.py) prints beside its own.
+void write_json(const std::string& path, const Config& c, const std::string& gpu_name,
+                const std::vector<ModeReport>& reports) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) throw std::runtime_error("cannot write " + path);
+  std::string name;
+  for (char ch : gpu_name) {
+    if (ch != '"' && ch != '\\') name += ch;
+  }
+  std::fprintf(f, "{\"config\": {\"dim\": %zu, \"heads\": %zu, \"mlp\": %zu, \"prompt\": %zu, \"tokens\": %zu, ", c.dim,
+               c.heads, c.mlp, c.prompt, c.tokens);
+  std::fprintf(f, "\"bf16\": %s},\n \"gpu\": \"%s\",\n \"modes\": [", c.bf16 ? "true" : "false", name.c_str());
+  for (std::size_t m = 0; m < reports.size(); ++m) {
+    std::fprintf(f, "%s\n  {\"mode\": \"%s\", \"rows\": [", m ? "," : "", mode_name(reports[m].mode));
+    for (std::size_t r = 0; r < reports[m].rows.size(); ++r) {
+      const Row& row = reports[m].rows[r];
+      std::fprintf(f,
+                   "%s\n    {\"path\": \"%s\", \"tokens_per_s\": %.6g, \"prefill_ms\": %.6g, \"error\": %.6g, "
+                   "\"pcie_bytes_per_token\": %zu}",
+                   r ? "," : "", row.path.c_str(), row.tokens_per_s, row.prefill_ms, row.error,
+                   row.pcie_bytes_per_token);
+    }
+    std::fprintf(f, "]}");
+  }
+  std::fprintf(f, "\n ]}\n");
+  if (std::fclose(f) != 0) throw std::runtime_error("cannot write " + path);
 }
 
 Options parse(int argc, char** argv, bool& mode_given, std::string& mode_arg) {
@@ -431,6 +542,10 @@ Options parse(int argc, char** argv, bool& mode_given, std::string& mode_arg) {
       mode_arg = argv[++i];
     } else if (a == "--no-gpu-mirror") {
       o.unimem_gpu.mirror = false;
+    } else if (a == "--save-weights" && i + 1 < argc) {
+      o.save_weights = argv[++i];
+    } else if (a == "--json" && i + 1 < argc) {
+      o.json = argv[++i];
     } else if (a == "--gpu-or-skip") {
       o.gpu_or_skip = true;
     } else if (a == "--help" || a == "-h") {
@@ -492,19 +607,25 @@ int main(int argc, char** argv) try {
   std::printf("GPU: %s\n\n", have_gpu ? probe.name.c_str() : ("none (" + why_not + "): CPU mode only").c_str());
 
   // The weights, from a fixed seed, as the safetensors file a model comes in.
-  const std::string file =
-      (std::filesystem::temp_directory_path() / ("unimem_pipeline_" + std::to_string(::getpid()) + ".safetensors"))
-          .string();
+  const std::string file = !opt.save_weights.empty()
+                               ? opt.save_weights
+                               : (std::filesystem::temp_directory_path() /
+                                  ("unimem_pipeline_" + std::to_string(::getpid()) + ".safetensors"))
+                                     .string();
   write_weights(file, c);
   struct Remove {
     std::string f;
-    ~Remove() { std::filesystem::remove(f); }
-  } remove{file};
+    ~Remove() {
+      if (!f.empty()) std::filesystem::remove(f);
+    }
+  } remove{opt.save_weights.empty() ? file : std::string()};
 
   const std::vector<double> reference = run_reference(file, c);
   CpuMatmul mm;
   bool ok = true;
-  for (Mode m : opt.modes) ok = run_mode(m, opt, file, reference, mm, probe.name) && ok;
+  std::vector<ModeReport> reports;
+  for (Mode m : opt.modes) ok = run_mode(m, opt, file, reference, mm, probe.name, reports) && ok;
+  if (!opt.json.empty()) write_json(opt.json, c, have_gpu ? probe.name : std::string(), reports);
   return ok ? 0 : 1;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "unimem_pipeline: %s\n", e.what());

@@ -29,7 +29,8 @@ class UnimemPath final : public Path {
           throw std::runtime_error("this GPU does not use host addresses for registered pages");
         }
       }
-      if (gpu_options.weights_in_place) {  // the GPU reads Layout.weights over the bus
+      weights_in_place_ = gpu_options.weights_in_place;
+      if (weights_in_place_) {  // the GPU reads Layout.weights over the bus
         std::copy(std::begin(weights_.on_cpu), std::end(weights_.on_cpu), weights_.on_gpu);
         weights_.rope_gpu = rope;
       } else {  // one DMA from the pinned pages into device memory
@@ -107,7 +108,10 @@ class UnimemPath final : public Path {
       }
       return b.host;
     }
-    if (b.dev == nullptr) return b.host;  // no mirror: over the bus
+    if (b.dev == nullptr) {  // no mirror: over the bus
+      counters.host_reads += b.n * sizeof(float);
+      return b.host;
+    }
     if (!(b.valid & int(Where::gpu))) {
       gpu::gather(b.host, b.dev, b.n);
       ++counters.gathers;
@@ -119,7 +123,19 @@ class UnimemPath final : public Path {
   float* produce(Buf& b, Where side) override {
     // A kernel's results are in the mirror at once, in host pages after a wait.
     b.valid = side == Where::cpu ? int(Where::cpu) : b.dev ? int(Where::gpu) : 0;
+    if (side == Where::gpu) counters.host_writes += b.n * sizeof(float);
     return b.host;
+  }
+  void reading_cache(std::size_t rows) override {
+    if (mirror_[1].get() == nullptr) counters.host_reads += 2 * rows * c_.dim * sizeof(float);
+  }
+  void reading_weight(Weight w) override {
+    if (!weights_in_place_) return;
+    const WeightSpec s = weight_specs(c_)[w];
+    counters.host_reads += s.rows * s.cols * (c_.bf16 && s.matrix() ? 2 : 4);
+  }
+  void reading_rope(std::size_t rows) override {
+    if (weights_in_place_) counters.host_reads += rows * c_.head_dim() * sizeof(float);
   }
   float* also(const Buf& b, Where side) const override { return side == Where::gpu ? b.dev : nullptr; }
   const float* keys() const override { return pl_.vec == Where::gpu && mirror_[1].get() ? mirror_of(keys_) : keys_; }
@@ -191,6 +207,7 @@ class UnimemPath final : public Path {
   gpu::DeviceBuffer mirror_[2];  // device memory shadowing scratch and history
   float* keys_ = nullptr;
   float* values_ = nullptr;
+  bool weights_in_place_ = false;
 };
 
 }  // namespace

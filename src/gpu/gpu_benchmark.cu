@@ -56,8 +56,8 @@ void add(const std::string& group, const std::string& name, double value, bool r
 // ---- pin ---------------------------------------------------------------------
 
 void bench_pin(std::size_t bytes, int reps, const char* label) {
-  std::vector<double> block_t, huge_t, host_alloc_t, malloc_host_t;
-  std::size_t huge_bytes = 0;
+  std::vector<double> block_t, huge_t, shared_huge_t, thp_t, host_alloc_t, malloc_host_t;
+  std::size_t huge_bytes = 0, shared_huge_bytes = 0;
   for (int r = 0; r < reps; ++r) {
     {
       unimem::BlockOptions o;
@@ -75,6 +75,25 @@ void bench_pin(std::size_t bytes, int reps, const char* label) {
       unimem::Block b = unimem::Block::open(bytes, o);
       huge_t.push_back(seconds_since(t));
       huge_bytes = b.huge_page_bytes();
+    }
+    {  // shareable (memfd) pages asking for huge pages: they get them where shmem_enabled allows
+      unimem::BlockOptions o;
+      o.visibility = unimem::Visibility::gpus;
+      o.huge_pages = true;
+      auto t = Clock::now();
+      unimem::Block b = unimem::Block::open(bytes, o);
+      shared_huge_t.push_back(seconds_since(t));
+      shared_huge_bytes = b.huge_page_bytes();
+    }
+    {  // the huge-page baseline: what an engineer writes for huge pinned pages without unimem
+      auto t = Clock::now();
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) std::perror("mmap"), std::exit(1);
+      madvise(p, bytes, MADV_HUGEPAGE);
+      CHECK(cudaHostRegister(p, bytes, cudaHostRegisterPortable | cudaHostRegisterMapped));
+      thp_t.push_back(seconds_since(t));
+      CHECK(cudaHostUnregister(p));
+      munmap(p, bytes);
     }
     {
       void* p = nullptr;
@@ -99,6 +118,13 @@ void bench_pin(std::size_t bytes, int reps, const char* label) {
   const std::string huge = "Block::open(gpus, private, huge_pages) [" + std::to_string(huge_bytes >> 20) + " MiB huge]";
   add(g, huge, median(huge_t), false, "cudaHostAlloc(portable|mapped)");
   add(g, huge + " vs cudaMallocHost", median(huge_t), false, "cudaMallocHost");
+  const std::string thp = "mmap(THP) + cudaHostRegister";
+  add(g, thp, median(thp_t), false);
+  add(g, huge + " vs THP", median(huge_t), false, thp);
+  const std::string shared =
+      "Block::open(gpus, shareable, huge_pages) [" + std::to_string(shared_huge_bytes >> 20) + " MiB huge]";
+  add(g, shared, median(shared_huge_t), false, "cudaHostAlloc(portable|mapped)");
+  add(g, shared + " vs THP", median(shared_huge_t), false, thp);
 }
 
 // Where the time of a pinned, GPU-visible allocation goes, for three kinds of
@@ -350,6 +376,12 @@ int main(int argc, char** argv) {
   std::printf("unimem %s GPU benchmark: %d x %s, driver CUDA %d.%d, %u CPU threads\n", UNIMEM_VERSION_STRING, devices,
               prop.name, driver / 1000, driver % 1000 / 10, std::thread::hardware_concurrency());
   CHECK(cudaFree(nullptr));  // create the context outside every timing
+  // Whether shareable (shmem) pages may get huge pages here; see `unimem info`.
+  if (std::FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r")) {
+    char line[128] = {};
+    if (std::fgets(line, sizeof line, f)) std::printf("shmem_enabled: %s", line);
+    std::fclose(f);
+  }
 
   bench_pin(16u << 20, 9, "16MiB");
   if (pin_gib) {
