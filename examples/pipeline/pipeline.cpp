@@ -28,6 +28,7 @@
 // unimem_path.cpp, the float64 reference in reference.*.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -472,7 +473,15 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
 
 // --json: the figures a peer (examples/pipeline/torch_layer.py) prints beside its own.
 void write_json(const std::string& path, const Config& c, const std::string& gpu_name,
-                const std::vector<ModeReport>& reports) {
+                const std::vector<ModeReport>& reports, const std::vector<double>& reference) {
+  // What Python's json reads back, NaN included (a path gone wrong must still show).
+  auto number = [](double v) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.17g", v);
+    return std::isnan(v) ? std::string("NaN") : std::isinf(v) ? std::string(v > 0 ? "Infinity" : "-Infinity") : text;
+  };
+  double norm = 0;
+  for (double v : reference) norm += v * v;
   std::FILE* f = std::fopen(path.c_str(), "w");
   if (f == nullptr) throw std::runtime_error("cannot write " + path);
   std::string name;
@@ -481,16 +490,17 @@ void write_json(const std::string& path, const Config& c, const std::string& gpu
   }
   std::fprintf(f, "{\"config\": {\"dim\": %zu, \"heads\": %zu, \"mlp\": %zu, \"prompt\": %zu, \"tokens\": %zu, ", c.dim,
                c.heads, c.mlp, c.prompt, c.tokens);
-  std::fprintf(f, "\"bf16\": %s},\n \"gpu\": \"%s\",\n \"modes\": [", c.bf16 ? "true" : "false", name.c_str());
+  std::fprintf(f, "\"bf16\": %s},\n \"gpu\": \"%s\",\n \"reference_norm\": %s,\n \"modes\": [",
+               c.bf16 ? "true" : "false", name.c_str(), number(std::sqrt(norm)).c_str());
   for (std::size_t m = 0; m < reports.size(); ++m) {
     std::fprintf(f, "%s\n  {\"mode\": \"%s\", \"rows\": [", m ? "," : "", mode_name(reports[m].mode));
     for (std::size_t r = 0; r < reports[m].rows.size(); ++r) {
       const Row& row = reports[m].rows[r];
       std::fprintf(f,
-                   "%s\n    {\"path\": \"%s\", \"tokens_per_s\": %.6g, \"prefill_ms\": %.6g, \"error\": %.6g, "
+                   "%s\n    {\"path\": \"%s\", \"tokens_per_s\": %s, \"prefill_ms\": %s, \"error\": %s, "
                    "\"pcie_bytes_per_token\": %zu}",
-                   r ? "," : "", row.path.c_str(), row.tokens_per_s, row.prefill_ms, row.error,
-                   row.pcie_bytes_per_token);
+                   r ? "," : "", row.path.c_str(), number(row.tokens_per_s).c_str(), number(row.prefill_ms).c_str(),
+                   number(row.error).c_str(), row.pcie_bytes_per_token);
     }
     std::fprintf(f, "]}");
   }
@@ -625,7 +635,7 @@ int main(int argc, char** argv) try {
   bool ok = true;
   std::vector<ModeReport> reports;
   for (Mode m : opt.modes) ok = run_mode(m, opt, file, reference, mm, probe.name, reports) && ok;
-  if (!opt.json.empty()) write_json(opt.json, c, have_gpu ? probe.name : std::string(), reports);
+  if (!opt.json.empty()) write_json(opt.json, c, have_gpu ? probe.name : std::string(), reports, reference);
   return ok ? 0 : 1;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "unimem_pipeline: %s\n", e.what());
