@@ -4,8 +4,9 @@
 #                                          copy the test and benchmark binaries into DIR
 #   bash scripts/gpu-check.sh run DIR [ARGS]  (on the GPU machine) run the tests, the GPU
 #                                          benchmark (ARGS go to it), the loader benchmark
-#                                          (scripts/loader-bench.sh) and unimem-bench; logs
-#                                          go to $OUT when set, else DIR/logs
+#                                          (scripts/loader-bench.sh), the KV offload benchmarks
+#                                          (C++, and torch's routes where torch imports) and
+#                                          unimem-bench; logs go to $OUT when set, else DIR/logs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step=${1:?build or run}
@@ -17,8 +18,9 @@ if [ "$step" = build ]; then
   cmake --build build/device
   mkdir -p "$dir"
   cp build/device/tests/unimem_test build/device/tests/unimem_share_helper build/device/tests/unimem_gpu_test \
+     build/device/tests/unimem_offload_gpu_test \
      build/device/bench/unimem_gpu_benchmark build/device/bench/unimem_file_benchmark build/device/unimem \
-     build/device/bench/unimem_loader_benchmark \
+     build/device/bench/unimem_loader_benchmark build/device/bench/unimem_offload_benchmark \
      build/device/bench/unimem_block_benchmark build/device/bench/unimem_alloc_benchmark* \
      build/device/bench/unimem-bench build/device/examples/unimem_pipeline "$dir"/
   # The shared libraries they need that the GPU machine lacks.
@@ -42,9 +44,14 @@ status=0
   echo "anon THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null); kernel $(uname -r)"
 } 2>&1 | tee "$logs/machine.txt"
 "$dir/unimem_gpu_test" 2>&1 | tee "$logs/gpu_test.txt" || status=1
+"$dir/unimem_offload_gpu_test" 2>&1 | tee "$logs/offload_gpu_test.txt" || status=1
 "$dir/unimem_test" --gtest_death_test_style=threadsafe 2>&1 | tee "$logs/unit_test.txt" | tail -3 || status=1
 "$dir/unimem_gpu_benchmark" "${@:3}" 2>&1 | tee "$logs/gpu_benchmark.txt" || status=1
 bash scripts/loader-bench.sh "$dir" 4 2>&1 | tee "$logs/loader_bench.txt" || status=1
+"$dir/unimem_offload_benchmark" 2>&1 | tee "$logs/offload_benchmark.txt" || status=1
+if python3 -c "import torch" 2>/dev/null; then
+  python3 python/benchmarks/offload_torch.py 2>&1 | tee "$logs/offload_torch.txt" || status=1
+fi
 # The allocation suite on 16 cores (the size of the single-GPU machine), whatever this host has.
 cpus=$(( $(nproc) < 16 ? $(nproc) : 16 ))
 pin=""

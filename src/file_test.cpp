@@ -49,6 +49,8 @@ struct TempFile {
 };
 
 using testing::error_of;
+using testing::Thrown;
+using testing::thrown_by;
 
 void expect_consistent(const ReadReport& r) {
   EXPECT_EQ(r.path == ReadPath::io_uring_direct, r.fallback_reason.empty())
@@ -191,22 +193,6 @@ TEST(ReadFile, BadInputGivesClearErrors) {
   EXPECT_EQ(file_size(f.path), MiB);
   // Nothing to read is fine.
   EXPECT_EQ(read_file(f.path, 0, std::span<std::byte>()).bytes, 0u);
-}
-
-// The code, errno and message of the unimem::Error `f` throws.
-struct Thrown {
-  Errc code{};
-  int sys_errno = 0;
-  std::string message;
-};
-template <class F>
-Thrown thrown_by(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return {e.code(), e.sys_errno(), e.what()};
-  }
-  return {};
 }
 
 // A failure reported by one completion while others are in flight: read_file

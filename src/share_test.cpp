@@ -49,24 +49,6 @@ bool holds(const Block& b, std::uint32_t seed) {
   return true;
 }
 
-// Runs `body` in a forked child; returns its exit status (or 128 + signal).
-int in_child(const std::function<int()>& body) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    int code = 99;
-    try {
-      code = body();
-    } catch (const Error& e) {
-      std::fprintf(stderr, "child: %s\n", e.what());
-      code = 98;
-    }
-    std::_Exit(code);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 // Starts the helper with `args`; its stdout is readable from *out_fd.
 pid_t start_helper(std::vector<std::string> args, int* out_fd = nullptr) {
   int pipefd[2];
@@ -114,6 +96,7 @@ struct StartLine {
 };
 
 using testing::error_of;
+using testing::in_child;
 
 TEST(BlockId, RoundTripsThroughText) {
   Block b = Block::open(MiB);

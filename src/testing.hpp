@@ -9,8 +9,10 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <string>
 
 #include "platform/region.hpp"
@@ -62,6 +64,44 @@ Errc error_of(F&& f) {
     return e.code();
   }
   return Errc{};
+}
+
+// The code, errno and message of the unimem::Error `f` throws (all empty
+// when it throws none).
+struct Thrown {
+  Errc code{};
+  int sys_errno = 0;
+  std::string message;
+};
+template <class F>
+Thrown thrown_by(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return {e.code(), e.sys_errno(), e.what()};
+  }
+  return {};
+}
+
+// Runs `body` in a forked child; returns its exit status (or 128 + signal):
+// 98 when body threw a unimem::Error (printed), 99 when it threw nothing
+// but never returned a code.
+inline int in_child(const std::function<int()>& body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    int code = 99;
+    try {
+      code = body();
+    } catch (const Error& e) {
+      std::fprintf(stderr, "child: %s\n", e.what());
+      code = 98;
+    }
+    std::_Exit(code);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // Runs `body` (returning an exit code) in a forked child that SIGALRM ends

@@ -8,6 +8,7 @@
 // Sharing: Blocks, Tapes and Grids across processes           <unimem/share.hpp>
 // Files: read_file (io_uring + O_DIRECT), safetensors          <unimem/file.hpp>, <unimem/safetensors.hpp>
 // GPU visibility: what the CUDA driver offers               <unimem/gpu.hpp>
+// KV-cache offload: GPU blocks to shared host cells and back <unimem/offload.hpp>
 // Errors are reported by one exception type, unimem::Error  <unimem/error.hpp>
 #pragma once
 
@@ -17,6 +18,7 @@
 #include "unimem/gpu.hpp"
 #include "unimem/grid.hpp"
 #include "unimem/layout.hpp"
+#include "unimem/offload.hpp"
 #include "unimem/safetensors.hpp"
 #include "unimem/share.hpp"
 #include "unimem/tape.hpp"

@@ -61,13 +61,22 @@ Loaded load() {
       bind(library, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync) && bind(library, "cuMemAlloc_v2", d.cuMemAlloc) &&
       bind(library, "cuMemFree_v2", d.cuMemFree) && bind(library, "cuMemcpy2DAsync_v2", d.cuMemcpy2DAsync) &&
       bind(library, "cuModuleLoadData", d.cuModuleLoadData) &&
-      bind(library, "cuModuleGetFunction", d.cuModuleGetFunction) && bind(library, "cuLaunchKernel", d.cuLaunchKernel);
+      bind(library, "cuModuleGetFunction", d.cuModuleGetFunction) &&
+      bind(library, "cuLaunchKernel", d.cuLaunchKernel) && bind(library, "cuMemcpyAsync", d.cuMemcpyAsync) &&
+      bind(library, "cuEventQuery", d.cuEventQuery) &&
+      bind(library, "cuPointerGetAttributes", d.cuPointerGetAttributes) &&
+      bind(library, "cuStreamGetCtx", d.cuStreamGetCtx) && bind(library, "cuStreamWaitEvent", d.cuStreamWaitEvent);
   if (!bound) {
     out.failure = Errc::no_cuda_driver;
     out.message = "unimem: no usable CUDA driver: " + path + " lacks a driver API entry point (" +
                   ::dlerror() +  // NOLINT(concurrency-mt-unsafe): once
                   "). Update the NVIDIA driver";
     return out;
+  }
+  // Optional entry points, absent from older drivers (unimem works without
+  // them); bound after the check above, whose message reads dlerror().
+  if (!bind(library, "cuMemcpyBatchAsync_v2", d.cuMemcpyBatchAsync_v2)) {
+    bind(library, "cuMemcpyBatchAsync", d.cuMemcpyBatchAsync_v1);
   }
   if (CUresult r = d.cuInit(0); r != 0) {
     const char* name = nullptr;

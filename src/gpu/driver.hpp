@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace unimem::gpu::detail {
@@ -52,6 +53,46 @@ inline constexpr int kAttrUnifiedAddressing = 41;         // CU_DEVICE_ATTRIBUTE
 inline constexpr int kAttrHostPointerForRegistered = 91;  // ..._CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM
 inline constexpr int kAttrHostRegisterSupported = 99;     // CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED
 inline constexpr CUresult kErrorNoDevice = 100;           // CUDA_ERROR_NO_DEVICE
+inline constexpr CUresult kErrorNotReady = 600;           // CUDA_ERROR_NOT_READY
+inline constexpr int kAttrMultiprocessorCount = 16;       // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+
+// CUpointer_attribute values (cuPointerGetAttributes), for checking device ranges.
+inline constexpr int kPointerMemoryType = 2;     // CU_POINTER_ATTRIBUTE_MEMORY_TYPE (unsigned: CUmemorytype)
+inline constexpr int kPointerDeviceOrdinal = 9;  // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL (int)
+inline constexpr int kPointerRangeStart = 11;    // CU_POINTER_ATTRIBUTE_RANGE_START_ADDR (CUdeviceptr)
+inline constexpr int kPointerRangeSize = 12;     // CU_POINTER_ATTRIBUTE_RANGE_SIZE (size_t)
+// For cuMemMap'ped memory (virtual memory management: PyTorch's expandable
+// segments, vLLM's cuMem allocator) the range above is the whole reserved
+// address range; these say what of it is backed by one mapping.
+inline constexpr int kPointerMapped = 13;       // CU_POINTER_ATTRIBUTE_MAPPED (bool)
+inline constexpr int kPointerMappingSize = 18;  // CU_POINTER_ATTRIBUTE_MAPPING_SIZE (size_t)
+inline constexpr int kPointerMappingBase = 19;  // CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR (void*)
+
+// The stream handles that name a context's default streams (cuda.h): 0 and
+// CU_STREAM_LEGACY the legacy default stream (the runtime's and PyTorch's
+// stream 0), CU_STREAM_PER_THREAD the calling thread's default stream.
+inline constexpr std::uintptr_t kStreamLegacy = 0x1;     // CU_STREAM_LEGACY
+inline constexpr std::uintptr_t kStreamPerThread = 0x2;  // CU_STREAM_PER_THREAD
+// True for nullptr, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD.
+inline bool is_default_stream(const void* stream) noexcept {
+  const auto v = reinterpret_cast<std::uintptr_t>(stream);
+  return v == 0 || v == kStreamLegacy || v == kStreamPerThread;
+}
+
+// CUmemcpyAttributes (cuda.h, CUDA 12.8+), for cuMemcpyBatchAsync.
+struct MemLocation {
+  int type = 0;  // CUmemLocationType; 0: none (the hints are ignored for device and pinned memory)
+  int id = 0;
+};
+struct MemcpyAttributes {
+  int srcAccessOrder = 0;  // CUmemcpySrcAccessOrder
+  MemLocation srcLocHint;
+  MemLocation dstLocHint;
+  unsigned flags = 0;  // CUmemcpyFlags
+};
+inline constexpr int kSrcAccessOrderStream = 1;  // CU_MEMCPY_SRC_ACCESS_ORDER_STREAM
+static_assert(sizeof(MemLocation) == 8, "CUmemLocation is two ints");
+static_assert(sizeof(MemcpyAttributes) == 24, "CUmemcpyAttributes is 24 bytes (cuda.h, CUDA 12.8+)");
 
 struct Driver {
   CUresult (*cuInit)(unsigned flags);
@@ -86,6 +127,25 @@ struct Driver {
   CUresult (*cuLaunchKernel)(CUfunction f, unsigned grid_x, unsigned grid_y, unsigned grid_z, unsigned block_x,
                              unsigned block_y, unsigned block_z, unsigned shared_bytes, CUstream stream, void** params,
                              void** extra);
+  // The KV offload pool (gpu/offload*.cpp): copies between any two addresses
+  // (unified addressing), completion without blocking, the device and range
+  // of a caller's address, the context of a caller's stream, and one stream
+  // waiting for another's event (copies bridged off the legacy stream).
+  CUresult (*cuMemcpyAsync)(CUdeviceptr dst, CUdeviceptr src, std::size_t bytes, CUstream stream);
+  CUresult (*cuEventQuery)(CUevent event);
+  CUresult (*cuPointerGetAttributes)(unsigned count, int* attributes, void** data, CUdeviceptr p);
+  CUresult (*cuStreamGetCtx)(CUstream stream, CUcontext* context);
+  CUresult (*cuStreamWaitEvent)(CUstream stream, CUevent event, unsigned flags);
+  // Optional, nullptr where the driver predates them (before CUDA 12.8):
+  // many copies in one call. CUDA 13 names the form without failIdx
+  // cuMemcpyBatchAsync_v2 (what its header maps cuMemcpyBatchAsync to); the
+  // unversioned symbol keeps CUDA 12.8's form, with failIdx.
+  CUresult (*cuMemcpyBatchAsync_v2)(CUdeviceptr* dsts, CUdeviceptr* srcs, std::size_t* sizes, std::size_t count,
+                                    MemcpyAttributes* attrs, std::size_t* attr_indices, std::size_t attr_count,
+                                    CUstream stream);
+  CUresult (*cuMemcpyBatchAsync_v1)(CUdeviceptr* dsts, CUdeviceptr* srcs, std::size_t* sizes, std::size_t count,
+                                    MemcpyAttributes* attrs, std::size_t* attr_indices, std::size_t attr_count,
+                                    std::size_t* fail_index, CUstream stream);
 
   int version = 0;       // e.g. 13000 for CUDA 13.0
   int device_count = 0;  // at least 1 once driver() returned

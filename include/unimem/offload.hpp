@@ -1,0 +1,273 @@
+// unimem/offload.hpp — a KV-cache offload pool: GPU blocks to shared host cells and back.
+//
+// Inference servers move KV-cache blocks (0.5-2 MiB each, contiguous) out of
+// GPU memory into a host pool when a conversation goes idle, and back when it
+// returns. An OffloadPool is that host pool: a SharedGrid (unimem/share.hpp)
+// of `blocks` cells of `block_bytes` each, living in one shareable Block that
+// is registered with the GPU, so that
+//   * several processes (a cache server, the engines) take and give cells of
+//     one pool, lock-free; a process that dies loses only the cells it held;
+//   * each process registers its own mapping with its own GPU and moves many
+//     blocks per call, asynchronously, on a stream it names: store (device
+//     blocks into cells) and fetch (cells into device blocks).
+//
+// Two routes move the blocks (OffloadOptions::route), both one call per
+// batch: `kernel`, one gather/scatter kernel whose threads load and store 16
+// bytes at a time across the bus (the cells are device-addressable because
+// they are registered; one thread block per multiprocessor, so a store and a
+// fetch, or a move and compute, run side by side), and `copies`, the copy
+// engines, one cuMemcpyBatchAsync per batch (a cuMemcpyAsync per block on
+// drivers before CUDA 12.8). The default, `automatic`, takes the one that
+// measured faster for the pool's block size (H100, PCIe Gen5): the kernel
+// below kAutomaticRouteThreshold (512 KiB; at 16 KiB the copy engines' cost
+// per block halves their rate), the copies at or above it (they reach the
+// link rate there, and a store and a fetch at once use both directions of
+// the link: 86-94 GB/s against the kernel's 75-76). route_taken() says which.
+// src/gpu/offload_benchmark.cu measures all three against the pinned
+// cudaMemcpy ceiling and against a cudaMemcpyAsync per block.
+//
+// Ownership of cells: a store or fetch never takes or gives back a cell; the
+// cells named stay with whoever holds them. Cells may be named by SharedCell
+// (checked: empty cells and cells of another pool are refused) or by index
+// (for cells another process holds, e.g. blocks a cache server assigned;
+// only the range is checked, and the caller vouches that the cell stays held
+// while it moves). A cell must not be given back, and a device block not
+// reused, before its Transfer is done: the move runs after the call returns.
+//
+// Thread safety: every member function may be called from any number of
+// threads at once (take/give lock-free; store/fetch serialise only their
+// bookkeeping), except moving, assigning and destroying a pool, which must not
+// race with any other use of it. A Transfer may be queried and waited for
+// from any thread.
+//
+// fork(): a child inherits the pool object, but not the parent's CUDA
+// context. There, store and fetch throw Error(invalid_argument) (as take()
+// refuses: SharedGrid's fork rule), a Transfer's ready() and wait() throw
+// Error(invalid_argument), and destroying the pool skips the pool's own CUDA
+// teardown (its events, stream and block lists are the parent's). A child
+// that moves blocks attaches the pool by id after exec (CUDA's rule: a
+// process that used CUDA before fork() must exec before the child does).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "unimem/block.hpp"
+#include "unimem/error.hpp"
+#include "unimem/grid.hpp"
+#include "unimem/share.hpp"
+#include "unimem/tape.hpp"
+
+namespace unimem::gpu {
+
+// As the `device` of OffloadPool::create/attach: this process uses no GPU
+// (e.g. a cache server that owns the pool and hands cells to engines). Its
+// pool takes and gives cells; store and fetch throw.
+inline constexpr int kNoDevice = -1;
+
+enum class OffloadRoute : std::uint8_t {
+  automatic,  // kernel for blocks below kAutomaticRouteThreshold, copies at or above it
+  kernel,     // one gather/scatter kernel per call (hand-written PTX, 16-byte loads and stores)
+  copies,     // the copy engines: cuMemcpyBatchAsync per call (cuMemcpyAsync per block before CUDA 12.8)
+};
+
+// The block size from which OffloadRoute::automatic takes the copy engines
+// (512 KiB). Measured on an H100 (PCIe Gen5, 2026-11-26), GB/s as a fraction
+// of the pinned cudaMemcpy ceiling, kernel (one thread block per
+// multiprocessor) vs copies, store / fetch / both at once: 16 KiB 0.88 /
+// 0.89 / 0.85 vs 0.49 / 0.33 / 0.29; 64 KiB 0.93 / 0.95 / 0.92 vs 0.72 /
+// 0.72 / 0.64; 256 KiB 0.94 / 0.94 / 0.91 vs 0.85 / 0.83 / 0.94; 512 KiB
+// 0.95 / 0.93 / 0.92 vs 0.92 / 0.83-0.94 / 1.05; 1 MiB and up 0.91-0.95 /
+// 0.92-0.95 / 0.92-0.93 vs 0.95-0.98 / 0.99-1.0 / 1.13-1.15.
+inline constexpr std::size_t kAutomaticRouteThreshold = std::size_t{512} * 1024;
+
+// Returns "automatic", "kernel" or "copies". Never throws.
+const char* to_string(OffloadRoute route) noexcept;
+
+struct OffloadOptions {
+  // How this process's store() and fetch() move blocks; automatic picks by
+  // the pool's block size (see kAutomaticRouteThreshold), once per pool.
+  OffloadRoute route = OffloadRoute::automatic;
+  // For create(): the pool's Block. Registering with the GPU pins the pages
+  // (the driver's pin, outside RLIMIT_MEMLOCK), so mlock is not needed on top;
+  // Pinning::pinned adds it (and RLIMIT_MEMLOCK applies).
+  Pinning pinning = Pinning::unpinned;
+  // For create(): ask for transparent huge pages (shareable memory gets them
+  // only where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows).
+  bool huge_pages = false;
+  // Threads that back the pages before registration (create, attach); 0
+  // picks from the size.
+  unsigned warm_threads = 0;
+};
+
+namespace detail {
+struct Flight;
+struct OffloadState;
+}  // namespace detail
+
+// One store or fetch: done when the work it enqueued on its stream is.
+// Copyable (copies watch the same work); a default-constructed Transfer (and
+// what a call with no blocks returns) is done. It may outlive its pool.
+class Transfer {
+ public:
+  Transfer() noexcept;
+  Transfer(const Transfer&) noexcept;
+  Transfer& operator=(const Transfer&) noexcept;
+  Transfer(Transfer&&) noexcept;
+  Transfer& operator=(Transfer&&) noexcept;
+  ~Transfer();
+
+  // True once every block of the call has moved. Never blocks. Throws
+  // Error(cuda) when the stream failed (see wait()).
+  bool ready() const;
+  // Blocks until every block of the call has moved. Throws Error(cuda) when
+  // the stream failed before or while running the moves (an earlier failure
+  // of a caller's stream included); the message names the call and the CUDA
+  // error. A CUDA failure on a stream usually leaves the whole context of the
+  // device unusable for this process (CUDA's rule), so every later call fails.
+  void wait() const;
+
+  // What the call moved: blocks and bytes (blocks x block bytes).
+  std::size_t blocks() const noexcept;
+  std::size_t bytes() const noexcept;
+
+ private:
+  friend struct detail::OffloadState;
+  explicit Transfer(std::shared_ptr<detail::Flight> flight) noexcept;
+  std::shared_ptr<detail::Flight> flight_;
+};
+
+class OffloadPool {
+ public:
+  // A fresh pool of `blocks` cells of `block_bytes` (a non-zero multiple of
+  // 64) in a new shareable Block (the cells start one or more pages in: the
+  // SharedGrid's state comes first; every cell is 64-byte aligned), registered
+  // with the GPUs unless device is kNoDevice. The process that creates it
+  // hands out pool.block().id() (or the Block over a socket) to the others.
+  // Throws Error(invalid_argument) for bad sizes (0, not a multiple of 64,
+  // 2^32 - 1 blocks or more, an overflowing total) or a device that does not
+  // exist, and what Block::open throws (out_of_memory, memlock_limit with
+  // Pinning::pinned, no_cuda_driver, no_cuda_device, cuda).
+  static OffloadPool create(std::size_t block_bytes, std::size_t blocks, int device = 0,
+                            const OffloadOptions& options = {});
+  // The pool another process created, in `block` (from Block::attach,
+  // Block::adopt or receive_block): registers this process's mapping with
+  // the GPUs (unless device is kNoDevice or the Block is GPU-visible already).
+  // Throws Error(not_a_block) when the Block is not a pool's,
+  // Error(invalid_argument) for a device that does not exist, and what
+  // Block::make_gpu_visible throws. A Block attached read-only gives a pool
+  // that fetches but neither takes nor stores.
+  static OffloadPool attach(Block block, int device = 0, const OffloadOptions& options = {});
+  // The same for the pool another process names by `id` (pool.block().id()):
+  // maps it with options.pinning (unpinned by default: registration pins, and
+  // RLIMIT_MEMLOCK, often 8 MiB, would refuse a large pool mapped pinned).
+  // Throws what Block::attach throws, and what the overload above throws.
+  static OffloadPool attach(const BlockId& id, int device = 0, const OffloadOptions& options = {});
+
+  // A moved-from pool takes nothing (take() is empty; take(span) says
+  // invalid_size; give() says foreign_cell) and its store/fetch throw
+  // Error(invalid_argument).
+  OffloadPool(OffloadPool&& other) noexcept;
+  OffloadPool& operator=(OffloadPool&& other) noexcept;
+  OffloadPool(const OffloadPool&) = delete;
+  OffloadPool& operator=(const OffloadPool&) = delete;
+  // Waits for this process's moves still in flight (their memory must stay
+  // mapped until they are done), then lets go of the Block; cells still out
+  // keep it mapped until they go back (SharedGrid). Never throws.
+  ~OffloadPool();
+
+  // A free cell, or an empty SharedCell when every cell is out (or the pool
+  // is read-only here, or this is a fork() child: see SharedGrid). Lock-free
+  // across processes; never throws.
+  SharedCell take() noexcept;
+  // All or nothing: fills every element of `out` with a free cell and returns
+  // TakeStatus::ok, or takes nothing and returns
+  //   full          fewer cells are free (those it took meanwhile went back:
+  //                 other takers may have found the pool emptier for a moment)
+  //   invalid_size  out.size() exceeds blocks(), or an element of `out` holds
+  //                 a cell already (it is left as it was)
+  //   read_only     the Block is mapped read-only in this process
+  //   forked        this is a fork() child of the process that made the pool object
+  // An empty `out` returns ok. Lock-free; never throws.
+  TakeStatus take(std::span<SharedCell> out) noexcept;
+  // Returns `cell` early (as SharedGrid::give: ok, empty_cell, foreign_cell).
+  GiveStatus give(SharedCell&& cell) noexcept;
+
+  // Copies device block i (block_bytes at device_blocks[i]) into cells[i],
+  // for every i, asynchronously on `stream`: a CUstream (cudaStream_t) of
+  // this pool's device's primary context, the one the CUDA runtime and
+  // PyTorch use, passed as a pointer. nullptr (as CU_STREAM_LEGACY, 0x1) is
+  // that context's legacy default stream, PyTorch's default stream (handle
+  // 0); CU_STREAM_PER_THREAD (0x2) the calling thread's default stream, as
+  // everywhere in CUDA. The moves start after the work enqueued before on
+  // that stream, work enqueued on it afterwards starts after them, and the
+  // call returns without waiting for them: the Transfer says when they are
+  // done. Enqueued as one kernel launch or one batch of copies
+  // (route_taken()); on a default stream the copies route, which the driver
+  // does not let run there, runs the batch on a stream of the pool's between
+  // two events (the default stream waits for it, and it for the default
+  // stream), so the order is the same.
+  // Throws Error(invalid_argument), enqueueing nothing, when
+  //   * device_blocks and cells differ in length;
+  //   * block_bytes is not this pool's block_bytes();
+  //   * a cell is empty or belongs to another pool (by SharedCell), or an
+  //     index is not below blocks() (by index);
+  //   * a device address is not 16-byte aligned, or [address, address +
+  //     block_bytes) does not lie inside one device allocation of this pool's
+  //     device (asked of the driver once per allocation);
+  //   * `stream` belongs to another context (checked also when no blocks are
+  //     named);
+  //   * the pool has no device here (kNoDevice), is moved-from, or (store
+  //     only) is mapped read-only;
+  //   * this is a fork() child of the process that made the pool object;
+  // and Error(cuda) when the driver refuses the launch, the copies or the
+  // events around them (then nothing of this call is still in flight: the
+  // call synchronizes the stream before it throws where some of it was
+  // enqueued; some blocks may have moved). A failure while the moves run is
+  // reported by the Transfer (wait(), ready()). A CUDA failure is sticky for
+  // the context (CUDA's rule): after one, a store or fetch either throws
+  // Error(cuda) at once, with nothing in flight, or (where the driver still
+  // accepts the work) returns a Transfer whose wait() throws Error(cuda).
+  // After any failure the cells are unchanged in ownership: still the
+  // caller's, to store into again or give back; their contents (a store) or
+  // the device blocks' (a fetch) are unspecified.
+  // Naming one cell twice in a store, or overlapping device blocks in a fetch,
+  // leaves one of the writes there; which is unspecified (not checked).
+  Transfer store(std::span<const std::uintptr_t> device_blocks, std::size_t block_bytes,
+                 std::span<const SharedCell> cells, void* stream = nullptr);
+  Transfer store(std::span<const std::uintptr_t> device_blocks, std::size_t block_bytes,
+                 std::span<const std::uint32_t> cell_indices, void* stream = nullptr);
+  // Copies cells[i] into device block i, for every i; as store() otherwise
+  // (the same checks and errors; fetching is allowed from a read-only pool).
+  Transfer fetch(std::span<const SharedCell> cells, std::span<const std::uintptr_t> device_blocks,
+                 std::size_t block_bytes, void* stream = nullptr);
+  Transfer fetch(std::span<const std::uint32_t> cell_indices, std::span<const std::uintptr_t> device_blocks,
+                 std::size_t block_bytes, void* stream = nullptr);
+
+  // The bytes of cell `index` in this process's mapping (the CPU may read and
+  // write them; no ordering with moves in flight); empty when index is not
+  // below blocks(). Never throws.
+  std::span<std::byte> cell(std::uint32_t index) const noexcept;
+
+  std::size_t block_bytes() const noexcept;  // 0 for a moved-from pool
+  std::size_t blocks() const noexcept;       // cells in the pool (taken or not)
+  int device() const noexcept;               // kNoDevice when this process moves nothing
+  // The route asked for (OffloadOptions::route; automatic for a moved-from pool).
+  OffloadRoute route() const noexcept;
+  // The route this pool's moves take: kernel or copies, automatic resolved
+  // by block_bytes() (kernel for a moved-from pool).
+  OffloadRoute route_taken() const noexcept;
+  // True when the copies route enqueues one cuMemcpyBatchAsync per call
+  // (driver 12.8 or later); false: one cuMemcpyAsync per block, or no device.
+  bool batched_copies() const noexcept;
+  // The pool's Block: share it with block().id(), send_block, inheritable_handle.
+  const Block& block() const noexcept;
+
+ private:
+  explicit OffloadPool(std::unique_ptr<detail::OffloadState> state) noexcept;
+  std::unique_ptr<detail::OffloadState> state_;
+};
+
+}  // namespace unimem::gpu

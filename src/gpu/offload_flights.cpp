@@ -1,0 +1,212 @@
+// src/gpu/offload_flights.cpp — events, slabs and the pool's stream (see offload_flights.hpp).
+#include "gpu/offload_flights.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
+
+#include "unimem/error.hpp"
+
+namespace unimem::gpu::detail {
+namespace {
+
+constexpr std::size_t kMinSlab = std::size_t{64} << 10;  // 4096 pairs
+
+[[noreturn]] void forked_child(const char* what) {
+  throw Error(Errc::invalid_argument, 0,
+              std::string("unimem: OffloadPool: ") + what +
+                  " in a fork() child: its CUDA work and handles are the parent's (attach the pool in this process)");
+}
+
+}  // namespace
+
+EventPool::EventPool(int device) noexcept : device_(device), pid_(static_cast<int>(::getpid())) {}
+
+bool EventPool::forked() const noexcept { return static_cast<int>(::getpid()) != pid_; }
+
+EventPool::~EventPool() {
+  if (free_.empty() || forked()) return;  // a fork() child: the parent's handles, not to touch
+  try {
+    ContextScope context(device_);
+    for (CUevent e : free_) driver().cuEventDestroy(e);
+  } catch (...) {  // the context is gone (driver unloading): so are its events
+  }
+}
+
+CUevent EventPool::take() {
+  {
+    std::lock_guard hold(lock_);
+    if (!free_.empty()) {
+      CUevent e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+  }
+  CUevent e = nullptr;
+  check(driver().cuEventCreate(&e, kEventDisableTiming), "cuEventCreate");
+  return e;
+}
+
+void EventPool::give(CUevent event) noexcept {
+  try {
+    std::lock_guard hold(lock_);
+    free_.push_back(event);
+  } catch (...) {  // no memory for the list: let the event go instead
+    if (!forked()) driver().cuEventDestroy(event);
+  }
+}
+
+Flight::~Flight() { events->give(event); }
+
+bool Flight::done() const {
+  if (events->forked()) forked_child("asking a Transfer whether it is done");
+  const CUresult r = driver().cuEventQuery(event);
+  if (r == kErrorNotReady) return false;
+  check(r, std::string("the offload ") + what + " of " + std::to_string(blocks) + " blocks (on its stream)");
+  return true;
+}
+
+void Flight::wait() const {
+  if (events->forked()) forked_child("waiting for a Transfer");
+  check(driver().cuEventSynchronize(event),
+        std::string("the offload ") + what + " of " + std::to_string(blocks) + " blocks (on its stream)");
+}
+
+Flights::Flights(int device, bool own_stream) : device_(device), events_(std::make_shared<EventPool>(device)) {
+  if (own_stream) (void)this->own_stream();
+}
+
+Flights::~Flights() {
+  if (events_->forked()) {
+    // The parent's stream, events and registered slabs: releasing them here
+    // would call CUDA on handles of another process's context. Let them go
+    // unreleased (the child's copy of the memory goes at exit or exec).
+    for (Pending& p : pending_) (void)p.slab.release();        // NOLINT(bugprone-unused-return-value)
+    for (std::unique_ptr<Slab>& s : free_) (void)s.release();  // NOLINT(bugprone-unused-return-value)
+    return;
+  }
+  try {
+    ContextScope context(device_);
+    for (Pending& p : pending_) driver().cuEventSynchronize(p.flight->event);  // a failure is done too
+    pending_.clear();
+    free_.clear();  // slabs unregister and unmap
+    if (own_ != nullptr) driver().cuStreamDestroy(own_);
+  } catch (...) {  // no context: nothing of it runs any more
+  }
+}
+
+CUstream Flights::own_stream() {
+  std::lock_guard hold(lock_);
+  if (own_ == nullptr) check(driver().cuStreamCreate(&own_, kStreamNonBlocking), "cuStreamCreate");
+  return own_;
+}
+
+void Flights::keep_slab_locked(std::unique_ptr<Slab> slab) noexcept {
+  try {
+    free_.push_back(std::move(slab));
+  } catch (...) {  // no memory for the list: the slab goes (nothing uses it)
+  }
+}
+
+void Flights::reap_locked() noexcept {
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < pending_.size(); ++i) {
+    Pending& p = pending_[i];
+    const CUresult r = driver().cuEventQuery(p.flight->event);
+    if (r == kErrorNotReady) {
+      if (kept != i) pending_[kept] = std::move(p);
+      ++kept;
+      continue;
+    }
+    // Done, or failed (the stream will not touch it again either way).
+    if (p.slab != nullptr) keep_slab_locked(std::move(p.slab));
+    p.flight.reset();
+  }
+  pending_.resize(kept);  // shrinks only: keeps the capacity reserved for tickets
+}
+
+std::unique_ptr<Slab> Flights::take_slab(std::size_t bytes) {
+  {
+    std::lock_guard hold(lock_);
+    reap_locked();
+    // The smallest free slab that fits.
+    auto best = free_.end();
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if ((*it)->capacity >= bytes && (best == free_.end() || (*it)->capacity < (*best)->capacity)) best = it;
+    }
+    if (best != free_.end()) {
+      std::unique_ptr<Slab> s = std::move(*best);
+      free_.erase(best);
+      return s;
+    }
+  }
+  std::size_t size = kMinSlab;
+  while (size < bytes) size *= 2;
+  BlockOptions o;
+  o.shareable = false;
+  o.pinning = Pinning::unpinned;  // registration pins it
+  o.visibility = Visibility::gpus;
+  auto s = std::make_unique<Slab>();
+  s->memory = Block::open(size, o);
+  s->capacity = s->memory.size();
+  s->device_address = reinterpret_cast<CUdeviceptr>(s->memory.device_pointer(device_));
+  return s;
+}
+
+Flights::Ticket Flights::begin(std::size_t slab_bytes, bool bridge, std::size_t blocks, std::size_t bytes,
+                               const char* what) {
+  Ticket t;
+  if (slab_bytes != 0) t.slab = take_slab(slab_bytes);
+  try {
+    CUevent e = events_->take();
+    try {
+      t.flight = std::make_shared<Flight>(events_, e, blocks, bytes, what);
+    } catch (...) {
+      events_->give(e);
+      throw;
+    }
+    if (bridge) t.entry = events_->take();
+    std::lock_guard hold(lock_);
+    reap_locked();
+    pending_.reserve(pending_.size() + reserved_ + 1);
+    ++reserved_;
+  } catch (...) {
+    if (t.entry != nullptr) events_->give(t.entry);
+    t.flight.reset();
+    if (t.slab != nullptr) {
+      std::lock_guard hold(lock_);
+      keep_slab_locked(std::move(t.slab));
+    }
+    throw;
+  }
+  return t;
+}
+
+void Flights::cancel(Ticket& ticket) noexcept {
+  if (ticket.entry != nullptr) events_->give(ticket.entry);
+  ticket.entry = nullptr;
+  ticket.flight.reset();  // its event goes back (never recorded, or recorded and done)
+  std::lock_guard hold(lock_);
+  --reserved_;
+  if (ticket.slab != nullptr) keep_slab_locked(std::move(ticket.slab));
+}
+
+std::shared_ptr<Flight> Flights::finish(Ticket& ticket, CUstream stream) {
+  if (CUresult r = driver().cuEventRecord(ticket.flight->event, stream); r != 0) {
+    const char* what = ticket.flight->what;  // a literal: outlives the flight
+    driver().cuStreamSynchronize(stream);    // nothing of this call stays in flight: its parts may go back
+    cancel(ticket);
+    check(r, std::string("cuEventRecord (the end of an offload ") + what + ")");
+  }
+  if (ticket.entry != nullptr) {  // the caller's stream's wait for it is enqueued: free to reuse
+    events_->give(ticket.entry);
+    ticket.entry = nullptr;
+  }
+  std::lock_guard hold(lock_);
+  --reserved_;
+  pending_.push_back({ticket.flight, std::move(ticket.slab)});  // within the reserved capacity: no throw
+  return std::move(ticket.flight);
+}
+
+}  // namespace unimem::gpu::detail

@@ -1,0 +1,153 @@
+// src/gpu/offload_flights.hpp — what an offload pool has in flight, and when it may reuse it.
+//
+// A store or fetch returns before its blocks move. Until they have, two
+// things must stay put: the list of (source, destination) pairs the kernel
+// route reads from GPU-visible host memory ("slabs"), and the pool's memory
+// itself. So every call records an event after its work ("a flight"), the
+// pool keeps each flight with the slab it uses, and a later call reuses a
+// slab only once cuEventQuery says its flight is done: checking never blocks,
+// and a slab is made only when none is free (the number of slabs follows
+// the calls in flight, not the calls made). Destroying the Flights waits for
+// every flight: the pool's memory must outlive the DMA into it.
+//
+// Everything a call needs to stay in flight (its event, its slab, a slot in
+// the list of pending flights) is taken BEFORE it enqueues anything (begin():
+// it may throw, and then nothing runs); once work is enqueued, nothing is
+// given back before that work has finished: finish() records the event and
+// cannot fail otherwise, and where recording fails it synchronizes the stream
+// first.
+//
+// A Flight is shared by the pool and the Transfer handles returned to the
+// caller, so a Transfer can outlive its pool; its event goes back to an event
+// pool (shared likewise) when the last of them lets go.
+//
+// fork(): the child inherits copies of these objects, whose CUDA handles
+// belong to the parent's context. In the child, nothing here calls CUDA:
+// destructors let the handles (and slabs) go unreleased, and a Flight's
+// done()/wait() throw Error(invalid_argument).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "gpu/driver.hpp"
+#include "unimem/block.hpp"
+
+namespace unimem::gpu::detail {
+
+// Events of one device's primary context, made on demand and reused.
+// Thread-safe.
+class EventPool {
+ public:
+  explicit EventPool(int device) noexcept;
+  EventPool(const EventPool&) = delete;
+  EventPool& operator=(const EventPool&) = delete;
+  // Destroys every event (not in a fork() child: see above). Never throws.
+  ~EventPool();
+  // A free event (timing disabled). The device's context must be current.
+  // Throws Error(cuda).
+  CUevent take();
+  // Never throws.
+  void give(CUevent event) noexcept;
+  int device() const noexcept { return device_; }
+  // True in a fork() child of the process that made this pool.
+  bool forked() const noexcept;
+
+ private:
+  int device_;
+  int pid_;  // the process whose context the events belong to
+  std::mutex lock_;
+  std::vector<CUevent> free_;
+};
+
+// One store or fetch: an event recorded after its work.
+struct Flight {
+  Flight(std::shared_ptr<EventPool> pool, CUevent e, std::size_t n, std::size_t b, const char* w) noexcept
+      : events(std::move(pool)), event(e), blocks(n), bytes(b), what(w) {}
+  Flight(const Flight&) = delete;
+  Flight& operator=(const Flight&) = delete;
+  ~Flight();  // gives the event back; never throws
+
+  // True when the work is done, false while it runs. Throws Error(cuda)
+  // naming the call when the stream failed, Error(invalid_argument) in a
+  // fork() child. Thread-safe.
+  bool done() const;
+  // Blocks until done. Throws as done().
+  void wait() const;
+
+  std::shared_ptr<EventPool> events;
+  CUevent event;
+  std::size_t blocks;
+  std::size_t bytes;
+  const char* what;  // "store" or "fetch"
+};
+
+// GPU-visible host memory for a kernel's list of block pairs.
+struct Slab {
+  Block memory;
+  std::size_t capacity = 0;  // bytes usable
+  CUdeviceptr device_address = 0;
+};
+
+// An offload pool's flights and slabs, in this process. Thread-safe.
+class Flights {
+ public:
+  // With own_stream, makes the pool's own stream now. Device context current.
+  // Throws Error(cuda).
+  Flights(int device, bool own_stream);
+  Flights(const Flights&) = delete;
+  Flights& operator=(const Flights&) = delete;
+  // Waits for every flight, then destroys the stream (in a fork() child:
+  // neither; the handles are the parent's). Never throws.
+  ~Flights();
+
+  // The pool's own stream (non-blocking), made on first use. Device context
+  // current. Throws Error(cuda).
+  CUstream own_stream();
+
+  // What one call needs to stay in flight, taken before it enqueues anything.
+  struct Ticket {
+    std::shared_ptr<Flight> flight;  // its event is recorded by finish()
+    std::unique_ptr<Slab> slab;      // the kernel's pair list; null for copies
+    CUevent entry = nullptr;         // for a bridged call: recorded on the caller's stream
+  };
+  // A ticket for a call of `blocks` blocks and `bytes` bytes: an event, a slab
+  // of at least slab_bytes (none for 0; reused when a finished flight held
+  // one, else made: a registered, private Block), an entry event when
+  // `bridge`, and a reserved place among the pending flights, so that
+  // finish() cannot run out of memory. Device context current. Throws
+  // Error(cuda) and what Block::open throws; then nothing is held.
+  Ticket begin(std::size_t slab_bytes, bool bridge, std::size_t blocks, std::size_t bytes, const char* what);
+  // Gives back what `ticket` holds. Only when nothing of the call is in
+  // flight (never enqueued, or the stream synchronized). Never throws.
+  void cancel(Ticket& ticket) noexcept;
+  // After the call's work was enqueued on `stream`: records the flight's
+  // event there and keeps the slab until the event is done. When recording
+  // fails, synchronizes `stream` (nothing of the call stays in flight), gives
+  // everything back and throws Error(cuda). Device context current.
+  std::shared_ptr<Flight> finish(Ticket& ticket, CUstream stream);
+
+ private:
+  struct Pending {
+    std::shared_ptr<Flight> flight;
+    std::unique_ptr<Slab> slab;
+  };
+  // Moves the slabs of finished flights to free_, drops those flights. Lock held.
+  void reap_locked() noexcept;
+  // A slab of at least `bytes`: a free one, or a new one. Throws.
+  std::unique_ptr<Slab> take_slab(std::size_t bytes);
+  // Keeps `slab` for reuse. Lock held. Never throws (drops it without memory).
+  void keep_slab_locked(std::unique_ptr<Slab> slab) noexcept;
+
+  int device_;
+  std::shared_ptr<EventPool> events_;
+  std::mutex lock_;
+  CUstream own_ = nullptr;
+  std::vector<Pending> pending_;  // capacity >= size + reserved_, always
+  std::size_t reserved_ = 0;      // places promised to tickets not finished yet
+  std::vector<std::unique_ptr<Slab>> free_;
+};
+
+}  // namespace unimem::gpu::detail
