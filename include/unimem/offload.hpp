@@ -43,8 +43,9 @@
 // fork(): a child inherits the pool object, but not the parent's CUDA
 // context. There, store and fetch throw Error(invalid_argument) (as take()
 // refuses: SharedGrid's fork rule), a Transfer's ready() and wait() throw
-// Error(invalid_argument), and destroying the pool skips the pool's own CUDA
-// teardown (its events, stream and block lists are the parent's). A child
+// Error(invalid_argument), all before any CUDA call, and destroying the pool
+// calls no CUDA: its events, stream, block lists and the Block's
+// registration are the parent's, and stay. A child
 // that moves blocks attaches the pool by id after exec (CUDA's rule: a
 // process that used CUDA before fork() must exec before the child does).
 #pragma once
@@ -119,14 +120,22 @@ class Transfer {
   Transfer& operator=(Transfer&&) noexcept;
   ~Transfer();
 
-  // True once every block of the call has moved. Never blocks. Throws
-  // Error(cuda) when the stream failed (see wait()).
+  // True once every block of the call has moved; false while they move, and
+  // also when the driver cannot say (then the moves are treated as still
+  // running: ask again). Never blocks. Throws Error(cuda) when the stream
+  // failed (see wait()). Queries and waits run in CUDA's relaxed capture
+  // mode, so they work (and end no capture) while another thread captures a
+  // CUDA graph in global mode, as PyTorch does.
   bool ready() const;
   // Blocks until every block of the call has moved. Throws Error(cuda) when
   // the stream failed before or while running the moves (an earlier failure
   // of a caller's stream included); the message names the call and the CUDA
   // error. A CUDA failure on a stream usually leaves the whole context of the
-  // device unusable for this process (CUDA's rule), so every later call fails.
+  // device unusable for this process (CUDA's rule), so every later call fails;
+  // then nothing of the call runs any more. Where the driver fails the wait
+  // for another reason, it throws Error(cuda) saying the moves are "not known
+  // to be done": they may still run, so keep the cells and device blocks
+  // until ready() returns true.
   void wait() const;
 
   // What the call moved: blocks and bytes (blocks x block bytes).
@@ -175,7 +184,10 @@ class OffloadPool {
   OffloadPool& operator=(const OffloadPool&) = delete;
   // Waits for this process's moves still in flight (their memory must stay
   // mapped until they are done), then lets go of the Block; cells still out
-  // keep it mapped until they go back (SharedGrid). Never throws.
+  // keep it mapped until they go back (SharedGrid). Where the driver cannot
+  // say that a move is done (a failed wait that is not a lost context), the
+  // Block stays mapped and registered for the rest of the process (a leak,
+  // not memory freed under DMA). Never throws.
   ~OffloadPool();
 
   // A free cell, or an empty SharedCell when every cell is out (or the pool
@@ -205,28 +217,40 @@ class OffloadPool {
   // that stream, work enqueued on it afterwards starts after them, and the
   // call returns without waiting for them: the Transfer says when they are
   // done. Enqueued as one kernel launch or one batch of copies
-  // (route_taken()); on a default stream the copies route, which the driver
-  // does not let run there, runs the batch on a stream of the pool's between
-  // two events (the default stream waits for it, and it for the default
-  // stream), so the order is the same.
+  // (route_taken()); on the legacy default stream (nullptr,
+  // CU_STREAM_LEGACY) the copies route, which the driver does not let run
+  // there, runs the batch on a stream of the pool's between two events (the
+  // legacy stream waits for it, and it for the legacy stream), so the order
+  // is the same; CU_STREAM_PER_THREAD takes the batch directly.
+  // The stream must not be capturing a CUDA graph: a move is not capturable
+  // (a graph would replay this call's block list, whose memory the pool
+  // reuses, and its cells; the copies route cannot be captured at all).
   // Throws Error(invalid_argument), enqueueing nothing, when
   //   * device_blocks and cells differ in length;
   //   * block_bytes is not this pool's block_bytes();
   //   * a cell is empty or belongs to another pool (by SharedCell), or an
   //     index is not below blocks() (by index);
   //   * a device address is not 16-byte aligned, or [address, address +
-  //     block_bytes) does not lie inside one device allocation of this pool's
-  //     device (asked of the driver once per allocation);
-  //   * `stream` belongs to another context (checked also when no blocks are
-  //     named);
+  //     block_bytes) does not lie inside one device allocation (or cuMemMap
+  //     mapping) of this pool's device, made in its primary context (asked of
+  //     the driver once per allocation), or the device lacks the access the
+  //     move needs there (cuMemMap'ped memory: cuMemSetAccess; a store reads
+  //     the device blocks, a fetch writes them);
+  //   * `stream` belongs to another context, or is capturing a CUDA graph
+  //     (cuStreamIsCapturing; for the legacy default stream also while a
+  //     blocking stream of its context captures, when the driver forbids
+  //     using it) (both checked also when no blocks are named);
   //   * the pool has no device here (kNoDevice), is moved-from, or (store
   //     only) is mapped read-only;
   //   * this is a fork() child of the process that made the pool object;
   // and Error(cuda) when the driver refuses the launch, the copies or the
   // events around them (then nothing of this call is still in flight: the
   // call synchronizes the stream before it throws where some of it was
-  // enqueued; some blocks may have moved). A failure while the moves run is
-  // reported by the Transfer (wait(), ready()). A CUDA failure is sticky for
+  // enqueued; some blocks may have moved; where the driver cannot say that
+  // the synchronize finished the work, the pool keeps its memory, and that
+  // call's, for the rest of the process rather than free it under DMA). A
+  // failure while the moves run is reported by the Transfer (wait(),
+  // ready()). A CUDA failure is sticky for
   // the context (CUDA's rule): after one, a store or fetch either throws
   // Error(cuda) at once, with nothing in flight, or (where the driver still
   // accepts the work) returns a Transfer whose wait() throws Error(cuda).

@@ -50,6 +50,33 @@ void DeviceRanges::require(std::uintptr_t address, std::size_t bytes, std::size_
     refuse("is memory of device " + std::to_string(ordinal) + ", and this pool moves blocks of device " +
            std::to_string(device_));
   }
+  // The allocation's context: none for cuMemMap'ped memory; else the
+  // device's primary context, where the pool's work runs.
+  CUcontext owner = nullptr;
+  int context_attribute[] = {kPointerContext};
+  void* context_data[] = {&owner};
+  if (driver().cuPointerGetAttributes(1, context_attribute, context_data, address) == 0 && owner != nullptr &&
+      owner != primary_context(device_)) {
+    refuse("is memory of another CUDA context of device " + std::to_string(device_) +
+           " than its primary context (the one the CUDA runtime uses, and the pool's moves run in)");
+  }
+  // What the device (of the current context: the primary one) may do with
+  // it: cuMemMap'ped memory has only the access cuMemSetAccess gave.
+  unsigned access = kAccessReadWrite;
+  int access_attribute[] = {kPointerAccessFlags};
+  void* access_data[] = {&access};
+  if (driver().cuPointerGetAttributes(1, access_attribute, access_data, address) == 0) {
+    const bool reads = (access & kAccessRead) != 0;
+    const bool writes = (access & kAccessReadWrite) == kAccessReadWrite;
+    if (!reads) {
+      refuse("is not accessible to device " + std::to_string(device_) +
+             " (mapped without access for it: cuMemSetAccess)");
+    }
+    if (use_ == Use::write && !writes) {
+      refuse("is read-only for device " + std::to_string(device_) +
+             " (cuMemSetAccess gave read access only), and a fetch writes it");
+    }
+  }
   Range r{static_cast<std::uintptr_t>(start), static_cast<std::uintptr_t>(start) + size};
   // Memory mapped with cuMemMap (virtual memory management) reports its
   // whole reserved range above, holes included: keep only the mapping the

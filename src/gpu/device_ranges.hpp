@@ -18,6 +18,18 @@
 // therefore refused, although both are mapped: safe, and a KV cache's blocks
 // do not straddle the chunks an allocator maps. Where the driver refuses the
 // mapping attributes, the allocation's range alone is used.
+//
+// Two more things make an allocation of the right device unusable by the
+// pool's work, which runs in the device's primary context: memory mapped
+// with cuMemMap that this device was not given access to (cuMemSetAccess:
+// none, or read-only where the move writes the block) and memory allocated in
+// another context of the device (cuCtxCreate's; the runtime and PyTorch use
+// the primary one). The driver is asked for the current context's access
+// (CU_POINTER_ATTRIBUTE_ACCESS_FLAGS: a store reads the device blocks and
+// needs read access, a fetch writes them and needs read and write) and for
+// the allocation's context (CU_POINTER_ATTRIBUTE_CONTEXT; none for cuMemMap'ped
+// memory, which belongs to no context). Where the driver refuses either
+// attribute, that check is left out.
 #pragma once
 
 #include <cstddef>
@@ -29,14 +41,17 @@ namespace unimem::gpu::detail {
 // For one call: not thread-safe; the device's context must be current.
 class DeviceRanges {
  public:
-  explicit DeviceRanges(int device) noexcept : device_(device) {}
+  // What the moves do to the device blocks: a store reads them, a fetch writes them.
+  enum class Use : unsigned char { read, write };
+  DeviceRanges(int device, Use use) noexcept : device_(device), use_(use) {}
 
   // Returns when [address, address + bytes) lies inside one device
   // allocation of the device. Throws Error(invalid_argument) naming `what`
   // and `index` (e.g. "device block 7") and why not: memory CUDA does not
-  // know, host memory, another device's memory, reserved address space with
-  // no memory mapped, or a range running past its allocation or mapping. Throws Error(cuda) when the driver fails to
-  // answer.
+  // know, host memory, another device's memory, memory of another context,
+  // reserved address space with no memory mapped, memory the device may not
+  // access as the move needs, or a range running past its allocation or
+  // mapping. Throws Error(cuda) when the driver fails to answer.
   void require(std::uintptr_t address, std::size_t bytes, std::size_t index, const char* what);
 
  private:
@@ -45,6 +60,7 @@ class DeviceRanges {
     std::uintptr_t end;
   };
   int device_;
+  Use use_;
   std::vector<Range> known_;  // allocations of the device seen by this check
   std::size_t last_ = 0;      // where the previous block was found
 };

@@ -78,6 +78,11 @@ Loaded load() {
   if (!bind(library, "cuMemcpyBatchAsync_v2", d.cuMemcpyBatchAsync_v2)) {
     bind(library, "cuMemcpyBatchAsync", d.cuMemcpyBatchAsync_v1);
   }
+  // The unsuffixed cuStreamIsCapturing reads handle 0 as the legacy default
+  // stream (the _ptsz form reads it as the per-thread one), as the other
+  // stream calls bound above do.
+  bind(library, "cuStreamIsCapturing", d.cuStreamIsCapturing);
+  bind(library, "cuThreadExchangeStreamCaptureMode", d.cuThreadExchangeStreamCaptureMode);
   if (CUresult r = d.cuInit(0); r != 0) {
     const char* name = nullptr;
     d.cuGetErrorName(r, &name);
@@ -134,6 +139,46 @@ CUcontext primary_context(int ordinal) {
     check(d.cuDevicePrimaryCtxRetain(&c, device), "retaining the primary context of device " + std::to_string(ordinal));
   }
   return c;
+}
+
+bool context_lost(CUresult r) noexcept {
+  switch (r) {
+    case 4:    // CUDA_ERROR_DEINITIALIZED: the driver is shutting down
+    case 214:  // CUDA_ERROR_ECC_UNCORRECTABLE
+    case 220:  // CUDA_ERROR_NVLINK_UNCORRECTABLE
+    case 226:  // CUDA_ERROR_CONTAINED
+    case 700:  // CUDA_ERROR_ILLEGAL_ADDRESS
+    case 702:  // CUDA_ERROR_LAUNCH_TIMEOUT
+    case 709:  // CUDA_ERROR_CONTEXT_IS_DESTROYED
+    case 710:  // CUDA_ERROR_ASSERT
+    case 714:  // CUDA_ERROR_HARDWARE_STACK_ERROR
+    case 715:  // CUDA_ERROR_ILLEGAL_INSTRUCTION
+    case 716:  // CUDA_ERROR_MISALIGNED_ADDRESS
+    case 717:  // CUDA_ERROR_INVALID_ADDRESS_SPACE
+    case 718:  // CUDA_ERROR_INVALID_PC
+    case 719:  // CUDA_ERROR_LAUNCH_FAILED
+    case 721:  // CUDA_ERROR_TENSOR_MEMORY_LEAK
+    case 911:  // CUDA_ERROR_EXTERNAL_DEVICE
+      return true;
+    default:
+      return false;
+  }
+}
+
+RelaxedCapture::RelaxedCapture() noexcept {
+  const Driver& d = loaded().driver;  // callers have the driver loaded (a context or event of it)
+  if (d.cuThreadExchangeStreamCaptureMode == nullptr) return;
+  int mode = kCaptureModeRelaxed;
+  if (d.cuThreadExchangeStreamCaptureMode(&mode) == 0) {
+    previous_ = mode;
+    exchanged_ = true;
+  }
+}
+
+RelaxedCapture::~RelaxedCapture() {
+  if (!exchanged_) return;
+  int mode = previous_;
+  loaded().driver.cuThreadExchangeStreamCaptureMode(&mode);
 }
 
 ContextScope::ContextScope(int ordinal) {

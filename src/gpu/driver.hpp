@@ -54,6 +54,7 @@ inline constexpr int kAttrHostPointerForRegistered = 91;  // ..._CAN_USE_HOST_PO
 inline constexpr int kAttrHostRegisterSupported = 99;     // CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED
 inline constexpr CUresult kErrorNoDevice = 100;           // CUDA_ERROR_NO_DEVICE
 inline constexpr CUresult kErrorNotReady = 600;           // CUDA_ERROR_NOT_READY
+inline constexpr CUresult kErrorCaptureImplicit = 906;    // CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
 inline constexpr int kAttrMultiprocessorCount = 16;       // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
 
 // CUpointer_attribute values (cuPointerGetAttributes), for checking device ranges.
@@ -67,6 +68,26 @@ inline constexpr int kPointerRangeSize = 12;     // CU_POINTER_ATTRIBUTE_RANGE_S
 inline constexpr int kPointerMapped = 13;       // CU_POINTER_ATTRIBUTE_MAPPED (bool)
 inline constexpr int kPointerMappingSize = 18;  // CU_POINTER_ATTRIBUTE_MAPPING_SIZE (size_t)
 inline constexpr int kPointerMappingBase = 19;  // CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR (void*)
+// The context an allocation belongs to (null for cuMemCreate'd memory, which
+// belongs to none), and what the current context's device may do with it
+// (CUDA_POINTER_ATTRIBUTE_ACCESS_FLAGS: 0 none, 1 read, 3 read and write;
+// cuMemMap'ped memory has none until cuMemSetAccess grants it).
+inline constexpr int kPointerContext = 1;          // CU_POINTER_ATTRIBUTE_CONTEXT (CUcontext)
+inline constexpr int kPointerAccessFlags = 16;     // CU_POINTER_ATTRIBUTE_ACCESS_FLAGS (unsigned)
+inline constexpr unsigned kAccessRead = 0x1;       // CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READ
+inline constexpr unsigned kAccessReadWrite = 0x3;  // CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE
+
+// Stream capture (CUDA graphs): cuStreamIsCapturing's statuses, and the
+// thread's capture mode (cuThreadExchangeStreamCaptureMode).
+inline constexpr int kCaptureStatusNone = 0;   // CU_STREAM_CAPTURE_STATUS_NONE (1 active, 2 invalidated)
+inline constexpr int kCaptureModeRelaxed = 2;  // CU_STREAM_CAPTURE_MODE_RELAXED
+
+// True for the errors after which the context is lost for the process (CUDA
+// documents them as sticky: "the context cannot be used", "the process must
+// be terminated"), and for a context destroyed or a driver shutting down:
+// nothing of the context runs any more, so work that was in flight in it is
+// over (what it did to memory is unspecified).
+bool context_lost(CUresult r) noexcept;
 
 // The stream handles that name a context's default streams (cuda.h): 0 and
 // CU_STREAM_LEGACY the legacy default stream (the runtime's and PyTorch's
@@ -77,6 +98,11 @@ inline constexpr std::uintptr_t kStreamPerThread = 0x2;  // CU_STREAM_PER_THREAD
 inline bool is_default_stream(const void* stream) noexcept {
   const auto v = reinterpret_cast<std::uintptr_t>(stream);
   return v == 0 || v == kStreamLegacy || v == kStreamPerThread;
+}
+// True for nullptr and CU_STREAM_LEGACY: the legacy default stream.
+inline bool is_legacy_stream(const void* stream) noexcept {
+  const auto v = reinterpret_cast<std::uintptr_t>(stream);
+  return v == 0 || v == kStreamLegacy;
 }
 
 // CUmemcpyAttributes (cuda.h, CUDA 12.8+), for cuMemcpyBatchAsync.
@@ -146,6 +172,11 @@ struct Driver {
   CUresult (*cuMemcpyBatchAsync_v1)(CUdeviceptr* dsts, CUdeviceptr* srcs, std::size_t* sizes, std::size_t count,
                                     MemcpyAttributes* attrs, std::size_t* attr_indices, std::size_t attr_count,
                                     std::size_t* fail_index, CUstream stream);
+  // Optional, nullptr where the driver predates CUDA graphs' stream capture
+  // (CUDA 10.0 and 10.1; without them there is nothing to capture): whether a
+  // stream is capturing, and this thread's capture mode.
+  CUresult (*cuStreamIsCapturing)(CUstream stream, int* status);
+  CUresult (*cuThreadExchangeStreamCaptureMode)(int* mode);
 
   int version = 0;       // e.g. 13000 for CUDA 13.0
   int device_count = 0;  // at least 1 once driver() returned
@@ -164,6 +195,26 @@ void check(CUresult r, const std::string& what);
 // the CUDA runtime does), so kernels launched through the runtime API see
 // everything registered through it. Throws Error(cuda).
 CUcontext primary_context(int ordinal);
+
+// Puts this thread in the relaxed stream-capture mode for a scope, and back
+// into the mode it was in after (as PyTorch does around its event queries).
+// In the default (global) mode, while any thread captures a CUDA graph in
+// global mode (PyTorch's default), the driver refuses this thread's
+// synchronizing calls (cuEventQuery, cuEventSynchronize,
+// cuStreamSynchronize, cuMemHostRegister, ...) with a capture error AND
+// invalidates that thread's capture; in the relaxed mode they run. Never
+// throws; does nothing where the driver has no capture modes.
+class RelaxedCapture {
+ public:
+  RelaxedCapture() noexcept;
+  ~RelaxedCapture();
+  RelaxedCapture(const RelaxedCapture&) = delete;
+  RelaxedCapture& operator=(const RelaxedCapture&) = delete;
+
+ private:
+  int previous_ = kCaptureModeRelaxed;
+  bool exchanged_ = false;
+};
 
 // Makes a device's primary context current on this thread for a scope.
 class ContextScope {

@@ -20,6 +20,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,19 @@ std::string hex(std::uintptr_t v) {
   char text[24];
   std::snprintf(text, sizeof text, "0x%llx", static_cast<unsigned long long>(v));
   return text;
+}
+
+// Keeps `grid` mapped and registered until the process ends (never destroyed:
+// not even by static destructors at exit, while DMA may still run).
+void keep_for_the_process(SharedGrid grid) noexcept {
+  static std::mutex lock;
+  static auto* kept = new std::vector<SharedGrid>();  // NOLINT: never freed, on purpose
+  try {
+    std::lock_guard hold(lock);
+    kept->push_back(std::move(grid));
+  } catch (...) {                           // no memory for the list: leak the grid's object itself
+    (void)new SharedGrid(std::move(grid));  // NOLINT: never freed, on purpose
+  }
 }
 
 }  // namespace
@@ -70,6 +84,25 @@ struct OffloadState {
   template <class CellAt>
   Transfer move(bool store, std::span<const std::uintptr_t> device_blocks, std::size_t block_bytes, std::size_t n,
                 CellAt cell_at, void* stream);
+
+  // Refuses a stream that is capturing a CUDA graph (or, for the legacy
+  // default stream, whose context has a blocking stream capturing): the
+  // graph would keep this call's block list (a slab reused after the call)
+  // and cells, and the copies route cannot be captured. Context current.
+  void refuse_capturing(CUstream stream, const char* what) const {
+    const Driver& d = driver();
+    if (d.cuStreamIsCapturing == nullptr) return;  // a driver without stream capture
+    int status = kCaptureStatusNone;
+    const CUresult r = d.cuStreamIsCapturing(stream, &status);
+    if (r == kErrorCaptureImplicit || (r == 0 && status != kCaptureStatusNone)) {
+      refuse(
+          std::string("the stream given to a ") + what +
+          (r == kErrorCaptureImplicit ? " is the legacy default stream, while a blocking stream of its context" : "") +
+          " is capturing a CUDA graph: a move cannot be captured (a graph would replay this call's block list "
+          "and cells); move blocks outside the capture");
+    }
+    check(r, "cuStreamIsCapturing (the stream given to an offload " + std::string(what) + ")");
+  }
 
   [[noreturn]] void refuse(const std::string& why) const {
     throw Error(Errc::invalid_argument, 0, "unimem: OffloadPool: " + why + "; nothing was moved");
@@ -110,6 +143,15 @@ struct OffloadState {
   bool uva = true;
   bool batched = false;
   std::unique_ptr<Flights> flights;  // null without a device; destroyed (waiting) before the grid
+
+  // Waits for this process's moves. Where one is not known to be done (the
+  // driver could not say), the pool's memory may still be under DMA: the
+  // grid (its Block, mapping and registration) is kept for the process.
+  ~OffloadState() {
+    if (flights != nullptr && !flights->drain()) keep_for_the_process(std::move(grid));
+  }
+  OffloadState(const OffloadState&) = delete;
+  OffloadState& operator=(const OffloadState&) = delete;
 };
 
 template <class CellAt>
@@ -148,11 +190,14 @@ Transfer OffloadState::move(bool store, std::span<const std::uintptr_t> device_b
   }
 
   ContextScope context(device);
+  // Queries and waits below (reaping finished flights, a failure path's
+  // synchronize, registering a new slab) would fail, and end the capture,
+  // while another thread captures a graph in global mode.
+  RelaxedCapture relaxed;
   auto cu_stream = static_cast<CUstream>(stream);
   // nullptr, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD: the default streams of
   // the current context (the device's primary context, pushed above).
-  const bool default_stream = is_default_stream(stream);
-  if (!default_stream) {
+  if (!is_default_stream(stream)) {
     CUcontext owner = nullptr;
     check(driver().cuStreamGetCtx(cu_stream, &owner),
           "cuStreamGetCtx (the stream given to an offload " + std::string(what) + ")");
@@ -161,14 +206,16 @@ Transfer OffloadState::move(bool store, std::span<const std::uintptr_t> device_b
              std::to_string(device) + "'s primary context (the one the CUDA runtime uses)");
     }
   }
+  refuse_capturing(cu_stream, what);
   if (n == 0) return {};
-  DeviceRanges ranges(device);
+  DeviceRanges ranges(device, store ? DeviceRanges::Use::read : DeviceRanges::Use::write);
   for (std::size_t i = 0; i < n; ++i) ranges.require(device_blocks[i], block_bytes, i, "device block");
 
-  // cuMemcpyBatchAsync refuses the default streams: the copies run on the
+  // cuMemcpyBatchAsync refuses the legacy default stream (nullptr,
+  // CU_STREAM_LEGACY; the per-thread one it takes): the copies run on the
   // pool's stream between the caller's stream and back (events both ways).
   const bool kernel = route == OffloadRoute::kernel;
-  const bool bridge = !kernel && default_stream;
+  const bool bridge = !kernel && is_legacy_stream(stream);
   Flights::Ticket ticket = flights->begin(kernel ? n * sizeof(BlockPair) : 0, bridge, n, n * block_bytes, what);
   // From here on, a ticket's parts go back only once nothing of the call is in flight.
   CUstream run_on = cu_stream;
@@ -187,14 +234,22 @@ Transfer OffloadState::move(bool store, std::span<const std::uintptr_t> device_b
       enqueue_block_copies(run_on, pairs, block_bytes);
     }
   } catch (...) {
-    if (enqueued) driver().cuStreamSynchronize(run_on);  // out of flight before the throw
-    flights->cancel(ticket);
+    // Out of flight before the throw; where the synchronize cannot say so,
+    // the slab and the pool's memory are kept for the process.
+    if (enqueued) {
+      flights->withdraw(ticket, run_on);
+    } else {
+      flights->cancel(ticket);
+    }
     throw;
   }
-  std::shared_ptr<Flight> flight = flights->finish(ticket, run_on);  // on failure: synchronizes, then throws
+  std::shared_ptr<Flight> flight = flights->finish(ticket, run_on);  // on failure: withdraws, then throws
   if (bridge) {
     if (const CUresult r = driver().cuStreamWaitEvent(cu_stream, flight->event, 0); r != 0) {
-      driver().cuStreamSynchronize(run_on);  // done before the throw: the caller's stream needs no wait
+      // Done before the throw where the driver can say so: the caller's
+      // stream needs no wait. The flight stays pending either way (its slab,
+      // none here, and the pool's memory wait for its event).
+      (void)driver().cuStreamSynchronize(run_on);
       check(r, "cuStreamWaitEvent (the caller's default stream, for the offload " + std::string(what) + ")");
     }
   }
@@ -245,15 +300,11 @@ Transfer& Transfer::operator=(Transfer&&) noexcept = default;
 Transfer::~Transfer() = default;
 
 bool Transfer::ready() const {
-  if (flight_ == nullptr) return true;
-  detail::ContextScope context(flight_->events->device());
-  return flight_->done();
+  return flight_ == nullptr || flight_->done();  // a fork() child is refused before any CUDA call
 }
 
 void Transfer::wait() const {
-  if (flight_ == nullptr) return;
-  detail::ContextScope context(flight_->events->device());
-  flight_->wait();
+  if (flight_ != nullptr) flight_->wait();
 }
 
 std::size_t Transfer::blocks() const noexcept { return flight_ ? flight_->blocks : 0; }

@@ -59,18 +59,30 @@ void EventPool::give(CUevent event) noexcept {
 
 Flight::~Flight() { events->give(event); }
 
+std::string Flight::describe() const {
+  return std::string("the offload ") + what + " of " + std::to_string(blocks) + " blocks (on its stream)";
+}
+
 bool Flight::done() const {
-  if (events->forked()) forked_child("asking a Transfer whether it is done");
+  if (events->forked()) forked_child("asking a Transfer whether it is done");  // before any CUDA call
+  ContextScope context(events->device());
+  RelaxedCapture relaxed;  // a query in global mode would fail, and end another thread's capture
   const CUresult r = driver().cuEventQuery(event);
-  if (r == kErrorNotReady) return false;
-  check(r, std::string("the offload ") + what + " of " + std::to_string(blocks) + " blocks (on its stream)");
-  return true;
+  if (r == 0) return true;
+  if (context_lost(r)) check(r, describe());
+  return false;  // still running, or the driver could not say: not known to be done
 }
 
 void Flight::wait() const {
-  if (events->forked()) forked_child("waiting for a Transfer");
-  check(driver().cuEventSynchronize(event),
-        std::string("the offload ") + what + " of " + std::to_string(blocks) + " blocks (on its stream)");
+  if (events->forked()) forked_child("waiting for a Transfer");  // before any CUDA call
+  ContextScope context(events->device());
+  RelaxedCapture relaxed;
+  const CUresult r = driver().cuEventSynchronize(event);
+  if (r == 0) return;
+  if (context_lost(r)) check(r, describe());
+  check(r, "waiting for " + describe() +
+               " (not known to be done: its blocks may still be moving; keep its cells and device blocks until "
+               "ready() says true)");
 }
 
 Flights::Flights(int device, bool own_stream) : device_(device), events_(std::make_shared<EventPool>(device)) {
@@ -78,22 +90,51 @@ Flights::Flights(int device, bool own_stream) : device_(device), events_(std::ma
 }
 
 Flights::~Flights() {
+  (void)drain();  // the slabs of flights not known to be done are kept for the process
   if (events_->forked()) {
     // The parent's stream, events and registered slabs: releasing them here
     // would call CUDA on handles of another process's context. Let them go
     // unreleased (the child's copy of the memory goes at exit or exec).
-    for (Pending& p : pending_) (void)p.slab.release();        // NOLINT(bugprone-unused-return-value)
     for (std::unique_ptr<Slab>& s : free_) (void)s.release();  // NOLINT(bugprone-unused-return-value)
     return;
   }
   try {
     ContextScope context(device_);
-    for (Pending& p : pending_) driver().cuEventSynchronize(p.flight->event);  // a failure is done too
-    pending_.clear();
-    free_.clear();  // slabs unregister and unmap
-    if (own_ != nullptr) driver().cuStreamDestroy(own_);
-  } catch (...) {  // no context: nothing of it runs any more
+    free_.clear();                                        // slabs unregister and unmap
+    if (own_ != nullptr) driver().cuStreamDestroy(own_);  // what still runs on it finishes first (CUDA's rule)
+  } catch (...) {                                         // no context: nothing of it runs any more
   }
+}
+
+bool Flights::drain() noexcept {
+  std::lock_guard hold(lock_);
+  if (events_->forked()) {
+    // Nothing of this process is in flight: the flights are the parent's, in
+    // its context and its own mapping of the memory. Their slabs (the
+    // parent's registrations) are let go unreleased.
+    for (Pending& p : pending_) (void)p.slab.release();  // NOLINT(bugprone-unused-return-value)
+    pending_.clear();
+    return true;
+  }
+  try {
+    ContextScope context(device_);
+    RelaxedCapture relaxed;
+    for (Pending& p : pending_) {
+      const CUresult r = driver().cuEventSynchronize(p.flight->event);
+      if (r == 0 || context_lost(r)) {  // done, or its context is lost and nothing of it runs any more
+        if (p.slab != nullptr) keep_slab_locked(std::move(p.slab));
+      } else {                   // not known to be done: its slab may still be read; never freed
+        (void)p.slab.release();  // NOLINT(bugprone-unused-return-value)
+        unsettled_ = true;
+      }
+    }
+  } catch (...) {  // the context cannot be made current: nothing of it runs any more
+    for (Pending& p : pending_) {
+      if (p.slab != nullptr) keep_slab_locked(std::move(p.slab));
+    }
+  }
+  pending_.clear();
+  return !unsettled_;
 }
 
 CUstream Flights::own_stream() {
@@ -110,16 +151,20 @@ void Flights::keep_slab_locked(std::unique_ptr<Slab> slab) noexcept {
 }
 
 void Flights::reap_locked() noexcept {
+  if (pending_.empty()) return;
+  RelaxedCapture relaxed;  // a query in global mode would fail, and end another thread's capture
   std::size_t kept = 0;
   for (std::size_t i = 0; i < pending_.size(); ++i) {
     Pending& p = pending_[i];
     const CUresult r = driver().cuEventQuery(p.flight->event);
-    if (r == kErrorNotReady) {
+    // Only success says done; a lost context says nothing of it runs any
+    // more. Not ready, or any other failure (the driver could not say, e.g.
+    // a capture error): kept, its slab not reused.
+    if (r != 0 && !context_lost(r)) {
       if (kept != i) pending_[kept] = std::move(p);
       ++kept;
       continue;
     }
-    // Done, or failed (the stream will not touch it again either way).
     if (p.slab != nullptr) keep_slab_locked(std::move(p.slab));
     p.flight.reset();
   }
@@ -192,11 +237,32 @@ void Flights::cancel(Ticket& ticket) noexcept {
   if (ticket.slab != nullptr) keep_slab_locked(std::move(ticket.slab));
 }
 
+void Flights::withdraw(Ticket& ticket, CUstream stream) noexcept {
+  CUresult r = 0;
+  {
+    RelaxedCapture relaxed;
+    r = driver().cuStreamSynchronize(stream);
+  }
+  if (r == 0 || context_lost(r)) {  // nothing of the call is in flight: its parts may go back
+    cancel(ticket);
+    return;
+  }
+  // Not known to be over: the slab may still be read. Everything else goes
+  // back (events may be reused while a recorded instance is pending); the
+  // slab is kept for the rest of the process, and so is the pool's memory.
+  if (ticket.entry != nullptr) events_->give(ticket.entry);
+  ticket.entry = nullptr;
+  ticket.flight.reset();
+  (void)ticket.slab.release();  // NOLINT(bugprone-unused-return-value)
+  std::lock_guard hold(lock_);
+  --reserved_;
+  unsettled_ = true;
+}
+
 std::shared_ptr<Flight> Flights::finish(Ticket& ticket, CUstream stream) {
   if (CUresult r = driver().cuEventRecord(ticket.flight->event, stream); r != 0) {
     const char* what = ticket.flight->what;  // a literal: outlives the flight
-    driver().cuStreamSynchronize(stream);    // nothing of this call stays in flight: its parts may go back
-    cancel(ticket);
+    withdraw(ticket, stream);
     check(r, std::string("cuEventRecord (the end of an offload ") + what + ")");
   }
   if (ticket.entry != nullptr) {  // the caller's stream's wait for it is enqueued: free to reuse

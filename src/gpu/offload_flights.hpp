@@ -10,6 +10,18 @@
 // the calls in flight, not the calls made). Destroying the Flights waits for
 // every flight: the pool's memory must outlive the DMA into it.
 //
+// "Done" is CUDA_SUCCESS from cuEventQuery / cuEventSynchronize /
+// cuStreamSynchronize, or an error after which the context is lost
+// (context_lost(): a trap, an illegal address; nothing of the context runs
+// any more). Any other answer (not ready, or the driver could not say, e.g.
+// a stream-capture error) leaves the work in flight: its slab is not reused,
+// and where it must be let go (a destructor, a failed call) it is kept for
+// the rest of the process instead (a leak, never a use after free), and the
+// pool is told (drain() returns false) so that it keeps its memory too.
+// Every query and wait runs in the relaxed capture mode (RelaxedCapture):
+// while another thread captures a CUDA graph in global mode (PyTorch's
+// default), the default mode would make them fail and end that capture.
+//
 // Everything a call needs to stay in flight (its event, its slab, a slot in
 // the list of pending flights) is taken BEFORE it enqueues anything (begin():
 // it may throw, and then nothing runs); once work is enqueued, nothing is
@@ -30,6 +42,7 @@
 #include <cstddef>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "gpu/driver.hpp"
@@ -70,12 +83,17 @@ struct Flight {
   Flight& operator=(const Flight&) = delete;
   ~Flight();  // gives the event back; never throws
 
-  // True when the work is done, false while it runs. Throws Error(cuda)
-  // naming the call when the stream failed, Error(invalid_argument) in a
-  // fork() child. Thread-safe.
+  // True when the work is done; false while it runs, and when the driver
+  // could not say. Makes the device's context current itself. Throws
+  // Error(cuda) naming the call when the stream failed (the context is lost),
+  // Error(invalid_argument) in a fork() child, before any CUDA call.
+  // Thread-safe.
   bool done() const;
-  // Blocks until done. Throws as done().
+  // Blocks until done. Throws as done(), and Error(cuda) when the driver
+  // fails the wait otherwise (then the work is not known to be done).
   void wait() const;
+  // "the offload store of n blocks (on its stream)"
+  std::string describe() const;
 
   std::shared_ptr<EventPool> events;
   CUevent event;
@@ -99,9 +117,16 @@ class Flights {
   Flights(int device, bool own_stream);
   Flights(const Flights&) = delete;
   Flights& operator=(const Flights&) = delete;
-  // Waits for every flight, then destroys the stream (in a fork() child:
+  // drain(), then destroys the stream and the slabs (in a fork() child:
   // neither; the handles are the parent's). Never throws.
   ~Flights();
+
+  // Waits for every flight. True when each is done (see above), or none is
+  // this process's (a fork() child); false when some flight, now or of an
+  // earlier failed call (withdraw()), is not known to be done: its slab is
+  // kept for the process, and the caller must keep the pool's memory mapped
+  // too. Never throws.
+  bool drain() noexcept;
 
   // The pool's own stream (non-blocking), made on first use. Device context
   // current. Throws Error(cuda).
@@ -121,12 +146,18 @@ class Flights {
   // Error(cuda) and what Block::open throws; then nothing is held.
   Ticket begin(std::size_t slab_bytes, bool bridge, std::size_t blocks, std::size_t bytes, const char* what);
   // Gives back what `ticket` holds. Only when nothing of the call is in
-  // flight (never enqueued, or the stream synchronized). Never throws.
+  // flight (never enqueued). Never throws.
   void cancel(Ticket& ticket) noexcept;
+  // For a call some of whose work may have been enqueued on `stream` and
+  // that fails: synchronizes `stream`; when that says the work is done (or
+  // the context lost), cancel(); otherwise gives back all but the slab,
+  // which is kept for the process, and marks the pool unsettled (drain()).
+  // Device context current. Never throws.
+  void withdraw(Ticket& ticket, CUstream stream) noexcept;
   // After the call's work was enqueued on `stream`: records the flight's
   // event there and keeps the slab until the event is done. When recording
-  // fails, synchronizes `stream` (nothing of the call stays in flight), gives
-  // everything back and throws Error(cuda). Device context current.
+  // fails, withdraws the ticket (above) and throws Error(cuda). Device
+  // context current.
   std::shared_ptr<Flight> finish(Ticket& ticket, CUstream stream);
 
  private:
@@ -148,6 +179,7 @@ class Flights {
   std::vector<Pending> pending_;  // capacity >= size + reserved_, always
   std::size_t reserved_ = 0;      // places promised to tickets not finished yet
   std::vector<std::unique_ptr<Slab>> free_;
+  bool unsettled_ = false;  // some call's work is not known to be done (withdraw(), drain())
 };
 
 }  // namespace unimem::gpu::detail

@@ -15,11 +15,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -410,6 +413,202 @@ TEST(OffloadGpu, TheDefaultStreamsOrderMovesAsCudaDoes) {
   }
 }
 
+// A stream capturing a CUDA graph is refused before anything is enqueued
+// (a graph would replay this call's block list and cells; copies cannot be
+// captured): a capturing stream of the caller's, and the legacy default
+// stream while a blocking stream captures. The captures end cleanly (the
+// refusal did not invalidate them), and the stream moves blocks afterwards.
+TEST(OffloadGpu, AStreamCapturingAGraphIsRefusedAndTheCaptureEndsCleanly) {
+  UNIMEM_REQUIRE_GPU();
+  constexpr std::size_t bytes = 64 * KiB, n = 4;
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  DeviceArea area(n * bytes);
+  ASSERT_EQ(cudaMemset(area.p, 0x61, n * bytes), cudaSuccess);
+  std::vector<std::uintptr_t> blocks(n);
+  for (std::size_t i = 0; i < n; ++i) blocks[i] = area.at(i * bytes);
+  for (OffloadRoute route : {OffloadRoute::kernel, OffloadRoute::copies}) {
+    for (const bool legacy : {false, true}) {
+      SCOPED_TRACE(std::string(to_string(route)) + (legacy ? ", the legacy stream" : ", a capturing stream"));
+      gpu::OffloadOptions o;
+      o.route = route;
+      OffloadPool pool = OffloadPool::create(bytes, n, 0, o);
+      std::vector<SharedCell> cells(n);
+      ASSERT_EQ(pool.take(cells), TakeStatus::ok);
+      for (SharedCell& c : cells) std::memset(c.data(), 0x77, bytes);
+      cudaStream_t capturing = nullptr;  // blocking: the legacy stream is then unusable
+      ASSERT_EQ(cudaStreamCreateWithFlags(&capturing, legacy ? cudaStreamDefault : cudaStreamNonBlocking), cudaSuccess);
+      ASSERT_EQ(cudaStreamBeginCapture(capturing, cudaStreamCaptureModeRelaxed), cudaSuccess);
+      cudaStream_t given = legacy ? nullptr : capturing;
+      const Thrown store =
+          thrown_by([&] { (void)pool.store(blocks, bytes, std::span<const SharedCell>(cells), given); });
+      EXPECT_EQ(store.code, Errc::invalid_argument) << store.message;
+      EXPECT_NE(store.message.find("is capturing a CUDA graph"), std::string::npos) << store.message;
+      const Thrown fetch =
+          thrown_by([&] { (void)pool.fetch(std::span<const SharedCell>(cells), blocks, bytes, given); });
+      EXPECT_EQ(fetch.code, Errc::invalid_argument) << fetch.message;
+      EXPECT_NE(fetch.message.find("is capturing a CUDA graph"), std::string::npos) << fetch.message;
+      const Thrown none = thrown_by([&] { (void)pool.store({}, bytes, std::span<const SharedCell>(), given); });
+      EXPECT_EQ(none.code, Errc::invalid_argument) << "checked also when no blocks are named: " << none.message;
+      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+      EXPECT_EQ(cudaStreamIsCapturing(capturing, &status), cudaSuccess);
+      EXPECT_EQ(status, cudaStreamCaptureStatusActive) << "the refusal invalidated the capture";
+      cudaGraph_t graph = nullptr;
+      EXPECT_EQ(cudaStreamEndCapture(capturing, &graph), cudaSuccess);
+      EXPECT_NE(graph, nullptr);
+      std::size_t nodes = 99;
+      if (graph != nullptr) {
+        EXPECT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
+        EXPECT_EQ(nodes, 0u) << "nothing was captured";
+        cudaGraphDestroy(graph);
+      }
+      for (const SharedCell& c : cells) EXPECT_TRUE(all_bytes(c.bytes(), 0x77)) << "a refused store moved a block";
+      // Not capturing any more: the same stream moves blocks.
+      pool.store(blocks, bytes, std::span<const SharedCell>(cells), given).wait();
+      for (const SharedCell& c : cells) EXPECT_TRUE(all_bytes(c.bytes(), 0x61));
+      EXPECT_EQ(cudaStreamDestroy(capturing), cudaSuccess);
+      EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    }
+  }
+}
+
+// PyTorch captures CUDA graphs in the global mode: while another thread
+// captures so, the driver refuses this thread's event queries, waits and
+// host registrations in the (default) global mode, and the refusal ends that
+// thread's capture. Moves on a stream that is not capturing, their
+// Transfers' ready() and wait(), and a new slab (the kernel route's first
+// move) work meanwhile, byte-exact, and the other thread's capture stays
+// whole.
+TEST(OffloadGpu, MovesAndTheirTransfersWorkWhileAnotherThreadCapturesInGlobalMode) {
+  UNIMEM_REQUIRE_GPU();
+  constexpr std::size_t bytes = 64 * KiB, n = 8;
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  for (OffloadRoute route : {OffloadRoute::kernel, OffloadRoute::copies}) {
+    SCOPED_TRACE(to_string(route));
+    gpu::OffloadOptions o;
+    o.route = route;
+    OffloadPool pool = OffloadPool::create(bytes, n, 0, o);
+    std::vector<SharedCell> cells(n);
+    ASSERT_EQ(pool.take(cells), TakeStatus::ok);
+    DeviceArea area(2 * n * bytes);
+    std::vector<std::byte> data(n * bytes);
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::vector<std::byte> d = block_data(31000 + i, bytes);
+      std::memcpy(data.data() + i * bytes, d.data(), bytes);
+    }
+    ASSERT_EQ(cudaMemcpy(area.p, data.data(), data.size(), cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemset(static_cast<std::byte*>(area.p) + n * bytes, 0, n * bytes), cudaSuccess);
+    std::vector<std::uintptr_t> from(n), to(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      from[i] = area.at(i * bytes);
+      to[i] = area.at((n + i) * bytes);
+    }
+    cudaStream_t mine = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&mine, cudaStreamNonBlocking), cudaSuccess);
+    std::mutex lock;
+    std::condition_variable changed;
+    int stage = 0;  // 1: the other thread captures; 2: this one is done
+    std::string other;
+    std::thread capturer([&] {
+      cudaStream_t s = nullptr;
+      if (cudaSetDevice(0) != cudaSuccess || cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess ||
+          cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) != cudaSuccess) {
+        other = "could not begin the capture";
+      }
+      {
+        std::lock_guard hold(lock);
+        stage = 1;
+      }
+      changed.notify_all();
+      std::unique_lock wait_for(lock);
+      changed.wait(wait_for, [&] { return stage == 2; });
+      wait_for.unlock();
+      if (!other.empty()) return;
+      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(s, &status) != cudaSuccess || status != cudaStreamCaptureStatusActive) {
+        other = "the capture was invalidated while the other thread moved blocks";
+      }
+      cudaGraph_t graph = nullptr;
+      if (cudaStreamEndCapture(s, &graph) != cudaSuccess || graph == nullptr) {
+        if (other.empty()) other = "the capture did not end cleanly";
+      }
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      cudaStreamDestroy(s);
+    });
+    {
+      std::unique_lock wait_for(lock);
+      changed.wait(wait_for, [&] { return stage == 1; });
+    }
+    std::string mine_failed;
+    try {
+      gpu::Transfer stored = pool.store(from, bytes, std::span<const SharedCell>(cells), mine);
+      while (!stored.ready()) std::this_thread::yield();
+      stored.wait();
+      gpu::Transfer fetched = pool.fetch(std::span<const SharedCell>(cells), to, bytes, mine);
+      fetched.wait();
+      if (!fetched.ready()) mine_failed = "ready() is false after wait()";
+    } catch (const std::exception& e) {
+      mine_failed = e.what();
+    }
+    {
+      std::lock_guard hold(lock);
+      stage = 2;
+    }
+    changed.notify_all();
+    capturer.join();
+    EXPECT_EQ(mine_failed, "");
+    EXPECT_EQ(other, "");
+    for (std::size_t i = 0; i < n; ++i) {
+      EXPECT_EQ(differing_bytes(cells[i].data(), data.data() + i * bytes, bytes), 0u) << "stored block " << i;
+    }
+    std::vector<std::byte> back(n * bytes);
+    ASSERT_EQ(cudaMemcpy(back.data(), reinterpret_cast<void*>(to[0]), back.size(), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    EXPECT_EQ(differing_bytes(back.data(), data.data(), back.size()), 0u) << "fetched blocks";
+    EXPECT_EQ(cudaStreamDestroy(mine), cudaSuccess);
+  }
+}
+
+// A fork() child of a process that used CUDA must not call CUDA: there, a
+// device pool's store refuses, a Transfer copied from the parent refuses
+// ready() and wait() (Error(invalid_argument), before any CUDA call), and
+// destroying the pool (its flights, slabs and registered Block) returns.
+// The parent's pool works on afterwards.
+TEST(OffloadGpu, AForkChildRefusesMovesAndTransfersAndLetsThePoolGo) {
+  UNIMEM_REQUIRE_GPU();
+  constexpr std::size_t bytes = 64 * KiB, n = 4;
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  for (OffloadRoute route : {OffloadRoute::kernel, OffloadRoute::copies}) {
+    SCOPED_TRACE(to_string(route));
+    gpu::OffloadOptions o;
+    o.route = route;
+    std::optional<OffloadPool> pool(OffloadPool::create(bytes, n, 0, o));
+    std::vector<SharedCell> cells(n);
+    ASSERT_EQ(pool->take(cells), TakeStatus::ok);
+    DeviceArea area(n * bytes);
+    ASSERT_EQ(cudaMemset(area.p, 0x19, n * bytes), cudaSuccess);
+    std::vector<std::uintptr_t> blocks(n);
+    for (std::size_t i = 0; i < n; ++i) blocks[i] = area.at(i * bytes);
+    const gpu::Transfer moved = pool->store(blocks, bytes, std::span<const SharedCell>(cells));
+    moved.wait();
+    const int code = testing::in_child([&] {
+      const Thrown store = thrown_by([&] { (void)pool->store(blocks, bytes, std::span<const SharedCell>(cells)); });
+      if (store.code != Errc::invalid_argument || store.message.find("fork() child") == std::string::npos) return 2;
+      const gpu::Transfer copy = moved;  // NOLINT(performance-unnecessary-copy-initialization): the copy is the case
+      const Thrown ready = thrown_by([&] { (void)copy.ready(); });
+      if (ready.code != Errc::invalid_argument || ready.message.find("fork() child") == std::string::npos) return 3;
+      const Thrown wait = thrown_by([&] { copy.wait(); });
+      if (wait.code != Errc::invalid_argument || wait.message.find("fork() child") == std::string::npos) return 4;
+      pool.reset();  // the pool goes here (its cells stay the parent's): no CUDA call, no hang
+      return 0;
+    });
+    EXPECT_EQ(code, 0) << "2: store did not refuse, 3: ready() did not, 4: wait() did not, 98: something threw "
+                          "another error (a CUDA call in the child)";
+    EXPECT_TRUE(moved.ready());
+    for (const SharedCell& c : cells) EXPECT_TRUE(all_bytes(c.bytes(), 0x19));
+    pool->fetch(std::span<const SharedCell>(cells), blocks, bytes).wait();  // the parent's pool works on
+  }
+}
+
 // More blocks in one call than one cuMemcpyBatchAsync takes (8192: the
 // copies route cuts the batch) and than one thread block's share of pairs
 // (the kernel loads them 256 at a time): byte-exact both ways.
@@ -421,7 +620,10 @@ TEST(OffloadGpu, ABatchLargerThanOneDriverCallMovesEveryBlock) {
 
 // The header's promise: store and fetch from many threads at once on one
 // pool, each thread its own cells, device blocks and stream (two use the
-// legacy default stream), on both routes.
+// legacy default stream, two the per-thread one), on both routes. Every
+// round moves other data (its device blocks are rewritten first), and every
+// round's store and fetch are checked, so a block moved by another call, or
+// by an earlier round, shows.
 TEST(OffloadGpu, ManyThreadsStoreAndFetchOnOnePoolAtOnce) {
   UNIMEM_REQUIRE_GPU();
   constexpr std::size_t bytes = 64 * KiB, threads = 8, per_thread = 24, rounds = 10;
@@ -430,23 +632,19 @@ TEST(OffloadGpu, ManyThreadsStoreAndFetchOnOnePoolAtOnce) {
     gpu::OffloadOptions o;
     o.route = route;
     OffloadPool pool = OffloadPool::create(bytes, threads * per_thread, 0, o);
-    DeviceArea area(2 * threads * per_thread * bytes);
+    const std::size_t half = threads * per_thread * bytes;
+    DeviceArea area(2 * half);
     ASSERT_NE(area.p, nullptr);
-    std::vector<std::byte> all(threads * per_thread * bytes);
-    for (std::size_t i = 0; i < threads * per_thread; ++i) {
-      const std::vector<std::byte> d = block_data(9000 + i, bytes);
-      std::memcpy(all.data() + i * bytes, d.data(), bytes);
-    }
-    ASSERT_EQ(cudaMemcpy(area.p, all.data(), all.size(), cudaMemcpyHostToDevice), cudaSuccess);
-    ASSERT_EQ(cudaMemset(static_cast<std::byte*>(area.p) + all.size(), 0, all.size()), cudaSuccess);
+    ASSERT_EQ(cudaMemset(area.p, 0, 2 * half), cudaSuccess);
     std::vector<std::string> failures(threads);
     std::vector<std::thread> workers;
     for (std::size_t t = 0; t < threads; ++t) {
       workers.emplace_back([&, t] {
         try {
           if (cudaSetDevice(0) != cudaSuccess) throw std::runtime_error("cudaSetDevice");
-          cudaStream_t stream = nullptr;
-          if (t >= 2 && cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+          cudaStream_t stream = nullptr;  // threads 0 and 1: the legacy default stream
+          if (t == 2 || t == 3) stream = cudaStreamPerThread;
+          if (t >= 4 && cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
             throw std::runtime_error("cudaStreamCreate");
           }
           std::vector<SharedCell> cells(per_thread);
@@ -454,19 +652,35 @@ TEST(OffloadGpu, ManyThreadsStoreAndFetchOnOnePoolAtOnce) {
           std::vector<std::uintptr_t> from(per_thread), to(per_thread);
           for (std::size_t i = 0; i < per_thread; ++i) {
             from[i] = area.at((t * per_thread + i) * bytes);
-            to[i] = area.at(all.size() + (t * per_thread + i) * bytes);
+            to[i] = area.at(half + (t * per_thread + i) * bytes);
           }
+          std::vector<std::byte> data(per_thread * bytes), back(per_thread * bytes);
           for (std::size_t r = 0; r < rounds; ++r) {
+            for (std::size_t i = 0; i < per_thread; ++i) {
+              const std::vector<std::byte> d = block_data(100000 * (r + 1) + t * per_thread + i, bytes);
+              std::memcpy(data.data() + i * bytes, d.data(), bytes);
+            }
+            if (cudaMemcpyAsync(reinterpret_cast<void*>(from[0]), data.data(), data.size(), cudaMemcpyHostToDevice,
+                                stream) != cudaSuccess) {
+              throw std::runtime_error("cudaMemcpyAsync");
+            }
             pool.store(from, bytes, std::span<const SharedCell>(cells), stream).wait();
             for (std::size_t i = 0; i < per_thread; ++i) {
-              if (std::memcmp(cells[i].data(), all.data() + (t * per_thread + i) * bytes, bytes) != 0) {
-                throw std::runtime_error("a stored block differs");
+              if (std::memcmp(cells[i].data(), data.data() + i * bytes, bytes) != 0) {
+                throw std::runtime_error("round " + std::to_string(r) + ": stored block " + std::to_string(i) +
+                                         " differs");
               }
             }
             pool.fetch(std::span<const SharedCell>(cells), to, bytes, stream).wait();
+            if (cudaMemcpyAsync(back.data(), reinterpret_cast<void*>(to[0]), back.size(), cudaMemcpyDeviceToHost,
+                                stream) != cudaSuccess ||
+                cudaStreamSynchronize(stream) != cudaSuccess) {
+              throw std::runtime_error("cudaMemcpyAsync back");
+            }
+            if (back != data) throw std::runtime_error("round " + std::to_string(r) + ": a fetched block differs");
             for (SharedCell& c : cells) std::memset(c.data(), 0, bytes);  // the next store must rewrite them
           }
-          if (stream != nullptr) cudaStreamDestroy(stream);
+          if (t >= 4) cudaStreamDestroy(stream);
         } catch (const std::exception& e) {
           failures[t] = e.what();
         }
@@ -474,11 +688,6 @@ TEST(OffloadGpu, ManyThreadsStoreAndFetchOnOnePoolAtOnce) {
     }
     for (std::thread& w : workers) w.join();
     for (std::size_t t = 0; t < threads; ++t) EXPECT_EQ(failures[t], "") << to_string(route) << ", thread " << t;
-    std::vector<std::byte> back(all.size());
-    ASSERT_EQ(
-        cudaMemcpy(back.data(), static_cast<std::byte*>(area.p) + all.size(), back.size(), cudaMemcpyDeviceToHost),
-        cudaSuccess);
-    EXPECT_EQ(differing_bytes(back.data(), all.data(), all.size()), 0u) << to_string(route) << ": fetches";
   }
 }
 
@@ -511,10 +720,12 @@ struct Vmm {
 };
 
 // Memory mapped with cuMemMap (PyTorch's expandable segments, vLLM's cuMem
-// allocator): one reserved range of 4 granules with granules 0, 2 and 3
-// mapped (2 and 3 by separate allocations) and granule 1 a hole. Blocks
-// inside a mapping move; blocks in the hole, running into it, or straddling
-// two mappings are refused before anything moves.
+// allocator): one reserved range of 6 granules with granules 0, 2 and 3
+// mapped (2 and 3 by separate allocations) and granule 1 a hole; granule 4
+// mapped without access for the device (no cuMemSetAccess), granule 5 mapped
+// read-only for it. Blocks inside a mapping move; blocks in the hole, running
+// into it, straddling two mappings, or in granule 4 are refused before
+// anything moves; granule 5 is stored from but refused as a fetch target.
 TEST(OffloadGpu, RefusesBlocksInUnmappedPartsOfAReservedRange) {
   UNIMEM_REQUIRE_GPU();
   ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
@@ -529,18 +740,27 @@ TEST(OffloadGpu, RefusesBlocksInUnmappedPartsOfAReservedRange) {
   ASSERT_EQ(vmm.granularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM), CUDA_SUCCESS);
   ASSERT_GE(g, 256 * KiB);
   CUdeviceptr base = 0;
-  ASSERT_EQ(vmm.reserve(&base, 4 * g, 0, 0, 0), CUDA_SUCCESS);
-  CUmemGenericAllocationHandle handles[3] = {};
-  const std::size_t mapped_at[3] = {0, 2 * g, 3 * g};
-  for (int k = 0; k < 3; ++k) {
+  ASSERT_EQ(vmm.reserve(&base, 6 * g, 0, 0, 0), CUDA_SUCCESS);
+  constexpr int kMappings = 5;
+  CUmemGenericAllocationHandle handles[kMappings] = {};
+  const std::size_t mapped_at[kMappings] = {0, 2 * g, 3 * g, 4 * g, 5 * g};
+  for (int k = 0; k < kMappings; ++k) {
     ASSERT_EQ(vmm.create(&handles[k], g, &prop, 0), CUDA_SUCCESS);
     ASSERT_EQ(vmm.map(base + mapped_at[k], g, 0, handles[k], 0), CUDA_SUCCESS);
+    if (k == 3) continue;  // granule 4: no access for the device
     CUmemAccessDesc access{};
     access.location = prop.location;
     access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
     ASSERT_EQ(vmm.set_access(base + mapped_at[k], g, &access, 1), CUDA_SUCCESS);
     ASSERT_EQ(cudaMemset(reinterpret_cast<void*>(base + mapped_at[k]), 0x30 + k, g), cudaSuccess);
   }
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  // Granule 5 (written 0x34 above) becomes read-only, where the driver allows it.
+  CUmemAccessDesc read_only{};
+  read_only.location = prop.location;
+  read_only.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+  const bool have_read_only = vmm.set_access(base + 5 * g, g, &read_only, 1) == CUDA_SUCCESS;
+  if (!have_read_only) std::printf("note: the driver refused a read-only mapping; that case is left out\n");
   constexpr std::size_t bytes = 64 * KiB;
   for (OffloadRoute route : {OffloadRoute::kernel, OffloadRoute::copies}) {
     gpu::OffloadOptions o;
@@ -567,6 +787,7 @@ TEST(OffloadGpu, RefusesBlocksInUnmappedPartsOfAReservedRange) {
          base + 2 * g - bytes / 2,
          {"is not mapped", "is not memory CUDA allocated", "runs past the end"}},
         {"straddling two mappings", base + 3 * g - bytes / 2, {"runs past the end"}},
+        {"in a mapping without access for the device", base + 4 * g + bytes, {"is not accessible to device 0"}},
     };
     for (const Case& c : cases) {
       const std::uintptr_t blocks[] = {good[0], good[1], c.at};
@@ -584,12 +805,23 @@ TEST(OffloadGpu, RefusesBlocksInUnmappedPartsOfAReservedRange) {
     }
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << "a refused block faulted";
     for (const SharedCell& c : cells) EXPECT_TRUE(all_bytes(c.bytes(), 0x77)) << "a refused store moved a block";
+    if (have_read_only) {
+      // Read-only for the device: a store reads it (moved); a fetch would write it (refused).
+      const std::uintptr_t readable[] = {good[0], good[1], base + 5 * g + bytes};
+      pool.store(readable, bytes, std::span<const SharedCell>(cells)).wait();
+      EXPECT_TRUE(all_bytes(cells[2].bytes(), 0x34)) << to_string(route) << ": a store from read-only memory";
+      const Thrown fetch = thrown_by([&] { (void)pool.fetch(std::span<const SharedCell>(cells), readable, bytes); });
+      EXPECT_EQ(fetch.code, Errc::invalid_argument) << to_string(route) << ": " << fetch.message;
+      EXPECT_NE(fetch.message.find("is read-only for device 0"), std::string::npos) << fetch.message;
+      EXPECT_NE(fetch.message.find("device block 2"), std::string::npos) << fetch.message;
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << "a refused fetch faulted";
+    }
   }
-  for (int k = 0; k < 3; ++k) {
+  for (int k = 0; k < kMappings; ++k) {
     EXPECT_EQ(vmm.unmap(base + mapped_at[k], g), CUDA_SUCCESS);
     EXPECT_EQ(vmm.release(handles[k]), CUDA_SUCCESS);
   }
-  EXPECT_EQ(vmm.free(base, 4 * g), CUDA_SUCCESS);
+  EXPECT_EQ(vmm.free(base, 6 * g), CUDA_SUCCESS);
 }
 
 // Starts this binary again with UNIMEM_OFFLOAD_CHILD=what (a process that

@@ -14,6 +14,8 @@
 // recorded per device and device_pointer() translates.
 #include "gpu/registration.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
@@ -40,6 +42,7 @@ std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::s
   const gpu::detail::Driver& d = driver();  // throws when there is no driver or device
   std::unique_ptr<GpuRegistration> r(new GpuRegistration);
   r->device_count_ = d.device_count;
+  r->pid_ = static_cast<int>(::getpid());
   std::mutex lock;  // guards r->chunks_ while workers add to it
 
   // Then register as few ranges as possible: a copy (cudaMemcpy*) must lie
@@ -50,6 +53,9 @@ std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::s
     std::byte* host = base + begin;
     const std::size_t n = end - begin;
     ContextScope context(0);  // portable: any device's context registers for all
+    // Registering is refused (and ends the capture) while another thread
+    // captures a CUDA graph in global mode; this thread may be a worker.
+    gpu::detail::RelaxedCapture relaxed;
     const unsigned flags = gpu::detail::kHostRegisterPortable | gpu::detail::kHostRegisterDeviceMap |
                            (read_only ? gpu::detail::kHostRegisterReadOnly : 0u);
     check(d.cuMemHostRegister(host, n, flags),
@@ -73,9 +79,11 @@ std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::s
 
 GpuRegistration::~GpuRegistration() {
   if (chunks_.empty()) return;
-  const gpu::detail::Driver& d = driver();  // cannot throw: chunks exist, so the driver loaded
+  if (static_cast<int>(::getpid()) != pid_) return;  // a fork() child: the parent's registration, not to touch
+  const gpu::detail::Driver& d = driver();           // cannot throw: chunks exist, so the driver loaded
   try {
     ContextScope context(0);
+    gpu::detail::RelaxedCapture relaxed;  // unregistering is refused during another thread's global capture
     for (Chunk& c : chunks_) d.cuMemHostUnregister(c.host);
   } catch (...) {
     // The context could not be made current (e.g. after a device reset):

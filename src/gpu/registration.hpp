@@ -25,7 +25,9 @@ class GpuRegistration {
   // caller can find out before it prepares the pages. Thread-safe.
   static void require_driver();
 
-  // Unregisters every chunk. Never throws.
+  // Unregisters every chunk. Never throws. In a fork() child of the process
+  // that registered, does nothing: the registration is the parent's (in its
+  // context), and a child of a process that used CUDA must not call CUDA.
   ~GpuRegistration();
 
   // Where `host` (inside the range) is seen by device `ordinal`, or nullptr
@@ -47,6 +49,7 @@ class GpuRegistration {
 
   std::vector<Chunk> chunks_;  // sorted by host address
   int device_count_ = 0;
+  int pid_ = 0;  // the process that registered
 };
 
 }  // namespace unimem::detail
