@@ -287,6 +287,7 @@ struct PyTape {
 struct CellBox {
   Cell cell;
   std::shared_ptr<const Grid<>> grid;
+  const Block& block() const { return grid->block(); }
 };
 
 struct PyGrid;
@@ -301,8 +302,8 @@ struct PyCell {
   }
   View view(const std::string& dtype, const py::object& shape) const {
     const CellBox& b = held();
-    return make_view(box, b.cell.data(), b.cell.size(), parse_dtype(dtype), shape_of(shape),
-                     host_device(b.grid->block()), false);
+    return make_view(box, b.cell.data(), b.cell.size(), parse_dtype(dtype), shape_of(shape), host_device(b.block()),
+                     false);
   }
 };
 
@@ -320,6 +321,104 @@ struct PyGrid {
     cell.box.reset();
   }
 };
+
+// ---- KV-cache offload -------------------------------------------------------
+// A cell of an OffloadPool held from Python; its box keeps the pool (and so
+// its registration) alive while the cell, or an array made from it, is out.
+
+struct OffloadCellBox {
+  SharedCell cell;
+  std::shared_ptr<const gpu::OffloadPool> pool;
+  const Block& block() const { return pool->block(); }
+};
+
+struct PyOffloadCell {
+  std::shared_ptr<OffloadCellBox> box;
+  const gpu::OffloadPool* pool = nullptr;  // identity of the pool it came from
+  std::uint32_t index = 0;
+
+  const OffloadCellBox& held() const {
+    if (!box) throw Error(Errc::invalid_argument, 0, "unimem: the offload cell was given back already");
+    return *box;
+  }
+  View view(const std::string& dtype, const py::object& shape) const {
+    const OffloadCellBox& b = held();
+    return make_view(box, b.cell.data(), b.cell.size(), parse_dtype(dtype), shape_of(shape), host_device(b.block()),
+                     false);
+  }
+};
+
+struct PyTransfer {
+  gpu::Transfer transfer;
+};
+
+struct PyOffloadPool {
+  std::shared_ptr<gpu::OffloadPool> pool;
+
+  PyOffloadCell wrap(SharedCell c) const {
+    const std::uint32_t index = c.index();
+    return PyOffloadCell{std::make_shared<OffloadCellBox>(OffloadCellBox{std::move(c), pool}), pool.get(), index};
+  }
+  // One cell (n None) or n cells, all or nothing; None when the pool has too few free.
+  py::object take(const std::optional<std::size_t>& n) {
+    if (!n) {
+      SharedCell c = pool->take();
+      return c ? py::cast(wrap(std::move(c))) : py::object(py::none());
+    }
+    std::vector<SharedCell> cells(*n);
+    const TakeStatus status = pool->take(cells);
+    if (status == TakeStatus::full) return py::none();
+    if (status != TakeStatus::ok) {
+      const char* why = status == TakeStatus::read_only ? "the pool is mapped read-only here"
+                        : status == TakeStatus::forked  ? "this is a fork() child of the process that made it"
+                                                        : "more cells than the pool has";
+      throw Error(Errc::invalid_argument, 0, "unimem: OffloadPool.take(" + std::to_string(*n) + "): " + why);
+    }
+    py::list out;
+    for (SharedCell& c : cells) out.append(wrap(std::move(c)));
+    return out;
+  }
+  void give(PyOffloadCell& cell) const {
+    if (cell.pool != pool.get())
+      throw Error(Errc::invalid_argument, 0, "unimem: OffloadPool.give: a cell of another pool");
+    (void)cell.held();
+    cell.box.reset();
+  }
+  // Cells as indices: Cell objects of this pool (held), or plain indices (cells
+  // another process holds); anything else is refused before anything moves.
+  std::vector<std::uint32_t> indices(const py::sequence& cells) const {
+    std::vector<std::uint32_t> out;
+    out.reserve(py::len(cells));
+    for (const py::handle item : cells) {
+      if (py::isinstance<PyOffloadCell>(item)) {
+        const auto& c = item.cast<const PyOffloadCell&>();
+        if (c.pool != pool.get()) throw Error(Errc::invalid_argument, 0, "unimem: a cell of another OffloadPool");
+        (void)c.held();
+        out.push_back(c.index);
+      } else {
+        out.push_back(item.cast<std::uint32_t>());
+      }
+    }
+    return out;
+  }
+  PyTransfer store(const std::vector<std::uintptr_t>& device_blocks, const py::sequence& cells, std::uintptr_t stream) {
+    const std::vector<std::uint32_t> at = indices(cells);
+    py::gil_scoped_release released;
+    return {pool->store(device_blocks, pool->block_bytes(), at, reinterpret_cast<void*>(stream))};
+  }
+  PyTransfer fetch(const py::sequence& cells, const std::vector<std::uintptr_t>& device_blocks, std::uintptr_t stream) {
+    const std::vector<std::uint32_t> at = indices(cells);
+    py::gil_scoped_release released;
+    return {pool->fetch(at, device_blocks, pool->block_bytes(), reinterpret_cast<void*>(stream))};
+  }
+};
+
+gpu::OffloadRoute parse_route(const std::string& route) {
+  for (auto r : {gpu::OffloadRoute::automatic, gpu::OffloadRoute::kernel, gpu::OffloadRoute::copies}) {
+    if (route == gpu::to_string(r)) return r;
+  }
+  throw Error(Errc::invalid_argument, 0, "unimem: route must be automatic, kernel or copies, not " + route);
+}
 
 struct PyLayout {
   std::shared_ptr<Layout> layout;
@@ -493,6 +592,33 @@ py::list pack(std::vector<std::pair<std::string, View>>& tensors, int mode) {
   return out;
 }
 
+// What a Grid's Cell and an OffloadPool's cell offer alike: views, give,
+// DLPack of the whole cell.
+template <class PyC>
+void bind_cell(py::class_<PyC> cls) {
+  cls.def("view", &PyC::view, py::arg("dtype") = "uint8", py::arg("shape") = py::none())
+      .def("give",
+           [](PyC& c) {
+             (void)c.held();
+             c.box.reset();
+           })
+      .def_property_readonly("index", [](const PyC& c) { return c.held().cell.index(); })
+      .def_property_readonly("address",
+                             [](const PyC& c) { return reinterpret_cast<std::uintptr_t>(c.held().cell.data()); })
+      .def_property_readonly("size", [](const PyC& c) { return c.held().cell.size(); })
+      .def_property_readonly("given", [](const PyC& c) { return !c.box; })
+      .def(
+          "__dlpack__",
+          [](const PyC& c, const py::object& stream, const py::object& max_version, const py::object& dl_device,
+             const py::object& copy) {
+            return dlpack_capsule(c.view("uint8", py::none()), stream, max_version, dl_device, copy);
+          },
+          py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
+          py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
+      .def("__dlpack_device__",
+           [](const PyC& c) { return py::make_tuple(static_cast<int>(host_device(c.held().block()).device_type), 0); });
+}
+
 }  // namespace
 }  // namespace unimem::python
 
@@ -623,29 +749,8 @@ memory valid after the object they came from is gone.)")
                              [](const PyTape& t) { return reinterpret_cast<std::uintptr_t>(t.tape->block().data()); })
       .def_property_readonly("gpu_visible", [](const PyTape& t) { return t.tape->block().gpu_visible(); });
 
-  py::class_<PyCell>(m, "Cell", "A cell taken from a Grid; back to the Grid once it and its arrays are gone.")
-      .def("view", &PyCell::view, py::arg("dtype") = "uint8", py::arg("shape") = py::none())
-      .def("give",
-           [](PyCell& c) {
-             (void)c.held();
-             c.box.reset();
-           })
-      .def_property_readonly("index", [](const PyCell& c) { return c.held().cell.index(); })
-      .def_property_readonly("address",
-                             [](const PyCell& c) { return reinterpret_cast<std::uintptr_t>(c.held().cell.data()); })
-      .def_property_readonly("size", [](const PyCell& c) { return c.held().cell.size(); })
-      .def_property_readonly("given", [](const PyCell& c) { return !c.box; })
-      .def(
-          "__dlpack__",
-          [](const PyCell& c, const py::object& stream, const py::object& max_version, const py::object& dl_device,
-             const py::object& copy) {
-            return dlpack_capsule(c.view("uint8", py::none()), stream, max_version, dl_device, copy);
-          },
-          py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
-          py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
-      .def("__dlpack_device__", [](const PyCell& c) {
-        return py::make_tuple(static_cast<int>(host_device(c.held().grid->block()).device_type), 0);
-      });
+  bind_cell(
+      py::class_<PyCell>(m, "Cell", "A cell taken from a Grid; back to the Grid once it and its arrays are gone."));
 
   py::class_<PyGrid>(m, "Grid", "A lock-free pool of fixed-size cells over a Block.")
       .def(py::init([](std::size_t cell_size, std::size_t cells, bool gpu, bool shareable) {
@@ -658,6 +763,58 @@ memory valid after the object they came from is gone.)")
       .def_property_readonly("cell_size", [](const PyGrid& g) { return g.grid->cell_size(); })
       .def_property_readonly("cells", [](const PyGrid& g) { return g.grid->cells(); })
       .def_property_readonly("gpu_visible", [](const PyGrid& g) { return g.grid->block().gpu_visible(); });
+
+  bind_cell(py::class_<PyOffloadCell>(m, "OffloadCell",
+                                      "A cell of an OffloadPool; back to the pool once it and its arrays are gone."));
+
+  py::class_<PyTransfer>(m, "Transfer", "One store or fetch: done when the work it queued on its stream is.")
+      .def("ready", [](const PyTransfer& t) { return t.transfer.ready(); })
+      .def("wait",
+           [](const PyTransfer& t) {
+             py::gil_scoped_release released;
+             t.transfer.wait();
+           })
+      .def_property_readonly("blocks", [](const PyTransfer& t) { return t.transfer.blocks(); })
+      .def_property_readonly("bytes", [](const PyTransfer& t) { return t.transfer.bytes(); });
+
+  py::class_<PyOffloadPool>(
+      m, "OffloadPool", "KV-cache offload: shared, GPU-visible host cells and batched moves to and from GPU memory.")
+      .def(py::init([](std::size_t block_bytes, std::size_t blocks, const std::optional<int>& device,
+                       const std::string& route) {
+             gpu::OffloadOptions o;
+             o.route = parse_route(route);
+             py::gil_scoped_release released;
+             return PyOffloadPool{std::make_shared<gpu::OffloadPool>(
+                 gpu::OffloadPool::create(block_bytes, blocks, device.value_or(gpu::kNoDevice), o))};
+           }),
+           py::arg("block_bytes"), py::arg("blocks"), py::kw_only(), py::arg("device") = 0,
+           py::arg("route") = "automatic")
+      .def_static(
+          "attach",
+          [](const std::string& id, const std::optional<int>& device, const std::string& route) {
+            gpu::OffloadOptions o;
+            o.route = parse_route(route);
+            py::gil_scoped_release released;
+            return PyOffloadPool{std::make_shared<gpu::OffloadPool>(
+                gpu::OffloadPool::attach(BlockId::parse(id), device.value_or(gpu::kNoDevice), o))};
+          },
+          py::arg("id"), py::kw_only(), py::arg("device") = 0, py::arg("route") = "automatic")
+      .def("take", &PyOffloadPool::take, py::arg("n") = py::none(),
+           "A free cell (n None) or a list of n cells, all or nothing; None when too few are free.")
+      .def("give", &PyOffloadPool::give, py::arg("cell"))
+      .def("store", &PyOffloadPool::store, py::arg("device_blocks"), py::arg("cells"), py::kw_only(),
+           py::arg("stream") = 0, "Copies device block i into cells[i] for every i, on `stream` (0: the default).")
+      .def("fetch", &PyOffloadPool::fetch, py::arg("cells"), py::arg("device_blocks"), py::kw_only(),
+           py::arg("stream") = 0, "Copies cells[i] into device block i for every i, on `stream` (0: the default).")
+      .def_property_readonly("block_bytes", [](const PyOffloadPool& p) { return p.pool->block_bytes(); })
+      .def_property_readonly("blocks", [](const PyOffloadPool& p) { return p.pool->blocks(); })
+      .def_property_readonly("device",
+                             [](const PyOffloadPool& p) {
+                               return p.pool->device() == gpu::kNoDevice ? py::object(py::none())
+                                                                         : py::object(py::int_(p.pool->device()));
+                             })
+      .def_property_readonly("route", [](const PyOffloadPool& p) { return gpu::to_string(p.pool->route_taken()); })
+      .def_property_readonly("id", [](const PyOffloadPool& p) { return p.pool->block().id().to_string(); });
 
   py::class_<PyLayout>(m, "Layout", "Three Tapes for inference: weights, scratch (per pass), history (per talk).")
       .def(py::init([](std::size_t weights, std::size_t scratch, std::size_t history, bool gpu) {

@@ -143,3 +143,28 @@ def test_two_gpus_split_and_replicated(tmp_path):
     assert [p["w"].device.index for p in parts] == [0, 1]
     assert torch.equal(torch.cat([parts[0]["w"].cpu(), parts[1]["w"].cpu()], dim=1), w)
     assert torch.equal(parts[1]["bias"].cpu(), parts[0]["bias"].cpu())
+
+
+def test_offload_pool_moves_torch_kv_blocks_both_ways_byte_exact():
+    block = 64 << 10
+    g = torch.Generator().manual_seed(15)
+    kv = torch.randint(1, 255, (32, block), dtype=torch.uint8, generator=g).cuda()  # never zeros
+    back = torch.zeros_like(kv)
+    for route in ("kernel", "copies", "automatic"):
+        pool = unimem.OffloadPool(block, 16, device=0, route=route)
+        assert pool.route in ("kernel", "copies")
+        cells = pool.take(12)
+        picked = torch.randperm(32, generator=g)[:12].tolist()
+        stream = torch.cuda.current_stream().cuda_stream
+        t = pool.store([kv[i].data_ptr() for i in picked], cells, stream=stream)
+        assert (t.blocks, t.bytes) == (12, 12 * block)
+        t.wait()
+        assert t.ready()
+        for i, c in zip(picked, cells):  # the CPU sees the cells in place
+            assert np.array_equal(np.from_dlpack(c.view().as_cpu()), kv[i].cpu().numpy())
+        back.zero_()
+        pool.fetch(cells, [back[i].data_ptr() for i in picked], stream=stream).wait()
+        assert torch.equal(back[picked], kv[picked])
+        with pytest.raises(ValueError):
+            pool.store([kv[0].data_ptr() + 1], cells[:1])  # not 16-byte aligned: nothing moves
+

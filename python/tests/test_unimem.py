@@ -220,6 +220,47 @@ def test_grid_cells_come_back_when_given_and_their_arrays_are_gone():
         unimem.Grid(100, 4)  # cells must be 64-byte multiples
 
 
+# ---- OffloadPool (host side; the moves run in test_cuda.py) ----------------------
+
+def test_offload_pool_takes_all_or_nothing_and_shares_cells_between_mappings():
+    pool = unimem.OffloadPool(16384, 6, device=None)  # a cache server without a GPU
+    assert (pool.block_bytes, pool.blocks, pool.device) == (16384, 6, None)
+    four = pool.take(4)
+    assert len({c.index for c in four}) == 4
+    assert pool.take(3) is None, "only 2 are free: all or nothing"
+    other = unimem.OffloadPool.attach(pool.id, device=None)  # as another process would
+    two = other.take(2)
+    assert {c.index for c in two}.isdisjoint({c.index for c in four})
+    assert pool.take() is None and other.take() is None
+    np.asarray(four[0].view("uint32"))[:] = 7  # the same pages in both mappings
+    first = four[0].index
+    array = np.from_dlpack(four[0])
+    pool.give(four[0])
+    assert four[0].given and other.take() is None, "the cell came back while an array still used it"
+    del array
+    gc.collect()
+    again = other.take()
+    assert again is not None and again.index == first
+    assert np.all(np.asarray(again.view("uint32")) == 7)
+    with pytest.raises(ValueError):
+        pool.give(again)  # a cell of the other mapping's pool object
+    with pytest.raises(ValueError):
+        pool.take(7)  # more than the pool has
+    with pytest.raises(ValueError):
+        unimem.OffloadPool(100, 4, device=None)  # blocks must be 64-byte multiples
+    with pytest.raises(ValueError):
+        unimem.OffloadPool(16384, 4, device=None, route="fastest")
+
+
+def test_offload_pool_without_a_device_refuses_moves_and_names_why():
+    pool = unimem.OffloadPool(4096, 2, device=None)
+    cells = pool.take(2)
+    with pytest.raises(ValueError, match="device"):
+        pool.store([0x1000, 0x2000], cells)
+    with pytest.raises(ValueError):
+        pool.fetch([cells[0], 99], [0x1000, 0x2000])  # index 99 is not a cell of this pool
+
+
 # ---- Layout ----------------------------------------------------------------------
 
 def test_layout_clears_per_pass_and_per_talk():

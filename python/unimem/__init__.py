@@ -23,10 +23,12 @@ import os
 from typing import Any, Callable, Iterable, Optional, Union
 
 from . import _unimem
-from ._unimem import Block, Cell, Grid, Layout, Tape, View, gpu_available, gpu_count, gpu_unavailable_reason
+from ._unimem import (Block, Cell, Grid, Layout, OffloadCell, OffloadPool, Tape, Transfer, View, gpu_available,
+                      gpu_count, gpu_unavailable_reason)
 
 __all__ = [
-    "Block", "Cell", "Grid", "Layout", "Tape", "View", "load_safetensors", "release_loaders",
+    "Block", "Cell", "Grid", "Layout", "OffloadCell", "OffloadPool", "Tape", "Transfer", "View", "load_safetensors",
+    "release_loaders",
     "gpu_available", "gpu_count", "gpu_unavailable_reason",
     "Error", "InvalidArgument", "OutOfMemory", "NotFound", "PermissionDenied", "OSFailure", "BadFormat",
 ]
