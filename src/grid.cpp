@@ -78,10 +78,6 @@ TaggedStack GridCore::list() noexcept { return TaggedStack(&head_, next_.get(), 
 
 void GridCore::on_fork_child(void* core) noexcept { static_cast<GridCore*>(core)->forked_ = true; }
 
-Cell GridCore::make_cell(std::uint32_t index) noexcept {
-  return Cell(this, block_.data() + std::size_t{index} * cell_size_, index);
-}
-
 std::uint32_t GridCore::pop_batch(std::uint32_t* out, std::uint32_t max) noexcept {
   const std::uint32_t n = list().pop(out, max);
   if (n != 0) refs_.fetch_add(n, std::memory_order_relaxed);
@@ -99,23 +95,12 @@ void GridCore::flush(const std::uint32_t* cells, std::uint32_t n) noexcept {
   release_refs(n);  // last access: may free this core
 }
 
-Cell GridCore::take() noexcept {
-  if (forked_) return Cell();  // the parent owns these cells (see grid.hpp)
-  if (cache_cells_ != 0) return grid_cache::take(*this);
-  return take_shared();
-}
-
 Cell GridCore::take_shared() noexcept {
   std::uint32_t index;
   return pop_batch(&index, 1) ? make_cell(index) : Cell();
 }
 
 GiveStatus GridCore::give(Cell& cell) noexcept { return cell.give_to(this); }
-
-void GridCore::give_back(std::uint32_t index) noexcept {
-  if (cache_cells_ != 0 && !forked_ && grid_cache::give(*this, index)) return;
-  flush(&index, 1);
-}
 
 void GridCore::release_owner() noexcept {
   orphaned_.store(true, std::memory_order_release);

@@ -7,15 +7,8 @@
 
 namespace unimem::detail::grid_cache {
 
-// A cell from this thread's cache of `core`, refilled from the shared list in
-// a batch when empty; an empty Cell when the grid has none. Never throws.
-Cell take(GridCore& core) noexcept;
-
-// Puts `index` in this thread's cache of `core`, spilling half the cache to
-// the shared list when full. Returns false when the cell was not cached (the
-// grid is orphaned, or the thread is exiting): the caller returns it. Never
-// throws.
-bool give(GridCore& core, std::uint32_t index) noexcept;
+// The cache's take and give are GridCore::take() and GridCore::give_back()
+// themselves (src/grid_cache.cpp), where they compile into one function each.
 
 // Returns this thread's cached cells of `core` to it. Never throws.
 void drop(GridCore& core) noexcept;

@@ -204,6 +204,10 @@ class GridCore {
   std::atomic<std::size_t> refs_;  // 1 (the Grid) + cells not in the shared list
 };
 
+inline Cell GridCore::make_cell(std::uint32_t index) noexcept {
+  return Cell(this, block_.data() + std::size_t{index} * cell_size_, index);
+}
+
 }  // namespace detail
 
 template <std::size_t CellSize = dynamic, std::size_t Cells = dynamic>
