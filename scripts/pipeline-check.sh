@@ -4,7 +4,8 @@
 #   bash scripts/pipeline-check.sh DIR
 # Runs the ctest configurations (all modes, checked against float64), then the
 # default size and the large preset in every mode, and the large preset with
-# the GPU reading the weights in place, and without the GPU's device mirror.
+# the GPU reading the weights in place, and without the GPU's device mirror;
+# then, where torch imports, examples/pipeline/torch_layer.py beside gpu mode.
 # Logs go to $OUT when set, else DIR/logs.
 set -uo pipefail
 dir=${1:?folder with unimem_pipeline}
@@ -30,4 +31,10 @@ run pipeline_default --mode all
 run pipeline_large --preset large --mode all
 run pipeline_large_host_weights --preset large --mode split --gpu-weights host
 run pipeline_large_no_mirror --preset large --mode all --no-gpu-mirror
+# PyTorch's layer beside the gpu mode, one table (where torch imports).
+if python3 -c "import torch" 2>/dev/null; then
+  echo "== torch_layer.py --pipeline $dir/unimem_pipeline --preset large" | tee "$logs/torch_large.txt"
+  python3 examples/pipeline/torch_layer.py --pipeline "$dir/unimem_pipeline" --preset large 2>&1 |
+    tee -a "$logs/torch_large.txt" || status=1
+fi
 exit $status
