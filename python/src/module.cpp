@@ -384,12 +384,21 @@ struct PyOffloadPool {
     (void)cell.held();
     cell.box.reset();
   }
-  // Cells as indices: Cell objects of this pool (held), or plain indices (cells
-  // another process holds); anything else is refused before anything moves.
-  std::vector<std::uint32_t> indices(const py::sequence& cells) const {
+  // Cells as indices: a 1-D integer array (NumPy, anything with the buffer
+  // protocol: no per-item Python work), or a sequence of Cell objects of this
+  // pool (held) or plain indices (cells another process holds); anything else
+  // is refused before anything moves.
+  std::vector<std::uint32_t> indices(const py::object& cells) const {
     std::vector<std::uint32_t> out;
+    if (py::isinstance<py::buffer>(cells)) {
+      for (const std::uint64_t i : integers(cells, "cells")) {
+        if (i > UINT32_MAX) throw Error(Errc::invalid_argument, 0, "unimem: cells: an index above 2^32 - 1");
+        out.push_back(static_cast<std::uint32_t>(i));
+      }
+      return out;
+    }
     out.reserve(py::len(cells));
-    for (const py::handle item : cells) {
+    for (const py::handle item : py::reinterpret_borrow<py::sequence>(cells)) {
       if (py::isinstance<PyOffloadCell>(item)) {
         const auto& c = item.cast<const PyOffloadCell&>();
         if (c.pool != pool.get()) throw Error(Errc::invalid_argument, 0, "unimem: a cell of another OffloadPool");
@@ -401,15 +410,47 @@ struct PyOffloadPool {
     }
     return out;
   }
-  PyTransfer store(const std::vector<std::uintptr_t>& device_blocks, const py::sequence& cells, std::uintptr_t stream) {
-    const std::vector<std::uint32_t> at = indices(cells);
-    py::gil_scoped_release released;
-    return {pool->store(device_blocks, pool->block_bytes(), at, reinterpret_cast<void*>(stream))};
+  // Device addresses: a 1-D array of 64-bit integers, or a sequence of ints.
+  static std::vector<std::uintptr_t> addresses(const py::object& blocks) {
+    if (!py::isinstance<py::buffer>(blocks)) return blocks.cast<std::vector<std::uintptr_t>>();
+    const std::vector<std::uint64_t> v = integers(blocks, "device_blocks");
+    return {v.begin(), v.end()};
   }
-  PyTransfer fetch(const py::sequence& cells, const std::vector<std::uintptr_t>& device_blocks, std::uintptr_t stream) {
+  // The integers of a 1-D array (signed or unsigned, 1 to 8 bytes, any stride).
+  static std::vector<std::uint64_t> integers(const py::object& array, const char* what) {
+    const py::buffer_info info = py::reinterpret_borrow<py::buffer>(array).request();
+    const std::string f = info.format.empty() ? std::string() : info.format.substr(info.format.size() - 1);
+    const bool is_signed = f == "b" || f == "h" || f == "i" || f == "l" || f == "q";
+    const bool is_unsigned = f == "B" || f == "H" || f == "I" || f == "L" || f == "Q";
+    if (info.ndim != 1 || !(is_signed || is_unsigned) || info.itemsize > 8) {
+      throw Error(Errc::invalid_argument, 0,
+                  std::string("unimem: ") + what + ": a 1-D array of integers or a sequence, not format '" +
+                      info.format + "' with " + std::to_string(info.ndim) + " dimensions");
+    }
+    std::vector<std::uint64_t> out(static_cast<std::size_t>(info.shape[0]));
+    const auto* base = static_cast<const std::byte*>(info.ptr);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      const std::byte* p = base + static_cast<std::ptrdiff_t>(i) * info.strides[0];
+      std::uint64_t u = 0;
+      std::memcpy(&u, p, static_cast<std::size_t>(info.itemsize));  // little-endian: the low bytes
+      const unsigned bits = static_cast<unsigned>(info.itemsize) * 8;
+      const bool negative = is_signed && bits < 64 ? (u >> (bits - 1)) & 1 : is_signed && (u >> 63);
+      if (negative) throw Error(Errc::invalid_argument, 0, std::string("unimem: ") + what + ": a negative value");
+      out[i] = u;
+    }
+    return out;
+  }
+  PyTransfer store(const py::object& device_blocks, const py::object& cells, std::uintptr_t stream) {
+    const std::vector<std::uintptr_t> at_device = addresses(device_blocks);
     const std::vector<std::uint32_t> at = indices(cells);
     py::gil_scoped_release released;
-    return {pool->fetch(at, device_blocks, pool->block_bytes(), reinterpret_cast<void*>(stream))};
+    return {pool->store(at_device, pool->block_bytes(), at, reinterpret_cast<void*>(stream))};
+  }
+  PyTransfer fetch(const py::object& cells, const py::object& device_blocks, std::uintptr_t stream) {
+    const std::vector<std::uint32_t> at = indices(cells);
+    const std::vector<std::uintptr_t> at_device = addresses(device_blocks);
+    py::gil_scoped_release released;
+    return {pool->fetch(at, at_device, pool->block_bytes(), reinterpret_cast<void*>(stream))};
   }
 };
 

@@ -163,7 +163,11 @@ def test_offload_pool_moves_torch_kv_blocks_both_ways_byte_exact():
         for i, c in zip(picked, cells):  # the CPU sees the cells in place
             assert np.array_equal(np.from_dlpack(c.view().as_cpu()), kv[i].cpu().numpy())
         back.zero_()
-        pool.fetch(cells, [back[i].data_ptr() for i in picked], stream=stream).wait()
+        if route == "automatic":  # arrays instead of lists: the path without per-item Python work
+            at = np.array([back[i].data_ptr() for i in picked], dtype=np.uint64)
+            pool.fetch(np.array([c.index for c in cells], dtype=np.uint32), at, stream=stream).wait()
+        else:
+            pool.fetch(cells, [back[i].data_ptr() for i in picked], stream=stream).wait()
         assert torch.equal(back[picked], kv[picked])
         with pytest.raises(ValueError):
             pool.store([kv[0].data_ptr() + 1], cells[:1])  # not 16-byte aligned: nothing moves

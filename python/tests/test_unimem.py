@@ -259,6 +259,12 @@ def test_offload_pool_without_a_device_refuses_moves_and_names_why():
         pool.store([0x1000, 0x2000], cells)
     with pytest.raises(ValueError):
         pool.fetch([cells[0], 99], [0x1000, 0x2000])  # index 99 is not a cell of this pool
+    with pytest.raises(ValueError, match="integers"):
+        pool.store(np.array([4096.0, 8192.0]), cells)  # addresses as floats
+    with pytest.raises(ValueError, match="negative"):
+        pool.store(np.array([0x1000, 0x2000], dtype=np.uint64), np.array([0, -1]))
+    with pytest.raises(ValueError, match="device"):  # arrays pass the argument checks; no device here
+        pool.store(np.array([0x1000, 0x2000], dtype=np.uint64), np.array([c.index for c in cells], dtype=np.int32))
 
 
 # ---- Layout ----------------------------------------------------------------------
