@@ -9,9 +9,9 @@
 #include "gpu/convert.hpp"
 
 #include <algorithm>
-#include <map>
-#include <mutex>
 #include <string>
+
+#include "gpu/ptx_kernel.hpp"
 
 namespace unimem::gpu::detail {
 namespace {
@@ -119,21 +119,6 @@ DONE:
 
 unsigned code_of(DType t) { return t == DType::F32 ? kF32 : t == DType::F16 ? kF16 : kBF16; }
 
-// The kernel in `device`'s primary context, loaded on first use.
-CUfunction kernel(int device) {
-  static std::mutex lock;
-  static std::map<int, CUfunction> loaded;  // modules stay for the process, as the runtime's do
-  std::lock_guard hold(lock);
-  if (auto it = loaded.find(device); it != loaded.end()) return it->second;
-  const Driver& d = driver();
-  CUmodule module = nullptr;
-  check(d.cuModuleLoadData(&module, kPtx), "cuModuleLoadData (the dtype-conversion kernel)");
-  CUfunction f = nullptr;
-  check(d.cuModuleGetFunction(&f, module, "unimem_convert"), "cuModuleGetFunction");
-  loaded.emplace(device, f);
-  return f;
-}
-
 }  // namespace
 
 bool convertible(DType from, DType to) noexcept {
@@ -148,7 +133,7 @@ void convert(int device, CUstream stream, CUdeviceptr src, CUdeviceptr dst, std:
                     " on the GPU (F32, F16 and BF16 convert to each other)");
   }
   if (n == 0) return;
-  CUfunction f = kernel(device);
+  CUfunction f = ptx_kernel(device, kPtx, "unimem_convert", "the dtype-conversion kernel").function;
   unsigned from_code = code_of(from), to_code = code_of(to);
   void* params[] = {&src, &dst, &n, &from_code, &to_code};
   constexpr unsigned kThreads = 256;

@@ -23,8 +23,8 @@
 #include "gpu/offload_kernel.hpp"
 
 #include <algorithm>
-#include <map>
-#include <mutex>
+
+#include "gpu/ptx_kernel.hpp"
 
 namespace unimem::gpu::detail {
 namespace {
@@ -129,28 +129,8 @@ DONE:
 }
 )PTX";
 
-struct Loaded {
-  CUfunction function = nullptr;
-  unsigned grid = 1;  // thread blocks per launch, at most
-};
-
-// The kernel in `device`'s primary context (current), loaded on first use.
-const Loaded& kernel(int device) {
-  static std::mutex lock;
-  static std::map<int, Loaded> loaded;  // modules stay for the process, as the runtime's do
-  std::lock_guard hold(lock);
-  if (auto it = loaded.find(device); it != loaded.end()) return it->second;
-  const Driver& d = driver();
-  CUmodule module = nullptr;
-  check(d.cuModuleLoadData(&module, kPtx), "cuModuleLoadData (the offload pool's block-copy kernel)");
-  Loaded k;
-  check(d.cuModuleGetFunction(&k.function, module, "unimem_offload_copy"), "cuModuleGetFunction");
-  CUdevice dev = 0;
-  check(d.cuDeviceGet(&dev, device), "cuDeviceGet");
-  int sms = 0;
-  check(d.cuDeviceGetAttribute(&sms, kAttrMultiprocessorCount, dev), "cuDeviceGetAttribute (multiprocessors)");
-  k.grid = static_cast<unsigned>(std::max(1, sms)) * kGridPerMultiprocessor;
-  return loaded.emplace(device, k).first->second;
+const PtxKernel& kernel(int device) {
+  return ptx_kernel(device, kPtx, "unimem_offload_copy", "the offload pool's block-copy kernel");
 }
 
 }  // namespace
@@ -159,10 +139,11 @@ void load_block_copy(int device) { (void)kernel(device); }
 
 void launch_block_copy(int device, CUstream stream, CUdeviceptr pairs, std::uint64_t n, std::uint64_t block_bytes) {
   if (n == 0) return;
-  const Loaded& k = kernel(device);
+  const PtxKernel& k = kernel(device);
   std::uint64_t vecs = block_bytes / 16;
   std::uint64_t tiles = (block_bytes + kTileBytes - 1) / kTileBytes;
-  const auto grid = static_cast<unsigned>(std::min<std::uint64_t>(n * tiles, k.grid));
+  const std::uint64_t most = std::uint64_t{static_cast<unsigned>(k.multiprocessors)} * kGridPerMultiprocessor;
+  const auto grid = static_cast<unsigned>(std::min<std::uint64_t>(n * tiles, most));
   void* params[] = {&pairs, &n, &vecs, &tiles};
   check(driver().cuLaunchKernel(k.function, grid, 1, 1, kThreads, 1, 1, 0, stream, params, nullptr),
         "cuLaunchKernel (the offload pool's block copy)");
