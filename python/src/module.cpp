@@ -282,30 +282,37 @@ struct PyTape {
   }
 };
 
-// A cell out of a Grid: returned to the Grid when the last of the Python
-// Cell and the arrays made from it goes (give() drops the Cell's part).
-struct CellBox {
-  Cell cell;
-  std::shared_ptr<const Grid<>> grid;
-  const Block& block() const { return grid->block(); }
-};
+// A cell held from Python, of a Grid (Cell) or an OffloadPool (SharedCell):
+// it goes back to its pool when the last of the Python object and the arrays
+// made from it goes (give() drops the object's part). The box also keeps the
+// pool alive (for an OffloadPool, its registration) while the cell is out.
+template <class CellT, class Pool>
+struct PyCellOf {
+  struct Box {
+    CellT cell;
+    std::shared_ptr<const Pool> pool;
+    const Block& block() const { return pool->block(); }
+  };
+  std::shared_ptr<Box> box;
+  const Pool* pool = nullptr;  // identity of the pool it came from
+  std::uint32_t index = 0;
 
-struct PyGrid;
-
-struct PyCell {
-  std::shared_ptr<CellBox> box;
-  const Grid<>* grid = nullptr;  // identity of the Grid it came from
-
-  const CellBox& held() const {
+  static PyCellOf wrap(CellT c, std::shared_ptr<const Pool> from) {
+    const std::uint32_t at = c.index();
+    const Pool* id = from.get();
+    return PyCellOf{std::make_shared<Box>(Box{std::move(c), std::move(from)}), id, at};
+  }
+  const Box& held() const {
     if (!box) throw Error(Errc::invalid_argument, 0, "unimem: the cell was given back already");
     return *box;
   }
   View view(const std::string& dtype, const py::object& shape) const {
-    const CellBox& b = held();
+    const Box& b = held();
     return make_view(box, b.cell.data(), b.cell.size(), parse_dtype(dtype), shape_of(shape), host_device(b.block()),
                      false);
   }
 };
+using PyCell = PyCellOf<Cell, Grid<>>;
 
 struct PyGrid {
   std::shared_ptr<Grid<>> grid;
@@ -313,40 +320,18 @@ struct PyGrid {
   std::optional<PyCell> take() {
     Cell c = grid->take();
     if (!c) return std::nullopt;
-    return PyCell{std::make_shared<CellBox>(CellBox{std::move(c), grid}), grid.get()};
+    return PyCell::wrap(std::move(c), grid);
   }
   void give(PyCell& cell) {
-    if (cell.grid != grid.get()) throw Error(Errc::invalid_argument, 0, "unimem: Grid.give: a cell of another Grid");
+    if (cell.pool != grid.get()) throw Error(Errc::invalid_argument, 0, "unimem: Grid.give: a cell of another Grid");
     (void)cell.held();
     cell.box.reset();
   }
 };
 
 // ---- KV-cache offload -------------------------------------------------------
-// A cell of an OffloadPool held from Python; its box keeps the pool (and so
-// its registration) alive while the cell, or an array made from it, is out.
 
-struct OffloadCellBox {
-  SharedCell cell;
-  std::shared_ptr<const gpu::OffloadPool> pool;
-  const Block& block() const { return pool->block(); }
-};
-
-struct PyOffloadCell {
-  std::shared_ptr<OffloadCellBox> box;
-  const gpu::OffloadPool* pool = nullptr;  // identity of the pool it came from
-  std::uint32_t index = 0;
-
-  const OffloadCellBox& held() const {
-    if (!box) throw Error(Errc::invalid_argument, 0, "unimem: the offload cell was given back already");
-    return *box;
-  }
-  View view(const std::string& dtype, const py::object& shape) const {
-    const OffloadCellBox& b = held();
-    return make_view(box, b.cell.data(), b.cell.size(), parse_dtype(dtype), shape_of(shape), host_device(b.block()),
-                     false);
-  }
-};
+using PyOffloadCell = PyCellOf<SharedCell, gpu::OffloadPool>;
 
 struct PyTransfer {
   gpu::Transfer transfer;
@@ -355,10 +340,7 @@ struct PyTransfer {
 struct PyOffloadPool {
   std::shared_ptr<gpu::OffloadPool> pool;
 
-  PyOffloadCell wrap(SharedCell c) const {
-    const std::uint32_t index = c.index();
-    return PyOffloadCell{std::make_shared<OffloadCellBox>(OffloadCellBox{std::move(c), pool}), pool.get(), index};
-  }
+  PyOffloadCell wrap(SharedCell c) const { return PyOffloadCell::wrap(std::move(c), pool); }
   // One cell (n None) or n cells, all or nothing; None when the pool has too few free.
   py::object take(const std::optional<std::size_t>& n) {
     if (!n) {

@@ -125,31 +125,27 @@ struct Timer {
     CHECK(cudaEventCreate(&stop));
   }
   // Median seconds of `reps` runs of enqueue() on s, after one warm-up.
-  double one(int reps, cudaStream_t s, const std::function<void()>& enqueue) {
-    std::vector<double> t;
-    for (int r = 0; r <= reps; ++r) {
-      CHECK(cudaEventRecord(start, s));
-      enqueue();
-      CHECK(cudaEventRecord(stop, s));
-      CHECK(cudaEventSynchronize(stop));
-      float ms = 0;
-      CHECK(cudaEventElapsedTime(&ms, start, stop));
-      if (r > 0) t.push_back(ms * 1e-3);
-    }
-    return median(t);
-  }
+  double one(int reps, cudaStream_t s, const std::function<void()>& enqueue) { return timed(reps, s, enqueue); }
   // The same, with work on two streams starting together; until both end.
   double two(int reps, cudaStream_t a, cudaStream_t b, const std::function<void()>& on_a,
              const std::function<void()>& on_b) {
-    std::vector<double> t;
-    for (int r = 0; r <= reps; ++r) {
-      CHECK(cudaEventRecord(start, a));
+    return timed(reps, a, [&] {
       CHECK(cudaStreamWaitEvent(b, start, 0));
       on_a();
       on_b();
       CHECK(cudaEventRecord(mid, b));
       CHECK(cudaStreamWaitEvent(a, mid, 0));
-      CHECK(cudaEventRecord(stop, a));
+    });
+  }
+
+ private:
+  // Median seconds between events recorded on s around body(), after one warm-up.
+  double timed(int reps, cudaStream_t s, const std::function<void()>& body) {
+    std::vector<double> t;
+    for (int r = 0; r <= reps; ++r) {
+      CHECK(cudaEventRecord(start, s));
+      body();
+      CHECK(cudaEventRecord(stop, s));
       CHECK(cudaEventSynchronize(stop));
       float ms = 0;
       CHECK(cudaEventElapsedTime(&ms, start, stop));
