@@ -184,11 +184,10 @@ class StandardPath final : public Path {
     pending_.clear();
   }
   const float* kv_host(int i) const { return kv_pinned_[i] ? kv_pinned_[i] : kv_host_[i].data(); }
-  void free_device(float* p) {
+  void free_device(void* p) {
     ++counters.alloc_calls;
     competent_ ? gpu::free_device_async(p) : gpu::free_device(p);
   }
-  void free_device(void* p) { free_device(static_cast<float*>(p)); }
   std::size_t step_floats(std::size_t m) const { return m * (6 * c_.dim + 2 * c_.mlp); }
   const void* upload(const void* host, std::size_t bytes) {
     std::byte* d = device_weights_.emplace_back(bytes).get();
