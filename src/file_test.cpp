@@ -226,6 +226,46 @@ TEST(ReadFile, AFailedCompletionLeavesNoReadInFlight) {
   }
 }
 
+// A submit the kernel refuses (EAGAIN, ENOMEM) leaves the prepared reads in
+// the ring's submission queue. A FileReader that kept that ring handed them
+// to the kernel with its next read: into the first read's destination (freed
+// by then) and with indices into the first read's chunk list.
+TEST(FileReader, ARefusedSubmitLeavesNothingForTheNextRead) {
+  TempFile f(2 * MiB);
+  ReadOptions o;
+  o.small_read_bytes = 0;  // through the ring
+  o.direct = false;
+  o.chunk_bytes = 4096;  // the first read: 16 reads prepared at once
+  o.queue_depth = 16;
+  detail::ReadRingProbe probe;
+  probe.fail_submit = 1;
+  probe.fail_submit_errno = EAGAIN;
+  detail::set_read_ring_probe(&probe);
+  FileReader reader(f.path, o);
+  Thrown refused;
+  {
+    std::vector<std::byte> first(64 * 1024);  // freed before the next read
+    refused = thrown_by([&] { (void)reader.read(0, first); });
+  }
+  if (probe.rings_made == 0) {
+    detail::set_read_ring_probe(nullptr);
+    GTEST_SKIP() << "io_uring is unavailable here";
+  }
+  EXPECT_EQ(refused.code, Errc::system) << refused.message;
+  EXPECT_EQ(refused.sys_errno, EAGAIN) << refused.message;
+  EXPECT_EQ(probe.submitted, 0u) << "the refused submit handed nothing to the kernel";
+  // The next read, of one chunk at another offset, must read exactly that.
+  std::vector<std::byte> second(4096, std::byte{0xAA});
+  const ReadReport r = reader.read(MiB + 4096, second);
+  detail::set_read_ring_probe(nullptr);
+  EXPECT_EQ(r.bytes, second.size());
+  EXPECT_EQ(std::memcmp(second.data(), f.data.data() + MiB + 4096, second.size()), 0)
+      << "the second read returned other bytes than the file's";
+  EXPECT_EQ(probe.submitted, 1u) << "only the second read's one chunk reached the kernel";
+  EXPECT_EQ(probe.reaped, 1u);
+  EXPECT_EQ(probe.rings_made, 2u) << "the ring holding refused reads is replaced";
+}
+
 // A FileReader opens and probes its file once and keeps its ring: the pieces
 // of a long load (gpu::Loader stages 64 MiB at a time) used to reopen the
 // file and make a ring each, and a file replaced between two pieces mixed

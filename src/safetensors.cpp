@@ -277,7 +277,11 @@ Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_
                 "unimem: Safetensors::load: alignment " + std::to_string(align) + " is not a power of two");
   }
   Safetensors model;
-  FileReader file(path, options);  // opened once: the header, then the tensors
+  // Opened once: the header, then the tensors. Progress is the tensors'
+  // bytes alone, so that a bar's total is right from its first report.
+  ReadOptions header_options = options;
+  header_options.progress = nullptr;
+  FileReader file(path, header_options);
   model.header_ = read_safetensors_header(file);
   const SafetensorsHeader& h = model.header_;
   const std::uint64_t file_end =
@@ -321,7 +325,7 @@ Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_
                     " bytes; the Tape has " + std::to_string(weights.free()) + " free");
   }
   try {
-    model.report_ = file.read(segments);
+    model.report_ = file.read(segments, options.progress);
   } catch (...) {
     // Nothing half-loaded stays taken; untake refuses (false) when another
     // take came after ours, and then the space stays taken until a clear.

@@ -30,12 +30,20 @@ enum class Errc {
 // Returns a stable lowercase name for `code`, e.g. "memlock_limit". Never throws.
 const char* to_string(Errc code) noexcept;
 
+namespace detail {
+// `text` with every byte that is not part of a well-formed UTF-8 sequence
+// written as "\xNN". Throws only std::bad_alloc.
+std::string valid_utf8(const std::string& text);
+}  // namespace detail
+
 // Thrown by every unimem operation that can fail outside a hot path.
 // what() is a full sentence: what happened, and what to do about it.
 class Error : public std::runtime_error {
  public:
+  // `message` is kept as valid UTF-8: bytes that are not (a file's raw
+  // header bytes quoted, say) become "\xNN", so every binding can decode it.
   Error(Errc code, int sys_errno, const std::string& message)
-      : std::runtime_error(message), code_(code), sys_errno_(sys_errno) {}
+      : std::runtime_error(detail::valid_utf8(message)), code_(code), sys_errno_(sys_errno) {}
 
   Errc code() const noexcept { return code_; }
   // The errno of the failing system call, or 0 when no system call failed.

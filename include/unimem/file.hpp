@@ -103,6 +103,11 @@ class FileReader {
   //                      read); every read already started has completed when
   //                      it throws, and the reader stays usable
   ReadReport read(std::span<const ReadSegment> segments);
+  // As above, reporting to `progress` (may be empty: no reports) instead of
+  // the ReadOptions' callback: a caller that reads a header first and then
+  // the data reports only the data, with one total from the first report on.
+  ReadReport read(std::span<const ReadSegment> segments,
+                  const std::function<void(std::uint64_t done, std::uint64_t total)>& progress);
   // Reads dest.size() bytes from `offset` into `dest`.
   ReadReport read(std::uint64_t offset, std::span<std::byte> dest);
 

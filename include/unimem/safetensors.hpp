@@ -65,6 +65,28 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> prefix, st
 SafetensorsHeader read_safetensors_header(const std::string& path);
 SafetensorsHeader read_safetensors_header(FileReader& file);
 
+// One file of a model and the tensors the model takes from it.
+struct ModelFile {
+  std::string path;
+  std::vector<std::string> tensors;  // sorted; empty: every tensor of the file
+};
+
+// The files of the model at `path`: the file itself for a .safetensors file;
+// for a sharded model's index (a path ending in ".json", e.g.
+// model.safetensors.index.json) the files its "weight_map" names, in the
+// index's folder, sorted by path, each with the tensors it must provide.
+// Throws Error(not_found) when the index cannot be opened, and what
+// parse_safetensors_index throws.
+std::vector<ModelFile> safetensors_model_files(const std::string& path);
+
+// The files named by the index text `json`, found in `folder`; `index_path`
+// names the index in messages. Throws Error(bad_format) for: text that is not
+// JSON, no "weight_map" object, a file that is not a string or not a plain
+// name inside the folder (empty, ".", "..", a '/' or a NUL byte: an index
+// never reaches outside its model's folder), and a weight_map naming no tensor.
+std::vector<ModelFile> parse_safetensors_index(std::string_view json, const std::string& folder,
+                                               const std::string& index_path);
+
 // A tensor to write with save_safetensors.
 struct TensorData {
   std::string name;

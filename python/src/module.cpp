@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -90,6 +91,8 @@ struct View {
   DLDevice device{kDLCPU, 0};
   bool read_only = false;
 
+  // Every View's shape was checked when it was made (checked_bytes): these
+  // products fit.
   std::size_t count() const {
     std::size_t n = 1;
     for (std::int64_t d : shape) n *= static_cast<std::size_t>(d);
@@ -98,19 +101,74 @@ struct View {
   std::size_t nbytes() const { return count() * dtype_bytes(dtype); }
 };
 
+// The bytes of `shape` elements of `dtype`; throws Error(invalid_argument)
+// when the product overflows (a shape from Python is any list of integers).
+std::size_t checked_bytes(const std::vector<std::int64_t>& shape, DType dtype, const char* what) {
+  std::size_t bytes = dtype_bytes(dtype);
+  bool zero = false;
+  for (std::int64_t d : shape) {
+    if (d == 0) zero = true;
+    if (!zero && __builtin_mul_overflow(bytes, static_cast<std::size_t>(d), &bytes)) {
+      throw Error(Errc::invalid_argument, 0, std::string("unimem: ") + what + ": the shape's byte size overflows");
+    }
+  }
+  return zero ? 0 : bytes;
+}
+
 DLDevice host_device(const Block& b) { return {b.gpu_visible() ? kDLCUDAHost : kDLCPU, 0}; }
 
-std::vector<std::int64_t> shape_of(const py::object& shape) {
+// One dimension: any integer (int, NumPy's integers: whatever has
+// __index__), 0 to 2^63 - 1. Throws Error(invalid_argument).
+std::int64_t dimension_of(py::handle d) {
+  if (PyBool_Check(d.ptr()) || !PyIndex_Check(d.ptr())) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: a shape's dimensions are integers, not " + std::string(Py_TYPE(d.ptr())->tp_name));
+  }
+  const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(d.ptr()));
+  if (!index) throw py::error_already_set();
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  if (overflow != 0 || v < 0) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: a shape's dimension " + py::str(index).cast<std::string>() + " is not in 0 .. 2^63 - 1");
+  }
+  return static_cast<std::int64_t>(v);
+}
+
+// `v` as a count or index from 0 to `max`, or nullopt when it is not an
+// integer (bool included) or lies outside. Never throws a C++ error for bad
+// input (only a Python error raised by __index__ itself).
+std::optional<std::size_t> whole_number(py::handle v, std::size_t max) {
+  if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr())) return std::nullopt;
+  const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+  if (!index) throw py::error_already_set();
+  if (PyObject_RichCompareBool(index.ptr(), py::int_(0).ptr(), Py_LT) == 1) return std::nullopt;
+  const unsigned long long u = PyLong_AsUnsignedLongLong(index.ptr());
+  if (u == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();  // above 2^64 - 1
+    return std::nullopt;
+  }
+  if (u > max) return std::nullopt;
+  return static_cast<std::size_t>(u);
+}
+
+// A shape: None (nullopt: the caller's default), one integer, or a sequence
+// of them (() is a 0-d scalar). Throws Error(invalid_argument).
+std::optional<std::vector<std::int64_t>> shape_of(const py::object& shape) {
+  if (shape.is_none()) return std::nullopt;
   std::vector<std::int64_t> out;
-  if (shape.is_none()) return out;
-  if (py::isinstance<py::int_>(shape)) {
-    out.push_back(shape.cast<std::int64_t>());
-  } else {
-    for (py::handle d : shape) out.push_back(d.cast<std::int64_t>());
+  if (PyIndex_Check(shape.ptr()) && !PyBool_Check(shape.ptr())) {
+    out.push_back(dimension_of(shape));
+    return out;
   }
-  for (std::int64_t d : out) {
-    if (d < 0) throw Error(Errc::invalid_argument, 0, "unimem: a shape has a negative dimension");
+  if (!PySequence_Check(shape.ptr()) || py::isinstance<py::str>(shape) || py::isinstance<py::bytes>(shape)) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: a shape is an integer or a sequence of integers, not " +
+                    std::string(Py_TYPE(shape.ptr())->tp_name));
   }
+  for (py::handle d : shape) out.push_back(dimension_of(d));
+  if (out.size() > 64) throw Error(Errc::invalid_argument, 0, "unimem: a shape has more than 64 dimensions");
   return out;
 }
 
@@ -209,17 +267,19 @@ py::buffer_info buffer_of(const View& v) {
                          static_cast<py::ssize_t>(v.shape.size()), shape, strides, v.read_only);
 }
 
-// A View of `count` elements of `dtype` at `data`, shaped `shape` (default 1-D).
+// A View of `dtype` elements at `data`, within `bytes`, shaped `shape`
+// (nullopt: 1-D, as many elements as fit). Throws Error(invalid_argument)
+// when the shape does not fit.
 View make_view(std::shared_ptr<const void> owner, std::byte* data, std::size_t bytes, DType dtype,
-               std::vector<std::int64_t> shape, DLDevice device, bool read_only) {
+               std::optional<std::vector<std::int64_t>> shape, DLDevice device, bool read_only) {
   const std::size_t item = dtype_bytes(dtype);
-  if (shape.empty()) shape.push_back(static_cast<std::int64_t>(bytes / item));
-  View v{std::move(owner), data, std::move(shape), dtype, device, read_only};
-  if (v.nbytes() > bytes) {
+  if (!shape) shape.emplace(1, static_cast<std::int64_t>(bytes / item));
+  const std::size_t need = checked_bytes(*shape, dtype, "view");
+  if (need > bytes) {
     throw Error(Errc::invalid_argument, 0,
-                "unimem: a view of " + std::to_string(v.nbytes()) + " bytes does not fit in " + std::to_string(bytes));
+                "unimem: a view of " + std::to_string(need) + " bytes does not fit in " + std::to_string(bytes));
   }
-  return v;
+  return View{std::move(owner), data, std::move(*shape), dtype, device, read_only};
 }
 
 // ---- objects ---------------------------------------------------------------
@@ -232,6 +292,34 @@ BlockOptions block_options(bool gpu, bool shareable, bool huge_pages, bool pinne
   o.pinning = pinned ? Pinning::pinned : Pinning::unpinned;
   o.read_only = read_only;
   return o;
+}
+
+// Runs open(pin) as `pinned` asks: True pins or raises (the memlock limit's
+// error), False never pins, None pins where RLIMIT_MEMLOCK allows and
+// otherwise opens unpinned pages and says so with a ResourceWarning (the
+// default: a user's first line works under the 8 MiB limit most accounts
+// have). `open` runs without the GIL.
+template <class Open>
+auto with_pinning(const py::object& pinned, const char* what, Open open) -> decltype(open(true)) {
+  if (!pinned.is_none()) {
+    if (!py::isinstance<py::bool_>(pinned)) {
+      throw Error(Errc::invalid_argument, 0, std::string("unimem: ") + what + ": pinned is True, False or None");
+    }
+    const bool pin = pinned.cast<bool>();
+    py::gil_scoped_release released;
+    return open(pin);
+  }
+  try {
+    py::gil_scoped_release released;
+    return open(true);
+  } catch (const Error& e) {
+    if (e.code() != Errc::memlock_limit) throw;
+    const std::string warning = std::string("unimem: ") + what + ": " + e.what() +
+                                " Using unpinned pages instead (pinned=False skips pinning; pinned=True insists).";
+    if (PyErr_WarnEx(PyExc_ResourceWarning, warning.c_str(), 1) != 0) throw py::error_already_set();
+  }
+  py::gil_scoped_release released;
+  return open(false);
 }
 
 struct PyBlock {
@@ -251,13 +339,10 @@ struct PyTape {
 
   View take(const py::object& shape, const std::string& dtype, std::size_t align) {
     const DType t = parse_dtype(dtype);
-    std::vector<std::int64_t> dims = shape_of(shape);
-    std::size_t bytes = dtype_bytes(t);
-    for (std::int64_t d : dims) {
-      if (d != 0 && bytes > SIZE_MAX / static_cast<std::size_t>(d))
-        throw Error(Errc::invalid_argument, 0, "unimem: Tape.take: the size overflows");
-      bytes *= static_cast<std::size_t>(d);
-    }
+    std::optional<std::vector<std::int64_t>> given = shape_of(shape);
+    if (!given) throw Error(Errc::invalid_argument, 0, "unimem: Tape.take: a shape is needed (() for a scalar)");
+    std::vector<std::int64_t> dims = std::move(*given);
+    const std::size_t bytes = checked_bytes(dims, t, "Tape.take");
     const Taken taken = tape->take(bytes, align);
     switch (taken.status) {
       case TakeStatus::ok:
@@ -277,7 +362,6 @@ struct PyTape {
         throw Error(Errc::unsupported, 0,
                     "unimem: Tape.take refused: a Tape belongs to the process that made it, not to a fork() child");
     }
-    if (dims.empty()) dims.push_back(static_cast<std::int64_t>(bytes / dtype_bytes(t)));
     return View{tape, taken.ptr, std::move(dims), t, host_device(tape->block()), false};
   }
 };
@@ -342,10 +426,17 @@ struct PyOffloadPool {
 
   PyOffloadCell wrap(SharedCell c) const { return PyOffloadCell::wrap(std::move(c), pool); }
   // One cell (n None) or n cells, all or nothing; None when the pool has too few free.
-  py::object take(const std::optional<std::size_t>& n) {
-    if (!n) {
+  py::object take(const py::object& count) {
+    if (count.is_none()) {
       SharedCell c = pool->take();
       return c ? py::cast(wrap(std::move(c))) : py::object(py::none());
+    }
+    // Checked before anything is allocated: n is the caller's.
+    const std::optional<std::size_t> n = whole_number(count, pool->blocks());
+    if (!n) {
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: OffloadPool.take(" + py::repr(count).cast<std::string>() + "): n is a count from 0 to the pool's " +
+                      std::to_string(pool->blocks()) + " blocks");
     }
     std::vector<SharedCell> cells(*n);
     const TakeStatus status = pool->take(cells);
@@ -387,27 +478,55 @@ struct PyOffloadPool {
         (void)c.held();
         out.push_back(c.index);
       } else {
-        out.push_back(item.cast<std::uint32_t>());
+        const std::optional<std::size_t> i = whole_number(item, UINT32_MAX);
+        if (!i) {
+          throw Error(Errc::invalid_argument, 0,
+                      "unimem: cells: " + py::repr(item).cast<std::string>() +
+                          " is neither a cell of this pool nor an index from 0 to 2^32 - 1");
+        }
+        out.push_back(static_cast<std::uint32_t>(*i));
       }
     }
     return out;
   }
   // Device addresses: a 1-D array of 64-bit integers, or a sequence of ints.
   static std::vector<std::uintptr_t> addresses(const py::object& blocks) {
-    if (!py::isinstance<py::buffer>(blocks)) return blocks.cast<std::vector<std::uintptr_t>>();
+    if (!py::isinstance<py::buffer>(blocks)) {
+      if (!PySequence_Check(blocks.ptr()) || py::isinstance<py::str>(blocks)) {
+        throw Error(Errc::invalid_argument, 0, "unimem: device_blocks: a 1-D array of integers or a sequence of them");
+      }
+      std::vector<std::uintptr_t> out;
+      out.reserve(py::len(blocks));
+      for (const py::handle item : blocks) {
+        const std::optional<std::size_t> a = whole_number(item, UINTPTR_MAX);
+        if (!a) {
+          throw Error(Errc::invalid_argument, 0,
+                      "unimem: device_blocks: " + py::repr(item).cast<std::string>() + " is not an address");
+        }
+        out.push_back(*a);
+      }
+      return out;
+    }
     const std::vector<std::uint64_t> v = integers(blocks, "device_blocks");
     return {v.begin(), v.end()};
   }
-  // The integers of a 1-D array (signed or unsigned, 1 to 8 bytes, any stride).
+  // The integers of a 1-D array (signed or unsigned, 1 to 8 bytes, any
+  // stride, in this machine's byte order: '<' on a little-endian machine,
+  // '>' on a big-endian one, '@' or '=' anywhere; any other order is refused,
+  // not read as this machine's).
   static std::vector<std::uint64_t> integers(const py::object& array, const char* what) {
     const py::buffer_info info = py::reinterpret_borrow<py::buffer>(array).request();
-    const std::string f = info.format.empty() ? std::string() : info.format.substr(info.format.size() - 1);
+    std::string format = info.format;
+    constexpr char kNative = std::endian::native == std::endian::little ? '<' : '>';
+    if (!format.empty() && (format[0] == '@' || format[0] == '=' || format[0] == kNative)) format.erase(0, 1);
+    const std::string f = format.size() == 1 ? format : std::string();
     const bool is_signed = f == "b" || f == "h" || f == "i" || f == "l" || f == "q";
     const bool is_unsigned = f == "B" || f == "H" || f == "I" || f == "L" || f == "Q";
     if (info.ndim != 1 || !(is_signed || is_unsigned) || info.itemsize > 8) {
       throw Error(Errc::invalid_argument, 0,
-                  std::string("unimem: ") + what + ": a 1-D array of integers or a sequence, not format '" +
-                      info.format + "' with " + std::to_string(info.ndim) + " dimensions");
+                  std::string("unimem: ") + what + ": a 1-D array of integers in this machine's byte order, " +
+                      "or a sequence, not format '" + info.format + "' with " + std::to_string(info.ndim) +
+                      " dimensions");
     }
     std::vector<std::uint64_t> out(static_cast<std::size_t>(info.shape[0]));
     const auto* base = static_cast<const std::byte*>(info.ptr);
@@ -468,7 +587,13 @@ void translate(std::exception_ptr p) {
   } catch (const Error& e) {
     const auto c = static_cast<std::size_t>(e.code());
     PyObject* cls = c < error_types.size() && error_types[c] ? error_types[c] : PyExc_RuntimeError;
-    py::tuple args = py::make_tuple(e.what(), to_string(e.code()), e.sys_errno());
+    // Messages are UTF-8 (Error keeps them so); decoded leniently all the
+    // same, so that no message can turn into a UnicodeDecodeError.
+    const std::string what = e.what();
+    py::object message = py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(what.data(), static_cast<Py_ssize_t>(what.size()), "backslashreplace"));
+    if (!message) throw py::error_already_set();
+    py::tuple args = py::make_tuple(message, to_string(e.code()), e.sys_errno());
     PyErr_SetObject(cls, args.ptr());
   }
 }
@@ -483,7 +608,7 @@ struct HostModel {
 };
 
 std::vector<std::pair<std::string, View>> load_host(const std::string& path, bool gpu_visible,
-                                                    const py::object& progress) {
+                                                    const py::object& progress, const py::object& pinned) {
   std::shared_ptr<HostModel> m;
   {
     // Room for every tensor at 64 bytes without parsing the header twice: a
@@ -497,7 +622,6 @@ std::vector<std::pair<std::string, View>> load_host(const std::string& path, boo
     for (int i = 7; i >= 0; --i) header = header << 8 | static_cast<std::uint8_t>(length[i]);
     header = std::min<std::uint64_t>(header, file.size());
     const std::size_t bytes = static_cast<std::size_t>(file.size() + (header / 40 + 1) * 64) + 2 * Block::page_size();
-    BlockOptions o = block_options(gpu_visible, false, false, true);
     ReadOptions r;
     if (!progress.is_none()) {
       // Copies of the callback (ReadOptions is copied into the reader) copy
@@ -509,8 +633,10 @@ std::vector<std::pair<std::string, View>> load_host(const std::string& path, boo
         (*callback)(done, total);
       };
     }
+    Tape tape = with_pinning(pinned, "load_safetensors", [&](bool pin) {
+      return Tape::start(std::max<std::size_t>(bytes, 1), block_options(gpu_visible, false, false, pin));
+    });
     py::gil_scoped_release released;
-    Tape tape = Tape::start(std::max<std::size_t>(bytes, 1), o);
     m = std::make_shared<HostModel>(HostModel{std::move(tape), {}});
     m->model = Safetensors::load(path, m->tape, 64, r);
   }
@@ -525,9 +651,14 @@ std::vector<std::pair<std::string, View>> load_host(const std::string& path, boo
 }
 
 // Loaders kept across calls, one per device list: a reload of a cached file
-// then costs no registration.
-std::mutex loaders_lock;
-std::vector<std::pair<std::vector<int>, std::shared_ptr<gpu::Loader>>> loaders;
+// then costs no registration. Never destroyed: a static destructor runs after
+// the CUDA runtime of the program (PyTorch's) has torn its state down, and a
+// Loader's destructor calls the driver. unimem/__init__.py releases them from
+// Python's atexit instead, while the driver is still up; a Loader made after
+// that is left to the process's exit.
+std::mutex& loaders_lock = *new std::mutex;  // NOLINT: never freed, on purpose
+std::vector<std::pair<std::vector<int>, std::shared_ptr<gpu::Loader>>>& loaders =
+    *new std::vector<std::pair<std::vector<int>, std::shared_ptr<gpu::Loader>>>;  // NOLINT: never freed, on purpose
 
 std::shared_ptr<gpu::Loader> loader_for(const std::vector<int>& devices) {
   std::lock_guard hold(loaders_lock);
@@ -589,12 +720,13 @@ std::vector<std::vector<std::pair<std::string, View>>> load_devices(const std::s
 }
 
 // What the loaders hand to Python, per tensor: (name, View) for mode 0; for
-// modes 1 (versioned) and 2 (legacy), (name, DLPack capsule, fp8 dtype name
-// or None), ready for torch's importer: a capsule made here costs a fraction
-// of a __dlpack__ call from Python, which is most of the per-tensor cost of
-// a model of many small tensors. GPU-visible host memory goes out as kDLCPU
-// there (torch 2.11 imports no kDLCUDAHost), fp8 as uint8 (older consumers
-// know no fp8 code; the caller views it back).
+// modes 1 (versioned) and 2 (legacy), (name, DLPack capsule, dtype name to
+// view it as, or None), ready for torch's importer: a capsule made here costs
+// a fraction of a __dlpack__ call from Python, which is most of the
+// per-tensor cost of a model of many small tensors. GPU-visible host memory
+// goes out as kDLCPU there (torch 2.11 imports no kDLCUDAHost), fp8 and bool
+// as uint8 (older importers know no fp8 code, and torch 1.13 takes no
+// kDLBool; the caller views it back where its torch has the type).
 py::list pack(std::vector<std::pair<std::string, View>>& tensors, int mode) {
   py::list out(tensors.size());
   const py::object none = py::none(), no_version = py::none(), versioned = py::make_tuple(1, 0);
@@ -604,13 +736,14 @@ py::list pack(std::vector<std::pair<std::string, View>>& tensors, int mode) {
       out[i++] = py::make_tuple(name, py::cast(std::move(view)));
       continue;
     }
-    py::object fp8 = none;
-    if (view.dtype == DType::F8_E4M3 || view.dtype == DType::F8_E5M2) {
-      fp8 = py::str(info_of(view.dtype).name);
+    py::object as_dtype = none;
+    if (view.dtype == DType::F8_E4M3 || view.dtype == DType::F8_E5M2 || view.dtype == DType::BOOL) {
+      as_dtype = py::str(info_of(view.dtype).name);
       view.dtype = DType::U8;
     }
     if (view.device.device_type == kDLCUDAHost) view.device = DLDevice{kDLCPU, 0};
-    out[i++] = py::make_tuple(name, dlpack_capsule(view, none, mode == 1 ? versioned : no_version, none, none), fp8);
+    out[i++] =
+        py::make_tuple(name, dlpack_capsule(view, none, mode == 1 ? versioned : no_version, none, none), as_dtype);
   }
   return out;
 }
@@ -707,13 +840,14 @@ memory valid after the object they came from is gone.)")
       });
 
   py::class_<PyBlock>(m, "Block", py::buffer_protocol(), "Pinned, shareable pages at a stable address.")
-      .def(py::init([](std::size_t size, bool gpu, bool shareable, bool huge_pages, bool pinned) {
-             py::gil_scoped_release released;
-             return PyBlock{
-                 std::make_shared<Block>(Block::open(size, block_options(gpu, shareable, huge_pages, pinned)))};
+      .def(py::init([](std::size_t size, bool gpu, bool shareable, bool huge_pages, const py::object& pinned) {
+             return with_pinning(pinned, "Block", [&](bool pin) {
+               return PyBlock{
+                   std::make_shared<Block>(Block::open(size, block_options(gpu, shareable, huge_pages, pin)))};
+             });
            }),
            py::arg("size"), py::kw_only(), py::arg("gpu") = false, py::arg("shareable") = true,
-           py::arg("huge_pages") = false, py::arg("pinned") = true)
+           py::arg("huge_pages") = false, py::arg("pinned") = py::none())
       .def_static(
           "attach",
           [](const std::string& id, bool read_only, bool gpu) {
@@ -757,12 +891,14 @@ memory valid after the object they came from is gone.)")
       });
 
   py::class_<PyTape>(m, "Tape", "A bump allocator over a Block: take() in O(1), clear() frees everything.")
-      .def(py::init([](std::size_t size, bool gpu, bool shareable, bool huge_pages) {
-             py::gil_scoped_release released;
-             return PyTape{std::make_shared<Tape>(Tape::start(size, block_options(gpu, shareable, huge_pages, true)))};
+      .def(py::init([](std::size_t size, bool gpu, bool shareable, bool huge_pages, const py::object& pinned) {
+             return with_pinning(pinned, "Tape", [&](bool pin) {
+               return PyTape{
+                   std::make_shared<Tape>(Tape::start(size, block_options(gpu, shareable, huge_pages, pin)))};
+             });
            }),
            py::arg("size"), py::kw_only(), py::arg("gpu") = false, py::arg("shareable") = true,
-           py::arg("huge_pages") = false)
+           py::arg("huge_pages") = false, py::arg("pinned") = py::none())
       .def("take", &PyTape::take, py::arg("shape"), py::arg("dtype") = "uint8", py::arg("align") = 64)
       .def("clear", [](PyTape& t) { t.tape->clear(); })
       .def_property_readonly("used", [](const PyTape& t) { return t.tape->used(); })
@@ -776,11 +912,13 @@ memory valid after the object they came from is gone.)")
       py::class_<PyCell>(m, "Cell", "A cell taken from a Grid; back to the Grid once it and its arrays are gone."));
 
   py::class_<PyGrid>(m, "Grid", "A lock-free pool of fixed-size cells over a Block.")
-      .def(py::init([](std::size_t cell_size, std::size_t cells, bool gpu, bool shareable) {
-             py::gil_scoped_release released;
-             return PyGrid{std::make_shared<Grid<>>(cell_size, cells, block_options(gpu, shareable, false, true))};
+      .def(py::init([](std::size_t cell_size, std::size_t cells, bool gpu, bool shareable, const py::object& pinned) {
+             return with_pinning(pinned, "Grid", [&](bool pin) {
+               return PyGrid{std::make_shared<Grid<>>(cell_size, cells, block_options(gpu, shareable, false, pin))};
+             });
            }),
-           py::arg("cell_size"), py::arg("cells"), py::kw_only(), py::arg("gpu") = false, py::arg("shareable") = true)
+           py::arg("cell_size"), py::arg("cells"), py::kw_only(), py::arg("gpu") = false, py::arg("shareable") = true,
+           py::arg("pinned") = py::none())
       .def("take", &PyGrid::take, "A free cell, or None when all are out.")
       .def("give", &PyGrid::give, py::arg("cell"))
       .def_property_readonly("cell_size", [](const PyGrid& g) { return g.grid->cell_size(); })
@@ -840,12 +978,15 @@ memory valid after the object they came from is gone.)")
       .def_property_readonly("id", [](const PyOffloadPool& p) { return p.pool->block().id().to_string(); });
 
   py::class_<PyLayout>(m, "Layout", "Three Tapes for inference: weights, scratch (per pass), history (per talk).")
-      .def(py::init([](std::size_t weights, std::size_t scratch, std::size_t history, bool gpu) {
-             py::gil_scoped_release released;
-             return PyLayout{std::make_shared<Layout>(
-                 Layout::open(weights, scratch, history, block_options(gpu, true, false, true)))};
+      .def(py::init([](std::size_t weights, std::size_t scratch, std::size_t history, bool gpu,
+                       const py::object& pinned) {
+             return with_pinning(pinned, "Layout", [&](bool pin) {
+               return PyLayout{std::make_shared<Layout>(
+                   Layout::open(weights, scratch, history, block_options(gpu, true, false, pin)))};
+             });
            }),
-           py::arg("weights"), py::arg("scratch"), py::arg("history"), py::kw_only(), py::arg("gpu") = false)
+           py::arg("weights"), py::arg("scratch"), py::arg("history"), py::kw_only(), py::arg("gpu") = false,
+           py::arg("pinned") = py::none())
       .def_property_readonly("weights", [](const PyLayout& l) { return l.tape(l.layout->weights()); })
       .def_property_readonly("scratch", [](const PyLayout& l) { return l.tape(l.layout->scratch()); })
       .def_property_readonly("history", [](const PyLayout& l) { return l.tape(l.layout->history()); })
@@ -865,11 +1006,22 @@ memory valid after the object they came from is gone.)")
       py::arg("path"), "The tensors of a safetensors file: (name, dtype, shape) in file order.");
   m.def(
       "_load_host",
-      [](const std::string& path, bool gpu_visible, const py::object& progress, int mode) {
-        auto tensors = load_host(path, gpu_visible, progress);
+      [](const std::string& path, bool gpu_visible, const py::object& progress, int mode, const py::object& pinned) {
+        auto tensors = load_host(path, gpu_visible, progress, pinned);
         return pack(tensors, mode);
       },
-      py::arg("path"), py::arg("gpu_visible"), py::arg("progress"), py::arg("mode") = 0);
+      py::arg("path"), py::arg("gpu_visible"), py::arg("progress"), py::arg("mode") = 0,
+      py::arg("pinned") = py::none());
+  m.def(
+      "_model_files",
+      [](const std::string& path) {
+        py::list out;
+        for (const ModelFile& f : safetensors_model_files(path)) out.append(py::make_tuple(f.path, f.tensors));
+        return out;
+      },
+      py::arg("path"),
+      "The files of a model (a .safetensors file, or the shards an index names, each with its tensors; "
+      "none listed: all of the file's).");
   m.def(
       "_load_devices",
       [](const std::string& path, const std::vector<int>& devices, const std::optional<std::string>& dtype,

@@ -439,13 +439,14 @@ def test_a_memlock_refusal_is_a_memory_error():
             os.setgid(65534)
             os.setuid(65534)
     code = ("import unimem\n"
-            "try:\n    unimem.Block(64 << 20)\n"
+            "try:\n    unimem.Block(64 << 20, pinned=True)\n"
             "except MemoryError as e:\n    print(type(e).__name__, e.code, isinstance(e, unimem.Error))\n")
     package = os.path.dirname(os.path.dirname(unimem.__file__))
     r = subprocess.run([sys.executable, "-c", code], preexec_fn=limit, capture_output=True, text=True, cwd="/",
                        env=dict(os.environ, PYTHONPATH=package))
     if "ModuleNotFoundError" in r.stderr or "Permission denied" in r.stderr:
         pytest.skip(f"skipped: the package is not readable by the unprivileged child ({r.stderr.strip()[-120:]})")
+    assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["OutOfMemory", "memlock_limit", "True"], r.stdout + r.stderr
 
 

@@ -18,8 +18,9 @@ malformed files) and `OSError` (other system failures).
 
 from __future__ import annotations
 
-import json
+import atexit
 import os
+import warnings
 from typing import Any, Callable, Iterable, Optional, Union
 
 from . import _unimem
@@ -31,6 +32,7 @@ __all__ = [
     "release_loaders",
     "gpu_available", "gpu_count", "gpu_unavailable_reason",
     "Error", "InvalidArgument", "OutOfMemory", "NotFound", "PermissionDenied", "OSFailure", "BadFormat",
+    "NotABlock", "Unsupported", "NoCuda", "CudaError", "Disconnected",
 ]
 
 
@@ -68,19 +70,61 @@ class OSFailure(Error, OSError):
     """An operating-system call failed (errno says which error)."""
 
 
+class NotABlock(Error, ValueError):
+    """An id, descriptor or Block that is not (this kind of) unimem memory: e.g.
+    attaching an OffloadPool to a Block that holds none."""
+
+
+class Unsupported(Error, NotImplementedError):
+    """This platform or build lacks the feature, or the object refuses the call
+    in this process (a fork() child)."""
+
+
+class NoCuda(Error, RuntimeError):
+    """GPU memory asked for, but no CUDA driver loads or it sees no device."""
+
+
+class CudaError(Error, RuntimeError):
+    """A CUDA driver call failed (the message names the call and the error)."""
+
+
+class Disconnected(Error, ConnectionError):
+    """The peer closed the connection before a Block arrived."""
+
+
 _by_code = {
     "invalid_argument": InvalidArgument,
     "out_of_memory": OutOfMemory,
     "memlock_limit": OutOfMemory,
     "system": OSFailure,
+    "unsupported": Unsupported,
+    "no_cuda_driver": NoCuda,
+    "no_cuda_device": NoCuda,
+    "cuda": CudaError,
     "not_found": NotFound,
     "permission_denied": PermissionDenied,
+    "not_a_block": NotABlock,
+    "disconnected": Disconnected,
     "bad_format": BadFormat,
 }
-_unimem._set_error_types({value: _by_code.get(name, Error) for name, value in _unimem._error_codes.items()})
+_unimem._set_error_types({value: _by_code[name] for name, value in _unimem._error_codes.items()})
 
 _FP8 = ("float8_e4m3fn", "float8_e5m2")
 _NOT_NUMPY = ("bfloat16",) + _FP8
+_warned_dtypes: set = set()
+
+
+def _torch_view(torch, tensor, dtype: str, name: str):
+    """`tensor` (uint8, the raw bytes) viewed as `dtype` where this torch has
+    that type; otherwise the bytes themselves, and a warning once per dtype."""
+    to = getattr(torch, dtype, None)
+    if to is None:
+        if dtype not in _warned_dtypes:
+            _warned_dtypes.add(dtype)
+            warnings.warn(f"unimem: torch {torch.__version__} has no {dtype}: such tensors (first: {name!r}) are "
+                          f"returned as their bytes (torch.uint8)", UserWarning, stacklevel=4)
+        return tensor
+    return tensor.view(to)
 
 def _devices(device) -> Optional[list[int]]:
     """None for the CPU, else the CUDA ordinals `device` names."""
@@ -174,8 +218,8 @@ class _Output:
                 v = item[1]
                 if v.__dlpack_device__()[0] == 3:  # kDLCUDAHost: torch imports it as kDLCPU
                     v = v.as_cpu()
-                if v.dtype in _FP8:
-                    return torch.from_dlpack(v.view_as("uint8")).view(getattr(torch, v.dtype))
+                if v.dtype in _FP8 or v.dtype == "bool":
+                    return _torch_view(torch, torch.from_dlpack(v.view_as("uint8")), v.dtype, item[0])
                 return torch.from_dlpack(v)
             self.finish = public
             return
@@ -183,26 +227,20 @@ class _Output:
 
         def imported(item):
             t = raw(item[1])
-            return t if item[2] is None else t.view(getattr(torch, item[2]))
+            return t if item[2] is None else _torch_view(torch, t, item[2], item[0])
         self.finish = imported
 
 
-def _shards(path: str) -> list[str]:
-    """The files of a model: one .safetensors file, or those an index names."""
-    if not path.endswith(".json"):
-        return [path]
-    with open(path) as f:
-        index = json.load(f)
-    folder = os.path.dirname(path)
-    files: list[str] = []
-    for name in index.get("weight_map", {}).values():
-        full = os.path.join(folder, name)
-        if full not in files:
-            files.append(full)
-    return files
+def _data_bytes(path: str) -> int:
+    """The bytes of a safetensors file after its header: what a load reads
+    and reports as progress (the header itself is parsed, not counted)."""
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+    return max(os.path.getsize(path) - 8 - header, 0)
 
 
 def _progress_callback(progress):
+    """(callable(done, total) or None, the tqdm bar to close or None)."""
     if progress is True:
         try:
             from tqdm import tqdm
@@ -222,7 +260,7 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
                      device: Any = "cpu", *, dtype: Optional[str] = None,
                      split: Union[None, str, Callable[[str, str, tuple], str]] = None,
                      progress: Union[None, bool, Callable[[int, int], None]] = None,
-                     output: Optional[str] = None):
+                     output: Optional[str] = None, pinned: Optional[bool] = None):
     """Loads safetensors files into unimem memory and returns name -> tensor.
 
     paths: a .safetensors file, a sharded model's model.safetensors.index.json,
@@ -236,10 +274,18 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
         converted on the GPU as they load.
     split: CUDA lists only: "replicate" (default), "rows", "columns", or a
         callable (name, dtype, shape) -> one of those, per tensor.
-    progress: a callable(done, total), or True for a tqdm bar: bytes read on
-        the CPU, files loaded for CUDA.
+    progress: a callable(done, total), or True for a tqdm bar: bytes of
+        tensor data, with the same total (every file's) from the first call.
     output: "torch" (default when torch imports), "numpy" (default otherwise;
         bfloat16/fp8 and GPU tensors stay Views) or "view".
+    pinned: CPU only. None (default): pinned pages where RLIMIT_MEMLOCK allows,
+        else unpinned ones with a ResourceWarning naming the limit; True:
+        pinned or raise OutOfMemory; False: never pinned.
+
+    A tensor the index names but its file lacks raises NotFound; an index
+    that names a file outside its folder, or is not one, raises BadFormat.
+    Bool tensors are torch.bool; fp8 tensors are torch's float8 types where
+    this torch has them, else their bytes (uint8), with a warning.
 
     The memory belongs to unimem and is freed when the last tensor using it
     goes. The GIL is released while files are read.
@@ -249,37 +295,55 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
     paths = [os.fspath(p) for p in paths]
     devices = _devices(device)
     out_as = _Output(output)
+    if devices is not None and pinned is not None:
+        raise InvalidArgument("unimem: pinned applies to CPU loads", "invalid_argument")
+    # Every index resolved (and checked) before anything is read or allocated.
+    models = [_unimem._model_files(p) for p in paths]
     callback, bar = _progress_callback(progress)
+    total = sum(_data_bytes(f) for files in models for f, _ in files) if callback else 0
+    done = 0
+
+    def report(file_done: int, _file_total: int) -> None:
+        callback(done + file_done, total)
     try:
         if devices is None:
             if dtype is not None or split is not None:
                 raise InvalidArgument("unimem: dtype and split apply to CUDA devices; on the CPU convert with torch",
                                       "invalid_argument")
             out: dict = {}
-            for path in paths:
-                wanted = None
-                if path.endswith(".json"):
-                    with open(path) as f:
-                        wanted = set(json.load(f).get("weight_map", {}))
-                for shard in _shards(path):
-                    for item in _unimem._load_host(shard, False, callback, out_as.mode):
+            for files in models:
+                for shard, wanted in files:
+                    loaded = _unimem._load_host(shard, False, report if callback else None, out_as.mode, pinned)
+                    names = set(wanted)
+                    for item in loaded:
                         name = item[0]
-                        if wanted is not None and name not in wanted:
+                        if names and name not in names:
                             continue
                         if name in out:
                             raise BadFormat(f"unimem: tensor {name!r} is in more than one file", "bad_format")
                         out[name] = out_as.finish(item)
+                    if names:
+                        missing = names.difference(item[0] for item in loaded)
+                        if missing:
+                            raise NotFound(f"unimem: the index puts {sorted(missing)[0]!r} in {shard}, which lacks "
+                                           f"it ({len(missing)} tensor(s) missing)", "not_found")
+                    if callback:
+                        done += _data_bytes(shard)
+                        callback(done, total)
             return out
         rules = split
         if callable(split):
             rules = {}
-            for path in paths:
-                for shard in _shards(path):
+            for files in models:
+                for shard, wanted in files:
+                    names = set(wanted)
                     for name, dt, shape in _unimem._header(shard):
-                        rules[name] = split(name, dt, shape)
+                        if not names or name in names:
+                            rules[name] = split(name, dt, shape)
         per_device: list[dict] = [{} for _ in devices]
-        done = 0
-        for i, path in enumerate(paths):
+        if callback:
+            callback(0, total)
+        for path, files in zip(paths, models):
             lists = _unimem._load_devices(path, devices, dtype, rules, out_as.mode)
             for d, tensors in enumerate(lists):
                 into = per_device[d]
@@ -288,7 +352,8 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
                         raise BadFormat(f"unimem: tensor {item[0]!r} is in more than one file", "bad_format")
                     into[item[0]] = out_as.finish(item)
             if callback:
-                callback(i + 1, len(paths))
+                done += sum(_data_bytes(f) for f, _ in files)
+                callback(done, total)
         return per_device if isinstance(device, (list, tuple)) else per_device[0]
     finally:
         if bar is not None:
@@ -299,3 +364,9 @@ def release_loaders() -> None:
     """Unregisters the page cache that CUDA loads kept registered (for fast
     reloads) and frees their staging memory. Tensors already loaded stay."""
     _unimem._release_loaders()
+
+
+# Loaders hold registrations and streams of the CUDA driver: released while
+# the interpreter (and the CUDA runtime of the program, e.g. PyTorch's) is
+# still up, not by a static destructor after both have shut down.
+atexit.register(release_loaders)

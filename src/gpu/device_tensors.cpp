@@ -10,12 +10,7 @@
 // DeviceMemory is plain RAII over cuMemAlloc/cuMemFree in the device's
 // primary context (the one the CUDA runtime uses), so kernels launched
 // through the runtime see the same addresses.
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
-#include <map>
 #include <utility>
 
 #include "format.hpp"
@@ -28,39 +23,6 @@ namespace {
 
 constexpr std::size_t kTensorAlign = 256;
 constexpr int kErrorOutOfMemory = 2;  // CUDA_ERROR_OUT_OF_MEMORY
-
-[[noreturn]] void bad_index(const std::string& path, const std::string& why) {
-  throw Error(Errc::bad_format, 0, "unimem: load_safetensors: " + path + ": " + why);
-}
-
-// The tensors each file must provide, in file order; empty list: all of them.
-std::vector<std::pair<std::string, std::vector<std::string>>> shards_of(const std::string& path) {
-  const bool is_index = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
-  if (!is_index) return {{path, {}}};
-  std::ifstream in(path);
-  if (!in) throw Error(Errc::not_found, 0, "unimem: load_safetensors: cannot open the index " + path);
-  nlohmann::json index;
-  try {
-    in >> index;
-  } catch (const nlohmann::json::exception& e) {
-    bad_index(path, std::string("not JSON (") + e.what() + ")");
-  }
-  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
-    bad_index(path, "no \"weight_map\" object");
-  }
-  const std::filesystem::path folder = std::filesystem::path(path).parent_path();
-  std::map<std::string, std::vector<std::string>> by_file;  // sorted: a stable file order
-  for (const auto& [tensor, file] : index["weight_map"].items()) {
-    if (!file.is_string()) bad_index(path, "the file of \"" + tensor + "\" is not a string");
-    const std::string name = file.get<std::string>();
-    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
-      bad_index(path, "\"" + name + "\" is not a file name in the index's folder");
-    }
-    by_file[(folder / name).string()].push_back(tensor);
-  }
-  if (by_file.empty()) bad_index(path, "the weight_map names no tensor");
-  return {by_file.begin(), by_file.end()};
-}
 
 }  // namespace
 
@@ -139,7 +101,7 @@ std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loa
   };
   std::vector<File> files;
   std::size_t count = 0;
-  for (auto& [file, names] : shards_of(path)) {
+  for (auto& [file, names] : safetensors_model_files(path)) {
     File f{file, read_safetensors_header(file), {}};
     if (names.empty()) {
       for (const TensorInfo& t : f.header.tensors) f.wanted.push_back(&t);

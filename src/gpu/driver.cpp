@@ -100,8 +100,9 @@ Loaded load() {
   return out;
 }
 
+// Never destroyed (see primary_context()).
 const Loaded& loaded() {
-  static const Loaded result = load();  // thread-safe, once
+  static const Loaded& result = *new Loaded(load());  // thread-safe, once; NOLINT: never freed, on purpose
   return result;
 }
 
@@ -123,8 +124,11 @@ void check(CUresult r, const std::string& what) {
 
 CUcontext primary_context(int ordinal) {
   const Driver& d = driver();
-  static std::mutex lock;
-  static std::vector<CUcontext> contexts;
+  // Never destroyed: objects with static storage (a Loader, an OffloadPool)
+  // make contexts current in their destructors, which may run after this
+  // function's statics would have been destroyed.
+  static std::mutex& lock = *new std::mutex;                              // NOLINT: never freed, on purpose
+  static std::vector<CUcontext>& contexts = *new std::vector<CUcontext>;  // NOLINT: never freed, on purpose
   std::lock_guard<std::mutex> hold(lock);
   if (contexts.empty()) contexts.resize(static_cast<std::size_t>(d.device_count), nullptr);
   if (ordinal < 0 || ordinal >= d.device_count) {

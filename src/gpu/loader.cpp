@@ -33,6 +33,7 @@
 #include "gpu/driver.hpp"
 #include "gpu/loader_probe.hpp"
 #include "platform/files.hpp"
+#include "unimem/detail/fork_watch.hpp"
 #include "unimem/gpu.hpp"
 
 namespace unimem::gpu {
@@ -194,6 +195,9 @@ struct Loader::State {
   CopyOptions options;
   std::size_t chunk;                 // registration chunk and staging slot size
   std::mutex lock;                   // one load at a time
+  // Set in a fork() child: the streams, events and registrations are the
+  // parent's, and `lock` may have been copied held.
+  unimem::detail::ForkedFlag forked;
   std::optional<Block> own_staging;  // made on the first staged chunk
   const Block* staging = nullptr;
   std::optional<unimem::detail::CopyCrew> crew;  // copies cached chunks into the staging ring
@@ -317,6 +321,10 @@ Loader::Loader(std::span<const int> devices, const CopyOptions& options) : state
 
 Loader::~Loader() {
   if (!state_) return;
+  if (state_->forked.forked()) {  // nothing of the parent's is released here (see State::forked)
+    (void)state_.release();       // NOLINT(bugprone-unused-return-value): let go, on purpose
+    return;
+  }
   State& s = *state_;
   try {
     detail::ContextScope context(s.devices.front());
@@ -327,6 +335,7 @@ Loader::~Loader() {
 }
 
 void Loader::release() noexcept {
+  if (state_->forked.forked()) return;
   std::lock_guard hold(state_->lock);
   try {
     detail::ContextScope context(state_->devices.front());
@@ -349,6 +358,11 @@ std::span<const int> Loader::devices() const noexcept { return state_->devices; 
 ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> segments) {
   const auto start = std::chrono::steady_clock::now();
   State& s = *state_;
+  if (s.forked.forked()) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: gpu::Loader::load in a fork() child of the process that made the Loader: its streams and "
+                "registrations are the parent's (make a Loader in this process)");
+  }
   std::lock_guard hold(s.lock);
   const detail::Driver& d = detail::driver();
 

@@ -59,7 +59,7 @@ void keep_for_the_process(SharedGrid grid) noexcept {
 
 struct OffloadState {
   OffloadState(SharedGrid g, int dev, OffloadRoute option)
-      : grid(std::move(g)), device(dev), route_option(option), pid(static_cast<int>(::getpid())) {
+      : grid(std::move(g)), device(dev), route_option(option) {
     const Block& b = grid.block();
     cells = grid.cells();
     cell_size = grid.cell_size();
@@ -135,7 +135,6 @@ struct OffloadState {
   int device;
   OffloadRoute route_option;  // as asked (route())
   OffloadRoute route{};       // as resolved: kernel or copies
-  int pid;                    // the process that made this object (fork() children refuse moves)
   std::size_t cells = 0;
   std::size_t cell_size = 0;
   std::byte* first_cell = nullptr;
@@ -158,7 +157,7 @@ template <class CellAt>
 Transfer OffloadState::move(bool store, std::span<const std::uintptr_t> device_blocks, std::size_t block_bytes,
                             std::size_t n, CellAt cell_at, void* stream) {
   const char* what = store ? "store" : "fetch";
-  if (static_cast<int>(::getpid()) != pid || grid.forked()) {
+  if (grid.forked()) {
     refuse(std::string(what) +
            " in a fork() child of the process that made this pool object: its CUDA state is the "
            "parent's (attach the pool by its id in this process)");

@@ -1,9 +1,8 @@
 // src/gpu/offload_flights.cpp — events, slabs and the pool's stream (see offload_flights.hpp).
 #include "gpu/offload_flights.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
+#include <new>
 #include <string>
 
 #include "unimem/error.hpp"
@@ -21,12 +20,18 @@ constexpr std::size_t kMinSlab = std::size_t{64} << 10;  // 4096 pairs
 
 }  // namespace
 
-EventPool::EventPool(int device) noexcept : device_(device), pid_(static_cast<int>(::getpid())) {}
+EventPool::EventPool(int device) noexcept : device_(device) {}
 
-bool EventPool::forked() const noexcept { return static_cast<int>(::getpid()) != pid_; }
+bool EventPool::forked() const noexcept { return forked_.forked(); }
 
 EventPool::~EventPool() {
-  if (free_.empty() || forked()) return;  // a fork() child: the parent's handles, not to touch
+  if (forked()) {
+    // The parent's handles, and a list another thread may have been changing
+    // at the fork: neither is touched.
+    new (&free_) std::vector<CUevent>();  // the old buffer is let go, not freed
+    return;
+  }
+  if (free_.empty()) return;
   try {
     ContextScope context(device_);
     for (CUevent e : free_) driver().cuEventDestroy(e);
@@ -35,6 +40,7 @@ EventPool::~EventPool() {
 }
 
 CUevent EventPool::take() {
+  if (forked()) forked_child("taking an event");  // before the lock (see the header)
   {
     std::lock_guard hold(lock_);
     if (!free_.empty()) {
@@ -49,6 +55,7 @@ CUevent EventPool::take() {
 }
 
 void EventPool::give(CUevent event) noexcept {
+  if (forked()) return;  // the parent's event: let go; the lock may be held for good
   try {
     std::lock_guard hold(lock_);
     free_.push_back(event);
@@ -90,14 +97,17 @@ Flights::Flights(int device, bool own_stream) : device_(device), events_(std::ma
 }
 
 Flights::~Flights() {
-  (void)drain();  // the slabs of flights not known to be done are kept for the process
   if (events_->forked()) {
-    // The parent's stream, events and registered slabs: releasing them here
-    // would call CUDA on handles of another process's context. Let them go
-    // unreleased (the child's copy of the memory goes at exit or exec).
-    for (std::unique_ptr<Slab>& s : free_) (void)s.release();  // NOLINT(bugprone-unused-return-value)
+    // The parent's stream, events and registered slabs, in lists another
+    // thread may have been changing at the fork: releasing them would call
+    // CUDA on handles of another process's context, and walking the lists
+    // could meet them half-changed. The lists' buffers are let go unread
+    // (the child's copy of the memory goes at exit or exec).
+    new (&pending_) std::vector<Pending>();
+    new (&free_) std::vector<std::unique_ptr<Slab>>();
     return;
   }
+  (void)drain();  // the slabs of flights not known to be done are kept for the process
   try {
     ContextScope context(device_);
     free_.clear();                                        // slabs unregister and unmap
@@ -107,15 +117,11 @@ Flights::~Flights() {
 }
 
 bool Flights::drain() noexcept {
+  // In a fork() child nothing of this process is in flight: the flights are
+  // the parent's, in its context and its own mapping of the memory. Checked
+  // before the lock, which the fork may have copied held.
+  if (events_->forked()) return true;
   std::lock_guard hold(lock_);
-  if (events_->forked()) {
-    // Nothing of this process is in flight: the flights are the parent's, in
-    // its context and its own mapping of the memory. Their slabs (the
-    // parent's registrations) are let go unreleased.
-    for (Pending& p : pending_) (void)p.slab.release();  // NOLINT(bugprone-unused-return-value)
-    pending_.clear();
-    return true;
-  }
   try {
     ContextScope context(device_);
     RelaxedCapture relaxed;

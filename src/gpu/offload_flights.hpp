@@ -34,9 +34,12 @@
 // pool (shared likewise) when the last of them lets go.
 //
 // fork(): the child inherits copies of these objects, whose CUDA handles
-// belong to the parent's context. In the child, nothing here calls CUDA:
-// destructors let the handles (and slabs) go unreleased, and a Flight's
-// done()/wait() throw Error(invalid_argument).
+// belong to the parent's context, and whose locks another thread of the
+// parent may have held at the fork (the child's copies stay locked for
+// good). In the child (told by the library's fork handling, ForkWatch),
+// nothing here calls CUDA or takes a lock: destructors let the handles,
+// slabs and lists go unreleased, and a Flight's done()/wait() throw
+// Error(invalid_argument).
 #pragma once
 
 #include <cstddef>
@@ -46,6 +49,7 @@
 #include <vector>
 
 #include "gpu/driver.hpp"
+#include "unimem/detail/fork_watch.hpp"
 #include "unimem/block.hpp"
 
 namespace unimem::gpu::detail {
@@ -70,7 +74,7 @@ class EventPool {
 
  private:
   int device_;
-  int pid_;  // the process whose context the events belong to
+  unimem::detail::ForkedFlag forked_;  // set in a fork() child, whose copy of lock_ may be held for good
   std::mutex lock_;
   std::vector<CUevent> free_;
 };

@@ -10,9 +10,11 @@
 namespace unimem::gpu::detail {
 
 const PtxKernel& ptx_kernel(int device, const char* ptx, const char* entry, const char* what) {
-  static std::mutex lock;
+  // Never destroyed: a static OffloadPool may launch (or wait for) kernels
+  // after this function's statics would have been destroyed at exit.
+  static std::mutex& lock = *new std::mutex;  // NOLINT: never freed, on purpose
   // std::map: references to its values stay valid as kernels are added.
-  static std::map<std::pair<const char*, int>, PtxKernel> loaded;
+  static auto& loaded = *new std::map<std::pair<const char*, int>, PtxKernel>;  // NOLINT: never freed, on purpose
   std::lock_guard hold(lock);
   if (auto it = loaded.find({ptx, device}); it != loaded.end()) return it->second;
   const Driver& d = driver();

@@ -14,8 +14,6 @@
 // recorded per device and device_pointer() translates.
 #include "gpu/registration.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
@@ -42,7 +40,6 @@ std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::s
   const gpu::detail::Driver& d = driver();  // throws when there is no driver or device
   std::unique_ptr<GpuRegistration> r(new GpuRegistration);
   r->device_count_ = d.device_count;
-  r->pid_ = static_cast<int>(::getpid());
   std::mutex lock;  // guards r->chunks_ while workers add to it
 
   // Then register as few ranges as possible: a copy (cudaMemcpy*) must lie
@@ -79,7 +76,7 @@ std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::s
 
 GpuRegistration::~GpuRegistration() {
   if (chunks_.empty()) return;
-  if (static_cast<int>(::getpid()) != pid_) return;  // a fork() child: the parent's registration, not to touch
+  if (forked_.forked()) return;  // a fork() child: the parent's registration, not to touch
   const gpu::detail::Driver& d = driver();           // cannot throw: chunks exist, so the driver loaded
   try {
     ContextScope context(0);

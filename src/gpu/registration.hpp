@@ -1,6 +1,8 @@
 // src/gpu/registration.hpp — a Block's pages registered with every CUDA device.
 #pragma once
 
+#include "unimem/detail/fork_watch.hpp"
+
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -49,7 +51,7 @@ class GpuRegistration {
 
   std::vector<Chunk> chunks_;  // sorted by host address
   int device_count_ = 0;
-  int pid_ = 0;  // the process that registered
+  ForkedFlag forked_;  // set in a fork() child: the registration is the parent's
 };
 
 }  // namespace unimem::detail

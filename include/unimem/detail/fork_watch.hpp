@@ -9,6 +9,8 @@
 // on. Internal: not part of the API.
 #pragma once
 
+#include <atomic>
+
 namespace unimem::detail {
 
 class ForkWatch {
@@ -29,6 +31,28 @@ class ForkWatch {
   Hook hook_;
   ForkWatch* prev_ = nullptr;
   ForkWatch* next_ = nullptr;
+};
+
+// True in a fork() child of the process that made it: what objects holding
+// another process's handles (CUDA streams, events, registrations) test before
+// they touch those handles or their own locks, which fork() may have copied
+// held by a thread that does not exist in the child. Not movable (the watch
+// points at it). Never throws.
+class ForkedFlag {
+ public:
+  ForkedFlag() noexcept : watch_(this, &set) {}
+  ForkedFlag(const ForkedFlag&) = delete;
+  ForkedFlag& operator=(const ForkedFlag&) = delete;
+  bool forked() const noexcept { return forked_.load(std::memory_order_relaxed); }
+
+ private:
+  // The child is single-threaded when the hook runs: relaxed suffices, and
+  // every thread it starts later sees the store (thread creation orders it).
+  static void set(void* self) noexcept {
+    static_cast<ForkedFlag*>(self)->forked_.store(true, std::memory_order_relaxed);
+  }
+  std::atomic<bool> forked_{false};
+  ForkWatch watch_;  // declared after forked_: linked once forked_ exists
 };
 
 }  // namespace unimem::detail

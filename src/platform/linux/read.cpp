@@ -11,6 +11,13 @@
 // are resubmitted for the rest; a read of 0 bytes means the file shrank,
 // which is an error.
 //
+// A submit the kernel refuses (EAGAIN, ENOMEM) leaves the reads it was
+// given in the submission queue, where no API takes them back: the next
+// submit would hand the kernel reads into this call's destinations (freed by
+// then) with indices into this call's chunk list. So a ring left with
+// unsubmitted entries is torn down after the call (once nothing is owed) and
+// the next read makes a new one.
+//
 // An error never leaves a read in flight: the kernel writes into the
 // destinations until a read completes, and io_uring_queue_exit only unmaps the
 // ring (the kernel finishes the requests in the background), while the caller
@@ -158,7 +165,12 @@ void run_io_uring(const std::string& path, io_uring& ring, unsigned depth, Descr
         ++inflight;
       }
       if (inflight == 0) break;  // everything read
-      const int n = io_uring_submit_and_wait(&ring, 1);
+      int n = 0;
+      if (probe && ++probe->submits == probe->fail_submit) {
+        n = -probe->fail_submit_errno;
+      } else {
+        n = io_uring_submit_and_wait(&ring, 1);
+      }
       if (n > 0 && probe) probe->submitted += static_cast<std::size_t>(n);
       if (n < 0 && n != -EINTR) fail(-n, 0);
     } else {
@@ -352,6 +364,16 @@ struct FileReader::State {
     }
   }
 
+  // After a read on the ring: a ring holding entries the kernel never took
+  // (a refused submit) is dropped, so that they are never submitted.
+  void drop_ring_if_dirty() noexcept {
+    if (!has_ring || io_uring_sq_ready(&ring) == 0) return;
+    io_uring_queue_exit(&ring);
+    ring = io_uring{};
+    has_ring = false;
+    ring_tried = false;  // the next read that wants a ring makes a new one
+  }
+
   void make_ring() {
     ring_tried = true;
     depth = std::clamp(options.queue_depth, 1u, 4096u);
@@ -383,10 +405,16 @@ std::uint64_t FileReader::size() const noexcept { return static_cast<std::uint64
 const std::string& FileReader::path() const noexcept { return state_->path; }
 
 ReadReport FileReader::read(std::span<const ReadSegment> segments) {
+  return read(segments, state_->options.progress);  // options never change after construction
+}
+
+ReadReport FileReader::read(std::span<const ReadSegment> segments,
+                            const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
   const auto start = std::chrono::steady_clock::now();
   State& st = *state_;
   std::lock_guard hold(st.lock);
-  const ReadOptions& options = st.options;
+  ReadOptions options = st.options;
+  options.progress = progress;
   const std::string& path = st.path;
   ReadReport report;
   report.bytes = detail::check_segments(segments, size(), "read_file of " + path);
@@ -432,6 +460,10 @@ ReadReport FileReader::read(std::span<const ReadSegment> segments) {
     if (!st.ring_tried) st.make_ring();
     ring = st.has_ring;
     if (ring) {
+      struct Clean {
+        State& st;
+        ~Clean() { st.drop_ring_if_dirty(); }
+      } clean{st};
       run_io_uring(path, st.ring, st.depth, with_direct, chunks, options, report.bytes);
     } else {
       why = why.empty() ? st.no_ring : st.no_ring + "; " + why;
