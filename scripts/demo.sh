@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DUNIMEM_PYTHON=ON "-DPython_EXECUTABLE=$UNIMEM_PYTHON"
+cmake -S . -B build/release -G Ninja "${UNIMEM_RELEASE_ARGS[@]}"
 cmake --build build/release --target unimem_pipeline unimem_python
 # `import unimem` for that Python from now on: a .pth file in the user's
 # site-packages naming build/release/python (pip install --no-build-isolation .

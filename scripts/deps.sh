@@ -7,7 +7,7 @@ UNIMEM_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libgtest-dev lib
                  libboost-dev libmimalloc-dev libjemalloc-dev python3
                  liburing-dev nlohmann-json3-dev pkg-config libdnnl-dev clang-format clang-tidy
                  python3-dev python3-pybind11 pybind11-dev python3-numpy python3-pytest python3-setuptools
-                 python3-pip python3-torch python3-tqdm)
+                 python3-pip python3-torch python3-tqdm python3-hypothesis)
 
 missing=()
 for p in "${UNIMEM_PACKAGES[@]}"; do
@@ -33,3 +33,9 @@ export UNIMEM_PYTHON
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDACXX=/usr/local/cuda/bin/nvcc
 fi
+
+# build/release is configured the same way by demo.sh and test.sh: a
+# different compiler or option there would make CMake wipe the other's cache
+# (and with it compile_commands.json, which lint.sh reads).
+UNIMEM_RELEASE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ -DUNIMEM_WERROR=ON
+                     -DCMAKE_EXPORT_COMPILE_COMMANDS=ON -DUNIMEM_PYTHON=ON "-DPython_EXECUTABLE=$UNIMEM_PYTHON")

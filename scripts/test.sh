@@ -17,8 +17,7 @@ jobs=$(nproc)
 
 for config in "${configs[@]}"; do
   case "$config" in
-    release) args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ -DUNIMEM_PYTHON=ON
-                   "-DPython_EXECUTABLE=$UNIMEM_PYTHON") ;;
+    release) args=("${UNIMEM_RELEASE_ARGS[@]}") ;;
     asan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DUNIMEM_SANITIZE=address) ;;
     tsan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ -DUNIMEM_SANITIZE=thread) ;;
     *) echo "unknown configuration '$config' (release, asan, tsan)" >&2; exit 2 ;;

@@ -407,3 +407,38 @@ TEST(TapeUntake, GivesBackOnlyTheLastTake) {
 
 }  // namespace
 }  // namespace unimem
+
+namespace unimem {
+namespace {
+
+// A sharded model's index names files beside it; one that would reach
+// outside the folder is refused, however spelt.
+TEST(SafetensorsIndex, NamesFilesInItsFolderOnly) {
+  const std::vector<ModelFile> files = parse_safetensors_index(
+      R"({"metadata": {}, "weight_map": {"b": "two.safetensors", "a": "one.safetensors", "c": "two.safetensors"}})",
+      "/m", "index.json");
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0].path, "/m/one.safetensors");
+  EXPECT_EQ(files[0].tensors, std::vector<std::string>{"a"});
+  EXPECT_EQ(files[1].path, "/m/two.safetensors");
+  EXPECT_EQ(files[1].tensors, (std::vector<std::string>{"b", "c"}));
+  for (const char* name : {"../x.safetensors", "/etc/passwd", "a/b.safetensors", "..", ".", ""}) {
+    const std::string text = std::string(R"({"weight_map": {"w": ")") + name + "\"}}";
+    EXPECT_EQ(error_of([&] { (void)parse_safetensors_index(text, "/m", "index.json"); }).first, Errc::bad_format) << name;
+  }
+  for (const char* text : {"{", "[]", R"({"weight_map": 1})", R"({"weight_map": {"w": 2}})", R"({"weight_map": {}})"}) {
+    EXPECT_EQ(error_of([&] { (void)parse_safetensors_index(text, "/m", "index.json"); }).first, Errc::bad_format) << text;
+  }
+}
+
+TEST(SafetensorsIndex, AFileIsItselfAndAMissingIndexIsNotFound) {
+  const std::vector<ModelFile> one = safetensors_model_files("/any/model.safetensors");
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].path, "/any/model.safetensors");
+  EXPECT_TRUE(one[0].tensors.empty());
+  EXPECT_EQ(error_of([] { (void)safetensors_model_files("/nonexistent/model.safetensors.index.json"); }).first,
+            Errc::not_found);
+}
+
+}  // namespace
+}  // namespace unimem

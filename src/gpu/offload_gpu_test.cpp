@@ -15,6 +15,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -606,6 +609,58 @@ TEST(OffloadGpu, AForkChildRefusesMovesAndTransfersAndLetsThePoolGo) {
     EXPECT_TRUE(moved.ready());
     for (const SharedCell& c : cells) EXPECT_TRUE(all_bytes(c.bytes(), 0x19));
     pool->fetch(std::span<const SharedCell>(cells), blocks, bytes).wait();  // the parent's pool works on
+  }
+}
+
+// fork() while other threads store and fetch: the child's copies of the
+// pool's locks may be held by a thread that does not exist there. Destroying
+// the pool in the child must neither take them (it hung there) nor call
+// CUDA; every child must exit within its alarm, 20 forks per route.
+TEST(OffloadGpu, AForkWhileThreadsMoveBlocksLeavesAChildThatLetsThePoolGo) {
+  UNIMEM_REQUIRE_GPU();
+  constexpr std::size_t bytes = 64 * KiB, n = 8;
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  for (OffloadRoute route : {OffloadRoute::kernel, OffloadRoute::copies}) {
+    SCOPED_TRACE(to_string(route));
+    gpu::OffloadOptions o;
+    o.route = route;
+    std::optional<OffloadPool> pool(OffloadPool::create(bytes, 2 * n, 0, o));
+    DeviceArea area(2 * n * bytes);
+    ASSERT_NE(area.p, nullptr);
+    std::atomic<bool> stop{false};
+    std::atomic<std::size_t> moves{0};
+    std::vector<std::thread> movers;
+    for (std::size_t t = 0; t < 2; ++t) {
+      movers.emplace_back([&, t] {
+        std::vector<std::uint32_t> cells(n);
+        std::vector<std::uintptr_t> blocks(n);
+        for (std::size_t i = 0; i < n; ++i) {
+          cells[i] = static_cast<std::uint32_t>(t * n + i);
+          blocks[i] = area.at((t * n + i) * bytes);
+        }
+        while (!stop.load()) {
+          pool->store(blocks, bytes, std::span<const std::uint32_t>(cells)).wait();
+          pool->fetch(std::span<const std::uint32_t>(cells), blocks, bytes).wait();
+          moves.fetch_add(1);
+        }
+      });
+    }
+    int hung = 0, failed = 0;
+    for (int fork_round = 0; fork_round < 20; ++fork_round) {
+      const int code = testing::exit_code_within(10, [&] {
+        pool.reset();  // the child's copy of the pool goes: no lock taken, no CUDA call
+        return 0;
+      });
+      if (code == 128 + SIGALRM) ++hung;
+      if (code != 0) ++failed;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    stop = true;
+    for (std::thread& t : movers) t.join();
+    EXPECT_EQ(hung, 0) << "children hung destroying the pool";
+    EXPECT_EQ(failed, 0) << "children failed (a CUDA call, or an error) destroying the pool";
+    EXPECT_GT(moves.load(), 0u) << "the threads moved nothing while the process forked";
+    std::printf("%s: 20 forks amid %zu store+fetch rounds\n", to_string(route), moves.load());
   }
 }
 
