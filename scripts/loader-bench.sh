@@ -42,6 +42,13 @@ echo "== safetensors file"
 "$dir/unimem_loader_benchmark" "$st" --safetensors
 python3 scripts/safetensors-peer.py "$st" "peer: safetensors.torch.load_file(device=cuda), same file" ||
   echo "safetensors package: not timed"
+if python3 -c "import unimem, torch" 2>/dev/null; then
+  echo "== Python, first load in a fresh process (torch's CUDA context made first)"
+  python3 scripts/first-load.py "$st" 3 unimem
+  python3 scripts/first-load.py "$st" 3 safetensors
+else
+  echo "Python first load: not timed (unimem or torch does not import)"
+fi
 if [ -w /proc/sys/vm/drop_caches ] && [ -x "$dir/unimem" ]; then
   echo "== cold file (the page cache dropped before each line)"
   cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }

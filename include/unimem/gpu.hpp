@@ -65,27 +65,37 @@ struct DeviceSegment {
 };
 
 // When a Loader registers a file's page-cache pages with CUDA in place, so
-// that copies run straight from the page cache. Measured (4 GiB cached
-// safetensors file, five H100/H200 hosts, docs/BENCHMARKS.md): registering in
-// place on the first load 30-34 GB/s on four hosts (staging: 18-22 there, 45
-// on the fifth), every later load 55 GB/s, the link rate. Files whose page
-// cache holds 4 KiB pages (written in small pieces) register slower and stage
-// about as fast; `never` or `on_reload` suit loaders that see each file once.
+// that copies run straight from the page cache (every load after that moves
+// at the link rate, DMA alone). Registering costs time on the load that does
+// it, most on files whose page cache holds 4 KiB pages; staging (worker
+// threads copying the page cache into pinned slots of their own, each slot's
+// copy queued as soon as it is full) runs near the link rate from the first
+// load. So by default a file is staged on its first load and registered from
+// its second on.
+// docs/BENCHMARKS.md has the figures.
 enum class PageCacheRegistration {
-  always,     // from the first load (the default)
-  on_reload,  // from a file's second load by the same Loader on
+  always,     // from the first load
+  on_reload,  // from a file's second load by the same Loader on (the default)
   never,      // always stage
 };
 
 struct CopyOptions {
   // Where the file is in the page cache: register it in place, or copy it
   // into pinned staging with a crew of threads. See PageCacheRegistration.
-  PageCacheRegistration register_page_cache = PageCacheRegistration::always;
-  // One staging slot, and the granularity of routes and registrations (at
-  // most 1 GiB; shrunk to fit a caller's staging Block).
+  PageCacheRegistration register_page_cache = PageCacheRegistration::on_reload;
+  // When registering (above), also stage cached data at the same time: the
+  // staging workers take slices from the end of the file while the loading
+  // thread registers chunks from the start, each taking the next when it is
+  // free. Off by default: the driver holds every call behind a registration,
+  // and the workers starved (H200 machine, 4 GiB file of 4 KiB folios: 10.7
+  // GB/s both at once, 11.1 registering alone, 31 staging alone).
+  bool both_routes = false;
+  // The granularity of routes and registrations, and one slot of the ring
+  // that files not in the page cache are read into (at most 1 GiB; shrunk
+  // to fit a caller's staging Block).
   std::size_t piece_bytes = std::size_t{64} << 20;
-  unsigned slots = 4;         // pieces in flight
-  unsigned copy_threads = 0;  // for cached files; 0: the cores, at most 16
+  unsigned slots = 4;         // ring slots in flight
+  unsigned copy_threads = 0;  // staging workers for cached files; 0: the cores, at most 16
   // A GPU-visible Block to stage through (kept by the caller across calls:
   // setting one up costs a registration). When null, one is made for the call.
   const Block* staging = nullptr;
@@ -93,17 +103,22 @@ struct CopyOptions {
 };
 
 // Moves ranges of files into the memory of one GPU or several, keeping between loads
-// what is costly to set up: the stream and events, the staging ring, and the
+// what is costly to set up: streams and events, the staging workers and their
+// pinned slots, the ring for files not in the page cache, and the
 // registrations of page-cache ranges (so loading the same file again pays
 // nothing to register).
 //
 // Routes, chosen per 64 MiB chunk of the file: a chunk in the page cache (>=
-// 90%, by mincore) is registered with CUDA in place, read-only, and copied
-// straight from the page cache (or, when CopyOptions::register_page_cache
-// says otherwise, copied by a crew of threads into a ring of pinned staging
-// slots); a chunk not in the page cache is read with read_file (O_DIRECT where
-// allowed) into the staging ring. Every fill overlaps earlier copies. A chunk
-// whose registration the driver refuses is staged.
+// 90%, by mincore) is staged by the workers (each reads 4 MiB slices into
+// pinned slots of its own and queues their copies on its own streams) or,
+// when CopyOptions::register_page_cache says so, registered with CUDA in
+// place, read-only, and copied straight from the page cache (with
+// CopyOptions::both_routes, the workers also stage from the file's end
+// meanwhile). A load of at most 64 MiB of cached data before any worker
+// exists registers it (the workers' slots cost more to make). A chunk not in
+// the page cache is read with read_file (O_DIRECT where allowed) into the
+// staging ring. Every fill overlaps earlier copies. A chunk whose
+// registration the driver refuses is staged.
 //
 // Registrations pin the file's page-cache pages until release(), the file
 // changes or goes away (its identity: inode, size, mtime, ctime; checked at

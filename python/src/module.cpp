@@ -102,17 +102,20 @@ struct View {
 };
 
 // The bytes of `shape` elements of `dtype`; throws Error(invalid_argument)
-// when the product overflows (a shape from Python is any list of integers).
+// when the product of the dimensions other than 0 and the element size
+// passes 2^63 - 1 (a shape from Python is any list of integers; and NumPy,
+// like other consumers, refuses a shape such as (0, 2^63 - 1) too).
 std::size_t checked_bytes(const std::vector<std::int64_t>& shape, DType dtype, const char* what) {
-  std::size_t bytes = dtype_bytes(dtype);
+  std::int64_t bytes = static_cast<std::int64_t>(dtype_bytes(dtype));
   bool zero = false;
   for (std::int64_t d : shape) {
-    if (d == 0) zero = true;
-    if (!zero && __builtin_mul_overflow(bytes, static_cast<std::size_t>(d), &bytes)) {
+    if (d == 0) {
+      zero = true;
+    } else if (__builtin_mul_overflow(bytes, d, &bytes)) {
       throw Error(Errc::invalid_argument, 0, std::string("unimem: ") + what + ": the shape's byte size overflows");
     }
   }
-  return zero ? 0 : bytes;
+  return zero ? 0 : static_cast<std::size_t>(bytes);
 }
 
 DLDevice host_device(const Block& b) { return {b.gpu_visible() ? kDLCUDAHost : kDLCPU, 0}; }

@@ -23,8 +23,6 @@ PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 
 TAPE = unimem.Tape(1 << 16, pinned=False)
 BLOCK = unimem.Block(1 << 16, pinned=False)
-GRID = unimem.Grid(4096, 4, pinned=False)
-POOL = unimem.OffloadPool(4096, 4, device=None)
 
 
 def expected_bytes(shape, dtype):
@@ -89,18 +87,19 @@ def test_block_view_lies_inside_the_block_or_raises(shape, dtype, offset):
 @PROPERTY
 @given(shape=shapes, dtype=st.sampled_from(DTYPES), offload=st.booleans())
 def test_cell_views_lie_inside_their_cell_or_raise(shape, dtype, offload):
-    cell = POOL.take() if offload else GRID.take()
+    # A pool per example: a failing example's traceback keeps its arrays,
+    # and with them its cell, out of the pool.
+    pool = unimem.OffloadPool(4096, 2, device=None) if offload else unimem.Grid(4096, 2, pinned=False)
+    cell = pool.take()
     assert cell is not None
     try:
-        try:
-            view = cell.view(dtype, shape)
-        except unimem.Error:
-            pass
-        else:
-            check_inside(view, cell.address, cell.size, dtype)
-    finally:
-        cell.give()
-        del cell
+        view = cell.view(dtype, shape)
+    except unimem.Error:
+        pass
+    else:
+        check_inside(view, cell.address, cell.size, dtype)
+    cell.give()
+    assert pool.take() is not None  # still usable
 
 
 @PROPERTY

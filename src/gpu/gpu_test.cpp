@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -330,6 +331,7 @@ TEST(GpuLoader, LoadsThePageCacheInPlaceAndKeepsItsRegistrations) {
   gpu::CopyOptions o;
   o.piece_bytes = 8u << 20;
   o.register_page_cache = gpu::PageCacheRegistration::always;
+  o.both_routes = false;  // every chunk registered, none staged
   gpu::Loader loader(0, o);
   EXPECT_EQ(loader.registered_bytes(), 0u);
   unsigned long long bad = ~0ull;
@@ -414,12 +416,13 @@ TEST(GpuLoader, DropsTheRegistrationsOfFilesThatWentAway) {
 TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {
   UNIMEM_REQUIRE_GPUS(1);
   const std::string path = "/tmp/unimem_gpu_loader_again_" + std::to_string(::getpid());
-  const std::size_t words = (24u << 20) / 4 + 5;
+  const std::size_t words = (80u << 20) / 4 + 5;  // above the 64 MiB a first load registers
   const std::size_t bytes = words * 4;
   write_pattern_file(path, words, 94);
   gpu::CopyOptions o;
   o.piece_bytes = 8u << 20;
   o.register_page_cache = gpu::PageCacheRegistration::on_reload;
+  o.both_routes = false;  // the second load registers every chunk
   gpu::Loader loader(0, o);
   const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
   const gpu::DeviceSegment all[] = {{0, dev, bytes}};
@@ -721,16 +724,50 @@ TEST(GpuLoader, ConvertsDtypesOnTheGpuWhileLoading) {
   std::remove(path.c_str());
 }
 
+// Both routes at once: this thread registers chunks from the front while the
+// staging workers copy slices from the back. Byte-exact at several chunk
+// sizes, for random segment lists, and the next load with the same Loader
+// too; every byte comes by one route or the other.
+TEST(GpuLoader, BothRoutesAtOnceLoadEveryByteOnce) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_both_" + std::to_string(::getpid());
+  const std::size_t words = (48u << 20) / 4 + 77;
+  const std::size_t bytes = words * 4;
+  write_pattern_file(path, words, 57);
+  for (std::size_t piece : {std::size_t{1} << 20, std::size_t{4} << 20}) {
+    gpu::CopyOptions o;
+    o.piece_bytes = piece;
+    o.register_page_cache = gpu::PageCacheRegistration::always;
+    o.both_routes = true;
+    gpu::Loader loader(0, o);
+    for (int round = 0; round < 2; ++round) {
+      const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
+      const std::vector<gpu::DeviceSegment> segments = random_cover(bytes, dev, 31 + round);
+      const ReadReport r = loader.load(path, segments);
+      EXPECT_EQ(r.bytes, bytes);
+      unsigned long long bad = ~0ull;
+      ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 57, &bad), "");
+      EXPECT_EQ(bad, 0u) << "piece " << piece << ", round " << round << ", " << segments.size() << " segments";
+      std::printf("GpuLoader both routes, %zu KiB chunks, round %d: %s: %s\n", piece >> 10, round, to_string(r.path),
+                  r.fallback_reason.c_str());
+      gpu_test::device_free(0, dev);
+    }
+  }
+  std::remove(path.c_str());
+}
+
 // A file that shrinks while it loads: an error, not SIGBUS (a copy out of
 // its mapping past the new end faults), and the Loader works afterwards.
-// The probe truncates the file just before the loader reaches chunk 2.
+// The probe truncates the file just before the loader reaches chunk 2 (or,
+// with both routes, the first chunk either thread reaches; the two threads
+// call it at once).
 struct Truncate : gpu::detail::LoaderProbe {
   std::string path;
   std::size_t at_chunk, to_bytes;
-  bool done = false;
+  bool any_chunk = false;
+  std::atomic<bool> done{false};
   void before_chunk(std::size_t chunk) override {
-    if (chunk == at_chunk && !done) {
-      done = true;
+    if ((any_chunk || chunk == at_chunk) && !done.exchange(true)) {
       ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(to_bytes)), 0);
     }
   }
@@ -740,17 +777,20 @@ TEST(GpuLoader, AFileThatShrinksWhileItLoadsIsAnErrorNotACrash) {
   UNIMEM_REQUIRE_GPUS(1);
   const std::string path = "/tmp/unimem_gpu_shrink_" + std::to_string(::getpid());
   const std::size_t words = (8u << 20) / 4, bytes = words * 4;  // 8 chunks of 1 MiB
-  for (auto policy : {gpu::PageCacheRegistration::never, gpu::PageCacheRegistration::always}) {
+  for (int route = 0; route < 3; ++route) {  // staged; registered; both at once
+    const auto policy = route == 0 ? gpu::PageCacheRegistration::never : gpu::PageCacheRegistration::always;
     write_pattern_file(path, words, 98);
     gpu::CopyOptions o;
     o.piece_bytes = 1u << 20;
     o.register_page_cache = policy;
+    o.both_routes = route == 2;
     gpu::Loader loader(0, o);
     const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
     const gpu::DeviceSegment all[] = {{0, dev, bytes}};
     Truncate probe;
     probe.path = path;
     probe.at_chunk = 2;
+    probe.any_chunk = route == 2;
     probe.to_bytes = bytes / 4;  // 2 MiB: chunk 2 on is gone
     gpu::detail::set_loader_probe(&probe);
     std::string message;
@@ -766,7 +806,7 @@ TEST(GpuLoader, AFileThatShrinksWhileItLoadsIsAnErrorNotACrash) {
     EXPECT_TRUE(probe.done);
     EXPECT_EQ(e, Errc::system) << message;
     EXPECT_NE(message.find("ended early"), std::string::npos) << message;
-    std::printf("GpuLoader shrink (%s): %s\n", policy == gpu::PageCacheRegistration::never ? "never" : "always",
+    std::printf("GpuLoader shrink (%s): %s\n", route == 0 ? "never" : route == 1 ? "always" : "both routes",
                 message.c_str());
     // The shrunk file loads (as what it is now) with the same Loader.
     const gpu::DeviceSegment rest[] = {{0, dev, bytes / 4}};
@@ -807,10 +847,12 @@ TEST(GpuLoader, AModelThatDoesNotFitLeavesNoDeviceMemoryTaken) {
   to_f32.dtype = DType::F32;
   const Errc e = testing::error_of([&] { (void)gpu::load_safetensors(path, loader, to_f32); });
   EXPECT_EQ(e, Errc::out_of_memory);
-  EXPECT_EQ(gpu_test::free_device_memory(0), with_hog) << "device memory stayed taken after the failed load";
+  // At least as much free as before: memory that earlier tests' streams
+  // and Loaders gave back may reach the driver's count only now.
+  EXPECT_GE(gpu_test::free_device_memory(0), with_hog) << "device memory stayed taken after the failed load";
   std::printf("GpuLoader OOM: %zu MiB free, load as F32 refused: %s\n", with_hog >> 20, to_string(e));
   hog.reset();
-  EXPECT_EQ(gpu_test::free_device_memory(0), before);
+  EXPECT_GE(gpu_test::free_device_memory(0), before);
   std::remove(path.c_str());
 }
 
