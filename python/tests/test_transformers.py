@@ -51,6 +51,7 @@ def models(tmp_path_factory):
         "llama-tied-bf16": make(root / "llama", tiny("llama", True), torch.bfloat16),
         "qwen2-untied-f32": make(root / "qwen2", tiny("qwen2", False), torch.float32),
         "llama-untied-f16-one-file": make(root / "llama1", tiny("llama", False), torch.float16, shard="50MB"),
+        "llama-tied-f32-one-file": make(root / "llama2", tiny("llama", True), torch.float32, shard="50MB"),
     }
 
 
@@ -115,7 +116,8 @@ def one_allocation(model):
     return spans[-1][1] - spans[0][0] <= total + 4096 * len(spans)
 
 
-@pytest.mark.parametrize("name", ["llama-tied-bf16", "qwen2-untied-f32", "llama-untied-f16-one-file"])
+@pytest.mark.parametrize("name", ["llama-tied-bf16", "qwen2-untied-f32", "llama-untied-f16-one-file",
+                                  "llama-tied-f32-one-file"])
 def test_cpu_model_is_bit_identical_to_from_pretrained(models, name, loaded):
     ref = transformers.AutoModelForCausalLM.from_pretrained(models[name])
     got = ut.from_pretrained(models[name], device="cpu")
@@ -150,6 +152,25 @@ def test_a_checkpoint_without_the_base_model_prefix(models, tmp_path):
     assert "model.norm.weight" not in st.load_file(os.path.join(folder, "model.safetensors"))
     ref = transformers.AutoModelForCausalLM.from_pretrained(folder)
     got = ut.from_pretrained(folder, device="cpu")
+    assert_same_model(ref, got)
+
+
+@pytest.mark.parametrize("case", ["both, different", "both, equal", "only the target"])
+def test_tied_weights_are_tied_as_transformers_ties_them(models, tmp_path, case):
+    """A tied config whose checkpoint has the head too: tied if it equals the
+    embedding, else left untied; with the head alone, the embedding is tied to it."""
+    def edit(t):
+        embedding = t["model.embed_tokens.weight"]
+        if case == "both, different":
+            t["lm_head.weight"] = embedding.flip(0).contiguous()
+        elif case == "both, equal":
+            t["lm_head.weight"] = embedding.clone()
+        else:
+            t["lm_head.weight"] = t.pop("model.embed_tokens.weight")
+    folder = single_file(models["llama-tied-f32-one-file"], tmp_path / "m", edit)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    got = ut.from_pretrained(folder, device="cpu")
+    assert (ref.lm_head.weight is ref.model.embed_tokens.weight) == (case != "both, different")
     assert_same_model(ref, got)
 
 

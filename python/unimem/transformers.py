@@ -27,6 +27,7 @@ Needs transformers 5 (`model.all_tied_weights_keys`,
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -243,7 +244,8 @@ class _Plan:
 
     def __init__(self):
         self.targets: dict = {}
-        self.tied: dict = {}
+        self.tied: set = set()  # every key of a tied group
+        self.missing: set = set()  # model keys the checkpoint lacks (tied ones)
         self.convert: Optional[str] = None
 
 
@@ -296,8 +298,6 @@ def _plan(model, headers: _Headers, want: Optional["torch.dtype"], target: "torc
                 continue
             raise BadFormat(f"unimem.transformers: tensor {name!r} in {shard} is not a parameter or buffer of "
                             f"{type(model).__name__}", "bad_format")
-        if key in tied and tied[key] in slots:
-            continue  # transformers loads it, then ties it over with its source
         if key in plan.targets.values():
             raise BadFormat(f"unimem.transformers: tensor {name!r} ({shard}) and another both load {key!r}",
                             "bad_format")
@@ -313,13 +313,20 @@ def _plan(model, headers: _Headers, want: Optional["torch.dtype"], target: "torc
             raise InvalidArgument(f"unimem.transformers: tensor {name!r} in {shard} is {dt}; it cannot become the "
                                   f"{_name(wanted)} of {key!r}", "invalid_argument")
         plan.targets[name] = (key, wanted)
+    # A tied key the checkpoint lacks is fine where another key of its group
+    # (a source and its targets) is there: tie_weights ties it to that one.
     loaded = {key for key, _ in plan.targets.values()}
-    missing = [k for k in slots if k not in loaded and not (k in tied and tied[k] in loaded)]
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise NotFound(f"unimem.transformers: {headers.load_path} has no tensor for {missing[0]!r}{more} of "
+    group = {}
+    for t, source in tied.items():
+        group.setdefault(source, {source}).add(t)
+        group[t] = group[source]
+    plan.missing = {k for k in slots if k not in loaded}
+    lacking = [k for k in slots if k in plan.missing and not (group.get(k, set()) & loaded)]
+    if lacking:
+        more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
+        raise NotFound(f"unimem.transformers: {headers.load_path} has no tensor for {lacking[0]!r}{more} of "
                        f"{type(model).__name__}", "not_found")
-    plan.tied = {k: v for k, v in tied.items() if k in slots}
+    plan.tied = {k for k in group if k in slots}
     if target.type == "cuda":
         # unimem converts every float32/float16/bfloat16 tensor of the checkpoint
         # to one dtype: ask for it where all of those want the same one; torch
@@ -368,12 +375,10 @@ def _assign(model, plan: _Plan, tensors: dict, target: "torch.device") -> None:
             put(module, attr, t)
             del t
         tensors.clear()  # what is not the model's (tied over, ignored)
-        for key, source in plan.tied.items():
+        for key in plan.missing:
+            # Tied below; marked so that initialize_weights skips it, as transformers does.
             module, attr = _submodule(model, key)
-            current = getattr(module, attr)
-            if current is not None and current.is_meta:
-                # Tied below; marked so that initialize_weights skips it, as transformers does.
-                current._is_hf_initialized = True
+            getattr(module, attr)._is_hf_initialized = True
         with torch.no_grad():
             # As transformers does: empty on the device, then the model's own init
             # fills them. A model without one keeps them on meta (an error below).
@@ -393,7 +398,12 @@ def _assign(model, plan: _Plan, tensors: dict, target: "torch.device") -> None:
                 module, attr = _submodule(model, key)
                 store = module._parameters if attr in module._parameters else module._buffers
                 undo.append((store, attr, store[attr]))
-            model.tie_weights()
+            if "missing_keys" in inspect.signature(model.tie_weights).parameters:
+                # As from_pretrained ties: a target the checkpoint has and a missing
+                # source swap; a target and source both there and different stay untied.
+                model.tie_weights(missing_keys=set(plan.missing), recompute_mapping=False)
+            else:
+                model.tie_weights()
         left = [k for k, v in list(model.named_parameters(remove_duplicate=False)) +
                 list(model.named_buffers(remove_duplicate=False)) if v is not None and v.is_meta]
         if left:
@@ -421,8 +431,9 @@ def _model_class(model_class, config, transformers):
     mapping = getattr(model_class, "_model_mapping", None)
     if mapping is None:
         return model_class
-    if type(config) not in mapping.keys():
-        raise InvalidArgument(f"unimem.transformers: {model_class.__name__} has no model for {type(config).__name__}",
-                              "invalid_argument")
     from transformers.models.auto.auto_factory import _get_model_class
-    return _get_model_class(config, mapping)
+    try:
+        return _get_model_class(config, mapping)  # mapping.keys() would import every model's config: seconds
+    except (KeyError, ValueError):
+        raise InvalidArgument(f"unimem.transformers: {model_class.__name__} has no model for {type(config).__name__}",
+                              "invalid_argument") from None
