@@ -15,7 +15,8 @@ GPU machine (PyTorch with CUDA, transformers 5, safetensors, unimem installed):
    identical logits for a fixed prompt.
 3. Times, on the 7B checkpoint with its files in the page cache, each
    measurement in a fresh process (torch imported and its CUDA context made
-   before the clock starts; transformers and unimem imported too):
+   before the clock starts; transformers, its Llama and Qwen2 model modules,
+   safetensors and unimem imported too):
    unimem.transformers.from_pretrained, AutoModelForCausalLM.from_pretrained,
    unimem.load_safetensors alone (no model), safetensors.torch.load_file per
    shard, and the ceiling (one pinned host -> device copy of the same bytes).
@@ -49,9 +50,15 @@ def _child_setup():
     import torch
     torch.empty(1, device="cuda")
     torch.cuda.synchronize()
+    # The libraries, imported in full before the clock (transformers imports its
+    # model modules lazily, on first use: a one-off cost per process that both
+    # loaders would pay and that is not loading).
     import safetensors.torch  # noqa: F401
-    import transformers  # noqa: F401
+    import transformers
+    import transformers.conversion_mapping  # noqa: F401
     import unimem.transformers  # noqa: F401
+    for name in ("AutoConfig", "AutoModelForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM", "GenerationConfig"):
+        getattr(transformers, name)
     return torch
 
 

@@ -345,6 +345,14 @@ def test_cuda_memory_goes_back_with_the_model_and_after_a_failure(tmp_path):
     del model
     assert device_free() >= free - (2 << 20)
 
+    # Misshaped everywhere: found while the files load on their thread.
+    other = make(tmp_path / "other", tiny("llama", False, vocab_size=16384, hidden_size=256, intermediate_size=384),
+                 torch.float32, shard="8MB")
+    shutil.copy(os.path.join(path, "config.json"), other)
+    with pytest.raises(unimem.BadFormat, match="mlp"):
+        ut.from_pretrained(other)
+    assert device_free() >= free - (2 << 20)
+
     single = str(tmp_path / "w.safetensors")
     st.save_file({"proj.weight": torch.randn(4096, 1024)}, single)  # 16 MiB
     with torch.device("meta"):

@@ -4,11 +4,13 @@
 ``AutoModelForCausalLM.from_pretrained(folder, device_map=device, dtype=dtype)``
 returns, bit for bit, but its weights are read by `unimem.load_safetensors`:
 for CUDA one device allocation filled straight from the files (dtype converted
-on the GPU as it loads), on the CPU a pinned Block. The model is built on the
-meta device (no weight memory), the checkpoint is checked against it from the
-safetensors headers alone (names, shapes, dtypes) before a byte is loaded, and
-the loaded tensors become the model's parameters and persistent buffers as
-they are: nothing is copied, and the memory goes back when the model goes.
+on the GPU as it loads), on the CPU a pinned Block per file. The files load on a
+thread of their own (the GIL released) while the model is built on the meta
+device (no weight memory, no init) and the checkpoint is checked against it
+from the safetensors headers (names, shapes, dtypes); then the loaded tensors
+become the model's parameters and persistent buffers as they are: nothing is
+copied, and the memory goes back when the model goes. A failed load waits
+for the thread and lets everything it loaded go.
 
 What transformers does after loading is done the way transformers does it:
 its key renames (a missing or extra base-model prefix, legacy names) through
@@ -27,10 +29,12 @@ Needs transformers 5 (`model.all_tied_weights_keys`,
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import re
+import threading
 from typing import Any, Optional
 
 import unimem
@@ -89,10 +93,16 @@ def from_pretrained(path: "str | os.PathLike", device: Any = "cuda", dtype: Any 
     cls = _model_class(model_class, config, transformers)
     headers = _headers(checkpoint)
     torch_dtype = _resolve_dtype(dtype, config, headers)
-    with torch.device("meta"):
-        model = cls._from_config(config, dtype=torch_dtype, **model_kwargs)
-    model.config.name_or_path = os.fspath(path)
-    load_into(model, checkpoint, device=target, _headers=headers)
+    # The files stream in on a thread while the model is built and checked.
+    early = _EarlyLoad(headers.load_path, target, _expected_conversion(headers, torch_dtype, target))
+    try:
+        with _no_init(transformers), torch.device("meta"):
+            model = cls._from_config(config, dtype=torch_dtype, **model_kwargs)
+        model.config.name_or_path = os.fspath(path)
+        _load_into(model, headers, target, None, early)
+    except BaseException:
+        early.drop()
+        raise
     model.eval()
     if model.can_generate() and os.path.exists(os.path.join(folder, "generation_config.json")):
         model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
@@ -117,12 +127,69 @@ def load_into(model, path: "str | os.PathLike", device: Any = "cuda", dtype: Any
     if headers is None:
         _, checkpoint = _checkpoint(path)
         headers = _headers(checkpoint)
-    target = _device(device)
-    want = None if dtype is None else _torch_dtype(dtype)
-    plan = _plan(model, headers, want, target)
-    tensors = _load(headers.load_path, target, plan)
-    _assign(model, plan, tensors, target)
+    _load_into(model, headers, _device(device), None if dtype is None else _torch_dtype(dtype), None)
     return model
+
+
+def _load_into(model, headers, target, want, early) -> None:
+    plan = _plan(model, headers, want, target)
+    if early is not None and early.convert == plan.convert:
+        tensors = early.take()
+    else:
+        if early is not None:
+            early.drop()  # loaded with another conversion than the model needs: again
+        tensors = _load(headers.load_path, target, plan.convert)
+    _assign(model, plan, tensors, target)
+
+
+class _EarlyLoad:
+    """unimem.load_safetensors on a thread of its own, started before the
+    model is built: the files load (the GIL released) while Python builds the
+    model on the meta device and checks the checkpoint against it."""
+
+    def __init__(self, load_path: str, target: "torch.device", convert: Optional[str]):
+        self.convert = convert
+        self.box: dict = {}
+        self.thread = threading.Thread(target=self._run, args=(load_path, target, convert), daemon=True,
+                                       name="unimem.transformers load")
+        self.thread.start()
+
+    def _run(self, load_path, target, convert):
+        try:
+            self.box["tensors"] = _load(load_path, target, convert)
+        except BaseException as e:  # handed to take()
+            self.box["error"] = e
+
+    def take(self) -> dict:
+        self.thread.join()
+        box, self.box = self.box, {}
+        if "error" in box:
+            raise box["error"]
+        return box["tensors"]
+
+    def drop(self) -> None:
+        """Waits for the load and lets its memory go."""
+        self.thread.join()
+        self.box.clear()
+
+
+def _expected_conversion(headers, dtype: "torch.dtype", target: "torch.device") -> Optional[str]:
+    """The conversion _plan will ask for where every floating parameter is in
+    `dtype` (what building under that dtype gives; _load_into checks it)."""
+    name = _name(dtype)
+    if target.type != "cuda" or name not in _GPU_CONVERTS:
+        return None
+    return name if any(dt in _GPU_CONVERTS and dt != name for _, dt, _ in headers.tensors.values()) else None
+
+
+def _no_init(transformers):
+    """transformers' context that skips weight init while building (nothing
+    to initialize on the meta device), where it has one."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 # ---------------------------------------------------------------------------- checkpoint
@@ -284,9 +351,15 @@ def _plan(model, headers: _Headers, want: Optional["torch.dtype"], target: "torc
     plan = _Plan()
     slots = model.state_dict(keep_vars=True)  # parameters and persistent buffers, tied ones under each name
     tied = dict(getattr(model, "all_tied_weights_keys", None) or {})  # target key -> source key
-    rename = _renamer(model)
     ignored = [re.compile(p) for p in _IGNORED_EXTRA] + \
         [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    if all(name in slots or any(p.search(name) for p in ignored) for name in headers.tensors):
+        # The model's own names (what save_pretrained writes): no renaming, and
+        # no building of transformers' conversion tables (a tenth of a second).
+        def rename(key):
+            return key, False
+    else:
+        rename = _renamer(model)
     for name, (shard, dt, shape) in headers.tensors.items():
         key, transformed = rename(name)
         if transformed:
@@ -342,10 +415,10 @@ def _plan(model, headers: _Headers, want: Optional["torch.dtype"], target: "torc
 # ---------------------------------------------------------------------------- loading and assigning
 
 
-def _load(load_path: str, target: "torch.device", plan: _Plan) -> dict:
+def _load(load_path: str, target: "torch.device", convert: Optional[str]) -> dict:
     if target.type == "cpu":
         return unimem.load_safetensors(load_path, device="cpu", output="torch")
-    return unimem.load_safetensors(load_path, device=f"cuda:{target.index}", dtype=plan.convert, output="torch")
+    return unimem.load_safetensors(load_path, device=f"cuda:{target.index}", dtype=convert, output="torch")
 
 
 def _submodule(model, key: str):
