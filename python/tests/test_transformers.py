@@ -362,3 +362,30 @@ def test_cuda_memory_goes_back_with_the_model_and_after_a_failure(tmp_path):
         ut.load_into(plain, single, device="cuda")  # fails after loading
     assert plain.proj.weight.is_meta
     assert device_free() >= free - (2 << 20)
+
+
+def readme_example():
+    """The README's unimem.transformers example, as written."""
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    return next(b for b in blocks if "unimem.transformers.from_pretrained" in b)
+
+
+def run_readme_example(tmp_path, monkeypatch, capsys, code):
+    make(tmp_path / "llama", tiny("llama", True, vocab_size=32000), torch.bfloat16, shard="2MB")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {})
+    token = int(capsys.readouterr().out.split()[-1])
+    assert 0 <= token < 32000
+
+
+@needs_gpu
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    code = readme_example()
+    assert len(code.strip().splitlines()) == 5
+    run_readme_example(tmp_path, monkeypatch, capsys, code)
+
+
+def test_the_readme_example_on_the_cpu(tmp_path, monkeypatch, capsys):
+    run_readme_example(tmp_path, monkeypatch, capsys, readme_example().replace('"cuda"', '"cpu"'))
