@@ -24,6 +24,15 @@ needs_gpu = pytest.mark.skipif(not GPU, reason="skipped: no CUDA device")
 PROMPT = [[1, 17, 42, 5, 99, 3, 250, 7]]
 
 
+def test_import_unimem_does_not_import_transformers():
+    code = ("import sys, unimem; assert 'transformers' not in sys.modules, 'transformers'; "
+            "assert 'unimem.transformers' not in sys.modules, 'unimem.transformers'")
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
 def tiny(kind, tied, **more):
     common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=256, max_position_embeddings=128, tie_word_embeddings=tied)
