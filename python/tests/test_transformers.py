@@ -227,6 +227,14 @@ def test_an_extra_tensor_is_named(models, tmp_path):
         ut.from_pretrained(folder, device="cpu")
 
 
+def test_two_tensors_for_one_parameter_are_refused(models, tmp_path):
+    """With and without the base-model prefix: both name model.norm.weight."""
+    folder = single_file(models["llama-untied-f16-one-file"], tmp_path / "m",
+                         lambda t: t.update({"norm.weight": t["model.norm.weight"].clone()}))
+    with pytest.raises(unimem.BadFormat, match=r"both load 'model\.norm\.weight'"):
+        ut.from_pretrained(folder, device="cpu")
+
+
 def test_a_misshaped_tensor_is_named(models, tmp_path):
     def edit(t):
         t["model.layers.0.self_attn.o_proj.weight"] = t["model.layers.0.self_attn.o_proj.weight"][:, :32].clone()

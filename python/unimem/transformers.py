@@ -30,6 +30,7 @@ Needs transformers 5 (`model.all_tied_weights_keys`,
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -89,7 +90,7 @@ def from_pretrained(path: "str | os.PathLike", device: Any = "cuda", dtype: Any 
         config, model_kwargs = transformers.AutoConfig.from_pretrained(folder, return_unused_kwargs=True,
                                                                        **config_kwargs)
     else:
-        model_kwargs = config_kwargs
+        config, model_kwargs = copy.deepcopy(config), config_kwargs  # building sets its dtype
     cls = _model_class(model_class, config, transformers)
     headers = _headers(checkpoint)
     torch_dtype = _resolve_dtype(dtype, config, headers)
@@ -109,7 +110,7 @@ def from_pretrained(path: "str | os.PathLike", device: Any = "cuda", dtype: Any 
     return model
 
 
-def load_into(model, path: "str | os.PathLike", device: Any = "cuda", dtype: Any = None, **kwargs):
+def load_into(model, path: "str | os.PathLike", device: Any = "cuda", dtype: Any = None):
     """Loads the safetensors checkpoint `path` (a folder, an index .json or a
     .safetensors file) into `model`, a torch module (typically built on the
     meta device), and returns `model`.
@@ -121,13 +122,10 @@ def load_into(model, path: "str | os.PathLike", device: Any = "cuda", dtype: Any
     are tied again. The model's train/eval mode is left as it is. Errors as
     for `from_pretrained`; on failure the model keeps the tensors it had.
     """
-    headers = kwargs.pop("_headers", None)
-    if kwargs:
-        raise InvalidArgument(f"unimem.transformers.load_into: unknown arguments {sorted(kwargs)}", "invalid_argument")
-    if headers is None:
-        _, checkpoint = _checkpoint(path)
-        headers = _headers(checkpoint)
-    _load_into(model, headers, _device(device), None if dtype is None else _torch_dtype(dtype), None)
+    _, checkpoint = _checkpoint(path)
+    target = _device(device)
+    want = None if dtype is None else _torch_dtype(dtype)
+    _load_into(model, _headers(checkpoint), target, want, None)
     return model
 
 
@@ -360,6 +358,7 @@ def _plan(model, headers: _Headers, want: Optional["torch.dtype"], target: "torc
             return key, False
     else:
         rename = _renamer(model)
+    loaded: set = set()
     for name, (shard, dt, shape) in headers.tensors.items():
         key, transformed = rename(name)
         if transformed:
@@ -371,9 +370,10 @@ def _plan(model, headers: _Headers, want: Optional["torch.dtype"], target: "torc
                 continue
             raise BadFormat(f"unimem.transformers: tensor {name!r} in {shard} is not a parameter or buffer of "
                             f"{type(model).__name__}", "bad_format")
-        if key in plan.targets.values():
+        if key in loaded:
             raise BadFormat(f"unimem.transformers: tensor {name!r} ({shard}) and another both load {key!r}",
                             "bad_format")
+        loaded.add(key)
         slot = slots[key]
         if tuple(slot.shape) != shape:
             raise BadFormat(f"unimem.transformers: tensor {name!r} in {shard} has shape {list(shape)}, the model's "
@@ -388,8 +388,7 @@ def _plan(model, headers: _Headers, want: Optional["torch.dtype"], target: "torc
         plan.targets[name] = (key, wanted)
     # A tied key the checkpoint lacks is fine where another key of its group
     # (a source and its targets) is there: tie_weights ties it to that one.
-    loaded = {key for key, _ in plan.targets.values()}
-    group = {}
+    group: dict = {}
     for t, source in tied.items():
         group.setdefault(source, {source}).add(t)
         group[t] = group[source]
