@@ -280,7 +280,7 @@ def test_an_index_naming_a_tensor_its_shards_lack(models, tmp_path):
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     index["weight_map"]["model.layers.7.mlp.up_proj.weight"] = next(iter(index["weight_map"].values()))
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(unimem.NotFound, match=r"model\.layers\.7\.mlp\.up_proj\.weight"):
+    with pytest.raises(unimem.NotFound, match=r"model\.layers\.7\.mlp\.up_proj\.weight.*model-0000"):
         ut.from_pretrained(folder, device="cpu")
 
 
@@ -288,7 +288,7 @@ def test_an_index_naming_a_tensor_its_shards_lack(models, tmp_path):
 def test_cuda_where_there_is_none(models):
     with pytest.raises(unimem.Error, match="cuda") as caught:
         ut.from_pretrained(models["llama-tied-bf16"])  # device="cuda" by default
-    assert caught.value.code == "no_cuda"
+    assert caught.value.code in ("no_cuda_driver", "no_cuda_device")
 
 
 def test_a_bad_device(models):

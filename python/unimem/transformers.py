@@ -51,6 +51,8 @@ _SAFETENSORS = ("model.safetensors.index.json", "model.safetensors")
 _PICKLE = ("pytorch_model.bin.index.json", "pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
 # Checkpoint tensors that transformers drops without a word (old layouts).
 _IGNORED_EXTRA = (r"rotary_emb\.inv_freq", r"(^|\.)position_ids$")
+# What unimem raises where CUDA is missing (a class of its own where it has one).
+_NoCuda = getattr(unimem, "NoCuda", Error)
 # Target dtypes unimem converts to on the GPU while loading.
 _GPU_CONVERTS = ("float32", "float16", "bfloat16")
 
@@ -76,9 +78,10 @@ def from_pretrained(path: "str | os.PathLike", device: Any = "cuda", dtype: Any 
     BadFormat (a pickle checkpoint, a tensor the model does not have, a
     misshaped tensor, a tensor transformers would have to convert),
     InvalidArgument (a bad device or dtype, a tensor whose dtype cannot
-    become the parameter's), Error with code "no_cuda" (CUDA asked for where
-    there is none); what `unimem.load_safetensors` raises. On failure nothing
-    stays allocated.
+    become the parameter's), unimem.NoCuda where unimem has that class, else
+    Error (codes "no_cuda_driver", "no_cuda_device": CUDA asked for where
+    there is none); what `unimem.load_safetensors` raises. On failure
+    nothing stays allocated.
     """
     import transformers
 
@@ -224,26 +227,36 @@ def _checkpoint(path) -> tuple[str, str]:
 
 
 def _headers(checkpoint: str) -> _Headers:
-    wanted = None
+    """Every tensor's header; for an index, the tensors it puts in each shard
+    (which is what unimem.load_safetensors loads from it)."""
     if checkpoint.endswith(".json"):
         with open(checkpoint) as f:
             index = json.load(f)
-        if not isinstance(index.get("weight_map"), dict):
-            raise BadFormat(f"unimem.transformers: {checkpoint} has no weight_map", "bad_format")
-        wanted = set(index["weight_map"])
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise BadFormat(f"unimem.transformers: {checkpoint} is not a safetensors index (no weight_map)",
+                            "bad_format")
+        shards: dict = {}
+        for name, file in weight_map.items():
+            if not isinstance(file, str) or os.path.isabs(file) or os.path.normpath(file).startswith(".."):
+                raise BadFormat(f"unimem.transformers: {checkpoint} puts {name!r} in {file!r}, outside its folder",
+                                "bad_format")
+            shards.setdefault(os.path.join(os.path.dirname(checkpoint), file), set()).add(name)
+    else:
+        shards = {checkpoint: None}
     tensors: dict = {}
-    for shard in unimem._shards(checkpoint):
+    for shard, names in shards.items():
         for name, dt, shape in unimem._unimem._header(shard):
-            if wanted is not None and name not in wanted:
+            if names is not None and name not in names:
                 continue
             if name in tensors:
                 raise BadFormat(f"unimem: tensor {name!r} is in more than one file ({tensors[name][0]}, {shard})",
                                 "bad_format")
             tensors[name] = (shard, dt, tuple(shape))
-    if wanted is not None and wanted - tensors.keys():
-        name = sorted(wanted - tensors.keys())[0]
-        raise NotFound(f"unimem.transformers: {checkpoint} names tensor {name!r}, which its file does not hold",
-                       "not_found")
+        lacking = sorted((names or set()) - tensors.keys())
+        if lacking:
+            raise NotFound(f"unimem.transformers: {checkpoint} puts tensor {lacking[0]!r} in {shard}, which does not "
+                           "hold it", "not_found")
     return _Headers(checkpoint, tensors)
 
 
@@ -259,11 +272,11 @@ def _device(device) -> "torch.device":
     if len(ordinals) != 1:
         raise InvalidArgument(f"unimem.transformers: one device, not {device!r}", "invalid_argument")
     if not unimem.gpu_available():
-        raise Error(f"unimem.transformers: device {device!r} asked for, but {unimem.gpu_unavailable_reason()}",
-                    "no_cuda")
+        raise _NoCuda(f"unimem.transformers: device {device!r} asked for, but {unimem.gpu_unavailable_reason()}",
+                      "no_cuda_driver")
     if not torch.cuda.is_available():
-        raise Error(f"unimem.transformers: device {device!r} asked for, but this torch ({torch.__version__}) has no "
-                    "CUDA", "no_cuda")
+        raise _NoCuda(f"unimem.transformers: device {device!r} asked for, but this torch ({torch.__version__}) "
+                      "sees no CUDA device", "no_cuda_device")
     if ordinals[0] >= unimem.gpu_count():
         raise InvalidArgument(f"unimem.transformers: no CUDA device {ordinals[0]} ({unimem.gpu_count()} here)",
                               "invalid_argument")
