@@ -183,7 +183,7 @@ def timed(method, path):
     nbytes = sum(os.path.getsize(s) for s in shards)
     memory = None
     if method == "ceiling":
-        host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+        host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
         dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
         times = []
         for _ in range(3):
