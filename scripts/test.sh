@@ -5,7 +5,8 @@
 #   asan     clang++, AddressSanitizer + UndefinedBehaviorSanitizer
 #   tsan     g++,     ThreadSanitizer
 # every build with warnings as errors; after the release build, scripts/lint.sh
-# (clang-format and clang-tidy).
+# (clang-format and clang-tidy) and scripts/venv-check.sh (the transformers tests
+# in a venv with pinned torch, transformers and safetensors).
 # Exits non-zero if any build, test or check fails. Pass config names to run a subset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,8 @@ for config in "${configs[@]}"; do
       2> >(grep -v "Running pip as the 'root' user" >&2)
     (cd /tmp && PYTHONPATH="$OLDPWD/build/$config/pip-check" "$UNIMEM_PYTHON" -c \
       "import unimem; assert unimem.Tape(4096).take(8).nbytes == 8; print('pip install: ok,', unimem.__file__)")
+    # unimem.transformers against pinned transformers, torch and safetensors, in a venv.
+    bash scripts/venv-check.sh
   fi
   # ctest hides what skipped tests print: show the GPU tests' verdict here.
   gpu_test="build/$config/tests/unimem_gpu_test"
