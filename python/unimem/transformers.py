@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
 import os
 import re
 import threading
@@ -229,21 +228,9 @@ def _checkpoint(path) -> tuple[str, str]:
 def _headers(checkpoint: str) -> _Headers:
     """Every tensor's header; for an index, the tensors it puts in each shard
     (which is what unimem.load_safetensors loads from it)."""
-    if checkpoint.endswith(".json"):
-        with open(checkpoint) as f:
-            index = json.load(f)
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict):
-            raise BadFormat(f"unimem.transformers: {checkpoint} is not a safetensors index (no weight_map)",
-                            "bad_format")
-        shards: dict = {}
-        for name, file in weight_map.items():
-            if not isinstance(file, str) or os.path.isabs(file) or os.path.normpath(file).startswith(".."):
-                raise BadFormat(f"unimem.transformers: {checkpoint} puts {name!r} in {file!r}, outside its folder",
-                                "bad_format")
-            shards.setdefault(os.path.join(os.path.dirname(checkpoint), file), set()).add(name)
-    else:
-        shards = {checkpoint: None}
+    # The library's index resolver: the same files, checks and errors as
+    # unimem.load_safetensors (a file outside the folder is BadFormat).
+    shards = {shard: (set(names) if names else None) for shard, names in unimem._unimem._model_files(checkpoint)}
     tensors: dict = {}
     for shard, names in shards.items():
         for name, dt, shape in unimem._unimem._header(shard):
