@@ -1,8 +1,10 @@
 // unimem/error.hpp — the one exception type unimem throws.
 //
-// Only operations that acquire resources (opening a Block, building a Tape,
-// Grid or Layout) throw. Hot paths (Tape::take, Grid::take/give, clear) never
-// throw: they report failure through their return value instead.
+// Operations that acquire resources or do I/O throw: opening a Block,
+// building a Tape, Grid or Layout, reading files, loading to GPUs, offload
+// moves and waits, parsing ids and headers (each header's contracts say
+// which). Hot paths (Tape::take, Grid::take/give, clear) never throw: they
+// report failure through their return value instead.
 #pragma once
 
 #include <stdexcept>
