@@ -64,7 +64,7 @@ inline constexpr std::uint32_t kDescriptorVersion = 1;
 // the worker must be progressed while peers use the export.
 enum class Progress : std::uint8_t {
   thread,  // a thread of the Exporter's own: it polls while there is traffic,
-           // then sleeps on the worker's event descriptor (no CPU when idle)
+           // then naps (up to 1 ms at a time: about 1000 wakeups a second when idle)
   caller,  // the caller calls Exporter::progress() often enough (e.g. from its event loop)
 };
 
@@ -142,6 +142,15 @@ struct RemoteOptions {
   // that died without closing its connections fails within about twice this.
   // Where UCX_KEEPALIVE_INTERVAL is set in the environment, that wins.
   std::chrono::milliseconds keepalive{1000};
+  // Ask UCX to report a peer's failure (UCP_ERR_HANDLING_MODE_PEER). UCX then
+  // uses only transports that can (tcp, InfiniBand/RoCE): on one host, that
+  // moves the bytes over tcp even where shared memory is allowed. Without it,
+  // shared memory (UCX_TLS=sm) carries the bytes at memory speed, but UCX
+  // cannot notice a dead peer: a read from an exporter that died may still
+  // complete (from memory UCX had mapped) or fail, and a transport error may
+  // end the process (UCX's rule without error handling). Turn it off only
+  // between processes that live and die together (the same job on one host).
+  bool detect_peer_failure = true;
 };
 
 struct GetOptions {

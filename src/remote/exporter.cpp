@@ -67,7 +67,7 @@ std::uint64_t fresh_generation() {
 
 struct Exporter::State {
   State(const Region& region, const ExportOptions& options)
-      : context(options.progress == Progress::thread, std::chrono::milliseconds(0)), worker(context) {
+      : context(false, std::chrono::milliseconds(0)), worker(context) {
     const std::size_t bytes = region.cell_size * region.count;
     cells_memh = map(context.get(), region.cells, bytes, !options.read_only);
     if (region.generations != nullptr) {

@@ -274,12 +274,15 @@ RemotePool RemotePool::connect(std::span<const std::byte> descriptor, const Remo
   detail::RemoteState& s = *state;
   std::lock_guard hold(s.lock);
   ucp_ep_params_t params{};
-  params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
   params.address = reinterpret_cast<const ucp_address_t*>(s.descriptor.worker_address.data());
-  params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-  params.err_handler.cb = &detail::on_endpoint_error;
-  params.err_handler.arg = &s;
+  params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+  if (options.detect_peer_failure) {
+    params.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    params.err_handler.cb = &detail::on_endpoint_error;
+    params.err_handler.arg = &s;
+  }
   const ucs_status_t created = ucp_ep_create(s.worker.get(), &params, &s.ep);
   if (created == UCS_ERR_UNREACHABLE) {
     // UCX found no lane that both ends have and that reports a peer's
@@ -287,8 +290,8 @@ RemotePool RemotePool::connect(std::span<const std::byte> descriptor, const Remo
     throw Error(Errc::system, 0,
                 "unimem: RemotePool::connect: UCX has no transport to the exporter that can report a peer's "
                 "failure (ucp_ep_create: " + std::string(ucs_status_string(created)) +
-                "); shared memory alone cannot: allow tcp beside it (e.g. UCX_TLS=sm,tcp), or check that both "
-                "ends share a transport");
+                "); shared memory alone cannot: allow tcp beside it (e.g. UCX_TLS=sm,tcp), connect with "
+                "RemoteOptions::detect_peer_failure off, or check that both ends share a transport");
   }
   detail::check("ucp_ep_create", created);
   detail::check("ucp_ep_rkey_unpack (the cells' key)",
@@ -321,6 +324,7 @@ RemotePool RemotePool::connect(std::span<const std::byte> descriptor, const Remo
     if (status != UCS_OK) detail::fail("the connection's probe read", status);
   }
   if (s.failure != UCS_OK) throw s.failure_error();
+  if (std::getenv("UNIMEM_REMOTE_DEBUG") != nullptr) ucp_ep_print_info(s.ep, stderr);
   return RemotePool(std::move(state));
 }
 

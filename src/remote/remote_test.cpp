@@ -106,23 +106,30 @@ struct LocalCells {
   std::vector<SharedCell> cells;
 };
 
-// Each test runs over one transport: UCX_TLS for this process and the helper.
-// "sm,tcp": the bytes go through shared memory (cma, posix), tcp carries the
-// connection's setup and keepalive (shared memory alone cannot report a
-// peer's failure to UCX, which the RemotePool asks for).
-class RemoteOver : public ::testing::TestWithParam<const char*> {
- protected:
-  void SetUp() override { ::setenv("UCX_TLS", GetParam(), 1); }
-  void TearDown() override { ::unsetenv("UCX_TLS"); }
+// Each test runs over one transport: UCX_TLS for this process and the
+// helper. Over "sm" (shared memory: posix, sysv, cma) the RemotePool connects
+// without peer failure detection, since UCX can detect failures only where it
+// may also carry the bytes over tcp (RemoteOptions::detect_peer_failure).
+struct Transport {
+  const char* tls;
+  bool detect_peer_failure;
 };
 
-std::string transport_name(const ::testing::TestParamInfo<const char*>& info) {
-  std::string s = info.param;
-  std::replace(s.begin(), s.end(), ',', '_');
-  return s;
-}
+class RemoteOver : public ::testing::TestWithParam<Transport> {
+ protected:
+  void SetUp() override { ::setenv("UCX_TLS", GetParam().tls, 1); }
+  void TearDown() override { ::unsetenv("UCX_TLS"); }
+  RemotePool connect(const std::vector<std::byte>& descriptor) const {
+    RemoteOptions o;
+    o.detect_peer_failure = GetParam().detect_peer_failure;
+    return RemotePool::connect(descriptor, o);
+  }
+};
 
-INSTANTIATE_TEST_SUITE_P(Transports, RemoteOver, ::testing::Values("tcp", "sm,tcp"), transport_name);
+std::string transport_name(const ::testing::TestParamInfo<Transport>& info) { return info.param.tls; }
+
+INSTANTIATE_TEST_SUITE_P(Transports, RemoteOver, ::testing::Values(Transport{"tcp", true}, Transport{"sm", false}),
+                         transport_name);
 
 TEST_P(RemoteOver, BytesAreExactBothWaysInRandomOrder) {
   std::mt19937 random(11);
@@ -130,7 +137,7 @@ TEST_P(RemoteOver, BytesAreExactBothWaysInRandomOrder) {
     const std::size_t count = std::max<std::size_t>(8, 16 * 1024 * KiB / cell_size / 4);
     SCOPED_TRACE(cell_size);
     Peer peer(cell_size, count, 5);
-    RemotePool far = RemotePool::connect(peer.descriptor());
+    RemotePool far = connect(peer.descriptor());
     ASSERT_EQ(far.cells(), count);
     ASSERT_EQ(far.cell_size(), cell_size);
     EXPECT_TRUE(far.has_generations());
@@ -155,7 +162,7 @@ TEST_P(RemoteOver, BytesAreExactBothWaysInRandomOrder) {
 
 TEST_P(RemoteOver, AdjacentCellsGoAsOneOperation) {
   Peer peer(4 * KiB, 64, 3);
-  RemotePool far = RemotePool::connect(peer.descriptor());
+  RemotePool far = connect(peer.descriptor());
   std::vector<std::byte> local(64 * 4 * KiB);
   // Remote 10..19 into consecutive local memory, named in reverse order: one run.
   std::vector<std::uint32_t> remote;
@@ -178,7 +185,7 @@ TEST_P(RemoteOver, AdjacentCellsGoAsOneOperation) {
 TEST_P(RemoteOver, ManyTransfersInFlightFromManyThreads) {
   constexpr std::size_t kCells = 64, kSize = 64 * KiB;
   Peer peer(kSize, kCells, 8);
-  RemotePool far = RemotePool::connect(peer.descriptor());
+  RemotePool far = connect(peer.descriptor());
   std::atomic<int> wrong{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
@@ -204,7 +211,7 @@ TEST_P(RemoteOver, ManyTransfersInFlightFromManyThreads) {
 
 TEST_P(RemoteOver, BadCallsAreRefusedBeforeAnyNetworkOperation) {
   Peer peer(4 * KiB, 16, 1, /*read_only=*/true);
-  RemotePool far = RemotePool::connect(peer.descriptor());
+  RemotePool far = connect(peer.descriptor());
   EXPECT_TRUE(far.read_only());
   std::vector<std::byte> local(4 * KiB);
   std::byte* p = local.data();
@@ -230,6 +237,10 @@ TEST_P(RemoteOver, BadCallsAreRefusedBeforeAnyNetworkOperation) {
 }
 
 TEST_P(RemoteOver, AKilledExporterFailsTransfersInBoundedTimeAndARestartedOneServes) {
+  if (!GetParam().detect_peer_failure) {
+    GTEST_SKIP() << "without peer failure detection (shared memory alone) UCX cannot notice a dead exporter: a "
+                    "transfer may never end (RemoteOptions::detect_peer_failure)";
+  }
   constexpr std::size_t kCells = 16, kSize = 2048 * KiB;
   std::vector<std::byte> local(kCells * kSize);
   std::vector<std::byte*> where(kCells);
@@ -240,7 +251,7 @@ TEST_P(RemoteOver, AKilledExporterFailsTransfersInBoundedTimeAndARestartedOneSer
   }
   {
     Peer peer(kSize, kCells, 4);
-    RemotePool far = RemotePool::connect(peer.descriptor());
+    RemotePool far = connect(peer.descriptor());
     std::vector<RemoteTransfer> flying;
     for (int i = 0; i < 8; ++i) flying.push_back(far.get(remote, where));
     peer.kill();  // SIGKILL, transfers in flight
@@ -268,14 +279,14 @@ TEST_P(RemoteOver, AKilledExporterFailsTransfersInBoundedTimeAndARestartedOneSer
     std::memset(local.data(), 0, local.size());
   }
   Peer restarted(kSize, kCells, 9);
-  RemotePool far = RemotePool::connect(restarted.descriptor());
+  RemotePool far = connect(restarted.descriptor());
   far.get(remote, where).wait();
   for (std::size_t i = 0; i < kCells; ++i) EXPECT_TRUE(holds({where[i], kSize}, i, 9)) << i;
 }
 
 TEST_P(RemoteOver, AGenerationChangeIsReported) {
   Peer peer(4 * KiB, 8, 2);
-  RemotePool far = RemotePool::connect(peer.descriptor());
+  RemotePool far = connect(peer.descriptor());
   std::vector<std::byte> local(2 * 4 * KiB);
   std::vector<std::byte*> where{local.data(), local.data() + 4 * KiB};
   std::vector<std::uint32_t> remote{5, 6};
@@ -297,7 +308,7 @@ TEST_P(RemoteOver, AReadWhoseGenerationsMatchIsNeverTorn) {
   constexpr std::size_t kSize = 64 * KiB;
   SharedGrid grid = SharedGrid::create(Block::open(SharedGrid::state_bytes(1) + kSize), kSize, 1);
   Exporter exporter = Exporter::create(grid);
-  RemotePool far = RemotePool::connect(exporter.descriptor());
+  RemotePool far = connect(exporter.descriptor());
   std::atomic<std::uint64_t> announced{0};
   std::atomic<bool> stop{false};
   std::thread owner([&] {
