@@ -117,8 +117,10 @@ SharedCell SharedGridCore::take() noexcept {
   if (list().pop(&index, 1) == 0) return {};
   // Odd from here: the holder's writes come after the bump (the fence orders
   // them after it for a reader that checks the generation around its read).
-  generations_[index].fetch_add(1, std::memory_order_relaxed);
+  generations_[index].fetch_add(1, std::memory_order_acq_rel);
+#if !defined(__SANITIZE_THREAD__)  // GCC's ThreadSanitizer refuses fences; the add alone orders it on x86
   std::atomic_thread_fence(std::memory_order_release);
+#endif
   refs_.fetch_add(1, std::memory_order_relaxed);
   return SharedCell(this, block_.data() + offset_of(index), index);
 }

@@ -32,6 +32,9 @@ __all__ = [
     "gpu_available", "gpu_count", "gpu_unavailable_reason",
     "Error", "InvalidArgument", "OutOfMemory", "NotFound", "PermissionDenied", "OSFailure", "BadFormat",
 ]
+if hasattr(_unimem, "RemotePool"):  # built with UCX: remote pools (OffloadPool.export, RemotePool)
+    from ._unimem import Exporter, RemotePool, RemoteTransfer
+    __all__ += ["Exporter", "RemotePool", "RemoteTransfer"]
 
 
 class Error(Exception):
