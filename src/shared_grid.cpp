@@ -128,11 +128,11 @@ SharedCell SharedGridCore::take() noexcept {
 GiveStatus SharedGridCore::give(SharedCell& cell) noexcept { return cell.give_to(this); }
 
 void SharedGridCore::give_back(std::uint32_t index) noexcept {
-  if (!forked_) {  // in a forked child the cell is the parent's
+  if (!forked_) {                                                 // in a forked child the cell is the parent's
     generations_[index].fetch_add(1, std::memory_order_release);  // even again, after the holder's writes
     list().push(&index, 1);
   }
-  release_refs(1);                       // last access: may free this core
+  release_refs(1);  // last access: may free this core
 }
 
 void SharedGridCore::release_refs(std::size_t n) noexcept {

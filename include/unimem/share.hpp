@@ -226,7 +226,7 @@ class SharedGridCore {
   std::size_t cells_ = 0;
   std::size_t generations_offset_ = 0;
   std::atomic<std::uint64_t>* generations_ = nullptr;  // in the Block: one per cell
-  bool forked_ = false;  // set only in a forked child, before any of its threads runs
+  bool forked_ = false;                                // set only in a forked child, before any of its threads runs
   ForkWatch fork_watch_{this, &SharedGridCore::on_fork_child};
   std::atomic<std::size_t> refs_{1};  // 1 (the SharedGrid) + cells out in this process
 };

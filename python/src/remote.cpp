@@ -40,9 +40,9 @@ std::vector<std::uint64_t> integers(const py::handle& items, const char* what) {
     const bool is_signed = f == "b" || f == "h" || f == "i" || f == "l" || f == "q";
     const bool is_unsigned = f == "B" || f == "H" || f == "I" || f == "L" || f == "Q";
     if (info.ndim != 1 || !(is_signed || is_unsigned) || info.itemsize > 8) {
-      throw Error(Errc::invalid_argument, 0,
-                  std::string("unimem: ") + what + ": a 1-D array of integers or a sequence, not format '" +
-                      info.format + "'");
+      throw Error(
+          Errc::invalid_argument, 0,
+          std::string("unimem: ") + what + ": a 1-D array of integers or a sequence, not format '" + info.format + "'");
     }
     out.resize(static_cast<std::size_t>(info.shape[0]));
     const auto* base = static_cast<const std::byte*>(info.ptr);
@@ -69,7 +69,8 @@ std::vector<std::uint64_t> integers(const py::handle& items, const char* what) {
 std::vector<std::uint32_t> cell_indices(const py::handle& items, const char* what) {
   std::vector<std::uint32_t> out;
   for (std::uint64_t v : integers(items, what)) {
-    if (v >= 0xffffffffu) throw Error(Errc::invalid_argument, 0, std::string("unimem: ") + what + ": an index above 2^32 - 2");
+    if (v >= 0xffffffffu)
+      throw Error(Errc::invalid_argument, 0, std::string("unimem: ") + what + ": an index above 2^32 - 2");
     out.push_back(static_cast<std::uint32_t>(v));
   }
   return out;
@@ -127,12 +128,15 @@ struct PyRemotePool {
       }
       for (std::uint32_t i : cell_indices(cells, "local cells")) {
         const std::span<std::byte> c = mapped->cell(i);
-        if (c.empty()) throw Error(Errc::invalid_argument, 0, "unimem: RemotePool: local cell " + std::to_string(i) + " is out of range");
+        if (c.empty())
+          throw Error(Errc::invalid_argument, 0,
+                      "unimem: RemotePool: local cell " + std::to_string(i) + " is out of range");
         out.push_back(c.data());
       }
       return out;
     }
-    if (!cells.is_none()) throw Error(Errc::invalid_argument, 0, "unimem: RemotePool: local cells name an OffloadPool's");
+    if (!cells.is_none())
+      throw Error(Errc::invalid_argument, 0, "unimem: RemotePool: local cells name an OffloadPool's");
     const py::buffer_info info = py::reinterpret_borrow<py::buffer>(memory).request(write);
     const auto bytes = static_cast<std::size_t>(info.size * info.itemsize);
     bool contiguous = true;

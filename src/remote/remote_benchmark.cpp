@@ -71,7 +71,8 @@ int serve(std::size_t cell_size, std::size_t cells, bool offload_pool) {
     }
     return 0;
   }
-  SharedGrid grid = SharedGrid::create(Block::open(SharedGrid::state_bytes(cells) + cell_size * cells), cell_size, cells);
+  SharedGrid grid =
+      SharedGrid::create(Block::open(SharedGrid::state_bytes(cells) + cell_size * cells), cell_size, cells);
   remote::Exporter ex = remote::Exporter::create(grid);
   std::printf("%s\n", remote::testing::to_hex(ex.descriptor()).c_str());
   std::fflush(stdout);
@@ -154,7 +155,7 @@ double perftest(const Options& o, const std::string& tls, const char* test, std:
     }
   }
   ::pclose(client);
-  ::usleep(200000);  // the server exits after the client
+  ::usleep(200000);                               // the server exits after the client
   return mbps < 0 ? -1 : mbps * 1048576.0 / 1e9;  // perftest's MB/s are MiB/s
 }
 
@@ -274,7 +275,8 @@ int main(int argc, char** argv) try {
         const bool put = op[0] == 'p';
         const double ours = unimem_rate(far, o, put, size);
         // As many messages as ours moved in the time, at least 100.
-        const auto iters = static_cast<std::size_t>(std::max(100.0, ours * 1e9 * o.seconds / static_cast<double>(size)));
+        const auto iters =
+            static_cast<std::size_t>(std::max(100.0, ours * 1e9 * o.seconds / static_cast<double>(size)));
         const double theirs = perftest(o, tls, put ? "ucp_put_bw" : "ucp_get", size, iters);
         std::printf("%-7s %6zu KiB %-4s %12.2f %12.2f %7s\n", tls.c_str(), size >> 10, op, ours, theirs,
                     theirs > 0 ? (std::to_string(ours / theirs).substr(0, 4) + "x").c_str() : "n/a");

@@ -75,10 +75,10 @@ struct RemoteOperation {
   bool check = false;
   std::size_t cells = 0;
   std::size_t bytes = 0;
-  std::vector<Run> data;             // the merged runs of bytes
-  std::vector<Run> generation_runs;  // into `before`; the after round reads into `after` at the same offsets
-  std::vector<std::size_t> order;    // positions sorted by remote index
-  std::vector<std::uint64_t> before; // generations by sorted position
+  std::vector<Run> data;              // the merged runs of bytes
+  std::vector<Run> generation_runs;   // into `before`; the after round reads into `after` at the same offsets
+  std::vector<std::size_t> order;     // positions sorted by remote index
+  std::vector<std::uint64_t> before;  // generations by sorted position
   std::vector<std::uint64_t> after;
 
   // lock:
@@ -289,9 +289,10 @@ RemotePool RemotePool::connect(std::span<const std::byte> descriptor, const Remo
     // failure; shared memory alone does not (UCX 1.13-1.16): tcp beside it does.
     throw Error(Errc::system, 0,
                 "unimem: RemotePool::connect: UCX has no transport to the exporter that can report a peer's "
-                "failure (ucp_ep_create: " + std::string(ucs_status_string(created)) +
-                "); shared memory alone cannot: allow tcp beside it (e.g. UCX_TLS=sm,tcp), connect with "
-                "RemoteOptions::detect_peer_failure off, or check that both ends share a transport");
+                "failure (ucp_ep_create: " +
+                    std::string(ucs_status_string(created)) +
+                    "); shared memory alone cannot: allow tcp beside it (e.g. UCX_TLS=sm,tcp), connect with "
+                    "RemoteOptions::detect_peer_failure off, or check that both ends share a transport");
   }
   detail::check("ucp_ep_create", created);
   detail::check("ucp_ep_rkey_unpack (the cells' key)",
@@ -324,7 +325,11 @@ RemotePool RemotePool::connect(std::span<const std::byte> descriptor, const Remo
     if (status != UCS_OK) detail::fail("the connection's probe read", status);
   }
   if (s.failure != UCS_OK) throw s.failure_error();
-  if (std::getenv("UNIMEM_REMOTE_DEBUG") != nullptr) ucp_ep_print_info(s.ep, stderr);
+  // A diagnostic: which UCX lanes (transports) carry this connection. ucp_config_read
+  // reads the environment here too, as it does: callers do not change it meanwhile.
+  if (std::getenv("UNIMEM_REMOTE_DEBUG") != nullptr) {  // NOLINT(concurrency-mt-unsafe): as UCX's own reads
+    ucp_ep_print_info(s.ep, stderr);
+  }
   return RemotePool(std::move(state));
 }
 
@@ -418,14 +423,14 @@ RemoteTransfer detail::RemoteState::start(const std::shared_ptr<RemoteState>& st
 
 RemoteTransfer RemotePool::get(std::span<const std::uint32_t> remote_cells, std::span<std::byte* const> local,
                                const GetOptions& options) {
-  auto op = plan(state_, false, remote_cells, local.size(), [&](std::size_t i) { return local[i]; },
-                 options.check_generations);
+  auto op = plan(
+      state_, false, remote_cells, local.size(), [&](std::size_t i) { return local[i]; }, options.check_generations);
   return detail::RemoteState::start(state_, std::move(op));
 }
 
 RemoteTransfer RemotePool::put(std::span<const std::uint32_t> remote_cells, std::span<const std::byte* const> local) {
-  auto op = plan(state_, true, remote_cells, local.size(), [&](std::size_t i) { return const_cast<std::byte*>(local[i]); },
-                 false);
+  auto op = plan(
+      state_, true, remote_cells, local.size(), [&](std::size_t i) { return const_cast<std::byte*>(local[i]); }, false);
   return detail::RemoteState::start(state_, std::move(op));
 }
 

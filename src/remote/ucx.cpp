@@ -28,7 +28,8 @@ Error error_of(const std::string& call, ucs_status_t status) {
 Context::Context(bool wakeup, std::chrono::milliseconds keepalive) {
   ucp_config_t* config = nullptr;
   check("ucp_config_read", ucp_config_read(nullptr, nullptr, &config));
-  if (keepalive.count() > 0 && std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) {
+  // ucp_config_read has just read the environment the same way.
+  if (keepalive.count() > 0 && std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) {  // NOLINT(concurrency-mt-unsafe)
     // An unknown key (another UCX) leaves UCX's default: not worth failing for.
     (void)ucp_config_modify(config, "KEEPALIVE_INTERVAL", (std::to_string(keepalive.count()) + "ms").c_str());
   }
