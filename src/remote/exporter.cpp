@@ -39,8 +39,10 @@ ucp_mem_h map(ucp_context_h context, void* address, std::size_t length, bool wri
   params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_PROT;
   params.address = address;
   params.length = length;
-  params.prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE | UCP_MEM_MAP_PROT_REMOTE_READ |
-                (writable ? UCP_MEM_MAP_PROT_REMOTE_WRITE : 0);
+  // Rights for the transport (the NIC where there is one), not for this
+  // process: read-only memory is registered without any write right.
+  params.prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_REMOTE_READ |
+                (writable ? UCP_MEM_MAP_PROT_LOCAL_WRITE | UCP_MEM_MAP_PROT_REMOTE_WRITE : 0);
   ucp_mem_h memh = nullptr;
   detail::check("ucp_mem_map", ucp_mem_map(context, &params, &memh));
   return memh;
