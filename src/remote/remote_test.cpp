@@ -33,7 +33,6 @@ using unimem::testing::thrown_by;
 
 constexpr std::size_t KiB = 1024;
 
-
 // The helper binary: UNIMEM_REMOTE_HELPER where set (binaries copied to another machine), else the build's.
 const char* helper_path() {
   const char* env = std::getenv("UNIMEM_REMOTE_HELPER");
