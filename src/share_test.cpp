@@ -773,5 +773,42 @@ TEST(SharedGrid, ValidatesSizesCellsAndHeaders) {
   EXPECT_EQ(c.size(), 64u);
 }
 
+// Generations: odd while held, even while free, bumped in whichever process
+// takes or gives; kept in the Block on pages of their own, before the cells.
+TEST(SharedGrid, GenerationsCountTakesAndGivesAcrossProcesses) {
+  SharedGrid grid = SharedGrid::create(Block::open(MiB), 4096, 16);
+  EXPECT_EQ(grid.state_bytes(16), grid.offset_of(0));
+  EXPECT_EQ(grid.generations_offset() % Block::page_size(), 0u);
+  EXPECT_LE(grid.generations_offset() + 16 * sizeof(std::uint64_t), grid.offset_of(0));
+  EXPECT_EQ(grid.generation(0), 0u);
+  EXPECT_EQ(grid.generation(16), 0u);  // out of range
+  SharedCell c = grid.take();
+  ASSERT_TRUE(c);
+  const std::uint32_t index = c.index();
+  EXPECT_EQ(grid.generation(index), 1u);
+  c.reset();
+  EXPECT_EQ(grid.generation(index), 2u);
+  // Another process (by id) sees and bumps the same counters.
+  SharedGrid peer = SharedGrid::attach(Block::attach(grid.block().id()));
+  EXPECT_EQ(peer.generation(index), 2u);
+  std::vector<SharedCell> all;
+  for (SharedCell x = peer.take(); x; x = peer.take()) all.push_back(std::move(x));
+  ASSERT_EQ(all.size(), 16u);
+  for (const SharedCell& x : all) EXPECT_EQ(grid.generation(x.index()) % 2, 1u);
+  EXPECT_EQ(grid.generation(index), 3u);
+  all.clear();
+  for (std::uint32_t i = 0; i < 16; ++i) EXPECT_EQ(grid.generation(i) % 2, 0u) << i;
+  // The counters are where generations_offset() says, little-endian words.
+  std::uint64_t word = 0;
+  std::memcpy(&word, grid.block().data() + grid.generations_offset() + index * 8, 8);
+  EXPECT_EQ(word, 4u);
+  // A header whose generations offset is not this layout's is refused.
+  auto* h = reinterpret_cast<detail::SharedGridHeader*>(grid.block().data());
+  const std::uint64_t saved = h->generations_offset;
+  h->generations_offset += Block::page_size();
+  EXPECT_EQ(error_of([&] { (void)SharedGrid::attach(Block::attach(grid.block().id())); }), Errc::not_a_block);
+  h->generations_offset = saved;
+}
+
 }  // namespace
 }  // namespace unimem

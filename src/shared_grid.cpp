@@ -7,6 +7,12 @@
 // (atomic loads: the compiler may not read a field twice), and the stack
 // checks every index it reads against that cell count.
 //
+// Generations: each cell has a 64-bit counter in the Block, bumped when the
+// cell is taken and again when it is given back (odd while held), so that a
+// reader in another process or on another host (src/remote/) can tell that a
+// cell changed hands while it read it. Only the holder of a cell bumps its
+// counter, one atomic add each way, so take and give stay lock-free.
+//
 // Lifetime: as Grid's core, a SharedGridCore counts the SharedGrid and the
 // cells out in this process; the last of them unmaps the Block. A cell that
 // outlives its SharedGrid still goes back to the shared list, since other
@@ -26,12 +32,10 @@
 namespace unimem {
 namespace {
 
-constexpr std::uint64_t kMagic = detail::magic_word("unimemG2");
+constexpr std::uint64_t kMagic = detail::magic_word("unimemG3");
 
-std::size_t data_offset_for(std::size_t cells) {
-  const std::size_t page = Block::page_size();
-  const std::size_t bytes = sizeof(detail::SharedGridHeader) + cells * sizeof(std::uint32_t);
-  return (bytes + page - 1) / page * page;
+detail::SharedGridOffsets offsets_for(std::size_t cells) {
+  return detail::shared_grid_offsets(cells, Block::page_size());
 }
 
 // One read of a header field another process may be changing.
@@ -54,7 +58,8 @@ SharedGridCore::SharedGridCore(Block block, std::size_t cell_size, std::size_t c
       fail("cell size " + std::to_string(cell_size) + " is not a non-zero multiple of 64");
     }
     if (cells >= TaggedStack::kNone) fail("cell count " + std::to_string(cells) + " is not below 2^32 - 1");
-    const std::size_t offset = data_offset_for(cells);
+    const detail::SharedGridOffsets at = offsets_for(cells);
+    const std::size_t offset = at.data;
     if (offset > block_.size() || cell_size > (block_.size() - offset) / cells) {
       fail(std::to_string(cells) + " cells of " + std::to_string(cell_size) +
            " bytes and their state do not fit a Block of " + std::to_string(block_.size()) + " bytes");
@@ -63,10 +68,14 @@ SharedGridCore::SharedGridCore(Block block, std::size_t cell_size, std::size_t c
     h->cell_size = cell_size;
     h->cells = cells;
     h->data_offset = offset;
+    h->generations_offset = at.generations;
     for (std::size_t i = 0; i < cells; ++i) new (links(h) + i) std::atomic<std::uint32_t>();
+    generations_ = reinterpret_cast<std::atomic<std::uint64_t>*>(block_.data() + at.generations);
+    for (std::size_t i = 0; i < cells; ++i) new (generations_ + i) std::atomic<std::uint64_t>(0);
     cell_size_ = cell_size;
     cells_ = cells;
     data_offset_ = offset;
+    generations_offset_ = at.generations;
     list().format();
     publish_magic(h->magic, kMagic);
   } else {  // validate a copy: each field read once
@@ -76,8 +85,11 @@ SharedGridCore::SharedGridCore(Block block, std::size_t cell_size, std::size_t c
     auto* h = std::launder(reinterpret_cast<SharedGridHeader*>(block_.data()));
     const std::uint64_t magic = read_magic(h->magic);
     const std::uint64_t size = read_once(h->cell_size), count = read_once(h->cells), offset = read_once(h->data_offset);
-    const bool ok = magic == kMagic && size != 0 && size % kCellAlign == 0 && count != 0 &&
-                    count < TaggedStack::kNone && offset == data_offset_for(count) && offset <= block_.size() &&
+    const std::uint64_t generations = read_once(h->generations_offset);
+    const bool counted = count != 0 && count < TaggedStack::kNone;
+    const detail::SharedGridOffsets at = offsets_for(counted ? count : 1);
+    const bool ok = magic == kMagic && size != 0 && size % kCellAlign == 0 && counted && offset == at.data &&
+                    generations == at.generations && offset <= block_.size() &&
                     size <= (block_.size() - offset) / count;
     if (!ok) {
       throw Error(Errc::not_a_block, 0,
@@ -87,6 +99,8 @@ SharedGridCore::SharedGridCore(Block block, std::size_t cell_size, std::size_t c
     cell_size_ = size;
     cells_ = count;
     data_offset_ = offset;
+    generations_offset_ = generations;
+    generations_ = reinterpret_cast<std::atomic<std::uint64_t>*>(block_.data() + generations);
   }
 }
 
@@ -101,6 +115,12 @@ SharedCell SharedGridCore::take() noexcept {
   if (block_.read_only() || forked_) return {};
   std::uint32_t index;
   if (list().pop(&index, 1) == 0) return {};
+  // Odd from here: the holder's writes come after the bump (the fence orders
+  // them after it for a reader that checks the generation around its read).
+  generations_[index].fetch_add(1, std::memory_order_acq_rel);
+#if !defined(__SANITIZE_THREAD__)  // GCC's ThreadSanitizer refuses fences; the add alone orders it on x86
+  std::atomic_thread_fence(std::memory_order_release);
+#endif
   refs_.fetch_add(1, std::memory_order_relaxed);
   return SharedCell(this, block_.data() + offset_of(index), index);
 }
@@ -108,8 +128,11 @@ SharedCell SharedGridCore::take() noexcept {
 GiveStatus SharedGridCore::give(SharedCell& cell) noexcept { return cell.give_to(this); }
 
 void SharedGridCore::give_back(std::uint32_t index) noexcept {
-  if (!forked_) list().push(&index, 1);  // in a forked child the cell is the parent's
-  release_refs(1);                       // last access: may free this core
+  if (!forked_) {                                                 // in a forked child the cell is the parent's
+    generations_[index].fetch_add(1, std::memory_order_release);  // even again, after the holder's writes
+    list().push(&index, 1);
+  }
+  release_refs(1);  // last access: may free this core
 }
 
 void SharedGridCore::release_refs(std::size_t n) noexcept {
@@ -149,6 +172,13 @@ GiveStatus SharedGrid::give(SharedCell&& cell) noexcept {
 
 std::size_t SharedGrid::cell_size() const noexcept { return core_ != nullptr ? core_->cell_size() : 0; }
 std::size_t SharedGrid::cells() const noexcept { return core_ != nullptr ? core_->cells() : 0; }
+std::uint64_t SharedGrid::generation(std::uint32_t index) const noexcept {
+  return core_ != nullptr ? core_->generation(index) : 0;
+}
+std::size_t SharedGrid::generations_offset() const noexcept {
+  return core_ != nullptr ? core_->generations_offset() : 0;
+}
+std::size_t SharedGrid::state_bytes(std::size_t cells) noexcept { return offsets_for(cells).data; }
 std::size_t SharedGrid::offset_of(std::uint32_t index) const noexcept {
   return core_ != nullptr ? core_->offset_of(index) : 0;
 }

@@ -162,6 +162,21 @@ class SharedGrid {
   std::size_t cells() const noexcept;
   // The offset of a cell's data from the Block's start, the same in every process.
   std::size_t offset_of(std::uint32_t index) const noexcept;
+  // Cell `index`'s generation: 0 when formatted, bumped (by one) when the
+  // cell is taken and again when it is given back, in any process, so it is
+  // odd while the cell is held and even while it is free. A reader that sees
+  // the same value before and after reading a cell's bytes knows the cell did
+  // not change hands meanwhile (remote readers: unimem/remote.hpp). 0 for an
+  // index not below cells() or a moved-from SharedGrid. Never throws.
+  std::uint64_t generation(std::uint32_t index) const noexcept;
+  // Where the generations live in the Block: cells() 64-bit little-endian
+  // counters from this offset (page-aligned, on pages of their own, before
+  // offset_of(0)). 0 for a moved-from SharedGrid.
+  std::size_t generations_offset() const noexcept;
+  // The bytes a Block needs before the first cell for a grid of `cells`
+  // cells (its header, free list and generations): offset_of(0) of such a
+  // grid. A Block of state_bytes(cells) + cells x cell_size bytes holds it.
+  static std::size_t state_bytes(std::size_t cells) noexcept;
   const Block& block() const noexcept;
   // True in a process forked after this SharedGrid was made (see fork() above).
   bool forked() const noexcept;
@@ -192,6 +207,10 @@ class SharedGridCore {
   std::size_t cell_size() const noexcept { return cell_size_; }
   std::size_t cells() const noexcept { return cells_; }
   std::size_t offset_of(std::uint32_t index) const noexcept { return data_offset_ + std::size_t{index} * cell_size_; }
+  std::uint64_t generation(std::uint32_t index) const noexcept {
+    return index < cells_ ? generations_[index].load(std::memory_order_acquire) : 0;
+  }
+  std::size_t generations_offset() const noexcept { return generations_offset_; }
   const Block& block() const noexcept { return block_; }
   bool forked() const noexcept { return forked_; }
 
@@ -205,7 +224,9 @@ class SharedGridCore {
   std::size_t data_offset_ = 0;
   std::size_t cell_size_ = 0;
   std::size_t cells_ = 0;
-  bool forked_ = false;  // set only in a forked child, before any of its threads runs
+  std::size_t generations_offset_ = 0;
+  std::atomic<std::uint64_t>* generations_ = nullptr;  // in the Block: one per cell
+  bool forked_ = false;                                // set only in a forked child, before any of its threads runs
   ForkWatch fork_watch_{this, &SharedGridCore::on_fork_child};
   std::atomic<std::size_t> refs_{1};  // 1 (the SharedGrid) + cells out in this process
 };

@@ -781,6 +781,12 @@ void bind_cell(py::class_<PyC> cls) {
 }  // namespace
 }  // namespace unimem::python
 
+#ifdef UNIMEM_PYTHON_REMOTE
+namespace unimem::python {
+void bind_remote(py::module_& m);  // python/src/remote.cpp
+}  // namespace unimem::python
+#endif
+
 PYBIND11_MODULE(_unimem, m) {
   using namespace unimem;
   using namespace unimem::python;
@@ -979,6 +985,9 @@ memory valid after the object they came from is gone.)")
                              })
       .def_property_readonly("route", [](const PyOffloadPool& p) { return gpu::to_string(p.pool->route_taken()); })
       .def_property_readonly("id", [](const PyOffloadPool& p) { return p.pool->block().id().to_string(); });
+#ifdef UNIMEM_PYTHON_REMOTE
+  bind_remote(m);  // after OffloadPool: adds OffloadPool.export
+#endif
 
   py::class_<PyLayout>(m, "Layout", "Three Tapes for inference: weights, scratch (per pass), history (per talk).")
       .def(py::init([](std::size_t weights, std::size_t scratch, std::size_t history, bool gpu,

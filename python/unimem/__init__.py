@@ -34,6 +34,9 @@ __all__ = [
     "Error", "InvalidArgument", "OutOfMemory", "NotFound", "PermissionDenied", "OSFailure", "BadFormat",
     "NotABlock", "Unsupported", "NoCuda", "CudaError", "Disconnected",
 ]
+if hasattr(_unimem, "RemotePool"):  # built with UCX: remote pools (OffloadPool.export, RemotePool)
+    from ._unimem import Exporter, RemotePool, RemoteTransfer
+    __all__ += ["Exporter", "RemotePool", "RemoteTransfer"]
 
 
 class Error(Exception):

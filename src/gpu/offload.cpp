@@ -262,11 +262,7 @@ namespace {
 [[noreturn]] void bad(const std::string& why) { throw Error(Errc::invalid_argument, 0, "unimem: OffloadPool: " + why); }
 
 // Where the SharedGrid's cells start in its Block (src/shared_grid.cpp's layout).
-std::size_t state_bytes(std::size_t cells) {
-  const std::size_t page = Block::page_size();
-  const std::size_t bytes = sizeof(unimem::detail::SharedGridHeader) + cells * sizeof(std::uint32_t);
-  return (bytes + page - 1) / page * page;
-}
+std::size_t state_bytes(std::size_t cells) { return SharedGrid::state_bytes(cells); }
 
 void require_device(int device) {
   if (device == kNoDevice) return;
