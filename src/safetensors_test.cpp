@@ -424,10 +424,12 @@ TEST(SafetensorsIndex, NamesFilesInItsFolderOnly) {
   EXPECT_EQ(files[1].tensors, (std::vector<std::string>{"b", "c"}));
   for (const char* name : {"../x.safetensors", "/etc/passwd", "a/b.safetensors", "..", ".", ""}) {
     const std::string text = std::string(R"({"weight_map": {"w": ")") + name + "\"}}";
-    EXPECT_EQ(error_of([&] { (void)parse_safetensors_index(text, "/m", "index.json"); }).first, Errc::bad_format) << name;
+    EXPECT_EQ(error_of([&] { (void)parse_safetensors_index(text, "/m", "index.json"); }).first, Errc::bad_format)
+        << name;
   }
   for (const char* text : {"{", "[]", R"({"weight_map": 1})", R"({"weight_map": {"w": 2}})", R"({"weight_map": {}})"}) {
-    EXPECT_EQ(error_of([&] { (void)parse_safetensors_index(text, "/m", "index.json"); }).first, Errc::bad_format) << text;
+    EXPECT_EQ(error_of([&] { (void)parse_safetensors_index(text, "/m", "index.json"); }).first, Errc::bad_format)
+        << text;
   }
 }
 

@@ -166,9 +166,9 @@ std::optional<std::vector<std::int64_t>> shape_of(const py::object& shape) {
     return out;
   }
   if (!PySequence_Check(shape.ptr()) || py::isinstance<py::str>(shape) || py::isinstance<py::bytes>(shape)) {
-    throw Error(Errc::invalid_argument, 0,
-                "unimem: a shape is an integer or a sequence of integers, not " +
-                    std::string(Py_TYPE(shape.ptr())->tp_name));
+    throw Error(
+        Errc::invalid_argument, 0,
+        "unimem: a shape is an integer or a sequence of integers, not " + std::string(Py_TYPE(shape.ptr())->tp_name));
   }
   for (py::handle d : shape) out.push_back(dimension_of(d));
   if (out.size() > 64) throw Error(Errc::invalid_argument, 0, "unimem: a shape has more than 64 dimensions");
@@ -438,8 +438,8 @@ struct PyOffloadPool {
     const std::optional<std::size_t> n = whole_number(count, pool->blocks());
     if (!n) {
       throw Error(Errc::invalid_argument, 0,
-                  "unimem: OffloadPool.take(" + py::repr(count).cast<std::string>() + "): n is a count from 0 to the pool's " +
-                      std::to_string(pool->blocks()) + " blocks");
+                  "unimem: OffloadPool.take(" + py::repr(count).cast<std::string>() +
+                      "): n is a count from 0 to the pool's " + std::to_string(pool->blocks()) + " blocks");
     }
     std::vector<SharedCell> cells(*n);
     const TakeStatus status = pool->take(cells);
@@ -902,8 +902,7 @@ memory valid after the object they came from is gone.)")
   py::class_<PyTape>(m, "Tape", "A bump allocator over a Block: take() in O(1), clear() frees everything.")
       .def(py::init([](std::size_t size, bool gpu, bool shareable, bool huge_pages, const py::object& pinned) {
              return with_pinning(pinned, "Tape", [&](bool pin) {
-               return PyTape{
-                   std::make_shared<Tape>(Tape::start(size, block_options(gpu, shareable, huge_pages, pin)))};
+               return PyTape{std::make_shared<Tape>(Tape::start(size, block_options(gpu, shareable, huge_pages, pin)))};
              });
            }),
            py::arg("size"), py::kw_only(), py::arg("gpu") = false, py::arg("shareable") = true,
@@ -990,13 +989,13 @@ memory valid after the object they came from is gone.)")
 #endif
 
   py::class_<PyLayout>(m, "Layout", "Three Tapes for inference: weights, scratch (per pass), history (per talk).")
-      .def(py::init([](std::size_t weights, std::size_t scratch, std::size_t history, bool gpu,
-                       const py::object& pinned) {
-             return with_pinning(pinned, "Layout", [&](bool pin) {
-               return PyLayout{std::make_shared<Layout>(
-                   Layout::open(weights, scratch, history, block_options(gpu, true, false, pin)))};
-             });
-           }),
+      .def(py::init(
+               [](std::size_t weights, std::size_t scratch, std::size_t history, bool gpu, const py::object& pinned) {
+                 return with_pinning(pinned, "Layout", [&](bool pin) {
+                   return PyLayout{std::make_shared<Layout>(
+                       Layout::open(weights, scratch, history, block_options(gpu, true, false, pin)))};
+                 });
+               }),
            py::arg("weights"), py::arg("scratch"), py::arg("history"), py::kw_only(), py::arg("gpu") = false,
            py::arg("pinned") = py::none())
       .def_property_readonly("weights", [](const PyLayout& l) { return l.tape(l.layout->weights()); })

@@ -777,7 +777,7 @@ TEST(GpuLoader, AFileThatShrinksWhileItLoadsIsAnErrorNotACrash) {
   UNIMEM_REQUIRE_GPUS(1);
   const std::string path = "/tmp/unimem_gpu_shrink_" + std::to_string(::getpid());
   const std::size_t words = (8u << 20) / 4, bytes = words * 4;  // 8 chunks of 1 MiB
-  for (int route = 0; route < 3; ++route) {  // staged; registered; both at once
+  for (int route = 0; route < 3; ++route) {                     // staged; registered; both at once
     const auto policy = route == 0 ? gpu::PageCacheRegistration::never : gpu::PageCacheRegistration::always;
     write_pattern_file(path, words, 98);
     gpu::CopyOptions o;
@@ -806,7 +806,10 @@ TEST(GpuLoader, AFileThatShrinksWhileItLoadsIsAnErrorNotACrash) {
     EXPECT_TRUE(probe.done);
     EXPECT_EQ(e, Errc::system) << message;
     EXPECT_NE(message.find("ended early"), std::string::npos) << message;
-    std::printf("GpuLoader shrink (%s): %s\n", route == 0 ? "never" : route == 1 ? "always" : "both routes",
+    std::printf("GpuLoader shrink (%s): %s\n",
+                route == 0   ? "never"
+                : route == 1 ? "always"
+                             : "both routes",
                 message.c_str());
     // The shrunk file loads (as what it is now) with the same Loader.
     const gpu::DeviceSegment rest[] = {{0, dev, bytes / 4}};

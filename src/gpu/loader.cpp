@@ -203,8 +203,8 @@ struct Loader::State {
   std::vector<int> devices;
   std::vector<Lane> lanes;  // one per device, in the same order
   CopyOptions options;
-  std::size_t chunk;                 // registration chunk and staging slot size
-  std::mutex lock;                   // one load at a time
+  std::size_t chunk;  // registration chunk and staging slot size
+  std::mutex lock;    // one load at a time
   // Set in a fork() child: the streams, events and registrations are the
   // parent's, and `lock` may have been copied held.
   unimem::detail::ForkedFlag forked;
@@ -654,8 +654,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     first_slice.push_back(slices.size());
   }
   std::mutex claims;
-  std::size_t front = 0;             // cached[front] is the next chunk to register
-  std::size_t back = slices.size();  // slices[.. back) are unclaimed
+  std::size_t front = 0;                                    // cached[front] is the next chunk to register
+  std::size_t back = slices.size();                         // slices[.. back) are unclaimed
   auto claim_chunk = [&]() -> std::optional<std::size_t> {  // a whole chunk no worker touched
     std::lock_guard hold(claims);
     if (front == cached.size() || first_slice[front + 1] > back) return std::nullopt;

@@ -240,11 +240,12 @@ int main(int argc, char** argv) {
     unimem::gpu::PageCacheRegistration policy;
     bool both_routes;
   };
-  for (const Route& route : {Route{"defaults (staged by the workers)", unimem::gpu::PageCacheRegistration::on_reload, true},
-                             Route{"always: registers from the front, workers stage from the back",
-                                   unimem::gpu::PageCacheRegistration::always, true},
-                             Route{"always, both_routes = false: registers every chunk",
-                                   unimem::gpu::PageCacheRegistration::always, false}}) {
+  for (const Route& route :
+       {Route{"defaults (staged by the workers)", unimem::gpu::PageCacheRegistration::on_reload, true},
+        Route{"always: registers from the front, workers stage from the back",
+              unimem::gpu::PageCacheRegistration::always, true},
+        Route{"always, both_routes = false: registers every chunk", unimem::gpu::PageCacheRegistration::always,
+              false}}) {
     unimem::gpu::CopyOptions o;
     o.register_page_cache = route.policy;
     o.both_routes = route.both_routes;
@@ -282,8 +283,8 @@ int main(int argc, char** argv) {
     (void)loader.load(path, segments);  // first load: staged
     const auto t = Clock::now();
     const unimem::ReadReport second = loader.load(path, segments);  // registers
-    row(std::string("unimem Loader (defaults), second load: registers every chunk (") +
-            unimem::to_string(second.path) + ")",
+    row(std::string("unimem Loader (defaults), second load: registers every chunk (") + unimem::to_string(second.path) +
+            ")",
         std::chrono::duration<double>(Clock::now() - t).count());
     row("unimem Loader, third and later loads (registrations kept) (" +
             std::string(unimem::to_string(loader.load(path, segments).path)) + ")",
@@ -296,8 +297,8 @@ int main(int argc, char** argv) {
     // per run, each timing itself from the Loader's construction on.
     double fresh = 1e30;
     for (int i = 0; i < reps; ++i) {
-      const std::string command = std::string(argv[0]) + " " + path + " --device " + std::to_string(device) +
-                                  " --first-load-child";
+      const std::string command =
+          std::string(argv[0]) + " " + path + " --device " + std::to_string(device) + " --first-load-child";
       FILE* child = ::popen(command.c_str(), "r");
       double seconds = 0;
       if (child == nullptr || std::fscanf(child, "first-load-seconds %lf", &seconds) != 1) {

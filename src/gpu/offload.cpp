@@ -58,8 +58,7 @@ void keep_for_the_process(SharedGrid grid) noexcept {
 }  // namespace
 
 struct OffloadState {
-  OffloadState(SharedGrid g, int dev, OffloadRoute option)
-      : grid(std::move(g)), device(dev), route_option(option) {
+  OffloadState(SharedGrid g, int dev, OffloadRoute option) : grid(std::move(g)), device(dev), route_option(option) {
     const Block& b = grid.block();
     cells = grid.cells();
     cell_size = grid.cell_size();

@@ -49,8 +49,8 @@
 #include <vector>
 
 #include "gpu/driver.hpp"
-#include "unimem/detail/fork_watch.hpp"
 #include "unimem/block.hpp"
+#include "unimem/detail/fork_watch.hpp"
 
 namespace unimem::gpu::detail {
 

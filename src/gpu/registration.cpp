@@ -76,8 +76,8 @@ std::unique_ptr<GpuRegistration> GpuRegistration::create(std::byte* base, std::s
 
 GpuRegistration::~GpuRegistration() {
   if (chunks_.empty()) return;
-  if (forked_.forked()) return;  // a fork() child: the parent's registration, not to touch
-  const gpu::detail::Driver& d = driver();           // cannot throw: chunks exist, so the driver loaded
+  if (forked_.forked()) return;             // a fork() child: the parent's registration, not to touch
+  const gpu::detail::Driver& d = driver();  // cannot throw: chunks exist, so the driver loaded
   try {
     ContextScope context(0);
     gpu::detail::RelaxedCapture relaxed;  // unregistering is refused during another thread's global capture

@@ -78,8 +78,8 @@ int main(int argc, char** argv) {
   std::printf("%s: %.2f GiB, %u cores\n", path.c_str(), bytes / 1073741824.0, std::thread::hardware_concurrency());
 
   // Host copies into pre-faulted private huge-page memory.
-  auto* dest = static_cast<std::byte*>(
-      ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  auto* dest =
+      static_cast<std::byte*>(::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   ::madvise(dest, bytes, MADV_HUGEPAGE);
   parallel(16, [&](unsigned t) { std::memset(dest + t * (bytes / 16), 0, bytes / 16); });
   for (unsigned threads : {1u, 8u, 16u}) {
@@ -120,7 +120,8 @@ int main(int argc, char** argv) {
     for (int rep = 0; rep < 3; ++rep) {
       const auto t = Clock::now();
       for (std::size_t o = 0; o < bytes; o += chunk) {
-        CHECK(cudaHostRegister(map + o, std::min(chunk, bytes - o), cudaHostRegisterPortable | cudaHostRegisterReadOnly));
+        CHECK(
+            cudaHostRegister(map + o, std::min(chunk, bytes - o), cudaHostRegisterPortable | cudaHostRegisterReadOnly));
       }
       best = std::min(best, std::chrono::duration<double>(Clock::now() - t).count());
       for (std::size_t o = 0; o < bytes; o += chunk) CHECK(cudaHostUnregister(map + o));
@@ -161,15 +162,16 @@ int main(int argc, char** argv) {
     } else {
       for (auto& s : slots) CHECK(cudaMallocHost(reinterpret_cast<void**>(&s), slot_bytes));
     }
-    std::printf("  slots made in %.1f ms (%s)\n", std::chrono::duration<double, std::milli>(Clock::now() - made).count(),
+    std::printf("  slots made in %.1f ms (%s)\n",
+                std::chrono::duration<double, std::milli>(Clock::now() - made).count(),
                 registered ? "registered huge-page mapping" : "cudaMallocHost");
     for (auto& s : streams) CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     for (auto& e : events) CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     const std::size_t chunks = (bytes + slot_bytes - 1) / slot_bytes;
     for (int source = 0; source < 2; ++source) {  // pread, memcpy out of the mapping
       char what[96];
-      std::snprintf(what, sizeof what, "pipeline: %u workers x %d slots of %zu MiB%s, %s + async copy", workers,
-                    kSlots, slot_bytes >> 20, registered ? " (registered)" : "", source == 0 ? "pread" : "memcpy");
+      std::snprintf(what, sizeof what, "pipeline: %u workers x %d slots of %zu MiB%s, %s + async copy", workers, kSlots,
+                    slot_bytes >> 20, registered ? " (registered)" : "", source == 0 ? "pread" : "memcpy");
       print(what, seconds_of([&] {
               std::atomic<std::size_t> next{0};
               parallel(workers, [&](unsigned w) {
