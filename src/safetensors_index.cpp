@@ -48,8 +48,10 @@ std::vector<ModelFile> parse_safetensors_index(std::string_view json, const std:
     if (!file.is_string()) bad_index(index_path, "the file of \"" + tensor + "\" is not a string");
     const std::string name = file.get<std::string>();
     if (!plain_file_name(name)) {
-      bad_index(index_path, "\"" + name + "\" (the file of \"" + tensor +
-                                "\") is not a file name in the index's folder; an index names files beside it");
+      std::string why = "\"";
+      why.append(name).append("\" (the file of \"").append(tensor);
+      why.append("\") is not a file name in the index's folder; an index names files beside it");
+      bad_index(index_path, why);
     }
     by_file[(base / name).string()].push_back(tensor);
   }
