@@ -22,8 +22,14 @@
 //
 // Paths are opened only when they name a regular file (open_file.hpp): a FIFO
 // would block the open forever.
+//
+// io_uring is compiled in only where the build found liburing
+// (UNIMEM_HAVE_IO_URING, CMake's UNIMEM_IO_URING): without it every read takes
+// the pread route, and the report says why.
 #include <fcntl.h>
+#if UNIMEM_HAVE_IO_URING
 #include <liburing.h>
+#endif
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -41,6 +47,7 @@
 #include <vector>
 
 #include "format.hpp"
+#include "platform/io_uring_status.hpp"
 #include "platform/linux/open_file.hpp"
 #include "platform/read_probe.hpp"
 #include "read_plan.hpp"
@@ -116,6 +123,7 @@ struct Descriptors {
   int direct;
 };
 
+#if UNIMEM_HAVE_IO_URING
 // Runs the chunks on `ring` (of `depth` entries); on return nothing is in flight.
 void run_io_uring(const std::string& path, io_uring& ring, unsigned depth, Descriptors f, std::vector<Chunk>& chunks,
                   const ReadOptions& o, std::uint64_t total) {
@@ -213,6 +221,7 @@ void run_io_uring(const std::string& path, io_uring& ring, unsigned depth, Descr
   if (thrown) std::rethrow_exception(thrown);
   if (error >= 0) fail_read(path, error, error_offset);
 }
+#endif  // UNIMEM_HAVE_IO_URING
 
 // Reads one segment through the page cache with pread, in this thread.
 void read_buffered(const std::string& path, int fd, const ReadSegment& s) {
@@ -316,12 +325,16 @@ struct FileReader::State {
   // io_uring: made on the first read that wants it.
   bool ring_tried = false;
   bool has_ring = false;
+#if UNIMEM_HAVE_IO_URING
   io_uring ring{};
+#endif
   unsigned depth = 0;
   std::string no_ring;  // why has_ring is false
 
   ~State() {
+#if UNIMEM_HAVE_IO_URING
     if (has_ring) io_uring_queue_exit(&ring);
+#endif
     if (direct >= 0) ::close(direct);
     if (file.fd >= 0) ::close(file.fd);
   }
@@ -354,6 +367,9 @@ struct FileReader::State {
 
   void make_ring() {
     ring_tried = true;
+#if !UNIMEM_HAVE_IO_URING
+    no_ring = detail::kNoIoUringBuilt;
+#else
     depth = std::clamp(options.queue_depth, 1u, 4096u);
     if (const int err = io_uring_queue_init(depth, &ring, 0); err < 0) {
       no_ring = "io_uring unavailable (" + errno_text(-err) + ")";
@@ -361,6 +377,7 @@ struct FileReader::State {
     }
     has_ring = true;
     if (detail::read_ring_probe) ++detail::read_ring_probe->rings_made;
+#endif
   }
 };
 
@@ -432,7 +449,9 @@ ReadReport FileReader::read(std::span<const ReadSegment> segments) {
     if (!st.ring_tried) st.make_ring();
     ring = st.has_ring;
     if (ring) {
+#if UNIMEM_HAVE_IO_URING
       run_io_uring(path, st.ring, st.depth, with_direct, chunks, options, report.bytes);
+#endif
     } else {
       why = why.empty() ? st.no_ring : st.no_ring + "; " + why;
     }
