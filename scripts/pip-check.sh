@@ -38,7 +38,7 @@ print(f"pip check ({sys.argv[1]}): unimem {unimem.__version__} from {unimem.__fi
       f"io_uring {info['io_uring']}, CUDA driver {info['cuda_driver']}")
 PY
   )
-  local ext bad allowed='linux-vdso|ld-linux|libc\.so|libstdc\+\+\.so|libgcc_s\.so|libm\.so|libdl\.so|libpthread\.so'
+  local ext bad allowed='linux-vdso|(/lib[0-9]*/)?ld-linux|libc\.so|libstdc\+\+\.so|libgcc_s\.so|libm\.so|libdl\.so|libpthread\.so'
   ext=$("$python" -c "import unimem._unimem as m; print(m.__file__)")
   "$python" -c "import unimem, sys; sys.exit(0 if unimem.build_info()['io_uring'] else 1)" && allowed="$allowed|liburing\.so"
   bad=$(ldd "$ext" | awk '{print $1}' | grep -vE "^($allowed)" || true)
