@@ -7,7 +7,8 @@
 #             packages (pybind11, CMake, Ninja) plus scikit-build-core, which
 #             Debian 12 does not package (installed once from the index here),
 #             then the wheel installed into a bare venv: it needs nothing else
-# Each checks a Tape, __version__, build_info(), `python3 -m unimem info`, and
+# Each checks a Tape, __version__, build_info(), `python3 -m unimem info` (and
+# the venv's `unimem` script), and
 # ldd of the extension: nothing beyond libc, libstdc++, libgcc_s, libm,
 # libdl/libpthread, and liburing where the build found it (libunimem is static,
 # the CUDA driver is loaded at run time).
@@ -34,6 +35,8 @@ info = unimem.build_info()
 assert info["version"] == unimem.__version__, info
 info_text = subprocess.run([sys.executable, "-m", "unimem", "info"], check=True, capture_output=True, text=True).stdout
 assert info_text.startswith(f"unimem {unimem.__version__}\n"), info_text
+script = subprocess.run([sys.prefix + "/bin/unimem", "info"], check=True, capture_output=True, text=True).stdout
+assert script == info_text, "the unimem script of the venv prints what python3 -m unimem prints"
 print(f"pip check ({sys.argv[1]}): unimem {unimem.__version__} from {unimem.__file__}; "
       f"io_uring {info['io_uring']}, CUDA driver {info['cuda_driver']}")
 PY
