@@ -280,8 +280,15 @@ void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>&
   std::exception_ptr reporting;  // from the progress callback
   if (o.progress && !pool.empty()) {
     try {
+      // Reported as reads complete, as the ring does: a (0, total) before any
+      // byte arrived would follow a loader's earlier read (Safetensors::load
+      // reads the header first) and make the count go backwards.
+      std::uint64_t reported = 0;
       while (next.load() < chunks.size()) {
-        o.progress(done.load(), total);
+        if (const std::uint64_t d = done.load(); d != reported) {
+          o.progress(d, total);
+          reported = d;
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
     } catch (...) {
