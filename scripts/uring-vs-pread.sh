@@ -33,7 +33,8 @@ rounds=${4:-2}
 logs=${OUT:-$dir/logs}
 data="$PWD/.bench"
 mkdir -p "$logs" "$data"
-[ "$(id -u)" = 0 ] || { echo "uring-vs-pread: run as root (the page cache is dropped before every cold read)" >&2; exit 2; }
+[ -w /proc/sys/vm/drop_caches ] ||
+  { echo "uring-vs-pread: run as root: the page cache is dropped before every cold read" >&2; exit 2; }
 for uring in ON OFF; do
   LD_LIBRARY_PATH="$dir/uring-$uring" "$dir/uring-$uring/unimem" info | grep -m1 "^  io_uring" | sed "s/^ */UNIMEM_IO_URING=$uring: /" || true
 done
