@@ -31,7 +31,7 @@ __all__ = [
     "Block", "Cell", "Grid", "Layout", "OffloadCell", "OffloadPool", "Tape", "Transfer", "View", "load_safetensors",
     "release_loaders",
     "gpu_available", "gpu_count", "gpu_unavailable_reason",
-    "__version__", "build_info",
+    "build_info",
     "Error", "InvalidArgument", "OutOfMemory", "NotFound", "PermissionDenied", "OSFailure", "BadFormat",
 ]
 
