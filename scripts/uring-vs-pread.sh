@@ -43,23 +43,23 @@ for round in $(seq "$rounds"); do
     echo "=== round $round, UNIMEM_IO_URING=$uring"
     LD_LIBRARY_PATH="$dir/uring-$uring${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
       "$dir/uring-$uring/unimem_file_benchmark" --dir "$data" --gib "$gib" --st-gib 1 > "$logs/uring-$uring.$round.txt"
-    grep -E "^(disk: dd|host cold: unimem read_file -> Block|file->GPU cold: unimem copy_file_to_device)" \
+    grep -E "^  (disk: dd|host cold: unimem read_file -> Block|file->GPU cold: unimem copy_file_to_device)" \
       "$logs/uring-$uring.$round.txt" || true
   done
 done
 
-# The best of the rounds per build, from the benchmarks' summary tables.
+# The best of the rounds per build, from the rows the benchmarks print as they go.
 python3 - "$logs" "$rounds" "$gib" <<'PY'
 import glob, re, sys
 logs, rounds, gib = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rows = {"dd": r"^disk: dd iflag=direct", "block": r"^host cold: unimem read_file -> Block",
-        "gpu": r"^file->GPU cold: unimem copy_file_to_device"}
+rows = {"dd": r"  disk: dd iflag=direct", "block": r"  host cold: unimem read_file -> Block",
+        "gpu": r"  file->GPU cold: unimem copy_file_to_device"}
 best, paths = {}, {}
 for build in ("ON", "OFF"):
     for path in glob.glob(f"{logs}/uring-{build}.*.txt"):
         for line in open(path):
             for key, pattern in rows.items():
-                m = re.match(pattern + r".*?\s([0-9.]+)\s*$", line)
+                m = re.match(pattern + r".*?\s([0-9.]+) GB/s", line)
                 if m:
                     best[build, key] = max(best.get((build, key), 0.0), float(m.group(1)))
                     if key == "block":

@@ -54,9 +54,11 @@ struct ReadSegment {
 struct ReadOptions {
   unsigned queue_depth = 32;                       // reads in flight (io_uring)
   std::size_t chunk_bytes = std::size_t{1} << 20;  // the size of one read; at most 1 GiB
-  unsigned threads = 0;                            // pread fallback threads; 0: the cores, at most 16
-  bool direct = true;                              // try O_DIRECT (unless the file is cached)
-  bool io_uring = true;                            // try io_uring (where built in)
+  // pread route's threads; 0: queue_depth (at most 64) when O_DIRECT reads
+  // are among the chunks (they wait on the device), else the cores, at most 16.
+  unsigned threads = 0;
+  bool direct = true;    // try O_DIRECT (unless the file is cached)
+  bool io_uring = true;  // try io_uring (where built in)
   // Reads of at most this many bytes in all skip io_uring, threads and
   // O_DIRECT: one pread per piece in the calling thread, through the page
   // cache (their setup costs more than such a read). 0: never.
