@@ -6,7 +6,7 @@
 #   bash scripts/uring-vs-pread.sh build DIR          (here: builds both with nvcc for sm_90,
 #                                                      copies them and liburing.so.2 into DIR)
 #   bash scripts/uring-vs-pread.sh run DIR [GiB] [R]  (on the GPU machine, as root: runs both
-#                                                      builds R times (default 2), alternating,
+#                                                      builds R times (default 3), alternating,
 #                                                      and prints the best of each and the ratios)
 # Logs go to $OUT when set, else DIR/logs. The file lies in .bench/ (on disk, not tmpfs).
 set -euo pipefail
@@ -29,7 +29,7 @@ if [ "$step" = build ]; then
 fi
 
 gib=${3:-4}
-rounds=${4:-2}
+rounds=${4:-3}
 logs=${OUT:-$dir/logs}
 data="$PWD/.bench"
 mkdir -p "$logs" "$data"
