@@ -7,7 +7,7 @@ UNIMEM_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libgtest-dev lib
                  libboost-dev libmimalloc-dev libjemalloc-dev python3
                  liburing-dev nlohmann-json3-dev pkg-config libdnnl-dev clang-format clang-tidy
                  python3-dev python3-pybind11 pybind11-dev python3-numpy python3-pytest python3-setuptools
-                 python3-pip python3-torch python3-tqdm python3-hypothesis
+                 python3-pip python3-venv python3-torch python3-tqdm python3-hypothesis
                  libucx-dev ucx-utils)  # remote pools (unimem::remote) and ucx_perftest
 
 missing=()

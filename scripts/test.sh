@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs every test in three configurations:
+# Sets up, builds and runs every test in four configurations:
 #   release  g++,     -O2, with the Python package and its pytest suite (also checks
 #            the headers with nvcc where CUDA is installed)
+#   nouring  g++,     -O2, built without liburing (-DUNIMEM_IO_URING=OFF): every read
+#            takes the threaded pread route, as on machines without liburing-dev
 #   asan     clang++, AddressSanitizer + UndefinedBehaviorSanitizer
 #   tsan     g++,     ThreadSanitizer
 # every build with warnings as errors; after the release build, scripts/lint.sh
-# (clang-format and clang-tidy) and scripts/venv-check.sh (the transformers tests
-# in a venv with pinned torch, transformers and safetensors).
+# (clang-format and clang-tidy), scripts/pip-check.sh (the Python package
+# installed with pip, as a user installs it: with and without a package index)
+# and scripts/venv-check.sh (the transformers tests in a venv with pinned torch,
+# transformers and safetensors).
 # Exits non-zero if any build, test or check fails. Pass config names to run a subset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
 configs=("$@")
-((${#configs[@]})) || configs=(release asan tsan)
+((${#configs[@]})) || configs=(release nouring asan tsan)
 jobs=$(nproc)
 
 for config in "${configs[@]}"; do
   case "$config" in
     release) args=("${UNIMEM_RELEASE_ARGS[@]}") ;;
+    # nouring differs from release in host code only: no examples, benchmarks or
+    # nvcc kernel tests (CMAKE_CUDA_COMPILER=NOTFOUND: as if none were installed).
+    nouring) args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ -DUNIMEM_IO_URING=OFF
+                   -DUNIMEM_BUILD_EXAMPLES=OFF -DUNIMEM_BUILD_BENCHMARKS=OFF -DCMAKE_CUDA_COMPILER=NOTFOUND) ;;
     asan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DUNIMEM_SANITIZE=address) ;;
     tsan) args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ -DUNIMEM_SANITIZE=thread) ;;
-    *) echo "unknown configuration '$config' (release, asan, tsan)" >&2; exit 2 ;;
+    *) echo "unknown configuration '$config' (release, nouring, asan, tsan)" >&2; exit 2 ;;
   esac
   echo "=== $config ==="
   cmake -S . -B "build/$config" -G Ninja -DUNIMEM_WERROR=ON -DCMAKE_EXPORT_COMPILE_COMMANDS=ON "${args[@]}"
@@ -31,12 +39,7 @@ for config in "${configs[@]}"; do
     ctest --test-dir "build/$config" --output-on-failure -j "$jobs"
   if [ "$config" = release ]; then
     bash scripts/lint.sh "build/$config"
-    # README's install command for the Python package, into a folder of the build.
-    rm -rf "build/$config/pip-check"
-    "$UNIMEM_PYTHON" -m pip install -q --no-build-isolation --no-deps --target "build/$config/pip-check" . \
-      2> >(grep -v "Running pip as the 'root' user" >&2)
-    (cd /tmp && PYTHONPATH="$OLDPWD/build/$config/pip-check" "$UNIMEM_PYTHON" -c \
-      "import unimem; assert unimem.Tape(4096).take(8).nbytes == 8; print('pip install: ok,', unimem.__file__)")
+    bash scripts/pip-check.sh "build/$config/pip"
     # unimem.transformers against pinned transformers, torch and safetensors, in a venv.
     bash scripts/venv-check.sh
   fi

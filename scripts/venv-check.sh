@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 venv=build/venv
 python=${UNIMEM_VENV_PYTHON:-python3}
 requirements=(torch==2.13.0 transformers==5.17.0 safetensors==0.8.0 numpy==2.4.6 pytest==9.2.0)
-# What building unimem with --no-build-isolation needs from the venv (CMake,
-# Ninja, g++ and pybind11 come from scripts/deps.sh).
-build_requirements=(setuptools==84.2.1 wheel==0.48.0)
+# What building unimem with --no-build-isolation needs from the venv (its
+# build backend and pybind11, as pyproject.toml asks; CMake, Ninja and g++ come
+# from scripts/deps.sh).
+build_requirements=(scikit-build-core==1.1.2 pybind11==3.1.0)
 
 stamp="$venv/unimem-requirements.txt"
 wanted="${requirements[*]} ${build_requirements[*]}"
@@ -25,12 +26,9 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
     { grep -vE "Running pip as the 'root' user|Location '.*' is ignored" || true; } >&2
   echo "$wanted" >"$stamp"
 fi
-# unimem into the venv, built in a folder of its own (build/venv-pip): the
-# release configuration's pip check builds for Debian's python3 in setuptools'
-# default folder, which has the same name for both 3.11s.
-printf '[build]\nbuild_base = build/venv-pip\n' >"$venv/unimem-setup.cfg"
-DIST_EXTRA_CONFIG="$PWD/$venv/unimem-setup.cfg" \
-  "$venv/bin/python" -m pip install -q --no-build-isolation --no-deps --force-reinstall . 2>&1 |
+# unimem into the venv, as README's install line, built in a folder of its own.
+"$venv/bin/python" -m pip install -q --no-build-isolation --no-deps --force-reinstall \
+  -C build-dir=build/venv-pip . 2>&1 |
   { grep -vE "Running pip as the 'root' user|Location '.*' is ignored" || true; } >&2
 
 # From /tmp, so that the installed package is the one imported.

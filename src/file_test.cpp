@@ -16,6 +16,8 @@
 #include "platform/read_probe.hpp"
 #include "testing.hpp"
 #include "unimem/block.hpp"
+#include "unimem/build_info.hpp"
+#include "unimem/version.hpp"
 
 namespace unimem {
 namespace {
@@ -69,6 +71,35 @@ TEST(ReadFile, WholeFileIntoABlock) {
   expect_consistent(r);
   if (r.path == ReadPath::io_uring_direct) {
     EXPECT_LT(r.buffered_bytes, 4096u) << "only the unaligned tail goes through the page cache";
+  }
+}
+
+// Whether reads can use io_uring is decided when unimem is built (CMake's
+// UNIMEM_IO_URING): build_info() says what was compiled in, and a read in a
+// build without it takes the pread route and says why in its report.
+TEST(ReadFile, ReportsWhetherIoUringIsBuiltIn) {
+  const BuildInfo info = build_info();
+  EXPECT_EQ(info.version, UNIMEM_VERSION_STRING);
+#ifdef UNIMEM_TEST_EXPECT_IO_URING
+  EXPECT_EQ(info.io_uring, UNIMEM_TEST_EXPECT_IO_URING != 0) << "the library does not match CMake's choice";
+#endif
+  TempFile f(2 * MiB + 100);
+  Block b = Block::open(f.data.size());
+  ReadOptions o;
+  o.small_read_bytes = 0;  // the machinery, not the small-read shortcut
+  const ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()), o);
+  EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
+  expect_consistent(r);
+  const bool via_ring = r.path == ReadPath::io_uring_direct || r.path == ReadPath::io_uring_buffered;
+  if (!info.io_uring) {
+    EXPECT_FALSE(via_ring) << to_string(r.path);
+    EXPECT_NE(r.fallback_reason.find("io_uring not built in"), std::string::npos) << r.fallback_reason;
+    EXPECT_NE(info.io_uring_status.find("not built in"), std::string::npos) << info.io_uring_status;
+  } else {
+    EXPECT_EQ(r.fallback_reason.find("not built in"), std::string::npos) << r.fallback_reason;
+    EXPECT_TRUE(info.io_uring_status == "available" || info.io_uring_status.starts_with("unavailable ("))
+        << info.io_uring_status;
+    EXPECT_EQ(via_ring, info.io_uring_status == "available") << to_string(r.path) << ": " << r.fallback_reason;
   }
 }
 
@@ -154,6 +185,9 @@ TEST(ReadFile, ReportsProgressUpToTheTotal) {
     o.chunk_bytes = 512 * 1024;
     o.progress = [&](std::uint64_t done, std::uint64_t total) {
       EXPECT_GE(done, last);
+      if (!ring) {
+        EXPECT_GT(done, 0u) << "reported before any read completed";
+      }
       last = done;
       total_seen = total;
       ++calls;
@@ -215,7 +249,7 @@ TEST(ReadFile, AFailedCompletionLeavesNoReadInFlight) {
     detail::set_read_ring_probe(&probe);
     const Thrown t = thrown_by([&] { read_file(f.path, 0, b.bytes().first(f.data.size()), o); });
     detail::set_read_ring_probe(nullptr);
-    if (probe.submitted == 0) GTEST_SKIP() << "io_uring is unavailable here: " << t.message;
+    if (probe.submitted == 0) GTEST_SKIP() << "io_uring is unavailable here: " << build_info().io_uring_status;
     std::printf("direct %d: %zu reads submitted, %zu reaped when it threw\n", direct, probe.submitted, probe.reaped);
     EXPECT_EQ(t.code, Errc::system) << t.message;
     EXPECT_EQ(t.sys_errno, EIO) << t.message;
@@ -318,7 +352,7 @@ TEST(FileReader, StaysUsableAfterAFailedRead) {
   detail::set_read_ring_probe(&probe);
   const Thrown t = thrown_by([&] { (void)reader.read(0, b.bytes().first(f.data.size())); });
   detail::set_read_ring_probe(nullptr);
-  if (probe.submitted == 0) GTEST_SKIP() << "io_uring is unavailable here: " << t.message;
+  if (probe.submitted == 0) GTEST_SKIP() << "io_uring is unavailable here: " << build_info().io_uring_status;
   EXPECT_EQ(t.code, Errc::system) << t.message;
   EXPECT_EQ(probe.reaped, probe.submitted);
   std::memset(b.data(), 0, f.data.size());
@@ -351,7 +385,7 @@ TEST(ReadFile, AThrowingProgressCallbackLeavesNoReadInFlight) {
     caught = std::string(e.what()) == "stop";
   }
   detail::set_read_ring_probe(nullptr);
-  if (probe.submitted == 0) GTEST_SKIP() << "io_uring is unavailable here";
+  if (probe.submitted == 0) GTEST_SKIP() << "io_uring is unavailable here: " << build_info().io_uring_status;
   EXPECT_TRUE(caught) << "the callback's exception reaches the caller";
   EXPECT_EQ(probe.reaped, probe.submitted) << "read_file threw with reads still in flight";
 }

@@ -106,6 +106,29 @@ TEST(Safetensors, RoundTripsEveryTensorAtTheAskedAlignment) {
   fs::remove(p);
 }
 
+// A load reads the header, then the tensors, through one FileReader whose
+// progress callback sees every read: the count of bytes done never goes back,
+// on either route (the pread route used to report 0 done before each read).
+TEST(Safetensors, ProgressNeverGoesBackwards) {
+  const auto tensors = sample_tensors();
+  const fs::path p = write(tensors);
+  for (bool ring : {true, false}) {
+    std::vector<std::uint64_t> seen;
+    ReadOptions o;
+    o.io_uring = ring;
+    o.chunk_bytes = 64 * 1024;
+    o.progress = [&](std::uint64_t done, std::uint64_t) { seen.push_back(done); };
+    Tape tape = Tape::start(16 * MiB);
+    Safetensors model = Safetensors::load(p, tape, 64, o);
+    ASSERT_FALSE(seen.empty());
+    for (std::size_t i = 1; i < seen.size(); ++i) {
+      EXPECT_GE(seen[i], seen[i - 1]) << "call " << i << " of " << seen.size() << ", io_uring " << ring;
+    }
+    EXPECT_EQ(seen.back(), model.report().bytes);
+  }
+  fs::remove(p);
+}
+
 TEST(Safetensors, AlignedFilesLoadInPlaceInOnePass) {
   // Every tensor a multiple of 8 bytes: the data section keeps them 8-aligned.
   std::vector<Owned> tensors = sample_tensors();

@@ -6,7 +6,8 @@
 // falls back on its own, and says which path it took and why:
 //   io_uring_direct    io_uring + O_DIRECT: the page cache is bypassed
 //   io_uring_buffered  io_uring through the page cache (O_DIRECT refused, e.g. tmpfs)
-//   pread_direct       parallel pread + O_DIRECT (io_uring unavailable)
+//   pread_direct       parallel pread + O_DIRECT (io_uring unavailable, or not built
+//                      in: a build without liburing, see build_info.hpp)
 //   pread_buffered     parallel pread through the page cache
 // Pieces that O_DIRECT cannot take (unaligned head and tail of a segment, or a
 // destination whose alignment does not match the file offset's) are read
@@ -53,9 +54,11 @@ struct ReadSegment {
 struct ReadOptions {
   unsigned queue_depth = 32;                       // reads in flight (io_uring)
   std::size_t chunk_bytes = std::size_t{1} << 20;  // the size of one read; at most 1 GiB
-  unsigned threads = 0;                            // pread fallback threads; 0: the cores, at most 16
-  bool direct = true;                              // try O_DIRECT (unless the file is cached)
-  bool io_uring = true;                            // try io_uring
+  // pread route's threads; 0: queue_depth (at most 64) when O_DIRECT reads
+  // are among the chunks (they wait on the device), else the cores, at most 16.
+  unsigned threads = 0;
+  bool direct = true;    // try O_DIRECT (unless the file is cached)
+  bool io_uring = true;  // try io_uring (where built in)
   // Reads of at most this many bytes in all skip io_uring, threads and
   // O_DIRECT: one pread per piece in the calling thread, through the page
   // cache (their setup costs more than such a read). 0: never.

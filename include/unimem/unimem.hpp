@@ -13,6 +13,7 @@
 #pragma once
 
 #include "unimem/block.hpp"
+#include "unimem/build_info.hpp"
 #include "unimem/error.hpp"
 #include "unimem/file.hpp"
 #include "unimem/gpu.hpp"

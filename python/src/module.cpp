@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "dlpack.hpp"
 #include "unimem/unimem.hpp"
 
@@ -1050,4 +1051,23 @@ memory valid after the object they came from is gone.)")
   m.def("gpu_available", [] { return gpu::available(); });
   m.def("gpu_unavailable_reason", [] { return gpu::unavailable_reason(); });
   m.def("gpu_count", [] { return gpu::available() ? static_cast<int>(gpu::devices().size()) : 0; });
+
+  m.attr("__version__") = UNIMEM_VERSION_STRING;
+  m.def(
+      "build_info",
+      [] {
+        const BuildInfo b = build_info();
+        return py::dict(py::arg("version") = b.version, py::arg("io_uring") = b.io_uring,
+                        py::arg("io_uring_status") = b.io_uring_status, py::arg("cuda_driver") = b.cuda_driver,
+                        py::arg("cuda_driver_version") = b.cuda_driver_version, py::arg("gpu_count") = b.gpu_count,
+                        py::arg("cuda_status") = b.cuda_status, py::arg("compiler") = b.compiler);
+      },
+      "What this build compiled in (io_uring) and what the machine offers (CUDA driver), as a dict.");
+  m.def(
+      "_cli",
+      [](const std::vector<std::string>& args) {
+        py::gil_scoped_release released;
+        return cli::run(args);
+      },
+      py::arg("args"), "The unimem command line tool (python3 -m unimem): args as argv; returns the exit status.");
 }

@@ -26,11 +26,13 @@ from typing import Any, Callable, Iterable, Optional, Union
 from . import _unimem
 from ._unimem import (Block, Cell, Grid, Layout, OffloadCell, OffloadPool, Tape, Transfer, View, gpu_available,
                       gpu_count, gpu_unavailable_reason)
+from ._unimem import __version__, build_info
 
 __all__ = [
     "Block", "Cell", "Grid", "Layout", "OffloadCell", "OffloadPool", "Tape", "Transfer", "View", "load_safetensors",
     "release_loaders",
     "gpu_available", "gpu_count", "gpu_unavailable_reason",
+    "build_info",
     "Error", "InvalidArgument", "OutOfMemory", "NotFound", "PermissionDenied", "OSFailure", "BadFormat",
     "NotABlock", "Unsupported", "NoCuda", "CudaError", "Disconnected",
 ]

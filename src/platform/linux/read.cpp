@@ -29,8 +29,14 @@
 //
 // Paths are opened only when they name a regular file (open_file.hpp): a FIFO
 // would block the open forever.
+//
+// io_uring is compiled in only where the build found liburing
+// (UNIMEM_HAVE_IO_URING, CMake's UNIMEM_IO_URING): without it every read takes
+// the pread route, and the report says why.
 #include <fcntl.h>
+#if UNIMEM_HAVE_IO_URING
 #include <liburing.h>
+#endif
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -48,6 +54,7 @@
 #include <vector>
 
 #include "format.hpp"
+#include "platform/io_uring_status.hpp"
 #include "platform/linux/open_file.hpp"
 #include "platform/read_probe.hpp"
 #include "read_plan.hpp"
@@ -123,6 +130,7 @@ struct Descriptors {
   int direct;
 };
 
+#if UNIMEM_HAVE_IO_URING
 // Runs the chunks on `ring` (of `depth` entries); on return nothing is in flight.
 void run_io_uring(const std::string& path, io_uring& ring, unsigned depth, Descriptors f, std::vector<Chunk>& chunks,
                   const ReadOptions& o, std::uint64_t total) {
@@ -225,6 +233,7 @@ void run_io_uring(const std::string& path, io_uring& ring, unsigned depth, Descr
   if (thrown) std::rethrow_exception(thrown);
   if (error >= 0) fail_read(path, error, error_offset);
 }
+#endif  // UNIMEM_HAVE_IO_URING
 
 // Reads one segment through the page cache with pread, in this thread.
 void read_buffered(const std::string& path, int fd, const ReadSegment& s) {
@@ -243,7 +252,14 @@ void read_buffered(const std::string& path, int fd, const ReadSegment& s) {
 
 void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>& chunks, const ReadOptions& o,
                std::uint64_t total) {
-  unsigned threads = o.threads ? o.threads : std::min(16u, std::max(1u, std::thread::hardware_concurrency()));
+  // A thread in an O_DIRECT read waits on the device, not on a core: keep as
+  // many reads in flight as the ring would (queue_depth), or a machine with
+  // few cores leaves the disk idle (2 cores, a cold file: 0.55x the ring's
+  // rate). Buffered reads are copies from the page cache: a thread per core.
+  const bool any_direct = std::any_of(chunks.begin(), chunks.end(), [](const Chunk& c) { return c.direct; });
+  unsigned threads = o.threads    ? o.threads
+                     : any_direct ? std::clamp(o.queue_depth, 1u, 64u)
+                                  : std::min(16u, std::max(1u, std::thread::hardware_concurrency()));
   threads = static_cast<unsigned>(std::min<std::size_t>(threads, std::max<std::size_t>(1, chunks.size())));
   std::atomic<std::size_t> next{0};
   std::atomic<std::uint64_t> done{0};
@@ -283,8 +299,15 @@ void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>&
   std::exception_ptr reporting;  // from the progress callback
   if (o.progress && !pool.empty()) {
     try {
+      // Reported as reads complete, as the ring does: a (0, total) before any
+      // byte arrived would follow a loader's earlier read (Safetensors::load
+      // reads the header first) and make the count go backwards.
+      std::uint64_t reported = 0;
       while (next.load() < chunks.size()) {
-        o.progress(done.load(), total);
+        if (const std::uint64_t d = done.load(); d != reported) {
+          o.progress(d, total);
+          reported = d;
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
     } catch (...) {
@@ -328,12 +351,16 @@ struct FileReader::State {
   // io_uring: made on the first read that wants it.
   bool ring_tried = false;
   bool has_ring = false;
+#if UNIMEM_HAVE_IO_URING
   io_uring ring{};
+#endif
   unsigned depth = 0;
   std::string no_ring;  // why has_ring is false
 
   ~State() {
+#if UNIMEM_HAVE_IO_URING
     if (has_ring) io_uring_queue_exit(&ring);
+#endif
     if (direct >= 0) ::close(direct);
     if (file.fd >= 0) ::close(file.fd);
   }
@@ -366,6 +393,7 @@ struct FileReader::State {
 
   // After a read on the ring: a ring holding entries the kernel never took
   // (a refused submit) is dropped, so that they are never submitted.
+#if UNIMEM_HAVE_IO_URING
   void drop_ring_if_dirty() noexcept {
     if (!has_ring || io_uring_sq_ready(&ring) == 0) return;
     io_uring_queue_exit(&ring);
@@ -373,9 +401,13 @@ struct FileReader::State {
     has_ring = false;
     ring_tried = false;  // the next read that wants a ring makes a new one
   }
+#endif
 
   void make_ring() {
     ring_tried = true;
+#if !UNIMEM_HAVE_IO_URING
+    no_ring = detail::kNoIoUringBuilt;
+#else
     depth = std::clamp(options.queue_depth, 1u, 4096u);
     if (const int err = io_uring_queue_init(depth, &ring, 0); err < 0) {
       no_ring = "io_uring unavailable (" + errno_text(-err) + ")";
@@ -383,6 +415,7 @@ struct FileReader::State {
     }
     has_ring = true;
     if (detail::read_ring_probe) ++detail::read_ring_probe->rings_made;
+#endif
   }
 };
 
@@ -460,11 +493,13 @@ ReadReport FileReader::read(std::span<const ReadSegment> segments,
     if (!st.ring_tried) st.make_ring();
     ring = st.has_ring;
     if (ring) {
+#if UNIMEM_HAVE_IO_URING
       struct Clean {
         State& st;
         ~Clean() { st.drop_ring_if_dirty(); }
       } clean{st};
       run_io_uring(path, st.ring, st.depth, with_direct, chunks, options, report.bytes);
+#endif
     } else {
       why = why.empty() ? st.no_ring : st.no_ring + "; " + why;
     }
