@@ -731,7 +731,7 @@ TEST(GpuLoader, ConvertsDtypesOnTheGpuWhileLoading) {
 TEST(GpuLoader, BothRoutesAtOnceLoadEveryByteOnce) {
   UNIMEM_REQUIRE_GPUS(1);
   const std::string path = "/tmp/unimem_gpu_both_" + std::to_string(::getpid());
-  const std::size_t words = (48u << 20) / 4 + 77;
+  const std::size_t words = (96u << 20) / 4 + 77;  // above the 64 MiB a first load registers alone
   const std::size_t bytes = words * 4;
   write_pattern_file(path, words, 57);
   for (std::size_t piece : {std::size_t{1} << 20, std::size_t{4} << 20}) {
