@@ -40,7 +40,7 @@ TEST(CopyCrew, ManyCopiesInARow) {
   }
 }
 
-// Issue 11.8: when threads run out partway (RLIMIT_NPROC here; a container's
+// When threads run out partway (RLIMIT_NPROC here; a container's
 // pids limit elsewhere), the crew works with those that started instead of
 // calling std::terminate. Runs in a child that becomes `nobody` (root is not
 // bound by RLIMIT_NPROC) and may start one thread besides itself.

@@ -288,7 +288,7 @@ TEST(Grid, AMovedFromGridHandsOutNothing) {
 // grid cache's exit flush (thread_locals die in reverse order of construction).
 thread_local std::vector<Cell> cells_held_until_thread_exit;
 
-// Issue 11.4: cells that a thread's own thread_locals give back while the
+// Cells that a thread's own thread_locals give back while the
 // thread exits must reach the grid, not a cache nobody flushes again.
 TEST(GridCache, CellsGivenBackByLateThreadLocalsAreNotLost) {
   int fd;
@@ -308,7 +308,7 @@ TEST(GridCache, CellsGivenBackByLateThreadLocalsAreNotLost) {
   EXPECT_FALSE(testing::fd_is_open(fd)) << "lost cells kept the destroyed Grid's Block alive";
 }
 
-// Issue 11.5: a forked child has a copy of the Grid's free list and of the
+// A forked child has a copy of the Grid's free list and of the
 // forking thread's cache, but the same shared pages as the parent. It must
 // refuse to hand out cells instead of handing out the parent's.
 TEST(GridFork, ChildRefusesToTakeCellsTheParentOwns) {

@@ -555,7 +555,7 @@ void on_segv(int, siginfo_t* info, void*) {
 #endif
 #endif
 
-// Issue 11.2: a taker stalls after reading the head (cell 0, tag T) and cell
+// A taker stalls after reading the head (cell 0, tag T) and cell
 // 0's link (-> 1), just before its compare-exchange; meanwhile peers take
 // cells 0 and 1 and give 0 back, with 2^32 - 3 further operations in between
 // (fast-forwarded in the header: a minute of a real peer's work). With a
@@ -605,7 +605,7 @@ TEST(SharedGrid, ATakerStalledAcross2To32OperationsCannotUseAStaleLink) {
   EXPECT_EQ(rest.size(), 2u);
 }
 
-// Issue 11.6: a SharedCell may outlive its SharedGrid, as a Cell may outlive
+// A SharedCell may outlive its SharedGrid, as a Cell may outlive
 // its Grid: the memory stays mapped until the cell goes back, and it goes back
 // to the shared list, where the other processes take it.
 TEST(SharedGrid, ACellMayOutliveItsGrid) {
@@ -627,7 +627,7 @@ TEST(SharedGrid, ACellMayOutliveItsGrid) {
   EXPECT_EQ(all.size(), 4u) << "the cell went back to the shared list";
 }
 
-// Issue 11.3: a peer of the same user scribbles over the header and the links
+// A peer of the same user scribbles over the header and the links
 // (random values, and a cell count that flips between valid and huge) while
 // this process attaches, takes and gives. Attaching may fail and takes may
 // come back empty, but every cell handed out must lie inside the Block.
@@ -714,7 +714,7 @@ TEST(SharedGrid, AHostilePeerCannotMakeThisProcessLeaveTheBlock) {
   std::printf("attached %ld times, refused %ld, took %ld cells\n", attached.load(), refused.load(), taken.load());
 }
 
-// Review of issue 11: a forked child inherits the parent's SharedCells; when
+// A forked child inherits the parent's SharedCells; when
 // they are destroyed there (unwinding, exit()), they must not go back to the
 // shared list while the parent still holds them.
 TEST(SharedGrid, AForkedChildNeitherTakesNorGivesBackThroughInheritedObjects) {

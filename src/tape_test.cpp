@@ -163,7 +163,7 @@ TEST(Tape, MoveKeepsTheCursor) {
 }
 
 // A Lane over a Tape that is then move-assigned must not keep handing out
-// its chunk of the Block the assignment unmapped (issue 11.7).
+// its chunk of the Block the assignment unmapped.
 TEST(Tape, MoveAssignmentInvalidatesLanesOverTheTarget) {
   Tape t = Tape::start(MiB);
   Tape::Lane lane(t, 4096);
@@ -290,8 +290,8 @@ TEST(TapeStress, ConcurrentTakesNeverOverlap) {
 // orders the owners, so this relies on the documented "a clear()
 // happens-before every take() that observes it": each owner writes every byte
 // and checks that nobody else wrote meanwhile. ThreadSanitizer reports the
-// writes of consecutive owners as a race when clear() does not release them
-// (issue 11.1); a Tape that handed itself out twice fails the checks anywhere.
+// writes of consecutive owners as a race when clear() does not release them;
+// a Tape that handed itself out twice fails the checks anywhere.
 TEST(TapeStress, ClearHandsTheTapeFromThreadToThread) {
   constexpr int kThreads = 4;
   constexpr int kRounds = 3000;  // per thread
@@ -368,7 +368,7 @@ TEST(TapeStress, ClearRacingWithTakesKeepsTheTapeConsistent) {
   EXPECT_TRUE(t.take(t.total(), 1)) << "after the last clear the whole Tape is free again";
 }
 
-// Issue 11.5: after fork() the child has a copy of the cursor and of every
+// After fork() the child has a copy of the cursor and of every
 // Lane, but the same shared pages: both would hand out the same bytes. The
 // child must refuse, with its own status; the parent goes on as before.
 TEST(TapeFork, ChildRefusesToTakeWhatTheParentHandsOut) {

@@ -5,7 +5,7 @@
 // handles. A Cell goes back to its Grid when destroyed, or earlier through
 // give(). Two forms share one implementation:
 //
-//   unimem::Grid<4096, 64> fixed;            // sizes fixed at compile time (the seed's form)
+//   unimem::Grid<4096, 64> fixed;            // sizes fixed at compile time
 //   unimem::Grid<> kv(block_bytes, blocks);  // sizes chosen at run time (a KV cache)
 //
 // Thread safety: take() and give() are lock-free and may be called from any
