@@ -3,7 +3,7 @@
 # shell: a working directory that is gone, a file in the way of the O_DIRECT
 # probe, a FIFO, a /proc file, a misplaced option.
 #
-#   sh tests/tool_test.sh TOOL CASE     (CASE: cwd_gone probe_file bogus_option proc_file fifo gpu_without_gpu)
+#   sh tests/tool_test.sh TOOL CASE     (CASE: cwd_gone probe_file bogus_option proc_file fifo gpu_without_gpu index)
 #
 # Every failure of the tool must be one line on stderr and an exit code
 # between 1 and 125, never a signal (an abort is 134 in the shell).
@@ -108,6 +108,24 @@ fifo)
   rc=$?
   [ "$rc" -ne 124 ] || fail "unimem load hung on a FIFO"
   expect_clean_failure 1 "not a regular file"
+  ;;
+index)
+  # A sharded model's index: the library's resolver names its shards (each
+  # checked for the tensors the index puts there); one that names a file
+  # outside its folder, or a tensor its shard lacks, fails cleanly.
+  corpus=$(cd "$(dirname "$0")/../fuzz/corpus/safetensors" && pwd)
+  mkdir "$work/model" && cp "$corpus/valid_two" "$work/model/a.safetensors" && cp "$corpus/valid_two" "$work/outside.safetensors"
+  printf '{"weight_map": {"a": "a.safetensors"}}' > "$work/model/model.safetensors.index.json"  # valid_two has a and b
+  "$tool" load "$work/model/model.safetensors.index.json" > "$work/out" 2> "$work/err" || fail "a valid index failed"
+  grep -q "1 files, 1 tensors" "$work/out" || fail "the index's shard and tensor were not loaded"
+  printf '{"weight_map": {"w": "../outside.safetensors"}}' > "$work/model/model.safetensors.index.json"
+  "$tool" load "$work/model/model.safetensors.index.json" > "$work/out" 2> "$work/err"
+  rc=$?
+  expect_clean_failure 1 "not a file name in the index's folder"
+  printf '{"weight_map": {"no_such_tensor": "a.safetensors"}}' > "$work/model/model.safetensors.index.json"
+  "$tool" load "$work/model/model.safetensors.index.json" > "$work/out" 2> "$work/err"
+  rc=$?
+  expect_clean_failure 1 "no_such_tensor"
   ;;
 *)
   echo "unknown case $case_name"

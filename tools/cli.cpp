@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -302,10 +303,39 @@ int load(const std::string& path, bool direct, bool ring) {
   r.io_uring = ring;
   r.progress = Bar{};
   const bool safetensors = path.size() > 12 && path.ends_with(".safetensors");
+  const bool index = path.size() > 5 && path.ends_with(".json");  // a sharded model's index
   unimem::ReadReport report;
   std::size_t tensors = 0;
   bool in_place = false;
   const auto start = std::chrono::steady_clock::now();
+  if (index) {  // every shard the library's resolver names, each checked for its tensors
+    const std::vector<unimem::ModelFile> files = unimem::safetensors_model_files(path);
+    std::uint64_t bytes = 0;
+    for (const unimem::ModelFile& f : files) {  // every header checked before anything is loaded
+      const unimem::SafetensorsHeader h = unimem::read_safetensors_header(f.path);
+      for (const std::string& name : f.tensors) {
+        if (std::none_of(h.tensors.begin(), h.tensors.end(), [&](const auto& t) { return t.name == name; })) {
+          throw unimem::Error(unimem::Errc::not_found, 0,
+                              "unimem: " + path + " puts \"" + name + "\" in " + f.path + ", which lacks it");
+        }
+      }
+      bytes += unimem::file_size(f.path) + (16u << 20);
+    }
+    unimem::Tape tape = unimem::Tape::start(bytes, o);
+    for (const unimem::ModelFile& f : files) {
+      unimem::Safetensors model = unimem::Safetensors::load(f.path, tape, 64, r);
+      report.bytes += model.report().bytes;
+      report.seconds += model.report().seconds;
+      report.path = model.report().path;
+      report.fallback_reason = model.report().fallback_reason;
+      tensors += f.tensors.size();
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("%s: %zu files, %zu tensors, %s in %.3f s (%.2f GB/s with setup) via %s\n", path.c_str(), files.size(),
+                tensors, format_bytes(report.bytes).c_str(), seconds, report.bytes / seconds / 1e9,
+                unimem::to_string(report.path));
+    return 0;
+  }
   unimem::Tape tape = unimem::Tape::start(size + (16u << 20), o);  // room for per-tensor alignment
   if (safetensors) {
     unimem::Safetensors model = unimem::Safetensors::load(path, tape, 64, r);
