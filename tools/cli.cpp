@@ -315,8 +315,9 @@ int load(const std::string& path, bool direct, bool ring) {
       const unimem::SafetensorsHeader h = unimem::read_safetensors_header(f.path);
       for (const std::string& name : f.tensors) {
         if (std::none_of(h.tensors.begin(), h.tensors.end(), [&](const auto& t) { return t.name == name; })) {
-          throw unimem::Error(unimem::Errc::not_found, 0,
-                              "unimem: " + path + " puts \"" + name + "\" in " + f.path + ", which lacks it");
+          std::string why = "unimem: ";
+          why.append(path).append(" puts \"").append(name).append("\" in ").append(f.path).append(", which lacks it");
+          throw unimem::Error(unimem::Errc::not_found, 0, why);
         }
       }
       bytes += unimem::file_size(f.path) + (16u << 20);
