@@ -1,5 +1,5 @@
 // fuzz/replay_main.cpp — runs fuzz targets over corpus files without libFuzzer,
-// so every build (gcc included) checks the corpus: unimem_fuzz_replay FILE...
+// so every build (gcc included) checks the corpus: unimem_NAME_fuzz_replay FILE...
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
