@@ -10,8 +10,8 @@
 # Each checks a Tape, __version__, build_info(), `python3 -m unimem info` (and
 # the venv's `unimem` script), and
 # ldd of the extension: nothing beyond libc, libstdc++, libgcc_s, libm,
-# libdl/libpthread, and liburing where the build found it (libunimem is static,
-# the CUDA driver is loaded at run time).
+# libdl/libpthread, and liburing and UCX where the build found them (libunimem
+# is static, the CUDA driver is loaded at run time).
 #   bash scripts/pip-check.sh WORKDIR      (scripts/test.sh runs it after the release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +44,9 @@ PY
   local ext bad allowed='linux-vdso|(/lib[0-9]*/)?ld-linux|libc\.so|libstdc\+\+\.so|libgcc_s\.so|libm\.so|libdl\.so|libpthread\.so'
   ext=$("$python" -c "import unimem._unimem as m; print(m.__file__)")
   "$python" -c "import unimem, sys; sys.exit(0 if unimem.build_info()['io_uring'] else 1)" && allowed="$allowed|liburing\.so"
+  # UCX likewise, where the build found it (unimem.RemotePool: the remote pools' transport).
+  "$python" -c "import unimem, sys; sys.exit(0 if hasattr(unimem, 'RemotePool') else 1)" &&
+    allowed="$allowed|libucp\.so|libucs\.so|libuct\.so|libucm\.so|libnuma\.so"
   bad=$(ldd "$ext" | awk '{print $1}' | grep -vE "^($allowed)" || true)
   if [ -n "$bad" ]; then
     echo "pip check ($what): $ext needs more than the C and C++ runtimes:" >&2
