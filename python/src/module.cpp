@@ -31,6 +31,7 @@
 
 #include "cli.hpp"
 #include "dlpack.hpp"
+#include "unimem/detail/fork_watch.hpp"
 #include "unimem/unimem.hpp"
 
 namespace py = pybind11;
@@ -138,6 +139,14 @@ std::int64_t dimension_of(py::handle d) {
                 "unimem: a shape's dimension " + py::str(index).cast<std::string>() + " is not in 0 .. 2^63 - 1");
   }
   return static_cast<std::int64_t>(v);
+}
+
+// A T stored at `p` in this machine's byte order, whatever its alignment.
+template <class T>
+T load_as(const std::byte* p) noexcept {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 
 // `v` as a count or index from 0 to `max`, or nullopt when it is not an
@@ -526,7 +535,8 @@ struct PyOffloadPool {
     const std::string f = format.size() == 1 ? format : std::string();
     const bool is_signed = f == "b" || f == "h" || f == "i" || f == "l" || f == "q";
     const bool is_unsigned = f == "B" || f == "H" || f == "I" || f == "L" || f == "Q";
-    if (info.ndim != 1 || !(is_signed || is_unsigned) || info.itemsize > 8) {
+    const bool width_ok = info.itemsize == 1 || info.itemsize == 2 || info.itemsize == 4 || info.itemsize == 8;
+    if (info.ndim != 1 || !(is_signed || is_unsigned) || !width_ok) {
       throw Error(Errc::invalid_argument, 0,
                   std::string("unimem: ") + what + ": a 1-D array of integers in this machine's byte order, " +
                       "or a sequence, not format '" + info.format + "' with " + std::to_string(info.ndim) +
@@ -534,14 +544,29 @@ struct PyOffloadPool {
     }
     std::vector<std::uint64_t> out(static_cast<std::size_t>(info.shape[0]));
     const auto* base = static_cast<const std::byte*>(info.ptr);
+    // Each item read as its own type (this machine's order, checked above)
+    // and widened: a negative value is one whatever the width.
+    auto load = [&](const std::byte* p) -> std::int64_t {
+      switch (info.itemsize) {
+        case 1:
+          return is_signed ? std::int64_t{load_as<std::int8_t>(p)} : std::int64_t{load_as<std::uint8_t>(p)};
+        case 2:
+          return is_signed ? std::int64_t{load_as<std::int16_t>(p)} : std::int64_t{load_as<std::uint16_t>(p)};
+        case 4:
+          return is_signed ? std::int64_t{load_as<std::int32_t>(p)} : std::int64_t{load_as<std::uint32_t>(p)};
+        default:
+          return load_as<std::int64_t>(p);
+      }
+    };
     for (std::size_t i = 0; i < out.size(); ++i) {
       const std::byte* p = base + static_cast<std::ptrdiff_t>(i) * info.strides[0];
-      std::uint64_t u = 0;
-      std::memcpy(&u, p, static_cast<std::size_t>(info.itemsize));  // little-endian: the low bytes
-      const unsigned bits = static_cast<unsigned>(info.itemsize) * 8;
-      const bool negative = is_signed && bits < 64 ? (u >> (bits - 1)) & 1 : is_signed && (u >> 63);
-      if (negative) throw Error(Errc::invalid_argument, 0, std::string("unimem: ") + what + ": a negative value");
-      out[i] = u;
+      if (info.itemsize == 8 && !is_signed) {
+        out[i] = load_as<std::uint64_t>(p);
+        continue;
+      }
+      const std::int64_t v = load(p);
+      if (v < 0) throw Error(Errc::invalid_argument, 0, std::string("unimem: ") + what + ": a negative value");
+      out[i] = static_cast<std::uint64_t>(v);
     }
     return out;
   }
@@ -661,16 +686,25 @@ std::vector<std::pair<std::string, View>> load_host(const std::string& path, boo
 // Python's atexit instead, while the driver is still up; a Loader made after
 // that is left to the process's exit.
 std::mutex& loaders_lock = *new std::mutex;  // NOLINT: never freed, on purpose
-std::vector<std::pair<std::vector<int>, std::shared_ptr<gpu::Loader>>>& loaders =
-    *new std::vector<std::pair<std::vector<int>, std::shared_ptr<gpu::Loader>>>;  // NOLINT: never freed, on purpose
+struct KeptLoader {
+  std::vector<int> devices;
+  std::shared_ptr<gpu::Loader> loader;
+  // Set in a fork() child (a DataLoader worker, say), where the parent's
+  // Loader refuses to load: the child makes its own.
+  std::unique_ptr<unimem::detail::ForkedFlag> forked = std::make_unique<unimem::detail::ForkedFlag>();
+};
+std::vector<KeptLoader>& loaders = *new std::vector<KeptLoader>;  // NOLINT: never freed, on purpose
 
 std::shared_ptr<gpu::Loader> loader_for(const std::vector<int>& devices) {
   std::lock_guard hold(loaders_lock);
-  for (auto& [d, l] : loaders) {
-    if (d == devices) return l;
+  for (auto it = loaders.begin(); it != loaders.end(); ++it) {
+    if (it->devices != devices) continue;
+    if (!it->forked->forked()) return it->loader;
+    loaders.erase(it);  // the parent's: let go (a Loader in a fork() child releases nothing)
+    break;
   }
   auto l = std::make_shared<gpu::Loader>(std::span<const int>(devices));
-  loaders.emplace_back(devices, l);
+  loaders.push_back(KeptLoader{devices, l});
   return l;
 }
 
@@ -1045,8 +1079,13 @@ memory valid after the object they came from is gone.)")
       },
       py::arg("path"), py::arg("devices"), py::arg("dtype"), py::arg("split"), py::arg("mode") = 0);
   m.def("_release_loaders", [] {
-    std::lock_guard hold(loaders_lock);
-    loaders.clear();
+    std::vector<KeptLoader> released;
+    {
+      std::lock_guard hold(loaders_lock);
+      released.swap(loaders);
+    }
+    py::gil_scoped_release unlocked;  // unregistering takes a while: other threads run meanwhile
+    released.clear();
   });
   m.def("gpu_available", [] { return gpu::available(); });
   m.def("gpu_unavailable_reason", [] { return gpu::unavailable_reason(); });

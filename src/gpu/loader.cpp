@@ -430,6 +430,7 @@ void Loader::release() noexcept {
 }
 
 std::size_t Loader::registered_bytes() const noexcept {
+  if (state_->forked.forked()) return 0;  // the lock may have been copied held (see State::forked)
   std::lock_guard hold(state_->lock);
   std::size_t n = 0;
   for (const auto& f : state_->files) n += f->registered_bytes;

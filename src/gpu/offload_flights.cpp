@@ -207,6 +207,7 @@ std::unique_ptr<Slab> Flights::take_slab(std::size_t bytes) {
 
 Flights::Ticket Flights::begin(std::size_t slab_bytes, bool bridge, std::size_t blocks, std::size_t bytes,
                                const char* what) {
+  if (events_->forked()) forked_child("starting a move");  // before the lock (see the header)
   Ticket t;
   if (slab_bytes != 0) t.slab = take_slab(slab_bytes);
   try {
