@@ -87,8 +87,8 @@ struct CopyOptions {
   // staging workers take slices from the end of the file while the loading
   // thread registers chunks from the start, each taking the next when it is
   // free. Off by default: the driver holds every call behind a registration,
-  // and the workers starved (H200 machine, 4 GiB file of 4 KiB folios: 10.7
-  // GB/s both at once, 11.1 registering alone, 31 staging alone).
+  // and the workers starved (measured slower than either route alone;
+  // docs/BENCHMARKS.md, "First loads on the H200").
   bool both_routes = false;
   // The granularity of routes and registrations, and one slot of the ring
   // that files not in the page cache are read into (at most 1 GiB; shrunk

@@ -18,11 +18,11 @@
 // fetch, or a move and compute, run side by side), and `copies`, the copy
 // engines, one cuMemcpyBatchAsync per batch (a cuMemcpyAsync per block on
 // drivers before CUDA 12.8). The default, `automatic`, takes the one that
-// measured faster for the pool's block size (H100, PCIe Gen5): the kernel
-// below kAutomaticRouteThreshold (512 KiB; at 16 KiB the copy engines' cost
-// per block halves their rate), the copies at or above it (they reach the
-// link rate there, and a store and a fetch at once use both directions of
-// the link: 86-94 GB/s against the kernel's 75-76). route_taken() says which.
+// measured faster for the pool's block size: the kernel below
+// kAutomaticRouteThreshold (small blocks cost the copy engines per block),
+// the copies at or above it (they reach the link rate there, and a store and
+// a fetch at once use both directions of the link). route_taken() says
+// which; the figures are in docs/BENCHMARKS.md.
 // src/gpu/offload_benchmark.cu measures all three against the pinned
 // cudaMemcpy ceiling and against a cudaMemcpyAsync per block.
 //
@@ -75,13 +75,8 @@ enum class OffloadRoute : std::uint8_t {
 };
 
 // The block size from which OffloadRoute::automatic takes the copy engines
-// (512 KiB). Measured on an H100 (PCIe Gen5, 2026-11-26), GB/s as a fraction
-// of the pinned cudaMemcpy ceiling, kernel (one thread block per
-// multiprocessor) vs copies, store / fetch / both at once: 16 KiB 0.88 /
-// 0.89 / 0.85 vs 0.49 / 0.33 / 0.29; 64 KiB 0.93 / 0.95 / 0.92 vs 0.72 /
-// 0.72 / 0.64; 256 KiB 0.94 / 0.94 / 0.91 vs 0.85 / 0.83 / 0.94; 512 KiB
-// 0.95 / 0.93 / 0.92 vs 0.92 / 0.83-0.94 / 1.05; 1 MiB and up 0.91-0.95 /
-// 0.92-0.95 / 0.92-0.93 vs 0.95-0.98 / 0.99-1.0 / 1.13-1.15.
+// (512 KiB): where they overtook the kernel in the offload benchmark
+// (docs/BENCHMARKS.md, "KV-cache offload").
 inline constexpr std::size_t kAutomaticRouteThreshold = std::size_t{512} * 1024;
 
 // Returns "automatic", "kernel" or "copies". Never throws.

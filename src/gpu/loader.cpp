@@ -21,7 +21,7 @@
 //   * not in the page cache: a FileReader (O_DIRECT where allowed, one per
 //     load) reads it into a ring of pinned slots on a thread of its own.
 // Registrations stay with the Loader, keyed by the file's identity (device,
-// inode, size, mtime), so a reload is DMA alone. Events guard slot reuse. A
+// inode, size, mtime, ctime), so a reload is DMA alone. Events guard slot reuse. A
 // load ends with every stream synchronized, also when it throws: nothing
 // stays in flight.
 #include <algorithm>
