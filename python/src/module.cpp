@@ -122,25 +122,6 @@ std::size_t checked_bytes(const std::vector<std::int64_t>& shape, DType dtype, c
 
 DLDevice host_device(const Block& b) { return {b.gpu_visible() ? kDLCUDAHost : kDLCPU, 0}; }
 
-// One dimension: any integer (int, NumPy's integers: whatever has
-// __index__), 0 to 2^63 - 1. Throws Error(invalid_argument).
-std::int64_t dimension_of(py::handle d) {
-  if (PyBool_Check(d.ptr()) || !PyIndex_Check(d.ptr())) {
-    throw Error(Errc::invalid_argument, 0,
-                "unimem: a shape's dimensions are integers, not " + std::string(Py_TYPE(d.ptr())->tp_name));
-  }
-  const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(d.ptr()));
-  if (!index) throw py::error_already_set();
-  int overflow = 0;
-  const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
-  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
-  if (overflow != 0 || v < 0) {
-    throw Error(Errc::invalid_argument, 0,
-                "unimem: a shape's dimension " + py::str(index).cast<std::string>() + " is not in 0 .. 2^63 - 1");
-  }
-  return static_cast<std::int64_t>(v);
-}
-
 // A T stored at `p` in this machine's byte order, whatever its alignment.
 template <class T>
 T load_as(const std::byte* p) noexcept {
@@ -164,6 +145,17 @@ std::optional<std::size_t> whole_number(py::handle v, std::size_t max) {
   }
   if (u > max) return std::nullopt;
   return static_cast<std::size_t>(u);
+}
+
+// One dimension: any integer (int, NumPy's integers: whatever has
+// __index__), 0 to 2^63 - 1. Throws Error(invalid_argument).
+std::int64_t dimension_of(py::handle d) {
+  const std::optional<std::size_t> v = whole_number(d, INT64_MAX);
+  if (!v) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: a shape's dimensions are integers from 0 to 2^63 - 1, not " + py::repr(d).cast<std::string>());
+  }
+  return static_cast<std::int64_t>(*v);
 }
 
 // A shape: None (nullopt: the caller's default), one integer, or a sequence
