@@ -1,7 +1,9 @@
 // src/gpu/loader_benchmark.cu — a cached file into GPU memory, every route side by side.
 //
-//   unimem_loader_benchmark FILE [--device N] [--reps R] [--safetensors]
+//   unimem_loader_benchmark FILE [--device N] [--reps R] [--safetensors] [--trace]
 //   (--first-load-child: the fresh-process row's child, not for callers)
+// --trace: only where a staged load's time goes, per staging worker (waiting
+// for its slot, reading, queueing copies), for a fresh and a kept Loader.
 // FILE must be in the page cache (the benchmark reads it once first). One run
 // prints, in one table, GB/s and the ratio to the pinned ceiling:
 //   ceiling    cudaMemcpy from cudaMallocHost memory (the link rate)
@@ -27,11 +29,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "gpu/cuda_check.hpp"
+#include "gpu/loader_probe.hpp"
 #include "unimem/unimem.hpp"
 
 namespace {
@@ -146,6 +151,109 @@ void two_gpus(const std::string& path, int device, int reps, void* pinned, std::
   for (const Row& r : rows) std::printf("| %s | %.2f | %.2f |\n", r.what.c_str(), r.gbps, r.gbps / ceiling);
 }
 
+// Where a staged load's time goes: per worker, the time it waited for its
+// slots, read and queued copies, summed over its slices.
+struct Trace : unimem::gpu::detail::LoaderProbe {
+  struct Worker {
+    std::size_t slices = 0;
+    double wait = 0, read = 0, queue = 0;
+    Clock::time_point first{}, last{};
+  };
+  std::vector<Worker> workers = std::vector<Worker>(256);
+  std::mutex lock;
+  double made_s = -1;  // the longest a worker took to make its slots and streams
+  Clock::time_point starting{};
+  void workers_starting() noexcept override { starting = Clock::now(); }
+  void staged_slice(std::size_t w, double wait_s, double read_s, double queue_s) noexcept override {
+    Worker& k = workers[w % workers.size()];  // each worker writes only its own entry
+    const auto now = Clock::now();
+    if (k.slices++ == 0) k.first = now - std::chrono::duration_cast<Clock::duration>(
+                                              std::chrono::duration<double>(wait_s + read_s + queue_s));
+    k.last = now;
+    k.wait += wait_s;
+    k.read += read_s;
+    k.queue += queue_s;
+  }
+  void worker_made(std::size_t, double seconds) noexcept override {
+    std::lock_guard hold(lock);
+    made_s = std::max(made_s, seconds);
+  }
+  void print(const char* what, Clock::time_point start, double seconds, std::size_t bytes) const {
+    std::size_t n = 0, slices = 0;
+    double wait = 0, read = 0, queue = 0, late = 0, early = 1e30, early_end = 1e30, late_end = 0;
+    for (const Worker& k : workers) {
+      if (k.slices == 0) continue;
+      ++n;
+      slices += k.slices;
+      wait += k.wait;
+      read += k.read;
+      queue += k.queue;
+      late = std::max(late, std::chrono::duration<double>(k.first - start).count());
+      early = std::min(early, std::chrono::duration<double>(k.first - start).count());
+      const double end = std::chrono::duration<double>(k.last - start).count();
+      early_end = std::min(early_end, end);
+      late_end = std::max(late_end, end);
+    }
+    std::printf("  trace %s: %.1f ms, %.2f GB/s; %zu workers, %zu slices", what, seconds * 1e3, bytes / seconds / 1e9,
+                n, slices);
+    if (made_s >= 0) std::printf("; workers made their slots and streams in at most %.1f ms", made_s * 1e3);
+    if (n == 0) {
+      std::printf("\n");
+      return;
+    }
+    std::printf("\n    per worker (mean): wait %.1f ms, read %.1f ms (%.2f GB/s each, %.2f all), queue %.1f ms;"
+                " set going at %.1f ms, workers started %.1f-%.1f ms, ended %.1f-%.1f ms\n",
+                wait / n * 1e3, read / n * 1e3, bytes / read / 1e9, bytes / (read / n) / 1e9, queue / n * 1e3,
+                std::chrono::duration<double, std::milli>(starting - start).count(), early * 1e3, late * 1e3,
+                early_end * 1e3, late_end * 1e3);
+  }
+};
+
+int trace(const std::string& path, int device, int reps, const std::vector<unimem::gpu::DeviceSegment>& segments,
+          std::size_t moved) {
+  for (int rep = 0; rep < 3; ++rep) {  // what the workers' slots cost to make, by part
+    unimem::BlockOptions b;
+    b.pinning = unimem::Pinning::unpinned;
+    b.shareable = false;
+    b.huge_pages = true;
+    b.backing = unimem::Backing::warm;
+    auto t = Clock::now();
+    unimem::Block block = unimem::Block::open(std::size_t{128} << 20, b);
+    const double backed = std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+    t = Clock::now();
+    block.make_gpu_visible();
+    const double registered = std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+    b.visibility = unimem::Visibility::gpus;
+    b.warm_threads = 1;
+    t = Clock::now();
+    std::vector<unimem::Block> small;
+    for (int k = 0; k < 16; ++k) small.push_back(unimem::Block::open(std::size_t{8} << 20, b));
+    const double sixteen = std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+    std::printf("  slots: Block::open 128 MiB warm huge private %.2f ms (huge %zu MiB), make_gpu_visible %.2f ms; "
+                "16 x Block::open 8 MiB gpus, one thread %.2f ms\n",
+                backed, block.huge_page_bytes() >> 20, registered, sixteen);
+  }
+  unimem::gpu::CopyOptions o;
+  o.register_page_cache = unimem::gpu::PageCacheRegistration::never;
+  for (int fresh = 1; fresh >= 0; --fresh) {
+    std::optional<unimem::gpu::Loader> kept;
+    if (!fresh) kept.emplace(device, o), (void)kept->load(path, segments);
+    for (int i = 0; i < reps; ++i) {
+      std::optional<unimem::gpu::Loader> made;
+      if (fresh) made.emplace(device, o);
+      unimem::gpu::Loader& loader = fresh ? *made : *kept;
+      Trace t;
+      unimem::gpu::detail::set_loader_probe(&t);
+      const auto start = Clock::now();
+      (void)loader.load(path, segments);
+      const double s = std::chrono::duration<double>(Clock::now() - start).count();
+      unimem::gpu::detail::set_loader_probe(nullptr);
+      t.print(fresh ? "fresh Loader, first load" : "kept Loader, later load", start, s, moved);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -155,7 +263,7 @@ int main(int argc, char** argv) {
   }
   const std::string path = argv[1];
   int device = 0, reps = 3;
-  bool safetensors = false, first_load_child = false;
+  bool safetensors = false, first_load_child = false, tracing = false;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--device" && i + 1 < argc) {
@@ -164,6 +272,8 @@ int main(int argc, char** argv) {
       reps = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--safetensors") {
       safetensors = true;
+    } else if (a == "--trace") {
+      tracing = true;
     } else if (a == "--first-load-child") {
       first_load_child = true;
     } else {
@@ -219,6 +329,7 @@ int main(int argc, char** argv) {
   }
   std::printf("%s: %.2f GiB, %.0f%% in the page cache; moving %.2f GiB to device %d\n", path.c_str(),
               bytes / 1073741824.0, 100 * unimem::page_cache_fraction(path, 0, bytes), moved / 1073741824.0, device);
+  if (tracing) return trace(path, device, reps, segments, moved);
   std::vector<Row> rows;
   auto row = [&](const std::string& what, double seconds) {
     rows.push_back({what, moved / seconds / 1e9});

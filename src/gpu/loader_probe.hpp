@@ -2,8 +2,9 @@
 //
 // Internal (not installed): the GPU tests use it to change a file between two
 // chunks of one load (truncate it), which is how they check that a file that
-// shrinks while it loads gives an error, not SIGBUS. Outside the tests no
-// probe is set, and the cost is one relaxed load per cached chunk.
+// shrinks while it loads gives an error, not SIGBUS; the loader benchmark uses
+// it to see where a staged load's time goes (--trace). Outside those no probe
+// is set, and the cost is one relaxed load per cached chunk and per load.
 #pragma once
 
 #include <cstddef>
@@ -13,12 +14,23 @@ namespace unimem::gpu::detail {
 struct LoaderProbe {
   virtual ~LoaderProbe() = default;
   // Called on the loading thread before a cached chunk is registered or staged.
-  virtual void before_chunk(std::size_t chunk) = 0;
+  virtual void before_chunk(std::size_t /*chunk*/) {}
+  // Called by staging worker `worker` after each slice it staged: the
+  // seconds it waited for its slot's previous copy, read the slice, and
+  // queued the slice's copies. Must not throw.
+  virtual void staged_slice(std::size_t /*worker*/, double /*wait_s*/, double /*read_s*/, double /*queue_s*/) noexcept {}
+  // Called on the loading thread as it sets the staging workers going.
+  virtual void workers_starting() noexcept {}
+  // Called by staging worker `worker` when it has made its slots, streams
+  // and events (on its first slice): the seconds that took.
+  virtual void worker_made(std::size_t /*worker*/, double /*seconds*/) noexcept {}
 };
 
 // Installs `probe` for every Loader (nullptr removes it); it must outlive the
 // loads it sees. Never throws.
 void set_loader_probe(LoaderProbe* probe) noexcept;
+// The probe installed now, or nullptr. Never throws.
+LoaderProbe* loader_probe() noexcept;
 // Calls the probe, if any. Throws what it throws.
 void loader_probe_before(std::size_t chunk);
 
