@@ -102,6 +102,24 @@ struct CopyOptions {
   ReadOptions read;  // for files not in the page cache
 };
 
+// What one Loader::load call reports and does besides copying.
+struct LoadOptions {
+  // Told how far the load is: bytes of the file read and queued for copying
+  // so far, out of `total` (the file bytes the segments cover, the same in
+  // every call), at most about every 1% (and 64 MiB), then once with done ==
+  // total when every byte is on the devices. Called from the loading thread
+  // or a staging worker, never two calls at once; what it throws, load()
+  // throws (after draining its copies). Empty: no reports.
+  std::function<void(std::uint64_t done, std::uint64_t total)> progress;
+  // After the load, asks the kernel to drop the pages of the file that the
+  // load read from the page cache (posix_fadvise POSIX_FADV_DONTNEED), for a
+  // process that loads a model once and wants the memory back. Such a load
+  // stages cached data (it registers nothing in place), and the Loader
+  // forgets the file: registrations kept from earlier loads are released
+  // first, since pinned pages cannot be dropped.
+  bool drop_page_cache = false;
+};
+
 // Moves ranges of files into the memory of one GPU or several, keeping between loads
 // what is costly to set up: streams and events, the staging workers and their
 // pinned slots, the ring for files not in the page cache, and the
@@ -155,7 +173,9 @@ class Loader {
   // read path of the staged chunks. Throws Error(invalid_argument) for a range
   // outside the file, Error(cuda) for a copy the driver refuses (e.g. a bad
   // device address), and read_file's errors. On a throw nothing is in flight.
-  ReadReport load(const std::string& path, std::span<const DeviceSegment> segments);
+  // `options`: progress reports and dropping the file's cached pages (see
+  // LoadOptions).
+  ReadReport load(const std::string& path, std::span<const DeviceSegment> segments, const LoadOptions& options = {});
 
   // Unregisters every cached page-cache range. Never throws.
   void release() noexcept;
@@ -222,6 +242,13 @@ struct TensorLoadOptions {
   std::optional<DType> dtype;
   // Per tensor, for a Loader of several devices. Empty: replicate.
   std::function<Split(const TensorInfo&)> split;
+  // Bytes of tensor data loaded so far, out of every file's (the same total
+  // from the first call; a sharded model counts all its files), as
+  // LoadOptions::progress reports them.
+  std::function<void(std::uint64_t done, std::uint64_t total)> progress;
+  // Drops every file's pages from the page cache after its load (see
+  // LoadOptions::drop_page_cache).
+  bool drop_page_cache = false;
 };
 
 // A tensor (or one device's part of it) in device memory.

@@ -704,9 +704,20 @@ std::shared_ptr<gpu::Loader> loader_for(const std::vector<int>& devices) {
 std::vector<std::vector<std::pair<std::string, View>>> load_devices(const std::string& path,
                                                                     const std::vector<int>& devices,
                                                                     const std::optional<std::string>& dtype,
-                                                                    const py::object& split) {
+                                                                    const py::object& split, const py::object& progress,
+                                                                    bool drop_page_cache) {
   gpu::TensorLoadOptions o;
   if (dtype) o.dtype = parse_dtype(*dtype);
+  o.drop_page_cache = drop_page_cache;
+  if (!progress.is_none()) {
+    // Called from the loading thread and staging workers, the GIL released:
+    // copies share this pointer, not the Python object (see load_host).
+    auto callback = std::make_shared<py::object>(progress);
+    o.progress = [callback](std::uint64_t done, std::uint64_t total) {
+      py::gil_scoped_acquire gil;
+      (*callback)(done, total);
+    };
+  }
   // `split`: None, one rule for every tensor, or a rule per tensor name
   // (unimem/__init__.py evaluates a callable into that).
   auto as_split = [](const std::string& r) {
@@ -1063,13 +1074,14 @@ memory valid after the object they came from is gone.)")
   m.def(
       "_load_devices",
       [](const std::string& path, const std::vector<int>& devices, const std::optional<std::string>& dtype,
-         const py::object& split, int mode) {
-        auto lists = load_devices(path, devices, dtype, split);
+         const py::object& split, int mode, const py::object& progress, bool drop_page_cache) {
+        auto lists = load_devices(path, devices, dtype, split, progress, drop_page_cache);
         py::list out;
         for (auto& tensors : lists) out.append(pack(tensors, mode));
         return out;
       },
-      py::arg("path"), py::arg("devices"), py::arg("dtype"), py::arg("split"), py::arg("mode") = 0);
+      py::arg("path"), py::arg("devices"), py::arg("dtype"), py::arg("split"), py::arg("mode") = 0,
+      py::arg("progress") = py::none(), py::arg("drop_page_cache") = false);
   m.def("_release_loaders", [] {
     std::vector<KeptLoader> released;
     {
@@ -1079,6 +1091,15 @@ memory valid after the object they came from is gone.)")
     py::gil_scoped_release unlocked;  // unregistering takes a while: other threads run meanwhile
     released.clear();
   });
+  m.def(
+      "page_cache_fraction",
+      [](const std::string& path, std::uint64_t begin, std::optional<std::uint64_t> end) {
+        const std::uint64_t stop = end ? *end : file_size(path);
+        py::gil_scoped_release released;
+        return page_cache_fraction(path, begin, stop);
+      },
+      py::arg("path"), py::arg("begin") = 0, py::arg("end") = py::none(),
+      "The fraction of the file's pages in [begin, end) (end: the file's size) that are in the page cache.");
   m.def("gpu_available", [] { return gpu::available(); });
   m.def("gpu_unavailable_reason", [] { return gpu::unavailable_reason(); });
   m.def("gpu_count", [] { return gpu::available() ? static_cast<int>(gpu::devices().size()) : 0; });

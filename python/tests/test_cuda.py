@@ -172,3 +172,40 @@ def test_offload_pool_moves_torch_kv_blocks_both_ways_byte_exact():
         with pytest.raises(ValueError):
             pool.store([kv[0].data_ptr() + 1], cells[:1])  # not 16-byte aligned: nothing moves
 
+
+
+def test_progress_and_drop_page_cache_on_cuda(tmp_path):
+    """Progress reports from the loader's threads, one total, the last equal
+    to it; drop_page_cache leaves the file out of the page cache (where the
+    file system drops pages) and nothing registered to reload from."""
+    import os
+    path = tmp_path / "m.safetensors"
+    st = pytest.importorskip("safetensors.torch", reason="skipped: the safetensors package is not installed")
+    g = torch.Generator().manual_seed(5)
+    tensors = {f"w{i}": torch.randn(1024, 1024, generator=g) for i in range(96)}  # 384 MiB: staged by the workers
+    st.save_file(tensors, str(path))
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        while f.read(64 << 20):
+            pass
+    seen = []
+    out = unimem.load_safetensors(str(path), device="cuda", progress=lambda d, t: seen.append((d, t)))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    assert {t for _, t in seen} == {total} and seen[-1][0] == total, seen[-3:]
+    assert len(seen) >= 3, "reports as the load goes, not only at the end"
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert all(torch.equal(out[n].cpu(), tensors[n]) for n in tensors)
+    del out
+    # Whether this file system drops clean pages at all (tmpfs keeps them).
+    fd = os.open(str(path), os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    droppable = unimem.page_cache_fraction(str(path)) < 0.5
+    while os.read(fd, 64 << 20):
+        pass
+    os.close(fd)
+    out = unimem.load_safetensors(str(path), device="cuda")  # a second load: registers, as kept Loaders do
+    out = unimem.load_safetensors(str(path), device="cuda", drop_page_cache=True)
+    assert all(torch.equal(out[n].cpu(), tensors[n]) for n in tensors)
+    if droppable:
+        fraction = unimem.page_cache_fraction(str(path))
+        assert fraction < 0.5, f"{fraction:.2f} of the file still cached (its registration kept?)"

@@ -273,3 +273,40 @@ def test_a_program_that_loads_exits_cleanly(write_st):
         """
         r = run_python(code)
         assert r.returncode == 0 and r.stdout.strip() == "loaded", (variant, r.returncode, r.stderr[-2000:])
+
+
+# ---- dropping a loaded file's pages from the page cache ----------------------
+
+
+def _cached_and_droppable(path):
+    """Reads `path` into the page cache; whether this file system drops its
+    clean pages on POSIX_FADV_DONTNEED (tmpfs keeps them: nothing to test)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        while f.read(1 << 20):
+            pass
+    assert unimem.page_cache_fraction(path) > 0.9
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    droppable = unimem.page_cache_fraction(path) < 0.5
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    return droppable
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="skipped: no posix_fadvise here")
+def test_drop_page_cache_leaves_the_loaded_file_out_of_the_page_cache(write_st):
+    big = np.arange(1 << 20, dtype=np.float32) * 3
+    path = write_st("m.safetensors", {"x": ("F32", big.shape, big.tobytes())})
+    if not _cached_and_droppable(path):
+        pytest.skip("skipped: this file system keeps clean pages on POSIX_FADV_DONTNEED (tmpfs)")
+    assert unimem.page_cache_fraction(path) > 0.9
+    kept = unimem.load_safetensors(path, output="numpy")
+    assert unimem.page_cache_fraction(path) > 0.9, "without the option the pages stay"
+    out = unimem.load_safetensors(path, output="numpy", drop_page_cache=True)
+    assert np.array_equal(out["x"], big) and np.array_equal(kept["x"], big)
+    assert unimem.page_cache_fraction(path) < 0.5

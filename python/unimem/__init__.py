@@ -25,14 +25,14 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from . import _unimem
 from ._unimem import (Block, Cell, Grid, Layout, OffloadCell, OffloadPool, Tape, Transfer, View, gpu_available,
-                      gpu_count, gpu_unavailable_reason)
+                      gpu_count, gpu_unavailable_reason, page_cache_fraction)
 from ._unimem import __version__, build_info
 
 __all__ = [
     "Block", "Cell", "Grid", "Layout", "OffloadCell", "OffloadPool", "Tape", "Transfer", "View", "load_safetensors",
     "release_loaders",
     "gpu_available", "gpu_count", "gpu_unavailable_reason",
-    "build_info",
+    "build_info", "page_cache_fraction",
     "Error", "InvalidArgument", "OutOfMemory", "NotFound", "PermissionDenied", "OSFailure", "BadFormat",
     "NotABlock", "Unsupported", "NoCuda", "CudaError", "Disconnected",
 ]
@@ -244,6 +244,17 @@ def _data_bytes(path: str) -> int:
     return max(os.path.getsize(path) - 8 - header, 0)
 
 
+def _drop_page_cache(path: str) -> None:
+    """Asks the kernel to drop the file's clean cached pages (advice only)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def _progress_callback(progress):
     """(callable(done, total) or None, the tqdm bar to close or None)."""
     if progress is True:
@@ -265,7 +276,8 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
                      device: Any = "cpu", *, dtype: Optional[str] = None,
                      split: Union[None, str, Callable[[str, str, tuple], str]] = None,
                      progress: Union[None, bool, Callable[[int, int], None]] = None,
-                     output: Optional[str] = None, pinned: Optional[bool] = None):
+                     output: Optional[str] = None, pinned: Optional[bool] = None,
+                     drop_page_cache: bool = False):
     """Loads safetensors files into unimem memory and returns name -> tensor.
 
     paths: a .safetensors file, a sharded model's model.safetensors.index.json,
@@ -286,6 +298,11 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
     pinned: CPU only. None (default): pinned pages where RLIMIT_MEMLOCK allows,
         else unpinned ones with a ResourceWarning naming the limit; True:
         pinned or raise OutOfMemory; False: never pinned.
+    drop_page_cache: after each file is loaded, ask the kernel to drop its
+        pages from the page cache (posix_fadvise DONTNEED), for a process
+        that loads a model once and wants the memory back. On CUDA the kept
+        Loader then keeps no registration of the file (its next load is a
+        first load again).
 
     A tensor the index names but its file lacks raises NotFound; an index
     that names a file outside its folder, or is not one, raises BadFormat.
@@ -332,6 +349,8 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
                         if missing:
                             raise NotFound(f"unimem: the index puts {sorted(missing)[0]!r} in {shard}, which lacks "
                                            f"it ({len(missing)} tensor(s) missing)", "not_found")
+                    if drop_page_cache:
+                        _drop_page_cache(shard)
                     if callback:
                         done += _data_bytes(shard)
                         callback(done, total)
@@ -349,7 +368,14 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
         if callback:
             callback(0, total)
         for path, files in zip(paths, models):
-            lists = _unimem._load_devices(path, devices, dtype, rules, out_as.mode)
+            path_total = sum(_data_bytes(f) for f, _ in files)
+
+            def path_report(path_done: int, path_bytes: int) -> None:
+                # The library counts this path's tensor bytes; scaled to its files' data bytes.
+                if path_done < path_bytes:
+                    callback(done + path_done * path_total // max(path_bytes, 1), total)
+            lists = _unimem._load_devices(path, devices, dtype, rules, out_as.mode,
+                                          path_report if callback else None, bool(drop_page_cache))
             for d, tensors in enumerate(lists):
                 into = per_device[d]
                 for item in tensors:

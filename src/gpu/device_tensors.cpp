@@ -213,13 +213,35 @@ std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loa
     p.out.address += out[p.lane].memory_.address();
     p.segment.device_address = p.convert ? scratch[p.lane].address() + p.scratch_offset : p.out.address;
   }
-  // One load per file, for every device at once.
+  // One load per file, for every device at once. Progress counts tensor
+  // bytes of the whole model; the last report waits for the conversions.
+  std::uint64_t model_bytes = 0;
+  for (const File& f : files) {
+    for (const TensorInfo* t : f.wanted) model_bytes += t->bytes;
+  }
+  std::uint64_t loaded = 0, reported = 0;
   for (const File& f : files) {
     std::vector<DeviceSegment> segments;
     for (const Part& p : parts) {
       if (p.file == &f) segments.push_back(p.segment);
     }
-    const ReadReport r = loader.load(f.path, segments);
+    std::uint64_t file_bytes = 0;
+    for (const TensorInfo* t : f.wanted) file_bytes += t->bytes;
+    LoadOptions o;
+    o.drop_page_cache = options.drop_page_cache;
+    if (options.progress && model_bytes != 0) {
+      // The Loader counts the file bytes its chunks cover; scaled to this file's tensor bytes.
+      o.progress = [&](std::uint64_t done, std::uint64_t total) {
+        const auto part = static_cast<std::uint64_t>(static_cast<long double>(done) * file_bytes /
+                                                     static_cast<long double>(std::max<std::uint64_t>(total, 1)));
+        const std::uint64_t now = std::min(loaded + part, model_bytes - 1);
+        if (now <= reported) return;
+        reported = now;
+        options.progress(now, model_bytes);
+      };
+    }
+    const ReadReport r = loader.load(f.path, segments, o);
+    loaded += file_bytes;
     for (DeviceTensors& d : out) d.reports_.push_back(r);
   }
   // Conversions, on each device's default stream.
@@ -235,6 +257,7 @@ std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loa
     }
     detail::check(d.cuStreamSynchronize(nullptr), "cuStreamSynchronize (after dtype conversion)");
   }
+  if (options.progress && model_bytes != 0) options.progress(model_bytes, model_bytes);
   for (Part& p : parts) out[p.lane].tensors_.push_back(std::move(p.out));
   for (DeviceTensors& t : out) {
     std::sort(t.tensors_.begin(), t.tensors_.end(),

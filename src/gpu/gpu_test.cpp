@@ -18,6 +18,7 @@
 #include <limits>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -753,6 +754,71 @@ TEST(GpuLoader, BothRoutesAtOnceLoadEveryByteOnce) {
       gpu_test::device_free(0, dev);
     }
   }
+  std::remove(path.c_str());
+}
+
+// LoadOptions: progress from the loading thread and the workers (one total,
+// never going back, the last equal to it), a progress callback that throws
+// (the load throws it, drained; the Loader works on), and drop_page_cache
+// (registrations released, the pages dropped where the file system drops
+// clean pages).
+TEST(GpuLoader, ReportsProgressAndDropsThePageCacheWhenAsked) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_progress_" + std::to_string(::getpid());
+  const std::size_t words = (200u << 20) / 4 + 13;  // staged by the workers on a first load
+  const std::size_t bytes = words * 4;
+  write_pattern_file(path, words, 71);
+  evict(path, 0, bytes);  // written back, then dropped: does this file system drop clean pages?
+  const bool droppable = page_cache_fraction(path, 0, bytes) < 0.5;
+  std::vector<std::byte> sink(bytes);
+  {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    ASSERT_EQ(std::fread(sink.data(), 1, bytes, f), bytes);  // back into the page cache
+    std::fclose(f);
+  }
+  ASSERT_GT(page_cache_fraction(path, 0, bytes), 0.9);
+  const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
+  const std::vector<gpu::DeviceSegment> segments = random_cover(bytes, dev, 5);
+  auto exact = [&] {
+    unsigned long long bad = ~0ull;
+    EXPECT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 71, &bad), "");
+    return bad == 0;
+  };
+  gpu::Loader loader(0);
+
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> seen;  // the contract: never two calls at once
+  gpu::LoadOptions reporting;
+  reporting.progress = [&](std::uint64_t done, std::uint64_t total) { seen.emplace_back(done, total); };
+  EXPECT_EQ(loader.load(path, segments, reporting).bytes, bytes);
+  EXPECT_TRUE(exact());
+  ASSERT_GE(seen.size(), 2u) << "reports as the load goes, then the last";
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i].second, bytes);
+    if (i > 0) EXPECT_GT(seen[i].first, seen[i - 1].first);
+    if (i + 1 < seen.size()) EXPECT_LT(seen[i].first, bytes) << "done == total only in the last call";
+  }
+  EXPECT_EQ(seen.back().first, bytes);
+
+  gpu::LoadOptions throwing;
+  throwing.progress = [](std::uint64_t, std::uint64_t) { throw std::runtime_error("the caller's own error"); };
+  EXPECT_THROW((void)loader.load(path, segments, throwing), std::runtime_error);
+
+  (void)loader.load(path, segments);  // a second load registers the page cache in place
+  EXPECT_TRUE(exact());
+  EXPECT_GT(loader.registered_bytes(), 0u);
+  gpu::LoadOptions dropping;
+  dropping.drop_page_cache = true;
+  ASSERT_EQ(gpu_test::fill(0, reinterpret_cast<std::uint32_t*>(dev), words, 1), "");  // poisoned first
+  const ReadReport r = loader.load(path, segments, dropping);
+  EXPECT_EQ(r.bytes, bytes);
+  EXPECT_TRUE(exact()) << r.fallback_reason;
+  EXPECT_EQ(loader.registered_bytes(), 0u) << "pinned pages cannot be dropped: the registrations go first";
+  if (droppable) {
+    EXPECT_LT(page_cache_fraction(path, 0, bytes), 0.5);
+  } else {
+    std::printf("GpuLoader drop_page_cache: this file system keeps clean pages; the drop itself not checked\n");
+  }
+  gpu_test::device_free(0, dev);
   std::remove(path.c_str());
 }
 

@@ -127,6 +127,41 @@ std::vector<Piece> merge(std::span<const DeviceSegment> segments, std::span<cons
   return merged;
 }
 
+// LoadOptions::progress, called from several threads: one call at a time,
+// `done` never going back, about every 1% (and 64 MiB), and done == total
+// only from finish().
+class LoadProgress {
+ public:
+  LoadProgress(const std::function<void(std::uint64_t, std::uint64_t)>& report, std::uint64_t total)
+      : report_(report), total_(total), step_(std::max<std::uint64_t>(total / 100, std::uint64_t{64} << 20)) {}
+
+  void add(std::uint64_t n) {
+    if (!report_) return;
+    const std::uint64_t done = done_.fetch_add(n, std::memory_order_relaxed) + n;
+    if (done >= total_ || done - reported_.load(std::memory_order_relaxed) < step_) return;
+    std::lock_guard hold(lock_);
+    const std::uint64_t now = std::min(done_.load(std::memory_order_relaxed), total_ - 1);
+    if (now <= reported_.load(std::memory_order_relaxed)) return;
+    reported_.store(now, std::memory_order_relaxed);
+    report_(now, total_);
+  }
+  // Once every byte is on the devices.
+  void finish() {
+    if (!report_) return;
+    std::lock_guard hold(lock_);
+    reported_.store(total_, std::memory_order_relaxed);
+    report_(total_, total_);
+  }
+
+ private:
+  const std::function<void(std::uint64_t, std::uint64_t)>& report_;
+  const std::uint64_t total_;
+  const std::uint64_t step_;
+  std::atomic<std::uint64_t> done_{0};
+  std::atomic<std::uint64_t> reported_{0};
+  std::mutex lock_;
+};
+
 // What a load did, for ReadReport::fallback_reason.
 std::string describe(std::size_t in_place, std::size_t newly_registered, std::size_t staged, ReadPath staged_path) {
   using unimem::detail::format_bytes;
@@ -472,7 +507,7 @@ int Loader::device() const noexcept { return state_->devices.front(); }
 
 std::span<const int> Loader::devices() const noexcept { return state_->devices; }
 
-ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> segments) {
+ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> segments, const LoadOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   State& s = *state_;
   if (s.forked.forked()) {
@@ -554,6 +589,10 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       (resident[n] ? cached : uncached).push_back(n);
     }
   }
+
+  std::uint64_t needed = 0;
+  for (const Need& need : needs) needed += need.hi - need.lo;
+  LoadProgress progress(options.progress, needed);
 
   // Whatever happens below, every stream is drained before this returns.
   struct Drain {
@@ -666,6 +705,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       if (used[l]) check(d.cuEventRecord(s.lanes[l].events[slot], s.lanes[l].staging_stream), "cuEventRecord");
     }
     staged += n;
+    progress.add(n);
   };
 
   // Chunks an earlier load registered: DMA only, whatever the policy.
@@ -673,6 +713,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     copy_parts(needs[n], needs[n].lo, needs[n].hi, nullptr, nullptr,
                [&](std::uint64_t off) { return file.map.data() + off; });
     in_place += needs[n].hi - needs[n].lo;
+    progress.add(needs[n].hi - needs[n].lo);
   }
 
   // Cached chunks: registered in place by this thread (chunk by chunk from
@@ -685,8 +726,10 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   for (std::size_t n : cached) cached_bytes += needs[n].hi - needs[n].lo;
   const PageCacheRegistration policy = s.options.register_page_cache;
   const bool small = s.workers.empty() && cached_bytes <= kSmallLoad && policy != PageCacheRegistration::never;
-  const bool register_cached = small || policy == PageCacheRegistration::always ||
-                               (policy == PageCacheRegistration::on_reload && file.loads != 0);
+  // Pages registered (pinned) could not be dropped afterwards.
+  const bool register_cached = !options.drop_page_cache &&
+                               (small || policy == PageCacheRegistration::always ||
+                                (policy == PageCacheRegistration::on_reload && file.loads != 0));
   const bool workers_stage = !cached.empty() && (!register_cached || (s.options.both_routes && !small));
   struct Slice {
     std::size_t need;
@@ -778,6 +821,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
             if (used[l]) check(d.cuEventRecord(mine.events[k * lanes + l], mine.streams[l]), "cuEventRecord");
           }
           worker_bytes += n;
+          progress.add(n);
           if (probe) {
             using Seconds = std::chrono::duration<double>;
             probe->staged_slice(w, Seconds(waited - began).count(), Seconds(read - waited).count(),
@@ -844,6 +888,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       newly_registered += file.chunk_length(need.chunk);
       copy_parts(need, need.lo, need.hi, nullptr, nullptr, [&](std::uint64_t off) { return file.map.data() + off; });
       in_place += need.hi - need.lo;
+      progress.add(need.hi - need.lo);
     }
   }
   for (auto* t : {&stager, &staffing}) {
@@ -871,7 +916,15 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     check(d.cuStreamSynchronize(lane.stream), "cuStreamSynchronize");
     check(d.cuStreamSynchronize(lane.staging_stream), "cuStreamSynchronize");
   }
+  progress.finish();
   ++file.loads;
+  if (options.drop_page_cache) {
+    // Released and unmapped first: the kernel drops no page that is pinned
+    // or mapped. Advice only: a refusal changes nothing loaded.
+    platform::ReadableFile reader = std::move(file.reader);
+    std::erase_if(s.files, [&](const std::unique_ptr<MappedFile>& f) { return f.get() == &file; });
+    for (const Need& need : needs) (void)reader.drop_cached(need.lo, need.hi - need.lo);
+  }
 
   report.buffered_bytes = std::min<std::uint64_t>(report.bytes, in_place + staged_buffered);
   report.path = in_place != 0 ? ReadPath::page_cache_registered : staged_path;

@@ -50,6 +50,11 @@ class ReadableFile {
   // here, not SIGBUS.
   int read_at(std::byte* dest, std::size_t n, std::uint64_t offset) const noexcept;
 
+  // Asks the kernel to drop the file's cached pages in [offset, offset +
+  // bytes) (clean pages no process maps). Advice: 0, or the errno of a
+  // refusal. Never throws.
+  int drop_cached(std::uint64_t offset, std::uint64_t bytes) const noexcept;
+
  private:
   int fd_ = -1;
 };

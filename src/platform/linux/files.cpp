@@ -1,6 +1,7 @@
 // src/platform/linux/files.cpp — file identity (stat), page-cache residency
 // of a mapping (mincore) and reads that fail cleanly on a shrunk file
 // (pread), for the GPU loader.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -66,6 +67,10 @@ int ReadableFile::read_at(std::byte* dest, std::size_t n, std::uint64_t offset) 
     offset += static_cast<std::uint64_t>(r);
   }
   return 0;
+}
+
+int ReadableFile::drop_cached(std::uint64_t offset, std::uint64_t bytes) const noexcept {
+  return ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(bytes), POSIX_FADV_DONTNEED);
 }
 
 double resident_fraction(const std::byte* p, std::size_t bytes) noexcept {
