@@ -163,14 +163,22 @@ class UnimemPath final : public Path {
     unimem::BlockOptions o;
     // One process uses it: private pages, which get transparent huge pages
     // (weights and KV cache are walked in long strides; 4 KiB pages would
-    // cost a TLB miss per row).
+    // cost a TLB miss per row, and a page fault per 4 KiB as they are first
+    // written).
     o.shareable = false;
     o.huge_pages = true;
     if (pl.uses(Where::gpu)) {
       o.visibility = unimem::Visibility::gpus;  // pinned and registered with every GPU
+      // Registration backs every page of all three tapes first: for a small
+      // model, whole 2 MiB pages cost more to zero than they save (the
+      // loading row on the H200 machine, 2026-12-04: 3.0 ms with, 2.4 without).
+      o.huge_pages = weights >= kHugePagesFrom;
     } else {
+      // Backed as the load writes the weights (several threads) and as the
+      // steps first touch scratch and history, as malloc'd memory is: backing
+      // all of it at open cost more than the load (on the H200 machine, 61
+      // ms against 36 for the standard path at --preset large).
       o.pinning = unimem::Pinning::unpinned;  // any memlock limit will do for the CPU demo
-      o.backing = unimem::Backing::warm;      // pages backed at open, not on first use
     }
     unimem::Layout layout = unimem::Layout::open(weights, scratch, history, o);
     open_seconds_ = since(t);
@@ -196,6 +204,7 @@ class UnimemPath final : public Path {
            (x16 ? rows * std::max(c.dim, c.mlp) * sizeof(std::uint16_t) : 0) + 12 * 64;
   }
 
+  static constexpr std::size_t kHugePagesFrom = std::size_t{64} << 20;  // bytes of weights
   double open_seconds_ = 0;
   unimem::Layout layout_;
   // The step's takes bump a private pointer; a token's activations come out
