@@ -5,8 +5,6 @@
 // teardown order: unregister, then unmap and close.
 #include "unimem/block.hpp"
 
-#include <fcntl.h>
-
 #include <cerrno>
 #include <cstdint>
 #include <limits>
@@ -83,9 +81,7 @@ BlockId Block::id() const noexcept {
 int Block::inheritable_handle() const {
   if (region_.handle < 0)
     throw Error(Errc::invalid_argument, 0, "unimem: a non-shareable Block has no handle to inherit");
-  const int fd = ::fcntl(region_.handle, F_DUPFD, 0);  // F_DUPFD leaves close-on-exec off
-  if (fd < 0) throw Error(Errc::system, errno, "unimem: cannot duplicate a Block's descriptor");
-  return fd;
+  return platform::inheritable_duplicate(region_.handle);
 }
 
 Block::Block() noexcept = default;

@@ -108,15 +108,18 @@ struct LoadOptions {
   // so far, out of `total` (the file bytes the segments cover, the same in
   // every call), at most about every 1% (and 64 MiB), then once with done ==
   // total when every byte is on the devices. Called from the loading thread
-  // or a staging worker, never two calls at once; what it throws, load()
-  // throws (after draining its copies). Empty: no reports.
+  // or a staging worker, never two calls at once; it must not call into the
+  // same Loader (its load holds it: a deadlock). What it throws, load()
+  // throws (after draining its copies; workers finishing their slice may
+  // call it once more meanwhile). Empty: no reports; an empty load makes none.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
   // After the load, asks the kernel to drop the pages of the file that the
   // load read from the page cache (posix_fadvise POSIX_FADV_DONTNEED), for a
   // process that loads a model once and wants the memory back. Such a load
   // stages cached data (it registers nothing in place), and the Loader
-  // forgets the file: registrations kept from earlier loads are released
-  // first, since pinned pages cannot be dropped.
+  // forgets the file: its registrations kept from earlier loads (under any
+  // path naming the same file) are released first, since pinned pages cannot
+  // be dropped. Another Loader's registrations of the file keep theirs.
   bool drop_page_cache = false;
 };
 

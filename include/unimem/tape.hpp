@@ -56,10 +56,13 @@
 
 #include "unimem/block.hpp"
 #include "unimem/detail/fork_watch.hpp"
+#include "unimem/version.hpp"
 
 namespace unimem {
 
-enum class TakeStatus : std::uint8_t {
+// (clang-format reads the attribute below as a brace initializer)
+// clang-format off
+enum class [[nodiscard]] TakeStatus : std::uint8_t {
   ok,
   full,           // does not fit in what is left; may fit after clear()
   invalid_size,   // size is 0, or larger than the whole Tape: can never succeed
@@ -67,6 +70,7 @@ enum class TakeStatus : std::uint8_t {
   read_only,      // the memory is mapped read-only in this process (SharedTape)
   forked,         // this process is a fork() child of the Tape's: the parent owns its memory
 };
+// clang-format on
 
 // What take() returns: a pointer, or why there is none.
 struct [[nodiscard]] Taken {
@@ -97,19 +101,11 @@ std::span<T> take_span(Taker& taker, std::size_t count) noexcept {
 
 class Tape {
  public:
-  // Bytes left poisoned after every take in AddressSanitizer builds (where
-  // they fit), so that an overflow into the next piece is reported; 0 elsewhere.
-#if defined(__SANITIZE_ADDRESS__)
-  static constexpr std::size_t kRedZone = 16;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-  static constexpr std::size_t kRedZone = 16;
-#else
-  static constexpr std::size_t kRedZone = 0;
-#endif
-#else
-  static constexpr std::size_t kRedZone = 0;
-#endif
+  // Bytes left poisoned after every take (where they fit) when the library
+  // was built with AddressSanitizer, so that an overflow into the next piece
+  // is reported; 0 otherwise. Fixed by the library's build (version.hpp),
+  // not by the includer's flags: a program and the library agree on it.
+  static constexpr std::size_t kRedZone = UNIMEM_TAPE_RED_ZONE;
 
   // Opens a Block of at least `bytes` (see Block::open, whose errors it throws)
   // and starts a Tape over all of it.

@@ -293,6 +293,9 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
         callable (name, dtype, shape) -> one of those, per tensor.
     progress: a callable(done, total), or True for a tqdm bar: bytes of
         tensor data, with the same total (every file's) from the first call.
+        On CUDA it is called from the loader's own threads (not this one: no
+        threading.local there) and must not load to the same devices itself
+        (their kept Loader is busy with this load).
     output: "torch" (default when torch imports), "numpy" (default otherwise;
         bfloat16/fp8 and GPU tensors stay Views) or "view".
     pinned: CPU only. None (default): pinned pages where RLIMIT_MEMLOCK allows,
@@ -302,7 +305,7 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
         pages from the page cache (posix_fadvise DONTNEED), for a process
         that loads a model once and wants the memory back. On CUDA the kept
         Loader then keeps no registration of the file (its next load is a
-        first load again).
+        first load again); kept Loaders of other device lists keep theirs.
 
     A tensor the index names but its file lacks raises NotFound; an index
     that names a file outside its folder, or is not one, raises BadFormat.

@@ -274,6 +274,10 @@ struct Loader::State {
   std::vector<Worker> workers;         // one per crew thread once a load staged cached data
   std::optional<Block> worker_memory;  // kWorkerBytes per worker; outlives their registrations
 
+  bool any_worker_made() const noexcept {
+    return std::any_of(workers.begin(), workers.end(), [](const Worker& w) { return w.slots != nullptr; });
+  }
+
   void ensure_workers() {
     ensure_crew();
     if (!workers.empty()) return;
@@ -282,6 +286,10 @@ struct Loader::State {
     o.shareable = false;            // private huge pages: fast to back and register
     o.huge_pages = true;
     worker_memory.emplace(Block::open(crew->threads() * kWorkerBytes, o));
+    // A fork() child never stages through it: not copied into children
+    // (pinned pages would be copied eagerly, or leave the parent's DMA
+    // reading pages the child's copy-on-write moved).
+    (void)platform::advise_no_fork_copy(worker_memory->data(), worker_memory->size());
     workers.resize(crew->threads());
   }
 
@@ -293,8 +301,8 @@ struct Loader::State {
     Worker& w = workers[index];
     try {
       const detail::Driver& d = detail::driver();
+      w.events.assign(kWorkerSlots * lanes.size(), nullptr);  // first: destroy_worker reads events per stream
       w.streams.assign(lanes.size(), nullptr);
-      w.events.assign(kWorkerSlots * lanes.size(), nullptr);
       for (std::size_t l = 0; l < lanes.size(); ++l) {
         detail::ContextScope context(lanes[l].device);
         check(d.cuStreamCreate(&w.streams[l], detail::kStreamNonBlocking), "cuStreamCreate");
@@ -412,6 +420,7 @@ struct Loader::State {
       o.huge_pages = true;
       o.backing = Backing::warm;
       own_staging.emplace(Block::open(chunk * options.slots, o));
+      (void)platform::advise_no_fork_copy(own_staging->data(), own_staging->size());  // as worker_memory
       staging = &*own_staging;
     }
     ensure_crew();
@@ -569,9 +578,9 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   auto classify = [&](std::size_t begin, std::size_t end) {
     for (std::size_t n = begin; n < end; ++n) {
       const Need& need = needs[n];
-      resident[n] = file.chunks[need.chunk] != MappedFile::Chunk::registered &&
-                    platform::resident_fraction(file.map.data() + need.lo,
-                                                static_cast<std::size_t>(need.hi - need.lo)) >= 0.9;
+      resident[n] =
+          file.chunks[need.chunk] != MappedFile::Chunk::registered &&
+          platform::resident_fraction(file.map.data() + need.lo, static_cast<std::size_t>(need.hi - need.lo)) >= 0.9;
     }
     return 0;
   };
@@ -725,11 +734,11 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   std::uint64_t cached_bytes = 0;
   for (std::size_t n : cached) cached_bytes += needs[n].hi - needs[n].lo;
   const PageCacheRegistration policy = s.options.register_page_cache;
-  const bool small = s.workers.empty() && cached_bytes <= kSmallLoad && policy != PageCacheRegistration::never;
+  const bool small = !s.any_worker_made() && cached_bytes <= kSmallLoad && policy != PageCacheRegistration::never;
   // Pages registered (pinned) could not be dropped afterwards.
-  const bool register_cached = !options.drop_page_cache &&
-                               (small || policy == PageCacheRegistration::always ||
-                                (policy == PageCacheRegistration::on_reload && file.loads != 0));
+  const bool register_cached =
+      !options.drop_page_cache && (small || policy == PageCacheRegistration::always ||
+                                   (policy == PageCacheRegistration::on_reload && file.loads != 0));
   const bool workers_stage = !cached.empty() && (!register_cached || (s.options.both_routes && !small));
   struct Slice {
     std::size_t need;
@@ -781,20 +790,21 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       try {
         detail::ContextScope worker_context(s.devices.front());
         State::Worker& mine = s.workers[w];
-        if (mine.slots == nullptr) {
-          const double made = s.make_worker(w);
-          if (detail::LoaderProbe* probe = detail::loader_probe()) probe->worker_made(w, made);
-          std::lock_guard hold(errors);
-          workers_made_ms = std::max(workers_made_ms, made * 1e3);
-        }
         detail::LoaderProbe* const probe = detail::loader_probe();  // timed only when one is set
         using Clock = std::chrono::steady_clock;
         Clock::time_point began, waited, read;
-        std::byte* const slots = mine.slots;
         std::vector<char> used(lanes);
         for (std::size_t use = 0; !stop; ++use) {
           const std::optional<Slice> slice = claim_slice();
           if (!slice) break;
+          if (mine.slots ==
+              nullptr) {  // made on the worker's first slice, not before: a worker with none costs nothing
+            const double made = s.make_worker(w);
+            if (probe) probe->worker_made(w, made);
+            std::lock_guard hold(errors);
+            workers_made_ms = std::max(workers_made_ms, made * 1e3);
+          }
+          std::byte* const slots = mine.slots;
           const std::size_t k = use % State::kWorkerSlots;
           if (probe) began = Clock::now();
           for (std::size_t l = 0; l < lanes; ++l) {
@@ -922,7 +932,10 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     // Released and unmapped first: the kernel drops no page that is pinned
     // or mapped. Advice only: a refusal changes nothing loaded.
     platform::ReadableFile reader = std::move(file.reader);
-    std::erase_if(s.files, [&](const std::unique_ptr<MappedFile>& f) { return f.get() == &file; });
+    // Every mapping of the same file goes, under whatever path it was loaded.
+    std::erase_if(s.files, [&](const std::unique_ptr<MappedFile>& f) {
+      return f->identity.device == id.device && f->identity.inode == id.inode;
+    });
     for (const Need& need : needs) (void)reader.drop_cached(need.lo, need.hi - need.lo);
   }
 

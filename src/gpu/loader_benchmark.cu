@@ -167,8 +167,9 @@ struct Trace : unimem::gpu::detail::LoaderProbe {
   void staged_slice(std::size_t w, double wait_s, double read_s, double queue_s) noexcept override {
     Worker& k = workers[w % workers.size()];  // each worker writes only its own entry
     const auto now = Clock::now();
-    if (k.slices++ == 0) k.first = now - std::chrono::duration_cast<Clock::duration>(
-                                              std::chrono::duration<double>(wait_s + read_s + queue_s));
+    if (k.slices++ == 0)
+      k.first =
+          now - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(wait_s + read_s + queue_s));
     k.last = now;
     k.wait += wait_s;
     k.read += read_s;
@@ -201,11 +202,12 @@ struct Trace : unimem::gpu::detail::LoaderProbe {
       std::printf("\n");
       return;
     }
-    std::printf("\n    per worker (mean): wait %.1f ms, read %.1f ms (%.2f GB/s each, %.2f all), queue %.1f ms;"
-                " set going at %.1f ms, workers started %.1f-%.1f ms, ended %.1f-%.1f ms\n",
-                wait / n * 1e3, read / n * 1e3, bytes / read / 1e9, bytes / (read / n) / 1e9, queue / n * 1e3,
-                std::chrono::duration<double, std::milli>(starting - start).count(), early * 1e3, late * 1e3,
-                early_end * 1e3, late_end * 1e3);
+    std::printf(
+        "\n    per worker (mean): wait %.1f ms, read %.1f ms (%.2f GB/s each, %.2f all), queue %.1f ms;"
+        " set going at %.1f ms, workers started %.1f-%.1f ms, ended %.1f-%.1f ms\n",
+        wait / n * 1e3, read / n * 1e3, bytes / read / 1e9, bytes / (read / n) / 1e9, queue / n * 1e3,
+        std::chrono::duration<double, std::milli>(starting - start).count(), early * 1e3, late * 1e3, early_end * 1e3,
+        late_end * 1e3);
   }
 };
 
@@ -229,9 +231,10 @@ int trace(const std::string& path, int device, int reps, const std::vector<unime
     std::vector<unimem::Block> small;
     for (int k = 0; k < 16; ++k) small.push_back(unimem::Block::open(std::size_t{8} << 20, b));
     const double sixteen = std::chrono::duration<double, std::milli>(Clock::now() - t).count();
-    std::printf("  slots: Block::open 128 MiB warm huge private %.2f ms (huge %zu MiB), make_gpu_visible %.2f ms; "
-                "16 x Block::open 8 MiB gpus, one thread %.2f ms\n",
-                backed, block.huge_page_bytes() >> 20, registered, sixteen);
+    std::printf(
+        "  slots: Block::open 128 MiB warm huge private %.2f ms (huge %zu MiB), make_gpu_visible %.2f ms; "
+        "16 x Block::open 8 MiB gpus, one thread %.2f ms\n",
+        backed, block.huge_page_bytes() >> 20, registered, sixteen);
   }
   unimem::gpu::CopyOptions o;
   o.register_page_cache = unimem::gpu::PageCacheRegistration::never;

@@ -13,13 +13,16 @@ namespace unimem::gpu::detail {
 
 struct LoaderProbe {
   virtual ~LoaderProbe() = default;
-  // Called on the loading thread before a cached chunk is registered or staged.
+  // Called before a cached chunk is registered or staged: by the loading
+  // thread, or by the staging worker that reaches it first.
   virtual void before_chunk(std::size_t /*chunk*/) {}
   // Called by staging worker `worker` after each slice it staged: the
   // seconds it waited for its slot's previous copy, read the slice, and
   // queued the slice's copies. Must not throw.
-  virtual void staged_slice(std::size_t /*worker*/, double /*wait_s*/, double /*read_s*/, double /*queue_s*/) noexcept {}
-  // Called on the loading thread as it sets the staging workers going.
+  virtual void staged_slice(std::size_t /*worker*/, double /*wait_s*/, double /*read_s*/, double /*queue_s*/) noexcept {
+  }
+  // Called as the staging workers are set going (on the loading thread, or
+  // the thread that runs them beside registrations).
   virtual void workers_starting() noexcept {}
   // Called by staging worker `worker` when it has made its slots, streams
   // and events (on its first slice): the seconds that took.

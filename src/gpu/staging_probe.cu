@@ -158,7 +158,9 @@ int main(int argc, char** argv) {
         ::munmap(area, area_bytes);
       }
       std::printf("  registering 128 MiB of backed huge pages: %s: %.2f ms\n",
-                  variant == 0 ? "one call" : variant == 1 ? "16 calls of 8 MiB, one thread" : "16 calls of 8 MiB, 16 threads",
+                  variant == 0   ? "one call"
+                  : variant == 1 ? "16 calls of 8 MiB, one thread"
+                                 : "16 calls of 8 MiB, 16 threads",
                   best);
     }
   }

@@ -38,6 +38,10 @@ bool advise_huge_pages(std::byte* base, std::size_t bytes) noexcept;
 // Bytes this process has pinned in all (Linux: VmLck), or 0 when unknown.
 std::size_t locked_bytes();
 
+// Asks that fork() children not inherit [base, base + bytes) (private memory
+// only the parent uses). Returns false where refused. Never throws.
+bool advise_no_fork_copy(std::byte* base, std::size_t bytes) noexcept;
+
 // Bytes of [base, base + bytes) currently mapped with huge pages.
 std::size_t huge_page_bytes(const std::byte* base, std::size_t bytes);
 
@@ -56,6 +60,10 @@ detail::Region map_file_region(const std::string& path, const BlockOptions& opti
 // cannot block it. Throws Error(invalid_argument, not_found, permission_denied),
 // Error(not_a_block) when the descriptor is not a regular file.
 int open_by_id(const BlockId& id, bool read_only);
+
+// A new descriptor for region `handle` that a child process keeps across
+// exec (close-on-exec off). Throws Error(system).
+int inheritable_duplicate(int handle);
 
 // This process's id. Never throws.
 int current_pid() noexcept;

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "format.hpp"
+#include "platform/linux/errc.hpp"
 #include "platform/linux/open_file.hpp"
 #include "platform/region.hpp"
 
@@ -42,12 +43,13 @@ int open_by_id(const BlockId& id, bool read_only) {
                 "unimem: " + id.to_string() + " is not a unimem Block: the descriptor is not a regular file (it is " +
                     kind + ")");
   }
-  if (err == EACCES || err == EPERM) {
+  const Errc code = errc_of(err);
+  if (code == Errc::permission_denied) {
     throw Error(Errc::permission_denied, err,
                 "unimem: cannot attach Block " + id.to_string() +
                     ": permission denied (it belongs to another user, or its process is not dumpable)");
   }
-  if (err == ENOENT || err == ESRCH) {
+  if (code == Errc::not_found) {
     throw Error(Errc::not_found, err,
                 "unimem: no Block " + id.to_string() + ": process " + std::to_string(id.pid) +
                     " has exited or closed descriptor " + std::to_string(id.fd) + " (a stale id?)");

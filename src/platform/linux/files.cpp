@@ -11,6 +11,7 @@
 
 #include "format.hpp"
 #include "platform/files.hpp"
+#include "platform/linux/errc.hpp"
 #include "platform/linux/open_file.hpp"
 #include "unimem/error.hpp"
 
@@ -20,10 +21,7 @@ FileIdentity file_identity(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     const int e = errno;
-    const Errc code = e == ENOENT || e == ENOTDIR ? Errc::not_found
-                      : e == EACCES || e == EPERM ? Errc::permission_denied
-                                                  : Errc::system;
-    throw Error(code, e, "unimem: cannot stat " + path + ": " + detail::errno_text(e));
+    throw Error(errc_of(e), e, "unimem: cannot stat " + path + ": " + detail::errno_text(e));
   }
   if (!S_ISREG(st.st_mode)) throw Error(Errc::invalid_argument, 0, "unimem: " + path + " is not a regular file");
   return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
@@ -36,10 +34,7 @@ ReadableFile::ReadableFile(const std::string& path, const FileIdentity& expected
   const OpenedFile f = open_regular_file(path.c_str(), O_RDONLY);
   if (!f.regular) throw Error(Errc::invalid_argument, 0, "unimem: " + path + " is not a regular file");
   if (f.fd < 0) {
-    const Errc code = f.err == ENOENT || f.err == ENOTDIR ? Errc::not_found
-                      : f.err == EACCES || f.err == EPERM ? Errc::permission_denied
-                                                          : Errc::system;
-    throw Error(code, f.err, "unimem: cannot open " + path + ": " + detail::errno_text(f.err));
+    throw Error(errc_of(f.err), f.err, "unimem: cannot open " + path + ": " + detail::errno_text(f.err));
   }
   fd_ = f.fd;
   if (static_cast<std::uint64_t>(f.st.st_dev) != expected.device ||

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "platform/files.hpp"
+#include "platform/linux/errc.hpp"
+#include "platform/region.hpp"
 #include "testing.hpp"
 #include "unimem/block.hpp"
 
@@ -23,6 +25,21 @@ std::string write_file(const std::string& path, std::size_t bytes, char fill) {
   std::fwrite(data.data(), 1, bytes, f);
   std::fclose(f);
   return path;
+}
+
+// The one errno -> Errc mapping, and the errors that go through it.
+TEST(Errc, EveryErrnoMeansTheSameToEveryCaller) {
+  EXPECT_EQ(errc_of(ENOENT), Errc::not_found);
+  EXPECT_EQ(errc_of(ENOTDIR), Errc::not_found);
+  EXPECT_EQ(errc_of(ESRCH), Errc::not_found);
+  EXPECT_EQ(errc_of(EACCES), Errc::permission_denied);
+  EXPECT_EQ(errc_of(EPERM), Errc::permission_denied);
+  EXPECT_EQ(errc_of(EIO), Errc::system);
+  EXPECT_EQ(errc_of(0), Errc::system);
+  const std::string missing = "/tmp/unimem_missing_dir_" + std::to_string(::getpid()) + "/file";
+  EXPECT_EQ(testing::error_of([&] { (void)file_identity(missing); }), Errc::not_found);
+  EXPECT_EQ(testing::error_of([&] { (void)map_file_region(missing, {}); }), Errc::not_found);
+  EXPECT_EQ(testing::error_of([&] { (void)inheritable_duplicate(-1); }), Errc::system);  // EBADF
 }
 
 TEST(FileIdentity, ChangesWhenTheFileIsRewrittenOrResized) {

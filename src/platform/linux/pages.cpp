@@ -56,6 +56,10 @@ void populate(std::byte* base, std::size_t bytes, bool for_writing) {
                   detail::errno_text(err) + "). Free memory, open a smaller Block, or use Backing::lazy.");
 }
 
+bool advise_no_fork_copy(std::byte* base, std::size_t bytes) noexcept {
+  return ::madvise(base, bytes, MADV_DONTFORK) == 0;
+}
+
 bool advise_huge_pages(std::byte* base, std::size_t bytes) noexcept {
   return ::madvise(base, bytes, MADV_HUGEPAGE) == 0;
 }

@@ -55,6 +55,7 @@
 
 #include "format.hpp"
 #include "platform/io_uring_status.hpp"
+#include "platform/linux/errc.hpp"
 #include "platform/linux/open_file.hpp"
 #include "platform/read_probe.hpp"
 #include "read_plan.hpp"
@@ -75,10 +76,7 @@ using detail::errno_text;
 using Chunk = detail::ReadChunk;
 
 [[noreturn]] void fail_open(const std::string& path, int err) {
-  const Errc code = err == ENOENT || err == ENOTDIR ? Errc::not_found
-                    : err == EACCES || err == EPERM ? Errc::permission_denied
-                                                    : Errc::system;
-  throw Error(code, err, "unimem: cannot open " + path + " for reading: " + errno_text(err));
+  throw Error(platform::errc_of(err), err, "unimem: cannot open " + path + " for reading: " + errno_text(err));
 }
 
 // Opens `path` with `flags` if it is a regular file; throws otherwise.

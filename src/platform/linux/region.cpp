@@ -30,6 +30,7 @@
 #include <string>
 
 #include "format.hpp"
+#include "platform/linux/errc.hpp"
 #include "platform/linux/open_file.hpp"
 #include "platform/region.hpp"
 
@@ -157,6 +158,15 @@ void map_and_pin(detail::Region& region, const BlockOptions& options) {
   if (options.huge_pages) advise_huge_pages(region.base, bytes);
 }
 
+int inheritable_duplicate(int handle) {
+  const int fd = ::fcntl(handle, F_DUPFD, 0);  // F_DUPFD leaves close-on-exec off
+  if (fd < 0) {
+    const int err = errno;
+    fail(errc_of(err), err, "cannot duplicate a Block's descriptor");
+  }
+  return fd;
+}
+
 detail::Region map_region(std::size_t bytes, const BlockOptions& options) {
   if (options.read_only) {
     fail(Errc::invalid_argument, 0, "a new Block cannot be read-only (BlockOptions::read_only is for attaching)");
@@ -211,10 +221,7 @@ detail::Region map_file_region(const std::string& path, const BlockOptions& opti
   }
   if (file.fd < 0) {
     const int err = file.err;
-    fail(err == ENOENT || err == ENOTDIR ? Errc::not_found
-         : err == EACCES || err == EPERM ? Errc::permission_denied
-                                         : Errc::system,
-         err, "cannot open " + path + " to map it");
+    fail(errc_of(err), err, "cannot open " + path + " to map it");
   }
   region.handle = file.fd;
   RegionGuard guard{region};
