@@ -271,11 +271,56 @@ void save_safetensors(const std::string& path, std::span<const TensorData> tenso
   if (!out.good()) throw Error(Errc::system, errno, "unimem: save_safetensors: cannot write " + path);
 }
 
-Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_t align, const ReadOptions& options) {
+namespace {
+
+constexpr std::uint64_t kPage = 4096;
+
+void check_align(std::size_t align, const char* what) {
   if (align == 0 || (align & (align - 1)) != 0) {
     throw Error(Errc::invalid_argument, 0,
-                "unimem: Safetensors::load: alignment " + std::to_string(align) + " is not a power of two");
+                std::string("unimem: Safetensors::") + what + ": alignment " + std::to_string(align) +
+                    " is not a power of two");
   }
+}
+
+// Where load() puts a file's tensors: in place (the data read in one pass,
+// placed at a 4 KiB boundary, when the file already aligns every tensor:
+// O_DIRECT needs that placement anyway), or each tensor at `align`.
+struct Placement {
+  bool in_place;
+  std::uint64_t file_end;    // one past the last tensor byte
+  std::size_t region_bytes;  // what load() takes from the Tape
+  std::size_t region_align;
+};
+
+Placement placement_of(const SafetensorsHeader& h, std::size_t align) {
+  Placement p{};
+  p.file_end = h.tensors.empty() ? h.data_offset : h.tensors.back().file_offset + h.tensors.back().bytes;
+  p.in_place = align <= kPage && std::all_of(h.tensors.begin(), h.tensors.end(), [&](const TensorInfo& t) {
+                 return t.bytes == 0 || t.file_offset % align == 0;
+               });
+  if (p.in_place) {
+    const std::uint64_t first = h.data_offset / kPage * kPage;
+    p.region_bytes = static_cast<std::size_t>(std::max<std::uint64_t>(p.file_end - first, 1));
+    p.region_align = kPage;
+  } else {
+    p.region_bytes = 1;
+    for (const TensorInfo& t : h.tensors) p.region_bytes += (t.bytes + align - 1) / align * align;
+    p.region_align = align;
+  }
+  return p;
+}
+
+}  // namespace
+
+std::size_t Safetensors::bytes_needed(const SafetensorsHeader& header, std::size_t align) {
+  check_align(align, "bytes_needed");
+  const Placement p = placement_of(header, align);
+  return p.region_bytes + p.region_align - 1 + Tape::kRedZone;
+}
+
+Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_t align, const ReadOptions& options) {
+  check_align(align, "load");
   Safetensors model;
   // Opened once: the header, then the tensors. Progress is the tensors'
   // bytes alone, so that a bar's total is right from its first report.
@@ -284,22 +329,15 @@ Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_
   FileReader file(path, header_options);
   model.header_ = read_safetensors_header(file);
   const SafetensorsHeader& h = model.header_;
-  const std::uint64_t file_end =
-      h.tensors.empty() ? h.data_offset : h.tensors.back().file_offset + h.tensors.back().bytes;
-
-  // In place when the file already aligns every tensor (relative to a 4 KiB
-  // placement of the file, which O_DIRECT needs anyway).
-  constexpr std::uint64_t kPage = 4096;
-  model.in_place_ = align <= kPage && std::all_of(h.tensors.begin(), h.tensors.end(), [&](const TensorInfo& t) {
-                      return t.bytes == 0 || t.file_offset % align == 0;
-                    });
+  const Placement placed = placement_of(h, align);
+  const std::uint64_t file_end = placed.file_end;
+  model.in_place_ = placed.in_place;
   std::vector<ReadSegment> segments;
   std::vector<std::byte*> places(h.tensors.size());
-  std::size_t region_bytes;
+  const std::size_t region_bytes = placed.region_bytes;
   Taken region;
   if (model.in_place_) {
     const std::uint64_t first = h.data_offset / kPage * kPage;
-    region_bytes = static_cast<std::size_t>(std::max<std::uint64_t>(file_end - first, 1));
     region = weights.take(region_bytes, kPage);
     if (region) {
       if (file_end > h.data_offset)
@@ -307,8 +345,6 @@ Safetensors Safetensors::load(const std::string& path, Tape& weights, std::size_
       for (std::size_t i = 0; i < h.tensors.size(); ++i) places[i] = region.ptr + (h.tensors[i].file_offset - first);
     }
   } else {
-    region_bytes = 1;
-    for (const TensorInfo& t : h.tensors) region_bytes += (t.bytes + align - 1) / align * align;
     region = weights.take(region_bytes, align);
     if (region) {
       std::byte* at = region.ptr;

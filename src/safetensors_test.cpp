@@ -129,6 +129,33 @@ TEST(Safetensors, ProgressNeverGoesBackwards) {
   fs::remove(p);
 }
 
+// bytes_needed bounds what load() takes, padding included, wherever the
+// Tape's next free byte lies, on both placements.
+TEST(Safetensors, BytesNeededBoundsWhatALoadTakes) {
+  std::vector<Owned> aligned = sample_tensors();
+  aligned.erase(aligned.begin() + 2);  // without "odd": every tensor 8-aligned, so align 8 loads in place
+  const fs::path per_tensor = write(sample_tensors());
+  const fs::path in_place = write(aligned);
+  for (const auto& [path, align] : {std::pair{per_tensor, std::size_t{64}}, std::pair{per_tensor, std::size_t{4096}},
+                                    std::pair{in_place, std::size_t{8}}}) {
+    const std::size_t need = Safetensors::bytes_needed(read_safetensors_header(path), align);
+    for (std::size_t skew : {std::size_t{0}, std::size_t{1}, std::size_t{8}, std::size_t{100}}) {
+      Tape tape = Tape::start(16 * MiB);
+      if (skew != 0) {
+        ASSERT_TRUE(tape.take(skew, 1));
+      }
+      const std::size_t before = tape.used();
+      Safetensors model = Safetensors::load(path, tape, align);
+      EXPECT_LE(tape.used() - before, need) << path << ", align " << align << ", skew " << skew;
+      EXPECT_EQ(model.in_place(), path == in_place);
+    }
+  }
+  EXPECT_EQ(error_of([&] { (void)Safetensors::bytes_needed(read_safetensors_header(per_tensor), 3); }).first,
+            Errc::invalid_argument);
+  fs::remove(per_tensor);
+  fs::remove(in_place);
+}
+
 TEST(Safetensors, AlignedFilesLoadInPlaceInOnePass) {
   // Every tensor a multiple of 8 bytes: the data section keeps them 8-aligned.
   std::vector<Owned> tensors = sample_tensors();

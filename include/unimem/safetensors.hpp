@@ -129,6 +129,10 @@ class Safetensors {
   // the Tape has no room (then nothing is taken).
   static Safetensors load(const std::string& path, Tape& weights, std::size_t align = 64,
                           const ReadOptions& options = {});
+  // The most bytes of a Tape that load() of a file with this header takes,
+  // alignment padding included: a Tape with this many free bytes holds it.
+  // Throws Error(invalid_argument) for an alignment that is not a power of two.
+  static std::size_t bytes_needed(const SafetensorsHeader& header, std::size_t align = 64);
 
   // The tensor called `name`, or nullptr. Never throws.
   const Tensor* find(std::string_view name) const noexcept;
