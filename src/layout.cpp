@@ -16,9 +16,6 @@ Layout Layout::open(std::size_t weights_bytes, std::size_t scratch_bytes, std::s
   return Layout(std::move(weights), std::move(scratch), std::move(history));
 }
 
-Layout::Layout(Tape weights, Tape scratch, Tape history) noexcept
-    : weights_(std::move(weights)), scratch_(std::move(scratch)), history_(std::move(history)) {}
-
 std::string Layout::stat() const {
   return detail::format_usage_line("weights", weights_.used(), weights_.total()) +
          detail::format_usage_line("scratch", scratch_.used(), scratch_.total()) +

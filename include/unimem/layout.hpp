@@ -12,23 +12,22 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
 
 #include "unimem/tape.hpp"
 
 namespace unimem {
 
-class Layout {
+namespace detail {
+// What Layout and SharedLayout share: the three Tapes and the two clears.
+// `Weights` is Tape, or SharedTape for weights other processes map.
+template <class Weights>
+class LayoutTapes {
  public:
-  // Opens three Blocks of the given sizes (each rounded up to the page size)
-  // with the same options. Throws Block::open's errors; on error nothing
-  // stays allocated.
-  static Layout open(std::size_t weights_bytes, std::size_t scratch_bytes, std::size_t history_bytes,
-                     const BlockOptions& options = {});
-
-  Tape& weights() noexcept { return weights_; }
+  Weights& weights() noexcept { return weights_; }
   Tape& scratch() noexcept { return scratch_; }
   Tape& history() noexcept { return history_; }
-  const Tape& weights() const noexcept { return weights_; }
+  const Weights& weights() const noexcept { return weights_; }
   const Tape& scratch() const noexcept { return scratch_; }
   const Tape& history() const noexcept { return history_; }
 
@@ -40,16 +39,30 @@ class Layout {
     history_.clear();
   }
 
+ protected:
+  LayoutTapes(Weights weights, Tape scratch, Tape history) noexcept
+      : weights_(std::move(weights)), scratch_(std::move(scratch)), history_(std::move(history)) {}
+
+  Weights weights_;
+  Tape scratch_;
+  Tape history_;
+};
+}  // namespace detail
+
+class Layout : public detail::LayoutTapes<Tape> {
+ public:
+  // Opens three Blocks of the given sizes (each rounded up to the page size)
+  // with the same options. Throws Block::open's errors; on error nothing
+  // stays allocated.
+  static Layout open(std::size_t weights_bytes, std::size_t scratch_bytes, std::size_t history_bytes,
+                     const BlockOptions& options = {});
+
   // One line per tape, "name  used / total (percent)" in binary units, e.g.
   //   weights   12.0 MiB /  16.0 MiB  (75.0%)
   std::string stat() const;
 
  private:
-  Layout(Tape weights, Tape scratch, Tape history) noexcept;
-
-  Tape weights_;
-  Tape scratch_;
-  Tape history_;
+  using LayoutTapes::LayoutTapes;
 };
 
 }  // namespace unimem

@@ -32,6 +32,7 @@
 #include "unimem/block.hpp"
 #include "unimem/detail/fork_watch.hpp"
 #include "unimem/grid.hpp"
+#include "unimem/layout.hpp"
 #include "unimem/tape.hpp"
 
 namespace unimem {
@@ -236,7 +237,7 @@ class SharedGridCore {
 // A Layout for several processes: the weights live in a SharedTape that one
 // process loads and the others attach read-only (a write there faults);
 // scratch and history stay each process's own Tapes.
-class SharedLayout {
+class SharedLayout : public detail::LayoutTapes<SharedTape> {
  public:
   // The loading process: a fresh shared weights Tape. Throws Block::open's errors.
   static SharedLayout create(std::size_t weights_bytes, std::size_t scratch_bytes, std::size_t history_bytes,
@@ -246,27 +247,11 @@ class SharedLayout {
   static SharedLayout attach(const BlockId& weights, std::size_t scratch_bytes, std::size_t history_bytes,
                              const BlockOptions& options = {});
 
-  SharedTape& weights() noexcept { return weights_; }
-  Tape& scratch() noexcept { return scratch_; }
-  Tape& history() noexcept { return history_; }
-  const SharedTape& weights() const noexcept { return weights_; }
-  const Tape& scratch() const noexcept { return scratch_; }
-  const Tape& history() const noexcept { return history_; }
-
-  void clear_pass() noexcept { scratch_.clear(); }
-  void clear_talk() noexcept {
-    scratch_.clear();
-    history_.clear();
-  }
   // As Layout::stat; the weights line says "(shared)" or "(shared, read-only)".
   std::string stat() const;
 
  private:
-  SharedLayout(SharedTape weights, Tape scratch, Tape history) noexcept
-      : weights_(std::move(weights)), scratch_(std::move(scratch)), history_(std::move(history)) {}
-  SharedTape weights_;
-  Tape scratch_;
-  Tape history_;
+  using LayoutTapes::LayoutTapes;
 };
 
 }  // namespace unimem
