@@ -208,7 +208,7 @@ int main(int argc, char** argv) {
       unimem::ReadOptions buffered;
       buffered.direct = false;
       t = time_once(false, [&] { unimem::read_file(path, 0, block.bytes().first(bytes), buffered); });
-      report("host warm: unimem read_file, page cache (io_uring_buffered)", bytes, t);
+      report("host warm: unimem read_file, page cache (buffered_async)", bytes, t);
     }
     t = time_once(cold, [&] { read_plain(path, heap.data(), bytes); });
     report(std::string("host ") + c + ": read() 4 MiB at a time -> malloc", bytes, t);

@@ -55,7 +55,7 @@ using testing::Thrown;
 using testing::thrown_by;
 
 void expect_consistent(const ReadReport& r) {
-  EXPECT_EQ(r.path == ReadPath::io_uring_direct, r.fallback_reason.empty())
+  EXPECT_EQ(r.path == ReadPath::direct_async, r.fallback_reason.empty())
       << to_string(r.path) << ": " << r.fallback_reason;
   std::printf("path %s%s%s, %llu of %llu bytes buffered\n", to_string(r.path), r.fallback_reason.empty() ? "" : ": ",
               r.fallback_reason.c_str(), static_cast<unsigned long long>(r.buffered_bytes),
@@ -69,7 +69,7 @@ TEST(ReadFile, WholeFileIntoABlock) {
   EXPECT_EQ(r.bytes, f.data.size());
   EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
   expect_consistent(r);
-  if (r.path == ReadPath::io_uring_direct) {
+  if (r.path == ReadPath::direct_async) {
     EXPECT_LT(r.buffered_bytes, 4096u) << "only the unaligned tail goes through the page cache";
   }
 }
@@ -90,7 +90,7 @@ TEST(ReadFile, ReportsWhetherIoUringIsBuiltIn) {
   const ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()), o);
   EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
   expect_consistent(r);
-  const bool via_ring = r.path == ReadPath::io_uring_direct || r.path == ReadPath::io_uring_buffered;
+  const bool via_ring = r.path == ReadPath::direct_async || r.path == ReadPath::buffered_async;
   if (!info.io_uring) {
     EXPECT_FALSE(via_ring) << to_string(r.path);
     EXPECT_NE(r.fallback_reason.find("io_uring not built in"), std::string::npos) << r.fallback_reason;
@@ -119,7 +119,7 @@ TEST(ReadFile, EveryPathGivesTheSameBytes) {
       ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()), o);
       EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0) << ring << direct;
       if (!ring) {
-        EXPECT_TRUE(r.path == ReadPath::pread_direct || r.path == ReadPath::pread_buffered);
+        EXPECT_TRUE(r.path == ReadPath::direct_threads || r.path == ReadPath::buffered_threads);
       }
       if (!direct) {
         EXPECT_EQ(r.buffered_bytes, r.bytes);
@@ -153,7 +153,7 @@ TEST(ReadFile, SmallReadsSkipTheMachinery) {
   TempFile f(100 * 1024 + 7);
   Block b = Block::open(f.data.size());
   const ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()));
-  EXPECT_EQ(r.path, ReadPath::pread_buffered);
+  EXPECT_EQ(r.path, ReadPath::buffered_threads);
   EXPECT_NE(r.fallback_reason.find("small read"), std::string::npos) << r.fallback_reason;
   EXPECT_EQ(r.buffered_bytes, r.bytes);
   EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
@@ -205,7 +205,7 @@ TEST(ReadFile, TmpfsFallsBackToThePageCache) {
   Block b = Block::open(f.data.size());
   ReadReport r = read_file(f.path, 0, b.bytes().first(f.data.size()));
   EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0);
-  if (r.path != ReadPath::io_uring_direct && r.path != ReadPath::pread_direct) {
+  if (r.path != ReadPath::direct_async && r.path != ReadPath::direct_threads) {
     EXPECT_EQ(r.buffered_bytes, r.bytes);
     EXPECT_TRUE(r.fallback_reason.find("O_DIRECT") != std::string::npos ||
                 r.fallback_reason.find("page cache") != std::string::npos)
@@ -325,7 +325,7 @@ TEST(FileReader, OpensTheFileOnceAndKeepsOneRingForEveryRead) {
   detail::set_read_ring_probe(nullptr);
   expect_consistent(first);
   EXPECT_EQ(std::memcmp(b.data(), f.data.data(), f.data.size()), 0) << "every piece comes from the file opened";
-  if (first.path == ReadPath::io_uring_direct || first.path == ReadPath::io_uring_buffered) {
+  if (first.path == ReadPath::direct_async || first.path == ReadPath::buffered_async) {
     EXPECT_EQ(probe.rings_made, 1u) << "one ring for all eight reads";
   }
   // read_file is one FileReader read: a ring per call.

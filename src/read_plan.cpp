@@ -7,14 +7,14 @@ namespace unimem {
 
 const char* to_string(ReadPath path) noexcept {
   switch (path) {
-    case ReadPath::io_uring_direct:
-      return "io_uring_direct";
-    case ReadPath::io_uring_buffered:
-      return "io_uring_buffered";
-    case ReadPath::pread_direct:
-      return "pread_direct";
-    case ReadPath::pread_buffered:
-      return "pread_buffered";
+    case ReadPath::direct_async:
+      return "direct_async";
+    case ReadPath::buffered_async:
+      return "buffered_async";
+    case ReadPath::direct_threads:
+      return "direct_threads";
+    case ReadPath::buffered_threads:
+      return "buffered_threads";
     case ReadPath::page_cache_registered:
       return "page_cache_registered";
   }

@@ -3,12 +3,15 @@
 // read_file() moves bytes from a file into memory you own (a Block, a Tape
 // allocation) at the disk's speed: O_DIRECT reads, aligned to what the file
 // system asks for, many in flight through io_uring. Where that cannot work it
-// falls back on its own, and says which path it took and why:
-//   io_uring_direct    io_uring + O_DIRECT: the page cache is bypassed
-//   io_uring_buffered  io_uring through the page cache (O_DIRECT refused, e.g. tmpfs)
-//   pread_direct       parallel pread + O_DIRECT (io_uring unavailable, or not built
-//                      in: a build without liburing, see build_info.hpp)
-//   pread_buffered     parallel pread through the page cache
+// falls back on its own, and says which path it took and why. Paths are
+// named by what they do, not by the platform's call that does it:
+//   direct_async      the page cache bypassed, many reads in flight from one
+//                     thread (Linux: io_uring + O_DIRECT)
+//   buffered_async    the same through the page cache (O_DIRECT refused, e.g. tmpfs)
+//   direct_threads    the page cache bypassed, reads on several threads
+//                     (Linux: pread + O_DIRECT, where io_uring is unavailable
+//                     or not built in: a build without liburing, see build_info.hpp)
+//   buffered_threads  reads on several threads through the page cache
 // Pieces that O_DIRECT cannot take (unaligned head and tail of a segment, or a
 // destination whose alignment does not match the file offset's) are read
 // through the page cache; the report counts them. A file that is already in
@@ -34,14 +37,14 @@
 namespace unimem {
 
 enum class ReadPath {
-  io_uring_direct,
-  io_uring_buffered,
-  pread_direct,
-  pread_buffered,
+  direct_async,
+  buffered_async,
+  direct_threads,
+  buffered_threads,
   page_cache_registered,  // to a GPU: the page cache registered in place, DMA straight from it (gpu::Loader)
 };
 
-// "io_uring_direct", ... Never throws.
+// "direct_async", ... Never throws.
 const char* to_string(ReadPath path) noexcept;
 
 // One piece of a file and where it goes.
@@ -71,9 +74,9 @@ struct ReadOptions {
 struct ReadReport {
   std::uint64_t bytes = 0;           // all bytes read
   std::uint64_t buffered_bytes = 0;  // of which through the page cache (unaligned pieces, fallbacks)
-  ReadPath path = ReadPath::pread_buffered;
+  ReadPath path = ReadPath::buffered_threads;
   double seconds = 0;
-  std::string fallback_reason;  // why not io_uring_direct; empty when it was
+  std::string fallback_reason;  // why not direct_async; empty when it was
 };
 
 // A file opened and probed once for many reads: its descriptors (page cache

@@ -427,7 +427,7 @@ TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {
   gpu::Loader loader(0, o);
   const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
   const gpu::DeviceSegment all[] = {{0, dev, bytes}};
-  const ReadPath expected[] = {ReadPath::pread_buffered, ReadPath::page_cache_registered,
+  const ReadPath expected[] = {ReadPath::buffered_threads, ReadPath::page_cache_registered,
                                ReadPath::page_cache_registered};
   for (int load = 0; load < 3; ++load) {
     const ReadReport r = loader.load(path, all);
@@ -470,7 +470,7 @@ TEST(GpuLoader, StagesWhatIsNotCachedAndMixesRoutesInOneLoad) {
     EXPECT_EQ(bad, 0u) << "mode " << mode;
     std::printf("GpuLoader mode %d (%.0f%% cached): %s: %s\n", mode, 100 * page_cache_fraction(path, 0, bytes),
                 to_string(r.path), r.fallback_reason.c_str());
-    if (mode == 2) EXPECT_EQ(r.path, ReadPath::pread_buffered);
+    if (mode == 2) EXPECT_EQ(r.path, ReadPath::buffered_threads);
     if (mode == 1 && page_cache_fraction(path, 0, bytes) < 0.5) EXPECT_NE(r.path, ReadPath::page_cache_registered);
     gpu_test::device_free(0, dev);
   }

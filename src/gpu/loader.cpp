@@ -673,7 +673,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
 
   std::atomic<bool> stop{false};
   std::atomic<std::size_t> in_place{0}, newly_registered{0}, staged{0}, staged_buffered{0};
-  ReadPath staged_path = ReadPath::io_uring_direct;
+  ReadPath staged_path = ReadPath::direct_async;
   std::string staged_reason;
   std::optional<FileReader> reader;  // for chunks not in the page cache
 
@@ -695,7 +695,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
                         (err > 0 ? " could not be read: " + unimem::detail::errno_text(err)
                                  : " ended early (it shrank while it was loaded)"));
       }
-      staged_path = ReadPath::pread_buffered;
+      staged_path = ReadPath::buffered_threads;
       staged_reason = "in the page cache, its registration refused: copied out of it into pinned staging";
       staged_buffered += n;
     } else {
@@ -909,7 +909,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   if (worker_bytes != 0) {
     staged += worker_bytes;
     staged_buffered += worker_bytes;
-    staged_path = ReadPath::pread_buffered;
+    staged_path = ReadPath::buffered_threads;
     staged_reason = "in the page cache: copied out of it by " + std::to_string(s.workers.size()) +
                     " threads, each into pinned slots of its own";
     if (workers_made_ms >= 0) {

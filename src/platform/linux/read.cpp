@@ -456,7 +456,7 @@ ReadReport FileReader::read(std::span<const ReadSegment> segments,
   if (report.bytes <= options.small_read_bytes && !options.progress) {
     for (const ReadSegment& s : segments) read_buffered(path, fds.buffered, s);
     report.buffered_bytes = report.bytes;
-    report.path = ReadPath::pread_buffered;
+    report.path = ReadPath::buffered_threads;
     report.fallback_reason =
         "a small read (ReadOptions::small_read_bytes): pread through the page cache in the calling thread";
     report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -505,9 +505,9 @@ ReadReport FileReader::read(std::span<const ReadSegment> segments,
     why = why.empty() ? "io_uring not asked for" : "io_uring not asked for; " + why;
   }
   if (!ring) run_pread(path, with_direct, chunks, options, report.bytes);
-  report.path = ring ? (any_direct ? ReadPath::io_uring_direct : ReadPath::io_uring_buffered)
-                     : (any_direct ? ReadPath::pread_direct : ReadPath::pread_buffered);
-  report.fallback_reason = report.path == ReadPath::io_uring_direct ? "" : why;
+  report.path = ring ? (any_direct ? ReadPath::direct_async : ReadPath::buffered_async)
+                     : (any_direct ? ReadPath::direct_threads : ReadPath::buffered_threads);
+  report.fallback_reason = report.path == ReadPath::direct_async ? "" : why;
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }
