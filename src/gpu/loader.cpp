@@ -38,6 +38,7 @@
 #include "format.hpp"
 #include "gpu/driver.hpp"
 #include "gpu/loader_probe.hpp"
+#include "load_progress.hpp"
 #include "platform/files.hpp"
 #include "platform/region.hpp"
 #include "unimem/detail/fork_watch.hpp"
@@ -126,41 +127,6 @@ std::vector<Piece> merge(std::span<const DeviceSegment> segments, std::span<cons
   }
   return merged;
 }
-
-// LoadOptions::progress, called from several threads: one call at a time,
-// `done` never going back, about every 1% (and 64 MiB), and done == total
-// only from finish().
-class LoadProgress {
- public:
-  LoadProgress(const std::function<void(std::uint64_t, std::uint64_t)>& report, std::uint64_t total)
-      : report_(report), total_(total), step_(std::max<std::uint64_t>(total / 100, std::uint64_t{64} << 20)) {}
-
-  void add(std::uint64_t n) {
-    if (!report_) return;
-    const std::uint64_t done = done_.fetch_add(n, std::memory_order_relaxed) + n;
-    if (done >= total_ || done - reported_.load(std::memory_order_relaxed) < step_) return;
-    std::lock_guard hold(lock_);
-    const std::uint64_t now = std::min(done_.load(std::memory_order_relaxed), total_ - 1);
-    if (now <= reported_.load(std::memory_order_relaxed)) return;
-    reported_.store(now, std::memory_order_relaxed);
-    report_(now, total_);
-  }
-  // Once every byte is on the devices.
-  void finish() {
-    if (!report_) return;
-    std::lock_guard hold(lock_);
-    reported_.store(total_, std::memory_order_relaxed);
-    report_(total_, total_);
-  }
-
- private:
-  const std::function<void(std::uint64_t, std::uint64_t)>& report_;
-  const std::uint64_t total_;
-  const std::uint64_t step_;
-  std::atomic<std::uint64_t> done_{0};
-  std::atomic<std::uint64_t> reported_{0};
-  std::mutex lock_;
-};
 
 // What a load did, for ReadReport::fallback_reason.
 std::string describe(std::size_t in_place, std::size_t newly_registered, std::size_t staged, ReadPath staged_path) {
@@ -601,7 +567,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
 
   std::uint64_t needed = 0;
   for (const Need& need : needs) needed += need.hi - need.lo;
-  LoadProgress progress(options.progress, needed);
+  unimem::detail::LoadProgress progress(options.progress, needed);
 
   // Whatever happens below, every stream is drained before this returns.
   struct Drain {
