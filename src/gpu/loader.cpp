@@ -763,8 +763,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
         for (std::size_t use = 0; !stop; ++use) {
           const std::optional<Slice> slice = claim_slice();
           if (!slice) break;
-          if (mine.slots ==
-              nullptr) {  // made on the worker's first slice, not before: a worker with none costs nothing
+          // Made on the worker's first slice, not before: a worker with none costs nothing.
+          if (mine.slots == nullptr) {
             const double made = s.make_worker(w);
             if (probe) probe->worker_made(w, made);
             std::lock_guard hold(errors);
