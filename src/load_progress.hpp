@@ -28,12 +28,14 @@ class LoadProgress {
   void add(std::uint64_t n) {
     if (!report_) return;
     const std::uint64_t done = done_.fetch_add(n, std::memory_order_relaxed) + n;
-    // A stale `reported_` may make this difference wrap: the check under the
-    // lock below decides.
+    // A stale `reported_` lets several threads past this check at once (or
+    // makes the difference wrap): the same check under the lock decides, so
+    // that only the first of them reports.
     if (done >= total_ || done - reported_.load(std::memory_order_relaxed) < step_) return;
     std::lock_guard hold(lock_);
     const std::uint64_t now = std::min(done_.load(std::memory_order_relaxed), total_ - 1);
-    if (now <= reported_.load(std::memory_order_relaxed)) return;
+    const std::uint64_t last = reported_.load(std::memory_order_relaxed);
+    if (now <= last || now - last < step_) return;
     reported_.store(now, std::memory_order_relaxed);
     report_(now, total_);
   }

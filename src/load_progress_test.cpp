@@ -42,11 +42,18 @@ TEST(LoadProgress, ManyThreadsOneStoryThenTheTotalOnce) {
   progress.finish();
   EXPECT_FALSE(overlapped) << "two calls at once";
   ASSERT_EQ(seen.back(), std::make_pair(total, total));
+  const std::uint64_t step = total / 100;  // 1% of 16 GiB is above the 64 MiB floor
   for (std::size_t i = 1; i < seen.size(); ++i) {
     EXPECT_GT(seen[i].first, seen[i - 1].first) << "call " << i;
     EXPECT_EQ(seen[i].second, total);
+    // Two threads that both passed the unlocked check must not both report:
+    // the second finds a step not yet passed since the first's report.
+    if (i + 1 < seen.size()) {
+      EXPECT_GE(seen[i].first - seen[i - 1].first, step) << "call " << i << " came less than a step after the last";
+    }
   }
-  EXPECT_LE(seen.size(), 102u) << "about one report per 1% (and 64 MiB), not one per slice";
+  EXPECT_GE(seen.front().first, step);
+  EXPECT_LE(seen.size(), 101u) << "one report per 1% (and 64 MiB), not one per slice, then the total";
 }
 
 TEST(LoadProgress, SmallLoadsReportOnlyTheEnd) {
