@@ -10,6 +10,11 @@
 // UCX's UCP layer (tcp, shared memory, InfiniBand/RoCE: whatever UCX_TLS
 // allows on both sides), not a protocol of unimem's own.
 //
+// On the exporter's own host a reader takes a shorter way by default
+// (RemoteOptions::same_host): it maps the exported Block by id, as
+// Block::attach does, and copies the cells itself, at memory speed, where UCX
+// would copy them through a shared-memory FIFO on the exporter's CPU.
+//
 //   owner:   remote::Exporter ex = remote::Exporter::create(pool);   // maps the Block once
 //            send(ex.descriptor());                                   // bytes, out of band
 //   reader:  remote::RemotePool far = remote::RemotePool::connect(descriptor);
@@ -38,7 +43,11 @@
 // transports do not check remote keys against bounds or rights: there the
 // RemotePool's local checks keep honest peers inside the cells, and only peers
 // trusted with the process's memory (the same user, ptrace rights for cma)
-// should be given descriptors. See docs/DESIGN.md, "Remote pools".
+// should be given descriptors. The same-host route maps the whole exported
+// Block (read-only for a read-only export): it is taken only by a reader the
+// kernel already lets open the exporter's descriptors (/proc/<pid>/fd: the
+// same user, ptrace rights), so it grants nothing more. See docs/DESIGN.md,
+// "Remote pools".
 #pragma once
 
 #include <chrono>
@@ -56,7 +65,7 @@
 namespace unimem::remote {
 
 // The descriptor format this unimem writes and reads.
-inline constexpr std::uint32_t kDescriptorVersion = 1;
+inline constexpr std::uint32_t kDescriptorVersion = 2;
 
 // Who drives the exporter's UCX worker. Some transports need the exporter's
 // CPU to serve a read or write (tcp emulates one-sided operations with
@@ -136,13 +145,28 @@ class Exporter {
   std::unique_ptr<State> state_;
 };
 
+// How a RemotePool reaches its exporter.
+enum class Route : std::uint8_t {
+  ucx,        // through UCX (another host, or the same-host route refused or turned off)
+  same_host,  // the exporter's Block mapped here by id; cells copied with memcpy
+};
+
 struct RemoteOptions {
+  // Take the same-host route where it can be taken: the descriptor says the
+  // exporter runs on this host (same boot, same pid namespace) and its Block
+  // can be attached here (the same user). Then no UCX endpoint is made; each
+  // call checks that the exporting process lives and the Exporter stands
+  // (a dead exporter is noticed at once, where UCX over shared memory alone
+  // cannot notice it), copies the cells on the calling thread (on a crew of
+  // threads for calls of 4 MiB and more), and returns a transfer that is
+  // already done. Off: UCX, as between hosts (e.g. to measure it).
+  bool same_host = true;
   // How long a peer may stay silent before its connection is declared dead
   // (UCX keepalive, with UCX's peer failure handling): a transfer to a peer
   // that died without closing its connections fails within about twice this.
   // Where UCX_KEEPALIVE_INTERVAL is set in the environment, that wins.
   std::chrono::milliseconds keepalive{1000};
-  // Ask UCX to report a peer's failure (UCP_ERR_HANDLING_MODE_PEER). UCX then
+  // UCX route: ask UCX to report a peer's failure (UCP_ERR_HANDLING_MODE_PEER). UCX then
   // uses only transports that can (tcp, InfiniBand/RoCE): on one host, that
   // moves the bytes over tcp even where shared memory is allowed. Without it,
   // shared memory (UCX_TLS=sm) carries the bytes at memory speed, but UCX
@@ -225,7 +249,8 @@ class RemoteTransfer {
 class RemotePool {
  public:
   // Parses `descriptor` (every field checked: see Error bad_format above)
-  // and connects to the exporter's worker (UCX peer failure handling on).
+  // and takes the same-host route where it can (RemoteOptions::same_host),
+  // else connects to the exporter's worker over UCX.
   // Throws Error(bad_format) for a bad descriptor, before any network
   // operation; Error(system) when UCX refuses the worker address or the
   // remote keys (e.g. no transport in common); Error(disconnected) when the
@@ -242,13 +267,15 @@ class RemotePool {
 
   // Reads remote cell remote_cells[i] into the cell_size() bytes at local[i],
   // for every i, in as few operations as adjacency allows (sorted by remote
-  // index; runs adjacent both remotely and locally go as one). Returns at
-  // once; the local bytes are unspecified until the transfer is done.
+  // index; runs adjacent both remotely and locally go as one). Over UCX it
+  // returns at once; the local bytes are unspecified until the transfer is
+  // done. On the same-host route it returns once the bytes are copied, with
+  // a transfer that is done, or failed when the exporter went away meanwhile.
   // Throws Error(invalid_argument), with nothing sent, when the lists differ
   // in length, an index is not below cells(), a local pointer is null,
   // check_generations is asked of an export without generations, or the
   // pool is moved-from; Error(disconnected) when the connection failed
-  // earlier (connect again).
+  // earlier (connect again) or, on the same-host route, the exporter is gone.
   RemoteTransfer get(std::span<const std::uint32_t> remote_cells, std::span<std::byte* const> local,
                      const GetOptions& options = {});
   // The same into cells of a local SharedGrid (or an OffloadPool's), which
@@ -268,6 +295,7 @@ class RemotePool {
   bool read_only() const noexcept;
   bool has_generations() const noexcept;
   std::uint64_t generation() const noexcept;  // the export's (Exporter::generation)
+  Route route() const noexcept;               // Route::ucx for a moved-from pool
 
  private:
   explicit RemotePool(std::shared_ptr<detail::RemoteState> state) noexcept;

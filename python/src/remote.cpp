@@ -224,18 +224,22 @@ void bind_remote(py::module_& m) {
       .def_property_readonly("bytes", [](const PyRemoteTransfer& t) { return t.transfer.bytes(); })
       .def_property_readonly("operations", [](const PyRemoteTransfer& t) { return t.transfer.operations(); });
 
-  py::class_<PyRemotePool>(m, "RemotePool", "The cells of an export on another process or host (UCX).")
-      .def(py::init([](const py::bytes& descriptor, bool detect_peer_failure, double keepalive) {
+  py::class_<PyRemotePool>(m, "RemotePool",
+                           "The cells of an export on another process or host: over UCX, or on the exporter's own "
+                           "host by mapping its memory (route 'same_host').")
+      .def(py::init([](const py::bytes& descriptor, bool detect_peer_failure, double keepalive, bool same_host) {
              const std::string d = descriptor;
              remote::RemoteOptions o;
              o.detect_peer_failure = detect_peer_failure;
+             o.same_host = same_host;
              o.keepalive = std::chrono::milliseconds(static_cast<long long>(keepalive * 1000));
              py::gil_scoped_release released;
              auto p = std::make_shared<remote::RemotePool>(
                  remote::RemotePool::connect(std::span(reinterpret_cast<const std::byte*>(d.data()), d.size()), o));
              return PyRemotePool{std::move(p), {}};
            }),
-           py::arg("descriptor"), py::kw_only(), py::arg("detect_peer_failure") = true, py::arg("keepalive") = 1.0)
+           py::arg("descriptor"), py::kw_only(), py::arg("detect_peer_failure") = true, py::arg("keepalive") = 1.0,
+           py::arg("same_host") = true)
       .def(
           "get",
           [](PyRemotePool& p, const py::object& remote_cells, const py::object& into, const py::object& local_cells,
@@ -259,7 +263,11 @@ void bind_remote(py::module_& m) {
       .def_property_readonly("cells", [](const PyRemotePool& p) { return p.pool->cells(); })
       .def_property_readonly("cell_size", [](const PyRemotePool& p) { return p.pool->cell_size(); })
       .def_property_readonly("read_only", [](const PyRemotePool& p) { return p.pool->read_only(); })
-      .def_property_readonly("generation", [](const PyRemotePool& p) { return p.pool->generation(); });
+      .def_property_readonly("generation", [](const PyRemotePool& p) { return p.pool->generation(); })
+      .def_property_readonly(
+          "route",
+          [](const PyRemotePool& p) { return p.pool->route() == remote::Route::same_host ? "same_host" : "ucx"; },
+          "'same_host' (the exporter's memory mapped here, copied with memcpy) or 'ucx'.");
 }
 
 }  // namespace unimem::python

@@ -1,7 +1,9 @@
 """Remote pools from Python (unimem.RemotePool, OffloadPool.export): both ends
-in this process over UCX's tcp transport; skipped where unimem was built
-without UCX."""
+in this process, over UCX's tcp transport and over the same-host route, and
+an exporter in another process; skipped where unimem was built without UCX."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +20,17 @@ def tcp(monkeypatch):
     monkeypatch.setenv("UCX_TLS", "tcp")
 
 
+@pytest.fixture(params=["same_host", "ucx"])
+def route(request):
+    return request.param
+
+
+def connect(descriptor, route):
+    far = unimem.RemotePool(descriptor, same_host=route == "same_host")
+    assert far.route == route
+    return far
+
+
 def filled_pool(blocks=8):
     pool = unimem.OffloadPool(CELL, blocks, device=None)
     cells = pool.take(blocks)
@@ -26,9 +39,9 @@ def filled_pool(blocks=8):
     return pool, cells
 
 
-def test_get_into_a_buffer_and_put_back_bytes_exact():
+def test_get_into_a_buffer_and_put_back_bytes_exact(route):
     pool, cells = filled_pool()
-    far = unimem.RemotePool(pool.export())
+    far = connect(pool.export(), route)
     assert (far.cells, far.cell_size, far.read_only) == (8, CELL, False)
     into = np.zeros((3, CELL), dtype=np.uint8)
     t = far.get(np.array([5, 1, 6], dtype=np.int64), into)
@@ -42,11 +55,11 @@ def test_get_into_a_buffer_and_put_back_bytes_exact():
     assert (np.asarray(by_index[4].view("uint8", [CELL])) == 201).all()
 
 
-def test_get_into_a_local_pools_cells_checks_generations():
+def test_get_into_a_local_pools_cells_checks_generations(route):
     pool, cells = filled_pool()
     local = unimem.OffloadPool(CELL, 4, device=None)
     mine = local.take(4)
-    far = unimem.RemotePool(pool.export(read_only=True))
+    far = connect(pool.export(read_only=True), route)
     assert far.read_only
     t = far.get([0, 7], local, [mine[2], mine[3].index], check_generations=True)
     t.wait()
@@ -57,14 +70,14 @@ def test_get_into_a_local_pools_cells_checks_generations():
         far.put([0], local, [mine[0]])
 
 
-def test_bad_input_is_a_clear_error():
+def test_bad_input_is_a_clear_error(route):
     pool, _ = filled_pool()
     d = pool.export()
     with pytest.raises(unimem.BadFormat):
         unimem.RemotePool(d[:-3])
     with pytest.raises(unimem.BadFormat):
         unimem.RemotePool(b"x" * 100)
-    far = unimem.RemotePool(d)
+    far = connect(d, route)
     with pytest.raises(unimem.InvalidArgument):
         far.get([8], np.zeros((1, CELL), dtype=np.uint8))  # out of range
     with pytest.raises(unimem.InvalidArgument):
@@ -73,3 +86,32 @@ def test_bad_input_is_a_clear_error():
         far.get([-1], np.zeros((1, CELL), dtype=np.uint8))
     exporter = unimem.Exporter(pool, read_only=True)
     assert exporter.read_only and isinstance(exporter.descriptor, bytes)
+
+
+EXPORTER = """
+import sys, numpy as np, unimem
+pool = unimem.OffloadPool(65536, 4, device=None)
+cells = pool.take(4)
+for c in cells:
+    np.frombuffer(memoryview(c.view("uint8", [65536])), dtype=np.uint8)[:] = c.index + 40
+exporter = unimem.Exporter(pool)
+print(exporter.descriptor.hex(), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_an_exporter_in_another_process_then_killed_is_disconnected():
+    child = subprocess.Popen([sys.executable, "-c", EXPORTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        far = unimem.RemotePool(bytes.fromhex(child.stdout.readline().decode()))
+        assert far.route == "same_host"
+        into = np.zeros((2, CELL), dtype=np.uint8)
+        far.get([3, 0], into).wait()
+        assert (into[0] == 43).all() and (into[1] == 40).all()
+        child.kill()
+        child.wait()
+        with pytest.raises(unimem.Disconnected, match="exited"):
+            far.get([1], into[:1]).wait()
+    finally:
+        child.kill()
+        child.wait()

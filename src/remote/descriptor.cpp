@@ -18,15 +18,38 @@ namespace {
 constexpr char kMagic[8] = {'u', 'n', 'i', 'm', 'e', 'm', 'R', '1'};
 constexpr std::uint32_t kReadOnly = 1u << 0;
 constexpr std::uint32_t kGenerations = 1u << 1;
-constexpr std::uint32_t kKnownFlags = kReadOnly | kGenerations;
+constexpr std::uint32_t kSameHostSection = 1u << 2;
+constexpr std::uint32_t kKnownFlags = kReadOnly | kGenerations | kSameHostSection;
 
 [[noreturn]] void bad(const std::string& why) {
   throw Error(Errc::bad_format, 0, "unimem: remote pool descriptor: " + why);
 }
 
+// Why the same-host section `h` of `d` breaks the format's rules, or nullptr.
+// Called after d's own fields passed: cells * cell_size does not overflow.
+const char* broken_rule(const SameHost& h, const Descriptor& d) {
+  if (h.pid_namespace == 0) return "the same-host section's pid namespace is 0";
+  if (h.pid <= 0) return "the same-host section's process id is not positive";
+  if (h.block_fd < 0 || h.beacon_fd < 0) return "a same-host descriptor number is negative";
+  if (h.block_object == 0 || h.beacon_object == 0) return "a same-host Block's object is 0";
+  std::uint64_t end = 0;
+  if (__builtin_add_overflow(h.cells_offset, d.cell_size * d.cells, &end) || end > h.block_bytes) {
+    return "the cells do not lie inside the same-host Block";
+  }
+  if (d.has_generations() != (h.generations_offset != 0)) {
+    return "the same-host section's generations disagree with the descriptor's";
+  }
+  if (h.generations_offset != 0 &&
+      (h.generations_offset % 8 != 0 || __builtin_add_overflow(h.generations_offset, d.cells * 8, &end) ||
+       end > h.block_bytes)) {
+    return "the generations do not lie 8-aligned inside the same-host Block";
+  }
+  return nullptr;
+}
+
 // Why `d` breaks the format's rules, or nullptr when it does not.
 const char* broken_rule(const Descriptor& d) {
-  if (d.version != kDescriptorVersion) return "the version is not 1";
+  if (d.version != kDescriptorVersion) return "the version is not 2";
   if (d.cell_size == 0) return "the cell size is 0";
   if (d.cells == 0 || d.cells >= 0xffffffffu) return "the cell count is not in [1, 2^32 - 1)";
   std::uint64_t bytes = 0, end = 0;
@@ -50,6 +73,7 @@ const char* broken_rule(const Descriptor& d) {
     return "the cells' remote key is empty or longer than 64 KiB";
   }
   if (d.generations_rkey.size() > kMaxDescriptorBlob) return "the generations' remote key is longer than 64 KiB";
+  if (d.same_host) return broken_rule(*d.same_host, d);
   return nullptr;
 }
 
@@ -112,10 +136,12 @@ std::vector<std::byte> serialize(const Descriptor& d) {
   if (const char* why = broken_rule(d)) {
     throw Error(Errc::invalid_argument, 0, std::string("unimem: cannot write a remote pool descriptor: ") + why);
   }
-  Writer out(kDescriptorFixedBytes + d.worker_address.size() + d.cells_rkey.size() + d.generations_rkey.size() + 8);
+  Writer out(kDescriptorFixedBytes + d.worker_address.size() + d.cells_rkey.size() + d.generations_rkey.size() +
+             (d.same_host ? kSameHostBytes : 0) + 8);
   out.bytes(kMagic, sizeof kMagic);
   out.le<std::uint32_t>(d.version);
-  out.le<std::uint32_t>((d.read_only ? kReadOnly : 0) | (d.has_generations() ? kGenerations : 0));
+  out.le<std::uint32_t>((d.read_only ? kReadOnly : 0) | (d.has_generations() ? kGenerations : 0) |
+                        (d.same_host ? kSameHostSection : 0));
   out.le<std::uint64_t>(d.generation);
   out.le<std::uint64_t>(d.cells_address);
   out.le<std::uint64_t>(d.cell_size);
@@ -128,6 +154,19 @@ std::vector<std::byte> serialize(const Descriptor& d) {
   out.bytes(d.worker_address.data(), d.worker_address.size());
   out.bytes(d.cells_rkey.data(), d.cells_rkey.size());
   out.bytes(d.generations_rkey.data(), d.generations_rkey.size());
+  if (const auto& h = d.same_host) {
+    out.bytes(h->boot.data(), h->boot.size());
+    out.le<std::uint64_t>(h->pid_namespace);
+    out.le<std::uint32_t>(static_cast<std::uint32_t>(h->pid));
+    out.le<std::uint32_t>(static_cast<std::uint32_t>(h->block_fd));
+    out.le<std::uint64_t>(h->block_object);
+    out.le<std::uint64_t>(h->block_bytes);
+    out.le<std::uint64_t>(h->cells_offset);
+    out.le<std::uint64_t>(h->generations_offset);
+    out.le<std::uint32_t>(static_cast<std::uint32_t>(h->beacon_fd));
+    out.le<std::uint32_t>(0);
+    out.le<std::uint64_t>(h->beacon_object);
+  }
   out.le<std::uint64_t>(fnv1a64(out.written()));
   return std::move(out).done();
 }
@@ -169,6 +208,24 @@ Descriptor parse(std::span<const std::byte> bytes) {
   d.worker_address = blob(worker_bytes, "the worker address");
   d.cells_rkey = blob(cells_rkey_bytes, "the cells' remote key");
   d.generations_rkey = blob(generations_rkey_bytes, "the generations' remote key");
+  if ((flags & kSameHostSection) != 0) {
+    SameHost h;
+    const auto boot = in.take(h.boot.size(), "the same-host section's boot id");
+    for (std::size_t i = 0; i < h.boot.size(); ++i) h.boot[i] = std::to_integer<std::uint8_t>(boot[i]);
+    h.pid_namespace = in.le<std::uint64_t>("the same-host section's pid namespace");
+    h.pid = static_cast<std::int32_t>(in.le<std::uint32_t>("the same-host section's process id"));
+    h.block_fd = static_cast<std::int32_t>(in.le<std::uint32_t>("the same-host Block's descriptor"));
+    h.block_object = in.le<std::uint64_t>("the same-host Block's object");
+    h.block_bytes = in.le<std::uint64_t>("the same-host Block's size");
+    h.cells_offset = in.le<std::uint64_t>("the cells' offset in the same-host Block");
+    h.generations_offset = in.le<std::uint64_t>("the generations' offset in the same-host Block");
+    h.beacon_fd = static_cast<std::int32_t>(in.le<std::uint32_t>("the beacon's descriptor"));
+    if (in.le<std::uint32_t>("the same-host section's reserved word") != 0) {
+      bad("the same-host section's reserved word is not 0");
+    }
+    h.beacon_object = in.le<std::uint64_t>("the beacon's object");
+    d.same_host = h;
+  }
   const std::size_t covered = in.at();
   const auto checksum = in.le<std::uint64_t>("the checksum");
   if (in.at() != bytes.size()) {

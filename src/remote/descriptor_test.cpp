@@ -27,6 +27,27 @@ Descriptor sample() {
   return d;
 }
 
+// sample() with a same-host section: cells after one page of state, generations in it.
+Descriptor sample_same_host() {
+  Descriptor d = sample();
+  SameHost h;
+  for (std::size_t i = 0; i < h.boot.size(); ++i) h.boot[i] = static_cast<std::uint8_t>(0xa0 + i);
+  h.pid_namespace = 4026531836ull;
+  h.pid = 4242;
+  h.block_fd = 17;
+  h.block_object = 991;
+  h.block_bytes = 4096 + d.cell_size * d.cells;
+  h.cells_offset = 4096;
+  h.generations_offset = 512;
+  h.beacon_fd = 18;
+  h.beacon_object = 992;
+  d.same_host = h;
+  return d;
+}
+
+// Where the same-host section starts in sample_same_host()'s bytes.
+constexpr std::size_t kSameHostAt = kDescriptorFixedBytes + 37 + 19 + 23;
+
 // Rewrites the trailing checksum, as a forger would.
 void reseal(std::vector<std::byte>& bytes) {
   const std::uint64_t h = fnv1a64(std::span(bytes).first(bytes.size() - 8));
@@ -44,7 +65,8 @@ TEST(RemoteDescriptor, RoundTripsEveryField) {
   const std::vector<std::byte> bytes = serialize(d);
   EXPECT_EQ(bytes.size(), kDescriptorFixedBytes + 37 + 19 + 23 + 8);
   const Descriptor e = parse(bytes);
-  EXPECT_EQ(e.version, 1u);
+  EXPECT_EQ(e.version, 2u);
+  EXPECT_FALSE(e.same_host);
   EXPECT_TRUE(e.read_only);
   EXPECT_EQ(e.generation, d.generation);
   EXPECT_EQ(e.cells_address, d.cells_address);
@@ -61,10 +83,26 @@ TEST(RemoteDescriptor, RoundTripsEveryField) {
   const Descriptor p = parse(serialize(plain));
   EXPECT_FALSE(p.read_only);
   EXPECT_FALSE(p.has_generations());
+
+  const Descriptor local = sample_same_host();
+  const std::vector<std::byte> local_bytes = serialize(local);
+  EXPECT_EQ(local_bytes.size(), kSameHostAt + kSameHostBytes + 8);
+  const Descriptor l = parse(local_bytes);
+  ASSERT_TRUE(l.same_host);
+  EXPECT_EQ(l.same_host->boot, local.same_host->boot);
+  EXPECT_EQ(l.same_host->pid_namespace, local.same_host->pid_namespace);
+  EXPECT_EQ(l.same_host->pid, 4242);
+  EXPECT_EQ(l.same_host->block_fd, 17);
+  EXPECT_EQ(l.same_host->block_object, 991u);
+  EXPECT_EQ(l.same_host->block_bytes, local.same_host->block_bytes);
+  EXPECT_EQ(l.same_host->cells_offset, 4096u);
+  EXPECT_EQ(l.same_host->generations_offset, 512u);
+  EXPECT_EQ(l.same_host->beacon_fd, 18);
+  EXPECT_EQ(l.same_host->beacon_object, 992u);
 }
 
 TEST(RemoteDescriptor, EveryTruncationAndEveryFlippedByteIsRefused) {
-  const std::vector<std::byte> good = serialize(sample());
+  const std::vector<std::byte> good = serialize(sample_same_host());
   for (std::size_t n = 0; n < good.size(); ++n) {
     EXPECT_EQ(error_of([&] { (void)parse(std::span(good).first(n)); }), Errc::bad_format) << n;
   }
@@ -87,7 +125,8 @@ TEST(RemoteDescriptor, ForgedFieldsWithAValidChecksumAreRefused) {
     EXPECT_EQ(t.code, Errc::bad_format) << why;
     return t.message;
   };
-  EXPECT_NE(refused(8, std::uint32_t{2}, "version").find("version 2"), std::string::npos);
+  EXPECT_NE(refused(8, std::uint32_t{1}, "version").find("version 1"), std::string::npos);
+  EXPECT_NE(refused(8, std::uint32_t{3}, "version").find("reads version 2"), std::string::npos);
   refused(8, std::uint32_t{0}, "version 0");
   refused(12, std::uint32_t{1u << 7}, "unknown flag");
   refused(12, std::uint32_t{1}, "generations flag without generations flag but an address");
@@ -105,6 +144,29 @@ TEST(RemoteDescriptor, ForgedFieldsWithAValidChecksumAreRefused) {
   refused(60, std::uint32_t{0}, "no cells key");
   refused(64, std::uint32_t{0}, "generations without a key");
   refused(68, std::uint32_t{1}, "reserved");
+  refused(12, std::uint32_t{1 | 2 | 4}, "a same-host flag without the section");
+
+  const std::vector<std::byte> local = serialize(sample_same_host());
+  auto refused_local = [&](std::size_t at, auto value, const char* why) {
+    std::vector<std::byte> bad = local;
+    poke(bad, kSameHostAt + at, value);
+    const auto t = unimem::testing::thrown_by([&] { (void)parse(bad); });
+    EXPECT_EQ(t.code, Errc::bad_format) << why;
+  };
+  refused_local(16, std::uint64_t{0}, "pid namespace 0");
+  refused_local(24, std::uint32_t{0}, "pid 0");
+  refused_local(24, std::uint32_t{0x80000000u}, "a negative pid");
+  refused_local(28, std::uint32_t{0xffffffffu}, "descriptor -1");
+  refused_local(32, std::uint64_t{0}, "Block object 0");
+  refused_local(40, std::uint64_t{4096}, "a Block too small for its cells");
+  refused_local(48, ~std::uint64_t{0} - 10, "cells' offset wraps");
+  refused_local(48, std::uint64_t{8192}, "cells past the Block's end");
+  refused_local(56, std::uint64_t{0}, "no generations' offset with generations");
+  refused_local(56, std::uint64_t{513}, "misaligned generations");
+  refused_local(56, std::uint64_t{4096 + 262144 * 64}, "generations past the Block's end");
+  refused_local(64, std::uint32_t{0xffffffffu}, "beacon descriptor -1");
+  refused_local(68, std::uint32_t{1}, "reserved");
+  refused_local(72, std::uint64_t{0}, "beacon object 0");
   std::vector<std::byte> foreign = good;
   std::memcpy(foreign.data(), "unimemG3", 8);
   reseal(foreign);

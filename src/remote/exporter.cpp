@@ -8,9 +8,21 @@
 // (src/remote/progress.cpp, or the caller). Only the cells and the
 // generations are mapped: a writable export never lets a peer write the
 // grid's header or free list.
+//
+// Same host: where the exported Block is shareable, the descriptor also says
+// where to attach it by id (Block::attach) and names a one-page beacon Block
+// that says whether this export still stands, so that a reader on this host
+// copies cells itself instead of through UCX (src/remote/remote_pool.cpp).
+// That gives a reader nothing the kernel does not already let it take:
+// attaching by id needs the same user and the rights to open
+// /proc/<pid>/fd, which are the rights to read this process's memory.
+#include <atomic>
+#include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 
+#include "platform/host.hpp"
 #include "remote/descriptor.hpp"
 #include "remote/progress.hpp"
 #include "remote/ucx.hpp"
@@ -31,7 +43,7 @@ struct Region {
   std::size_t cell_size = 0;
   std::size_t count = 0;
   std::byte* generations = nullptr;  // nullptr: none
-  bool block_read_only = false;
+  const Block* block = nullptr;      // holds cells and generations
 };
 
 ucp_mem_h map(ucp_context_h context, void* address, std::size_t length, bool writable) {
@@ -56,6 +68,45 @@ std::vector<std::byte> packed_rkey(ucp_context_h context, ucp_mem_h memh) {
   std::vector<std::byte> out(b, b + size);
   ucp_rkey_buffer_release(buffer);
   return out;
+}
+
+// The beacon's live word: the export's generation while it stands, 0 after.
+std::atomic_ref<std::uint64_t> live_word(const Block& beacon) noexcept {
+  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(beacon.data() + 8));
+}
+
+// The same-host section for `region`, with `beacon` made for it; none where
+// the Block is not shareable, the host cannot be named, or the beacon cannot
+// be made (then readers take UCX, as from another host).
+std::optional<detail::SameHost> same_host_section(const Region& region, std::uint64_t generation,
+                                                  std::optional<Block>& beacon) {
+  const platform::HostIdentity host = platform::host_identity();
+  const BlockId id = region.block->id();
+  if (!host.known() || !id) return std::nullopt;
+  try {
+    BlockOptions o;
+    o.pinning = Pinning::unpinned;
+    beacon = Block::open(Block::page_size(), o);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  const std::uint64_t magic = detail::kBeaconMagic;
+  std::memcpy(beacon->data(), &magic, sizeof magic);
+  live_word(*beacon).store(generation, std::memory_order_release);
+  const BlockId beacon_id = beacon->id();
+  detail::SameHost h;
+  h.boot = host.boot;
+  h.pid_namespace = host.pid_namespace;
+  h.pid = id.pid;
+  h.block_fd = id.fd;
+  h.block_object = id.object;
+  h.block_bytes = region.block->size();
+  h.cells_offset = static_cast<std::uint64_t>(region.cells - region.block->data());
+  h.generations_offset =
+      region.generations != nullptr ? static_cast<std::uint64_t>(region.generations - region.block->data()) : 0;
+  h.beacon_fd = beacon_id.fd;
+  h.beacon_object = beacon_id.object;
+  return h;
 }
 
 std::uint64_t fresh_generation() {
@@ -90,6 +141,7 @@ struct Exporter::State {
     ucp_worker_release_address(worker.get(), address);
     d.cells_rkey = packed_rkey(context.get(), cells_memh);
     if (generations_memh != nullptr) d.generations_rkey = packed_rkey(context.get(), generations_memh);
+    d.same_host = same_host_section(region, d.generation, beacon);
     descriptor = detail::serialize(d);
     generation = d.generation;
     read_only = options.read_only;
@@ -99,6 +151,8 @@ struct Exporter::State {
   }
 
   ~State() {
+    // Same-host readers see the export gone at their next call.
+    if (beacon) live_word(*beacon).store(0, std::memory_order_release);
     thread.reset();  // the worker is this thread's again
     if (generations_memh != nullptr) (void)ucp_mem_unmap(context.get(), generations_memh);
     if (cells_memh != nullptr) (void)ucp_mem_unmap(context.get(), cells_memh);
@@ -116,6 +170,7 @@ struct Exporter::State {
   std::size_t cells = 0;
   std::size_t cell_size = 0;
   std::unique_ptr<detail::ProgressThread> thread;  // null with Progress::caller
+  std::optional<Block> beacon;                     // none without a same-host section
 };
 
 Exporter::Exporter(std::unique_ptr<State> state) noexcept : state_(std::move(state)) {}
@@ -126,7 +181,7 @@ Exporter::~Exporter() = default;
 namespace {
 
 Exporter::State* make_state(const Region& region, const ExportOptions& options) {
-  if (!options.read_only && region.block_read_only) {
+  if (!options.read_only && region.block->read_only()) {
     bad("a writable export of memory mapped read-only in this process (export it with read_only)");
   }
   return new Exporter::State(region, options);
@@ -138,7 +193,7 @@ Exporter Exporter::create(const SharedGrid& grid, const ExportOptions& options) 
   if (grid.cells() == 0) bad("the SharedGrid is moved-from");
   const Block& block = grid.block();
   Region r{block.data() + grid.offset_of(0), grid.cell_size(), grid.cells(), block.data() + grid.generations_offset(),
-           block.read_only()};
+           &block};
   return Exporter(std::unique_ptr<State>(make_state(r, options)));
 }
 
@@ -148,7 +203,7 @@ Exporter Exporter::create(const gpu::OffloadPool& pool, const ExportOptions& opt
   // The pool's Block is a SharedGrid's (src/shared_grid_header.hpp), laid out
   // for its cell count.
   const auto at = unimem::detail::shared_grid_offsets(pool.blocks(), Block::page_size());
-  Region r{pool.cell(0).data(), pool.block_bytes(), pool.blocks(), block.data() + at.generations, block.read_only()};
+  Region r{pool.cell(0).data(), pool.block_bytes(), pool.blocks(), block.data() + at.generations, &block};
   if (r.cells != block.data() + at.data) bad("the OffloadPool's Block is not laid out as a SharedGrid's");
   return Exporter(std::unique_ptr<State>(make_state(r, options)));
 }
@@ -166,7 +221,7 @@ Exporter Exporter::create(const Block& block, std::size_t offset, std::size_t ce
     bad(std::to_string(cells) + " cells of " + std::to_string(cell_size) + " bytes from offset " +
         std::to_string(offset) + " do not fit in the Block's " + std::to_string(block.size()) + " bytes");
   }
-  Region r{block.data() + offset, cell_size, cells, nullptr, block.read_only()};
+  Region r{block.data() + offset, cell_size, cells, nullptr, &block};
   return Exporter(std::unique_ptr<State>(make_state(r, options)));
 }
 

@@ -1,6 +1,6 @@
 // src/remote/remote_benchmark.cpp — batched remote gets/puts beside ucx_perftest, same transport and size.
 //
-//   unimem_remote_benchmark [--tls tcp,sm] [--sizes 262144,...] [--cells N] [--seconds S]
+//   unimem_remote_benchmark [--tls tcp,sm,same_host] [--sizes 262144,...] [--cells N] [--seconds S]
 //                           [--perftest PATH] [--gpu]
 //
 // For each transport (UCX_TLS; '+' stands for ',') and cell size: ucx_perftest
@@ -10,7 +10,11 @@
 // alone, see RemoteOptions::detect_peer_failure), then unimem: an exporter process (this binary, re-run)
 // exports a SharedGrid; this process gets and puts batches of cells that are
 // not adjacent (so each is one operation, the message size of perftest's).
-// Prints GB/s and the ratio to perftest. --gpu (built with CUDA, on a GPU):
+// Prints GB/s and the ratio to perftest. "same_host" is not a UCX transport:
+// the RemotePool's same-host route (the exporter's Block attached, cells
+// copied with memcpy), beside perftest over shared memory (sm), UCX's fastest
+// way between two processes of one host. Every row also prints the ceiling:
+// one thread's memcpy of the same batch inside this process. --gpu (built with CUDA, on a GPU):
 // the remote -> local pool -> GPU chain (get, then OffloadPool::fetch)
 // beside the local fetch alone.
 #include <signal.h>
@@ -40,7 +44,7 @@ using namespace unimem;
 using clock_type = std::chrono::steady_clock;
 
 struct Options {
-  std::vector<std::string> tls{"tcp", "sm"};
+  std::vector<std::string> tls{"tcp", "sm", "same_host"};
   std::vector<std::size_t> sizes{256 << 10, 512 << 10, 1 << 20, 2 << 20};
   std::size_t batch = 16;
   double seconds = 1.0;
@@ -126,10 +130,42 @@ std::vector<std::byte> start_exporter(Server& s, const char* self, std::size_t c
 // shared memory alone, where UCX cannot (and would refuse to connect).
 bool detects(const std::string& tls) { return tls != "sm" && tls.find("tcp") != std::string::npos; }
 
+// The row "same_host": the RemotePool's own route, UCX not carrying bytes.
+bool same_host(const std::string& tls) { return tls == "same_host"; }
+
+// What UCX_TLS the exporter (and perftest) get for a row.
+std::string ucx_tls(const std::string& tls) { return same_host(tls) ? "sm" : tls; }
+
 remote::RemotePool connect(const std::vector<std::byte>& descriptor, const std::string& tls) {
   remote::RemoteOptions options;
   options.detect_peer_failure = detects(tls);
-  return remote::RemotePool::connect(descriptor, options);
+  options.same_host = same_host(tls);
+  remote::RemotePool far = remote::RemotePool::connect(descriptor, options);
+  if ((far.route() == remote::Route::same_host) != same_host(tls)) {
+    std::fprintf(stderr, "the %s row did not get its route\n", tls.c_str());
+    std::exit(1);
+  }
+  return far;
+}
+
+// One thread's memcpy of a batch of `batch` cells of `size` bytes between two
+// buffers of this process (every other cell, as unimem_rate): the ceiling of
+// any same-host route, in GB/s.
+double memcpy_rate(const Options& o, std::size_t size) {
+  std::vector<std::byte> from(2 * o.batch * size, std::byte{1}), to(2 * o.batch * size, std::byte{2});
+  auto once = [&] {
+    for (std::size_t i = 0; i < o.batch; ++i) std::memcpy(to.data() + 2 * i * size, from.data() + 2 * i * size, size);
+  };
+  for (int i = 0; i < 3; ++i) once();
+  std::size_t batches = 0;
+  const auto start = clock_type::now();
+  double elapsed = 0;
+  while (elapsed < o.seconds) {
+    once();
+    ++batches;
+    elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
+  }
+  return static_cast<double>(batches * o.batch * size) / elapsed / 1e9;
 }
 
 // ucx_perftest's overall bandwidth in GB/s for `test` (ucp_get, ucp_put), or -1.
@@ -159,15 +195,18 @@ double perftest(const Options& o, const std::string& tls, const char* test, std:
   return mbps < 0 ? -1 : mbps * 1048576.0 / 1e9;  // perftest's MB/s are MiB/s
 }
 
-// unimem's GB/s for batches of `batch` non-adjacent cells; `put` or get.
-double unimem_rate(remote::RemotePool& far, const Options& o, bool put, std::size_t size) {
+// unimem's GB/s for batches of `batch` cells; `put` or get. `distinct`:
+// every other cell (nothing merges), each into its own local buffer; else
+// perftest's shape: one remote cell and one local buffer, named `batch`
+// times (cache-hot on both sides, as perftest's one buffer is).
+double unimem_rate(remote::RemotePool& far, const Options& o, bool put, std::size_t size, bool distinct) {
   const std::size_t cells = far.cells();
   std::vector<std::byte> local(2 * o.batch * size);
   std::vector<std::uint32_t> remote(o.batch);
   std::vector<std::byte*> where(o.batch);
   for (std::size_t i = 0; i < o.batch; ++i) {
-    remote[i] = static_cast<std::uint32_t>((2 * i) % cells);  // every other cell: nothing merges
-    where[i] = local.data() + 2 * i * size;
+    remote[i] = distinct ? static_cast<std::uint32_t>((2 * i) % cells) : 0;
+    where[i] = distinct ? local.data() + 2 * i * size : local.data();
   }
   std::vector<const std::byte*> from(where.begin(), where.end());
   auto once = [&] { (put ? far.put(remote, from) : far.get(remote, where)).wait(); };
@@ -192,7 +231,7 @@ void gpu_chain(const Options& o, const char* self) {
     return;
   }
   for (const std::string& tls : o.tls) {
-    ::setenv("UCX_TLS", tls.c_str(), 1);
+    ::setenv("UCX_TLS", ucx_tls(tls).c_str(), 1);
     for (std::size_t size : o.sizes) {
       const std::size_t cells = 2 * o.batch;
       Server server;
@@ -264,22 +303,28 @@ int main(int argc, char** argv) try {
       return 64;
     }
   }
-  std::printf("%-7s %9s %-4s %12s %12s %7s\n", "tls", "cell", "op", "unimem GB/s", "perftest GB/s", "ratio");
+  std::printf("%-9s %9s %-4s | %-30s | %s\n", "", "", "", "perftest's shape (1 cell x batch)",
+              "distinct cells (batch of them)");
+  std::printf("%-9s %9s %-4s | %8s %9s %7s | %8s %9s %7s   (GB/s)\n", "route", "cell", "op", "unimem", "perftest",
+              "ratio", "unimem", "memcpy", "ratio");
   for (const std::string& tls : o.tls) {
-    ::setenv("UCX_TLS", tls.c_str(), 1);
+    ::setenv("UCX_TLS", ucx_tls(tls).c_str(), 1);
     for (std::size_t size : o.sizes) {
+      const double ceiling = memcpy_rate(o, size);
       Server server;
       const auto descriptor = start_exporter(server, argv[0], size, 2 * o.batch, false);
       remote::RemotePool far = connect(descriptor, tls);
       for (const char* op : {"get", "put"}) {
         const bool put = op[0] == 'p';
-        const double ours = unimem_rate(far, o, put, size);
+        const double ours = unimem_rate(far, o, put, size, false);
+        const double ours_distinct = unimem_rate(far, o, put, size, true);
         // As many messages as ours moved in the time, at least 100.
         const auto iters =
             static_cast<std::size_t>(std::max(100.0, ours * 1e9 * o.seconds / static_cast<double>(size)));
-        const double theirs = perftest(o, tls, put ? "ucp_put_bw" : "ucp_get", size, iters);
-        std::printf("%-7s %6zu KiB %-4s %12.2f %12.2f %7s\n", tls.c_str(), size >> 10, op, ours, theirs,
-                    theirs > 0 ? (std::to_string(ours / theirs).substr(0, 4) + "x").c_str() : "n/a");
+        const double theirs = perftest(o, ucx_tls(tls), put ? "ucp_put_bw" : "ucp_get", size, iters);
+        std::printf("%-9s %6zu KiB %-4s | %8.2f %9.2f %7s | %8.2f %9.2f %6.2fx\n", tls.c_str(), size >> 10, op, ours,
+                    theirs, theirs > 0 ? (std::to_string(ours / theirs).substr(0, 4) + "x").c_str() : "n/a",
+                    ours_distinct, ceiling, ours_distinct / ceiling);
         std::fflush(stdout);
       }
     }

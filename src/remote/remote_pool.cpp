@@ -9,6 +9,12 @@
 // rounds (generations before, bytes, generations after; or the puts and a
 // flush, since a put's own completion only frees its source).
 //
+// Same host: where the descriptor says the exporter runs on this host and
+// its Block can be attached here, connect() takes that route instead
+// (src/remote/same_host.cpp) and opens no UCX endpoint at all: each call
+// checks that the exporter still stands, copies its cells itself, and
+// returns a transfer that is already done (or failed).
+//
 // Progress: the reader has no thread of its own. Whoever asks a transfer
 // whether it is done (ready, wait) progresses the worker, under the state's
 // lock; UCX runs the completion callbacks inside that, so every field an
@@ -16,14 +22,19 @@
 // whose transfer was dropped stays in the state's list until UCX is done
 // with its buffers.
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <list>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "remote/descriptor.hpp"
+#include "remote/same_host.hpp"
 #include "remote/ucx.hpp"
 #include "unimem/remote.hpp"
 
@@ -31,8 +42,14 @@ namespace unimem::remote {
 namespace detail {
 
 struct RemoteState {
-  RemoteState(Descriptor d, const RemoteOptions& options)
-      : descriptor(std::move(d)), keepalive(options.keepalive), context(false, options.keepalive), worker(context) {}
+  // With `local`, the same-host route: no UCX context, worker or endpoint.
+  RemoteState(Descriptor d, const RemoteOptions& options, std::unique_ptr<SameHostLink> local_link)
+      : descriptor(std::move(d)), keepalive(options.keepalive), local(std::move(local_link)) {
+    if (!local) {
+      context.emplace(false, options.keepalive);
+      worker.emplace(*context);
+    }
+  }
   ~RemoteState();
   RemoteState(const RemoteState&) = delete;
   RemoteState& operator=(const RemoteState&) = delete;
@@ -51,9 +68,11 @@ struct RemoteState {
 
   Descriptor descriptor;
   std::chrono::milliseconds keepalive;
+  std::unique_ptr<SameHostLink> local;  // the same-host route, or null (UCX)
+  std::string why_not_local;            // what kept it from the same-host route
   std::mutex lock;
-  Context context;
-  Worker worker;
+  std::optional<Context> context;  // UCX route only
+  std::optional<Worker> worker;
   ucp_ep_h ep = nullptr;
   ucp_rkey_h cells_rkey = nullptr;
   ucp_rkey_h generations_rkey = nullptr;
@@ -85,6 +104,7 @@ struct RemoteOperation {
   Round round = Round::bytes;
   std::size_t outstanding = 0;
   ucs_status_t status = UCS_OK;
+  std::optional<Error> local_failure;  // the same-host route's (set before the transfer is handed out)
 
   bool finished() const noexcept { return outstanding == 0 && (round == Round::done || status != UCS_OK); }
   // Issues rounds while the previous one is complete. Lock held.
@@ -149,7 +169,8 @@ void RemoteOperation::advance() {
 }
 
 void RemoteState::progress_locked() {
-  while (ucp_worker_progress(worker.get()) != 0) {
+  if (!worker) return;  // the same-host route: nothing ever flies
+  while (ucp_worker_progress(worker->get()) != 0) {
   }
   for (auto it = flying.begin(); it != flying.end();) {
     (*it)->advance();
@@ -171,7 +192,7 @@ RemoteState::~RemoteState() {
     param.flags = UCP_EP_CLOSE_FLAG_FORCE;
     const ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &param);
     if (UCS_PTR_IS_PTR(r)) {
-      while (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_worker_progress(worker.get());
+      while (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_worker_progress(worker->get());
       ucp_request_free(r);
     }
   }
@@ -210,6 +231,7 @@ bool RemoteTransfer::ready() const {
   if (!op_) return true;
   detail::RemoteState& s = *op_->state;
   std::lock_guard hold(s.lock);
+  if (op_->local_failure) throw *op_->local_failure;
   if (op_->round != detail::RemoteOperation::Round::done || op_->status != UCS_OK) s.progress_locked();
   if (op_->status != UCS_OK) {
     // Failed: report once UCX is done with the buffers (outstanding == 0);
@@ -270,8 +292,18 @@ RemotePool::~RemotePool() = default;
 
 RemotePool RemotePool::connect(std::span<const std::byte> descriptor, const RemoteOptions& options) {
   detail::Descriptor d = detail::parse(descriptor);  // bad_format before anything else
-  auto state = std::make_shared<detail::RemoteState>(std::move(d), options);
+  std::string why_not_local = "RemoteOptions::same_host is off";
+  std::unique_ptr<detail::SameHostLink> local;
+  if (options.same_host) local = detail::SameHostLink::open(d, why_not_local);
+  const bool debug =
+      std::getenv("UNIMEM_REMOTE_DEBUG") != nullptr;  // NOLINT(concurrency-mt-unsafe): as UCX's own reads
+  if (local) {
+    if (debug) std::fprintf(stderr, "unimem: RemotePool: same-host route (the exporter's Block attached)\n");
+    return RemotePool(std::make_shared<detail::RemoteState>(std::move(d), options, std::move(local)));
+  }
+  auto state = std::make_shared<detail::RemoteState>(std::move(d), options, nullptr);
   detail::RemoteState& s = *state;
+  s.why_not_local = std::move(why_not_local);
   std::lock_guard hold(s.lock);
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
@@ -283,7 +315,7 @@ RemotePool RemotePool::connect(std::span<const std::byte> descriptor, const Remo
     params.err_handler.cb = &detail::on_endpoint_error;
     params.err_handler.arg = &s;
   }
-  const ucs_status_t created = ucp_ep_create(s.worker.get(), &params, &s.ep);
+  const ucs_status_t created = ucp_ep_create(s.worker->get(), &params, &s.ep);
   if (created == UCS_ERR_UNREACHABLE) {
     // UCX found no lane that both ends have and that reports a peer's
     // failure; shared memory alone does not (UCX 1.13-1.16): tcp beside it does.
@@ -313,11 +345,11 @@ RemotePool RemotePool::connect(std::span<const std::byte> descriptor, const Remo
     const auto deadline = std::chrono::steady_clock::now() + s.drain_limit();
     ucs_status_t status;
     while ((status = ucp_request_check_status(r)) == UCS_INPROGRESS && std::chrono::steady_clock::now() < deadline) {
-      ucp_worker_progress(s.worker.get());
+      ucp_worker_progress(s.worker->get());
     }
     if (status == UCS_INPROGRESS) {
-      ucp_request_cancel(s.worker.get(), r);
-      while ((status = ucp_request_check_status(r)) == UCS_INPROGRESS) ucp_worker_progress(s.worker.get());
+      ucp_request_cancel(s.worker->get(), r);
+      while ((status = ucp_request_check_status(r)) == UCS_INPROGRESS) ucp_worker_progress(s.worker->get());
       ucp_request_free(r);
       throw Error(Errc::disconnected, 0, "unimem: RemotePool::connect: the exporter did not answer");
     }
@@ -327,7 +359,8 @@ RemotePool RemotePool::connect(std::span<const std::byte> descriptor, const Remo
   if (s.failure != UCS_OK) throw s.failure_error();
   // A diagnostic: which UCX lanes (transports) carry this connection. ucp_config_read
   // reads the environment here too, as it does: callers do not change it meanwhile.
-  if (std::getenv("UNIMEM_REMOTE_DEBUG") != nullptr) {  // NOLINT(concurrency-mt-unsafe): as UCX's own reads
+  if (debug) {
+    std::fprintf(stderr, "unimem: RemotePool: UCX route (not the same-host one: %s)\n", s.why_not_local.c_str());
     ucp_ep_print_info(s.ep, stderr);
   }
   return RemotePool(std::move(state));
@@ -398,11 +431,60 @@ std::shared_ptr<detail::RemoteOperation> plan(const std::shared_ptr<detail::Remo
   return op;
 }
 
+// The same-host route: the whole call, here and now. Throws
+// Error(disconnected) when the exporter is gone before it starts; the
+// transfer fails with it when the exporter went away while the bytes moved
+// (a get's bytes may then be stale: the exporter's memory outlives it here).
+void run_locally(detail::RemoteState& s, detail::RemoteOperation& op) {
+  detail::SameHostLink& link = *s.local;
+  link.check_alive();
+  const std::uint64_t remote_base = s.descriptor.cells_address;
+  std::vector<detail::SameHostLink::Copy> copies;
+  copies.reserve(op.data.size());
+  for (const auto& run : op.data) {
+    std::byte* there = link.cells() + (run.remote - remote_base);
+    copies.push_back(op.put ? detail::SameHostLink::Copy{there, run.local, run.bytes}
+                            : detail::SameHostLink::Copy{run.local, there, run.bytes});
+  }
+  // Generations as a seqlock reader reads them: before (acquire), the bytes,
+  // then a fence and after.
+  auto read_generations = [&](std::vector<std::uint64_t>& into) {
+    const std::uint64_t generations_base = s.descriptor.generations_address;
+    for (const auto& run : op.generation_runs) {
+      const std::uint64_t* from = link.generations() + (run.remote - generations_base) / 8;
+      // A run reads into `before` from its sorted position; `after` alike.
+      const auto first = static_cast<std::size_t>(reinterpret_cast<std::uint64_t*>(run.local) - op.before.data());
+      for (std::size_t k = 0; k < run.bytes / 8; ++k) into[first + k] = __atomic_load_n(from + k, __ATOMIC_ACQUIRE);
+    }
+  };
+  if (op.check) read_generations(op.before);
+  link.copy(copies);
+  if (op.check) {
+    std::atomic_thread_fence(std::memory_order_acquire);
+    read_generations(op.after);
+  }
+  if (op.put) std::atomic_thread_fence(std::memory_order_release);
+  try {
+    link.check_alive();
+  } catch (const Error& e) {
+    op.local_failure = e;
+  }
+  op.round = detail::RemoteOperation::Round::done;
+}
+
 }  // namespace
 
 RemoteTransfer detail::RemoteState::start(const std::shared_ptr<RemoteState>& state,
                                           std::shared_ptr<RemoteOperation> op) {
   RemoteState& s = *state;
+  if (op->cells == 0 && s.local) {  // moves nothing: done, whatever became of the exporter
+    op->round = detail::RemoteOperation::Round::done;
+    return RemoteTransfer(state, std::move(op));
+  }
+  if (s.local) {
+    run_locally(s, *op);
+    return RemoteTransfer(state, std::move(op));
+  }
   std::lock_guard hold(s.lock);
   if (s.failure != UCS_OK) throw s.failure_error();
   if (op->cells == 0) {
@@ -467,5 +549,6 @@ std::size_t RemotePool::cell_size() const noexcept { return state_ ? state_->des
 bool RemotePool::read_only() const noexcept { return state_ && state_->descriptor.read_only; }
 bool RemotePool::has_generations() const noexcept { return state_ && state_->descriptor.has_generations(); }
 std::uint64_t RemotePool::generation() const noexcept { return state_ ? state_->descriptor.generation : 0; }
+Route RemotePool::route() const noexcept { return state_ && state_->local ? Route::same_host : Route::ucx; }
 
 }  // namespace unimem::remote

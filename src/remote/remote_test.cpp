@@ -13,12 +13,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "remote/descriptor.hpp"
 #include "remote/remote_testing.hpp"
 #include "testing.hpp"
 
@@ -113,13 +115,17 @@ struct LocalCells {
   std::vector<SharedCell> cells;
 };
 
-// Each test runs over one transport: UCX_TLS for this process and the
-// helper. Over "sm" (shared memory: posix, sysv, cma) the RemotePool connects
-// without peer failure detection, since UCX can detect failures only where it
-// may also carry the bytes over tcp (RemoteOptions::detect_peer_failure).
+// Each test runs over one route: UCX with UCX_TLS for this process and the
+// helper, or the same-host route (the exporter's Block attached here). Over
+// "sm" (shared memory: posix, sysv, cma) the RemotePool connects without
+// peer failure detection, since UCX can detect failures only where it may
+// also carry the bytes over tcp (RemoteOptions::detect_peer_failure); the
+// same-host route detects them itself.
 struct Transport {
+  const char* name;
   const char* tls;
   bool detect_peer_failure;
+  bool same_host;
 };
 
 class RemoteOver : public ::testing::TestWithParam<Transport> {
@@ -129,13 +135,18 @@ class RemoteOver : public ::testing::TestWithParam<Transport> {
   RemotePool connect(const std::vector<std::byte>& descriptor) const {
     RemoteOptions o;
     o.detect_peer_failure = GetParam().detect_peer_failure;
-    return RemotePool::connect(descriptor, o);
+    o.same_host = GetParam().same_host;
+    RemotePool far = RemotePool::connect(descriptor, o);
+    EXPECT_EQ(far.route(), GetParam().same_host ? Route::same_host : Route::ucx);
+    return far;
   }
 };
 
-std::string transport_name(const ::testing::TestParamInfo<Transport>& info) { return info.param.tls; }
+std::string transport_name(const ::testing::TestParamInfo<Transport>& info) { return info.param.name; }
 
-INSTANTIATE_TEST_SUITE_P(Transports, RemoteOver, ::testing::Values(Transport{"tcp", true}, Transport{"sm", false}),
+INSTANTIATE_TEST_SUITE_P(Transports, RemoteOver,
+                         ::testing::Values(Transport{"tcp", "tcp", true, false}, Transport{"sm", "sm", false, false},
+                                           Transport{"same_host", "tcp", true, true}),
                          transport_name);
 
 TEST_P(RemoteOver, BytesAreExactBothWaysInRandomOrder) {
@@ -291,6 +302,33 @@ TEST_P(RemoteOver, AKilledExporterFailsTransfersInBoundedTimeAndARestartedOneSer
   for (std::size_t i = 0; i < kCells; ++i) EXPECT_TRUE(holds({where[i], kSize}, i, 9)) << i;
 }
 
+TEST_P(RemoteOver, ADestroyedExporterFailsLaterCalls) {
+  if (!GetParam().detect_peer_failure) {
+    GTEST_SKIP() << "without peer failure detection (shared memory alone) UCX cannot notice a destroyed exporter";
+  }
+  SharedGrid grid = SharedGrid::create(Block::open(SharedGrid::state_bytes(4) + 4 * 4096), 4096, 4);
+  std::vector<SharedCell> held;
+  for (int i = 0; i < 4; ++i) held.push_back(grid.take());
+  auto exporter = std::make_unique<Exporter>(Exporter::create(grid));
+  RemotePool far = connect(exporter->descriptor());
+  std::vector<std::byte> local(4096);
+  std::byte* p = local.data();
+  std::uint32_t one = 1;
+  far.get(std::span(&one, 1), std::span(&p, 1)).wait();
+  exporter.reset();  // the grid and its Block live on: only the export is gone
+  Errc failed{};
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 200 && failed == Errc{}; ++i) {
+    try {
+      far.get(std::span(&one, 1), std::span(&p, 1)).wait();
+    } catch (const Error& e) {
+      failed = e.code();
+    }
+  }
+  EXPECT_EQ(failed, Errc::disconnected);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+}
+
 TEST_P(RemoteOver, AGenerationChangeIsReported) {
   Peer peer(4 * KiB, 8, 2);
   RemotePool far = connect(peer.descriptor());
@@ -359,7 +397,7 @@ TEST(Remote, SharedMemoryAloneIsRefusedWithAHint) {
   ::setenv("UCX_TLS", "posix,cma", 1);
   SharedGrid grid = SharedGrid::create(Block::open(1 << 20), 4096, 4);
   Exporter exporter = Exporter::create(grid);
-  const auto t = thrown_by([&] { (void)RemotePool::connect(exporter.descriptor()); });
+  const auto t = thrown_by([&] { (void)RemotePool::connect(exporter.descriptor(), {.same_host = false}); });
   ::unsetenv("UCX_TLS");
   EXPECT_EQ(t.code, Errc::system);
   EXPECT_NE(t.message.find("UCX_TLS=sm,tcp"), std::string::npos) << t.message;
@@ -397,6 +435,52 @@ TEST(Remote, ExportsRefuseBadLayoutsAndChecksNeedGenerations) {
   std::vector<std::byte> d = exporter.descriptor();
   d.resize(d.size() - 1);
   EXPECT_EQ(error_of([&] { (void)RemotePool::connect(d); }), Errc::bad_format);
+}
+
+// The same-host route is taken where the descriptor says this host and the
+// Block can be attached, and nowhere else: then UCX carries the bytes.
+TEST(Remote, TheSameHostRouteIsTakenOnlyWhereItCan) {
+  SharedGrid grid = SharedGrid::create(Block::open(SharedGrid::state_bytes(4) + 4 * 4096), 4096, 4);
+  SharedCell cell = grid.take();
+  fill(cell.bytes(), cell.index(), 21);
+  Exporter exporter = Exporter::create(grid);
+  std::vector<std::byte> local(4096);
+  std::byte* p = local.data();
+  std::uint32_t index = cell.index();
+  auto reads_the_cell = [&](RemotePool& far) {
+    std::memset(local.data(), 0, local.size());
+    far.get(std::span(&index, 1), std::span(&p, 1)).wait();
+    return holds(local, index, 21);
+  };
+  RemotePool here = RemotePool::connect(exporter.descriptor());
+  EXPECT_EQ(here.route(), Route::same_host);
+  EXPECT_TRUE(reads_the_cell(here));
+  RemotePool off = RemotePool::connect(exporter.descriptor(), {.same_host = false});
+  EXPECT_EQ(off.route(), Route::ucx);
+  EXPECT_TRUE(reads_the_cell(off));
+  // A descriptor from another boot of the machine (or another host): UCX.
+  detail::Descriptor d = detail::parse(exporter.descriptor());
+  ASSERT_TRUE(d.same_host);
+  d.same_host->boot[3] ^= 0xff;
+  RemotePool elsewhere = RemotePool::connect(detail::serialize(d));
+  EXPECT_EQ(elsewhere.route(), Route::ucx);
+  EXPECT_TRUE(reads_the_cell(elsewhere));
+  // A stale Block id (the descriptor names another object): UCX.
+  d = detail::parse(exporter.descriptor());
+  d.same_host->block_object += 1;
+  RemotePool stale = RemotePool::connect(detail::serialize(d));
+  EXPECT_EQ(stale.route(), Route::ucx);
+  EXPECT_TRUE(reads_the_cell(stale));
+  // Memory no other process can map has no same-host section.
+  BlockOptions private_pages;
+  private_pages.shareable = false;
+  Block unshared = Block::open(1 << 20, private_pages);
+  Exporter plain = Exporter::create(unshared, 0, 4096, 16);
+  EXPECT_FALSE(detail::parse(plain.descriptor()).same_host);
+  EXPECT_EQ(RemotePool::connect(plain.descriptor()).route(), Route::ucx);
+  RemotePool moved = std::move(here);
+  EXPECT_EQ(moved.route(), Route::same_host);
+  EXPECT_EQ(here.route(), Route::ucx);  // NOLINT(bugprone-use-after-move): a moved-from pool says so
 }
 
 }  // namespace
