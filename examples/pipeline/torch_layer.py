@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The pipeline example's decoder layer in PyTorch: the peer unimem_pipeline is
-compared with (issue #14).
+compared with.
 
 It runs the same layer as examples/pipeline/ (RMSNorm, Q/K/V projections,
 RoPE, causal attention over a KV cache, output projection + residual, RMSNorm,
