@@ -159,7 +159,10 @@ struct RemoteOptions {
   // (a dead exporter is noticed at once, where UCX over shared memory alone
   // cannot notice it), copies the cells on the calling thread (on a crew of
   // threads for calls of 4 MiB and more), and returns a transfer that is
-  // already done. Off: UCX, as between hosts (e.g. to measure it).
+  // already done; destroying the Exporter waits for calls copying. Note that
+  // the reader's mapping keeps the exporter's pages alive: after the
+  // exporter dies, its Block stays in memory until the RemotePool and its
+  // transfers are gone. Off: UCX, as between hosts (e.g. to measure it).
   bool same_host = true;
   // How long a peer may stay silent before its connection is declared dead
   // (UCX keepalive, with UCX's peer failure handling): a transfer to a peer

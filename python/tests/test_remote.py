@@ -103,7 +103,9 @@ sys.stdin.read()
 def test_an_exporter_in_another_process_then_killed_is_disconnected():
     child = subprocess.Popen([sys.executable, "-c", EXPORTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        far = unimem.RemotePool(bytes.fromhex(child.stdout.readline().decode()))
+        line = child.stdout.readline().decode().strip()
+        assert line, f"the exporter printed nothing (exit status {child.poll()})"
+        far = unimem.RemotePool(bytes.fromhex(line))
         assert far.route == "same_host"
         into = np.zeros((2, CELL), dtype=np.uint8)
         far.get([3, 0], into).wait()

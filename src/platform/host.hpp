@@ -28,7 +28,8 @@ struct HostIdentity {
   friend bool operator==(const HostIdentity&, const HostIdentity&) = default;
 };
 
-// Read once per process. Never throws.
+// Read at each call (two small files). Unknown where /proc is not this pid
+// namespace's. Never throws.
 HostIdentity host_identity() noexcept;
 
 // Watches one process of this pid namespace for its exit. Move-only.
@@ -36,8 +37,9 @@ class ProcessWatch {
  public:
   ProcessWatch() noexcept = default;
   // Starts watching `pid`. Throws Error(not_found) when there is no such
-  // process (Linux: a pidfd where the kernel has them, else the pid itself,
-  // which a recycled pid could fool), Error(system) otherwise.
+  // process, Error(invalid_argument) for pid <= 0, Error(system) otherwise.
+  // Linux: a pidfd where the kernel (and seccomp) allow one, else the pid
+  // itself, which a recycled pid could fool.
   explicit ProcessWatch(std::int32_t pid);
   ProcessWatch(ProcessWatch&& other) noexcept;
   ProcessWatch& operator=(ProcessWatch&& other) noexcept;
@@ -45,8 +47,9 @@ class ProcessWatch {
   ProcessWatch& operator=(const ProcessWatch&) = delete;
   ~ProcessWatch();
 
-  // False once the process has exited (a zombie included). One system call;
-  // any thread. Never throws. A default-constructed watch is never alive.
+  // False once the process has exited: with a pidfd, as soon as it is a
+  // zombie; with the pid alone, once it is reaped. One system call; any
+  // thread. Never throws. A default-constructed watch is never alive.
   bool alive() const noexcept;
 
  private:

@@ -49,7 +49,8 @@ const char* broken_rule(const SameHost& h, const Descriptor& d) {
 
 // Why `d` breaks the format's rules, or nullptr when it does not.
 const char* broken_rule(const Descriptor& d) {
-  if (d.version != kDescriptorVersion) return "the version is not 2";
+  if (d.version != 1 && d.version != kDescriptorVersion) return "the version is neither 1 nor 2";
+  if (d.version == 1 && d.same_host) return "a version-1 descriptor has no same-host section";
   if (d.cell_size == 0) return "the cell size is 0";
   if (d.cells == 0 || d.cells >= 0xffffffffu) return "the cell count is not in [1, 2^32 - 1)";
   std::uint64_t bytes = 0, end = 0;
@@ -178,12 +179,15 @@ Descriptor parse(std::span<const std::byte> bytes) {
   }
   Descriptor d;
   d.version = in.le<std::uint32_t>("the version");
-  if (d.version != kDescriptorVersion) {
-    bad("format version " + std::to_string(d.version) + "; this unimem reads version " +
+  if (d.version != 1 && d.version != kDescriptorVersion) {
+    bad("format version " + std::to_string(d.version) + "; this unimem reads versions 1 and " +
         std::to_string(kDescriptorVersion));
   }
   const auto flags = in.le<std::uint32_t>("the flags");
-  if ((flags & ~kKnownFlags) != 0) bad("unknown flags " + std::to_string(flags));
+  // Version 1 is version 2 without the same-host section.
+  if ((flags & ~(d.version == 1 ? kKnownFlags & ~kSameHostSection : kKnownFlags)) != 0) {
+    bad("unknown flags " + std::to_string(flags) + " for format version " + std::to_string(d.version));
+  }
   d.read_only = (flags & kReadOnly) != 0;
   d.generation = in.le<std::uint64_t>("the generation");
   d.cells_address = in.le<std::uint64_t>("the cells' address");

@@ -1,6 +1,7 @@
 // src/remote/descriptor.hpp — the bytes an Exporter hands to readers.
 //
-// Format version 2, every integer little-endian:
+// Format version 2 (parse() also reads version 1: the same without flag bit 2
+// and its section), every integer little-endian:
 //     0  magic "unimemR1"                      8 bytes
 //     8  version (2)                           u32
 //    12  flags: bit 0 read-only, bit 1 generations, bit 2 same-host
@@ -36,9 +37,8 @@
 //
 // The same-host section lets a reader on the exporter's host (same boot id
 // and pid namespace) map the Block by id (Block::attach) and copy cells
-// itself; the beacon is a one-page Block whose first words say whether the
-// export still stands (kBeaconMagic, then the export's generation while it
-// does, 0 after).
+// itself; the beacon is a one-page Block by which the Exporter and those
+// readers agree on when the export stands (src/remote/beacon.hpp).
 #pragma once
 
 #include <array>
@@ -55,7 +55,6 @@ namespace unimem::remote::detail {
 inline constexpr std::size_t kDescriptorFixedBytes = 72;
 inline constexpr std::size_t kMaxDescriptorBlob = std::size_t{64} * 1024;
 inline constexpr std::size_t kSameHostBytes = 80;
-inline constexpr std::uint64_t kBeaconMagic = 0x3142'4e4f'4341'4542ull;  // "BEACONB1"
 
 // Where an export's Block is, for a reader on the same host.
 struct SameHost {
@@ -91,7 +90,7 @@ struct Descriptor {
 // format's rules (what parse() would refuse).
 std::vector<std::byte> serialize(const Descriptor& d);
 // The descriptor in `bytes`. Throws Error(bad_format), naming the field,
-// for anything that is not a version-2 descriptor as described above.
+// for anything that is not a version-1 or version-2 descriptor as described above.
 Descriptor parse(std::span<const std::byte> bytes);
 
 // FNV-1a, 64 bits (the trailing checksum).

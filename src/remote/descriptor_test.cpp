@@ -125,8 +125,7 @@ TEST(RemoteDescriptor, ForgedFieldsWithAValidChecksumAreRefused) {
     EXPECT_EQ(t.code, Errc::bad_format) << why;
     return t.message;
   };
-  EXPECT_NE(refused(8, std::uint32_t{1}, "version").find("version 1"), std::string::npos);
-  EXPECT_NE(refused(8, std::uint32_t{3}, "version").find("reads version 2"), std::string::npos);
+  EXPECT_NE(refused(8, std::uint32_t{3}, "version").find("reads versions 1 and 2"), std::string::npos);
   refused(8, std::uint32_t{0}, "version 0");
   refused(12, std::uint32_t{1u << 7}, "unknown flag");
   refused(12, std::uint32_t{1}, "generations flag without generations flag but an address");
@@ -167,10 +166,27 @@ TEST(RemoteDescriptor, ForgedFieldsWithAValidChecksumAreRefused) {
   refused_local(64, std::uint32_t{0xffffffffu}, "beacon descriptor -1");
   refused_local(68, std::uint32_t{1}, "reserved");
   refused_local(72, std::uint64_t{0}, "beacon object 0");
+  // Version 1 had no same-host section.
+  std::vector<std::byte> old_with_section = local;
+  poke(old_with_section, 8, std::uint32_t{1});
+  EXPECT_EQ(error_of([&] { (void)parse(old_with_section); }), Errc::bad_format);
   std::vector<std::byte> foreign = good;
   std::memcpy(foreign.data(), "unimemG3", 8);
   reseal(foreign);
   EXPECT_EQ(error_of([&] { (void)parse(foreign); }), Errc::bad_format);
+}
+
+// What an exporter of the previous format wrote still connects (over UCX).
+TEST(RemoteDescriptor, VersionOneIsReadAsVersionTwoWithoutTheSameHostSection) {
+  Descriptor d = sample();
+  d.version = 1;
+  const Descriptor e = parse(serialize(d));
+  EXPECT_EQ(e.version, 1u);
+  EXPECT_FALSE(e.same_host);
+  EXPECT_EQ(e.cells, d.cells);
+  EXPECT_EQ(e.generations_rkey, d.generations_rkey);
+  d.same_host = sample_same_host().same_host;
+  EXPECT_EQ(error_of([&] { (void)serialize(d); }), Errc::invalid_argument);
 }
 
 TEST(RemoteDescriptor, RandomBytesAreRefused) {

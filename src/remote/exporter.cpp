@@ -12,7 +12,8 @@
 // Same host: where the exported Block is shareable, the descriptor also says
 // where to attach it by id (Block::attach) and names a one-page beacon Block
 // that says whether this export still stands, so that a reader on this host
-// copies cells itself instead of through UCX (src/remote/remote_pool.cpp).
+// copies cells itself instead of through UCX (src/remote/remote_pool.cpp);
+// destroying the Exporter waits for those copying (src/remote/beacon.hpp).
 // That gives a reader nothing the kernel does not already let it take:
 // attaching by id needs the same user and the rights to open
 // /proc/<pid>/fd, which are the rights to read this process's memory.
@@ -21,12 +22,15 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "platform/host.hpp"
+#include "remote/beacon.hpp"
 #include "remote/descriptor.hpp"
 #include "remote/progress.hpp"
 #include "remote/ucx.hpp"
 #include "shared_grid_header.hpp"
+#include "unimem/detail/fork_watch.hpp"
 #include "unimem/remote.hpp"
 
 namespace unimem::remote {
@@ -70,11 +74,6 @@ std::vector<std::byte> packed_rkey(ucp_context_h context, ucp_mem_h memh) {
   return out;
 }
 
-// The beacon's live word: the export's generation while it stands, 0 after.
-std::atomic_ref<std::uint64_t> live_word(const Block& beacon) noexcept {
-  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(beacon.data() + 8));
-}
-
 // The same-host section for `region`, with `beacon` made for it; none where
 // the Block is not shareable, the host cannot be named, or the beacon cannot
 // be made (then readers take UCX, as from another host).
@@ -91,8 +90,8 @@ std::optional<detail::SameHost> same_host_section(const Region& region, std::uin
     return std::nullopt;
   }
   const std::uint64_t magic = detail::kBeaconMagic;
-  std::memcpy(beacon->data(), &magic, sizeof magic);
-  live_word(*beacon).store(generation, std::memory_order_release);
+  std::memcpy(beacon->data() + detail::BeaconWords::kMagic, &magic, sizeof magic);
+  detail::BeaconWords::at(*beacon, detail::BeaconWords::kLive).store(generation, std::memory_order_release);
   const BlockId beacon_id = beacon->id();
   detail::SameHost h;
   h.boot = host.boot;
@@ -151,8 +150,7 @@ struct Exporter::State {
   }
 
   ~State() {
-    // Same-host readers see the export gone at their next call.
-    if (beacon) live_word(*beacon).store(0, std::memory_order_release);
+    close_beacon();
     thread.reset();  // the worker is this thread's again
     if (generations_memh != nullptr) (void)ucp_mem_unmap(context.get(), generations_memh);
     if (cells_memh != nullptr) (void)ucp_mem_unmap(context.get(), cells_memh);
@@ -160,6 +158,21 @@ struct Exporter::State {
   State(const State&) = delete;
   State& operator=(const State&) = delete;
 
+  // Same-host readers: no call starts from now on, and those copying finish
+  // first (src/remote/beacon.hpp). Not in a fork() child, whose copy of this
+  // object must not end the parent's export.
+  void close_beacon() noexcept {
+    if (!beacon || forked.forked()) return;
+    using Words = detail::BeaconWords;
+    Words::at(*beacon, Words::kLive).store(0, std::memory_order_seq_cst);
+    const auto deadline = std::chrono::steady_clock::now() + detail::kBeaconDrainLimit;
+    while (Words::at(*beacon, Words::kCalls).load(std::memory_order_seq_cst) != 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  unimem::detail::ForkedFlag forked;
   detail::Context context;
   detail::Worker worker;
   ucp_mem_h cells_memh = nullptr;

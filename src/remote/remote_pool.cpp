@@ -433,11 +433,11 @@ std::shared_ptr<detail::RemoteOperation> plan(const std::shared_ptr<detail::Remo
 
 // The same-host route: the whole call, here and now. Throws
 // Error(disconnected) when the exporter is gone before it starts; the
-// transfer fails with it when the exporter went away while the bytes moved
-// (a get's bytes may then be stale: the exporter's memory outlives it here).
+// transfer fails with it when the exporting process died while the bytes
+// moved (a get's bytes may be stale then: its pages outlive it here). An
+// Exporter destroyed meanwhile waits for the call (src/remote/beacon.hpp).
 void run_locally(detail::RemoteState& s, detail::RemoteOperation& op) {
   detail::SameHostLink& link = *s.local;
-  link.check_alive();
   const std::uint64_t remote_base = s.descriptor.cells_address;
   std::vector<detail::SameHostLink::Copy> copies;
   copies.reserve(op.data.size());
@@ -457,17 +457,17 @@ void run_locally(detail::RemoteState& s, detail::RemoteOperation& op) {
       for (std::size_t k = 0; k < run.bytes / 8; ++k) into[first + k] = __atomic_load_n(from + k, __ATOMIC_ACQUIRE);
     }
   };
-  if (op.check) read_generations(op.before);
-  link.copy(copies);
-  if (op.check) {
-    std::atomic_thread_fence(std::memory_order_acquire);
-    read_generations(op.after);
+  {
+    const detail::SameHostLink::Call call(link);  // throws disconnected
+    if (op.check) read_generations(op.before);
+    detail::SameHostLink::copy(copies);
+    if (op.check) {
+      std::atomic_thread_fence(std::memory_order_acquire);
+      read_generations(op.after);
+    }
   }
-  if (op.put) std::atomic_thread_fence(std::memory_order_release);
-  try {
-    link.check_alive();
-  } catch (const Error& e) {
-    op.local_failure = e;
+  if (!link.exporter_alive()) {
+    op.local_failure = Error(Errc::disconnected, 0, "unimem: RemotePool: the exporting process exited during the call");
   }
   op.round = detail::RemoteOperation::Round::done;
 }

@@ -329,6 +329,72 @@ TEST_P(RemoteOver, ADestroyedExporterFailsLaterCalls) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
 }
 
+// Puts of 64 MiB in a loop while the owner destroys its Exporter and then
+// writes the cell: no put lands after ~Exporter returned (the same-host
+// route's beacon handshake; UCX's unmapping, elsewhere).
+TEST_P(RemoteOver, NoPutLandsAfterTheExporterIsDestroyed) {
+  if (!GetParam().detect_peer_failure) {
+    GTEST_SKIP() << "without peer failure detection (shared memory alone) UCX cannot notice a destroyed exporter";
+  }
+  const std::size_t kSize = GetParam().same_host ? 64 << 20 : 4 << 20;
+  SharedGrid grid = SharedGrid::create(Block::open(SharedGrid::state_bytes(1) + kSize), kSize, 1);
+  SharedCell cell = grid.take();
+  auto exporter = std::make_unique<Exporter>(Exporter::create(grid));
+  RemotePool far = connect(exporter->descriptor());
+  std::vector<std::byte> source(kSize, std::byte{0xab});
+  const std::byte* from = source.data();
+  std::uint32_t zero = 0;
+  std::atomic<int> puts{0};
+  std::atomic<bool> refused{false};
+  std::thread writer([&] {
+    for (int i = 0; i < 10000 && !refused.load(); ++i) {
+      try {
+        far.put(std::span(&zero, 1), std::span(&from, 1)).wait();
+        puts.fetch_add(1);
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), Errc::disconnected);
+        refused.store(true);
+      }
+    }
+  });
+  while (puts.load() < 2) std::this_thread::yield();
+  exporter.reset();
+  std::memset(cell.data(), 0, kSize);  // the owner's again
+  writer.join();
+  EXPECT_TRUE(refused.load());
+  const std::vector<std::byte> zeros(kSize, std::byte{0});
+  EXPECT_EQ(std::memcmp(cell.data(), zeros.data(), kSize), 0) << "a put landed after ~Exporter returned";
+}
+
+// Several threads with large calls at once: the process's copy crew serves
+// one, the others copy on their own threads; every byte lands where it should.
+TEST_P(RemoteOver, LargeCallsFromSeveralThreadsAtOnce) {
+  constexpr std::size_t kCells = 8, kSize = 2048 * KiB;
+  Peer peer(kSize, kCells, 12);
+  RemotePool far = connect(peer.descriptor());
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<std::byte> local(4 * kSize);
+      for (int round = 0; round < 4; ++round) {
+        std::vector<std::uint32_t> remote;
+        std::vector<std::byte*> where;
+        for (std::uint32_t i = 0; i < 4; ++i) {
+          remote.push_back(static_cast<std::uint32_t>((t + round + 2 * i) % kCells));
+          where.push_back(local.data() + i * kSize);
+        }
+        far.get(remote, where).wait();
+        for (std::size_t i = 0; i < 4; ++i) {
+          if (!holds({where[i], kSize}, remote[i], 12)) wrong.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
 TEST_P(RemoteOver, AGenerationChangeIsReported) {
   Peer peer(4 * KiB, 8, 2);
   RemotePool far = connect(peer.descriptor());
@@ -465,12 +531,25 @@ TEST(Remote, TheSameHostRouteIsTakenOnlyWhereItCan) {
   RemotePool elsewhere = RemotePool::connect(detail::serialize(d));
   EXPECT_EQ(elsewhere.route(), Route::ucx);
   EXPECT_TRUE(reads_the_cell(elsewhere));
-  // A stale Block id (the descriptor names another object): UCX.
+  // A descriptor claiming more of the Block than there is, or naming the
+  // Block as its beacon: not taken, UCX carries the bytes.
+  d = detail::parse(exporter.descriptor());
+  d.same_host->block_bytes += std::size_t{1} << 30;
+  RemotePool larger = RemotePool::connect(detail::serialize(d));
+  EXPECT_EQ(larger.route(), Route::ucx);
+  EXPECT_TRUE(reads_the_cell(larger));
+  d = detail::parse(exporter.descriptor());
+  d.same_host->beacon_fd = d.same_host->block_fd;
+  d.same_host->beacon_object = d.same_host->block_object;
+  RemotePool no_beacon = RemotePool::connect(detail::serialize(d));
+  EXPECT_EQ(no_beacon.route(), Route::ucx);
+  // On this host, an id that names nothing means the exporter is gone:
+  // said at once, not after UCX's attempt.
   d = detail::parse(exporter.descriptor());
   d.same_host->block_object += 1;
-  RemotePool stale = RemotePool::connect(detail::serialize(d));
-  EXPECT_EQ(stale.route(), Route::ucx);
-  EXPECT_TRUE(reads_the_cell(stale));
+  const auto stale = thrown_by([&] { (void)RemotePool::connect(detail::serialize(d)); });
+  EXPECT_EQ(stale.code, Errc::disconnected);
+  EXPECT_NE(stale.message.find("gone"), std::string::npos) << stale.message;
   // Memory no other process can map has no same-host section.
   BlockOptions private_pages;
   private_pages.shareable = false;

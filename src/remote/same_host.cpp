@@ -5,18 +5,53 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <mutex>
+#include <optional>
 #include <thread>
 
+#include "copy_crew.hpp"
+#include "remote/beacon.hpp"
+#include "unimem/detail/fork_watch.hpp"
 #include "unimem/error.hpp"
 
 namespace unimem::remote::detail {
 namespace {
 
-// Below this a call copies on its own thread: starting a crew's copy costs
-// a few microseconds, a thread's memcpy moves ~10 GB/s.
+using Words = BeaconWords;
+
+// Below this a call copies on its own thread: a crew's copy costs a few
+// microseconds to start, one thread's memcpy moves ~10 GB/s.
 constexpr std::size_t kCrewBytes = std::size_t{4} << 20;
 
-std::uint64_t load_acquire(const std::uint64_t* p) noexcept { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+[[noreturn]] void gone(const std::string& why) { throw Error(Errc::disconnected, 0, "unimem: RemotePool: " + why); }
+
+// One crew of copy threads for the process (every link's large calls), made
+// at the first one, used by one call at a time; the others copy on their own
+// threads meanwhile, which is as parallel. Not in a fork() child, where its
+// threads do not exist.
+class ProcessCrew {
+ public:
+  static ProcessCrew& get() {
+    static ProcessCrew crew;  // NOLINT(misc-use-anonymous-namespace): one per process
+    return crew;
+  }
+  // Runs `copy_all` on the crew and returns true, or returns false when the
+  // crew is busy, cannot help (one core) or is the parent's.
+  template <class Work>
+  bool run(std::size_t bytes, Work&& work) {
+    if (forked_.forked() || std::thread::hardware_concurrency() < 2) return false;
+    std::unique_lock hold(lock_, std::try_to_lock);
+    if (!hold.owns_lock()) return false;
+    if (!crew_) crew_.emplace(std::min(8u, std::thread::hardware_concurrency()));
+    (void)crew_->run(bytes, std::forward<Work>(work));
+    return true;
+  }
+
+ private:
+  unimem::detail::ForkedFlag forked_;
+  std::mutex lock_;
+  std::optional<unimem::detail::CopyCrew> crew_;
+};
 
 }  // namespace
 
@@ -31,30 +66,50 @@ std::unique_ptr<SameHostLink> SameHostLink::open(const Descriptor& d, std::strin
     why = "the exporter runs on another host (or in another pid namespace)";
     return nullptr;
   }
-  try {
-    // Watch first: a pid recycled after this cannot be mistaken for the
-    // exporter, since the Blocks attached next are checked by object.
-    platform::ProcessWatch owner(h.pid);
+  // On this host, a process or descriptor that names nothing means the
+  // exporter is gone: say so. Refusals (another user, what is not a Block)
+  // leave UCX to try.
+  auto attach = [&](const BlockId& id, bool read_only, const char* what) -> std::optional<Block> {
     BlockOptions o;
     o.pinning = Pinning::unpinned;  // the exporter pins them; this mapping needs no memlock
-    o.read_only = true;
-    Block beacon = Block::attach(BlockId{h.pid, h.beacon_fd, h.beacon_object}, o);
-    std::uint64_t magic = 0;
-    if (beacon.size() < 16) throw Error(Errc::not_a_block, 0, "the beacon is too small");
-    std::memcpy(&magic, beacon.data(), sizeof magic);
-    if (magic != kBeaconMagic) throw Error(Errc::not_a_block, 0, "the beacon is not one");
-    if (load_acquire(reinterpret_cast<const std::uint64_t*>(beacon.data() + 8)) != d.generation) {
-      throw Error(Errc::disconnected, 0, "the export was destroyed");
+    o.read_only = read_only;
+    try {
+      return Block::attach(id, o);
+    } catch (const Error& e) {
+      if (e.code() == Errc::not_found) gone(std::string("the exporter's ") + what + " is gone: " + e.what());
+      why = std::string("the exporter's ") + what + " cannot be attached here: " + e.what();
+      return std::nullopt;
     }
-    o.read_only = d.read_only;
-    Block block = Block::attach(BlockId{h.pid, h.block_fd, h.block_object}, o);
-    if (block.size() < h.block_bytes) throw Error(Errc::not_a_block, 0, "the Block is smaller than described");
-    return std::unique_ptr<SameHostLink>(
-        new SameHostLink(std::move(block), std::move(beacon), std::move(owner), d.generation, d));
+  };
+  // Watch first: a pid recycled after this cannot be mistaken for the
+  // exporter, since the Blocks attached next are checked by object.
+  std::optional<platform::ProcessWatch> owner;
+  try {
+    owner.emplace(h.pid);
   } catch (const Error& e) {
-    why = std::string("the exporter's Block cannot be attached here: ") + e.what();
+    if (e.code() == Errc::not_found) gone("the exporting process has exited");
+    why = std::string("the exporting process cannot be watched: ") + e.what();
     return nullptr;
   }
+  std::optional<Block> beacon = attach(BlockId{h.pid, h.beacon_fd, h.beacon_object}, false, "beacon");
+  if (!beacon) return nullptr;
+  std::uint64_t magic = 0;
+  if (beacon->size() >= 3 * sizeof(std::uint64_t)) std::memcpy(&magic, beacon->data() + Words::kMagic, sizeof magic);
+  if (magic != kBeaconMagic) {
+    why = "the descriptor's beacon is not an export's beacon";
+    return nullptr;
+  }
+  if (Words::at(*beacon, Words::kLive).load(std::memory_order_seq_cst) != d.generation) {
+    gone("the export was destroyed");
+  }
+  std::optional<Block> block = attach(BlockId{h.pid, h.block_fd, h.block_object}, d.read_only, "Block");
+  if (!block) return nullptr;
+  if (block->size() < h.block_bytes) {
+    why = "the exporter's Block is smaller than the descriptor says";
+    return nullptr;
+  }
+  return std::unique_ptr<SameHostLink>(
+      new SameHostLink(std::move(*block), std::move(*beacon), std::move(*owner), d.generation, d));
 }
 
 SameHostLink::SameHostLink(Block block, Block beacon, platform::ProcessWatch owner, std::uint64_t generation,
@@ -68,27 +123,28 @@ SameHostLink::SameHostLink(Block block, Block beacon, platform::ProcessWatch own
                        ? reinterpret_cast<const std::uint64_t*>(block_.data() + d.same_host->generations_offset)
                        : nullptr) {}
 
-void SameHostLink::check_alive() const {
-  if (!owner_.alive()) {
-    throw Error(Errc::disconnected, 0, "unimem: RemotePool: the exporting process has exited");
+SameHostLink::Call::Call(const SameHostLink& link) : link_(link) {
+  if (!link.owner_.alive()) gone("the exporting process has exited");
+  // Counted in before the check, both sequentially consistent: ~Exporter
+  // either sees this call and waits, or this call sees it (beacon.hpp).
+  Words::at(link.beacon_, Words::kCalls).fetch_add(1, std::memory_order_seq_cst);
+  if (Words::at(link.beacon_, Words::kLive).load(std::memory_order_seq_cst) != link.generation_) {
+    Words::at(link.beacon_, Words::kCalls).fetch_sub(1, std::memory_order_seq_cst);
+    gone("the export was destroyed");
   }
-  if (load_acquire(reinterpret_cast<const std::uint64_t*>(beacon_.data() + 8)) != generation_) {
-    throw Error(Errc::disconnected, 0, "unimem: RemotePool: the export was destroyed");
-  }
+}
+
+SameHostLink::Call::~Call() {
+  // The bytes a put wrote happen before the owner sees the count drop.
+  Words::at(link_.beacon_, Words::kCalls).fetch_sub(1, std::memory_order_seq_cst);
 }
 
 void SameHostLink::copy(std::span<const Copy> copies) {
   std::size_t total = 0;
   for (const Copy& c : copies) total += c.bytes;
-  std::unique_lock crew(crew_lock_, std::defer_lock);
-  if (total < kCrewBytes || std::thread::hardware_concurrency() < 2 || !crew.try_lock()) {
-    for (const Copy& c : copies) std::memcpy(c.to, c.from, c.bytes);
-    return;
-  }
-  if (!crew_) crew_.emplace(std::min(8u, std::thread::hardware_concurrency()));
   // Slice the call's bytes as if its copies were one range; each slice walks
   // the copies it overlaps.
-  (void)crew_->run(total, [copies](std::size_t begin, std::size_t end) {
+  auto slice = [copies](std::size_t begin, std::size_t end) {
     std::size_t at = 0;
     for (const Copy& c : copies) {
       const std::size_t b = std::max(begin, at), e = std::min(end, at + c.bytes);
@@ -97,7 +153,9 @@ void SameHostLink::copy(std::span<const Copy> copies) {
       if (at >= end) break;
     }
     return 0;
-  });
+  };
+  if (total >= kCrewBytes && ProcessCrew::get().run(total, slice)) return;
+  (void)slice(0, total);
 }
 
 }  // namespace unimem::remote::detail

@@ -44,6 +44,11 @@ std::array<std::uint8_t, 16> read_boot_id() noexcept {
 
 HostIdentity read_identity() noexcept {
   HostIdentity id;
+  // /proc must be this pid namespace's (not a parent's, after unshare -p
+  // without remounting it): then pids in it and pidfd_open agree.
+  char self[32] = {};
+  const ssize_t n = ::readlink("/proc/self", self, sizeof self - 1);
+  if (n <= 0 || std::to_string(::getpid()) != std::string(self, static_cast<std::size_t>(n))) return {};
   struct stat ns {};
   if (::stat("/proc/self/ns/pid", &ns) != 0) return {};
   id.boot = read_boot_id();
@@ -61,10 +66,9 @@ bool HostIdentity::known() const noexcept {
   return false;
 }
 
-HostIdentity host_identity() noexcept {
-  static const HostIdentity id = read_identity();
-  return id;
-}
+// Read at every call, not cached: a child of fork() or clone() may live in
+// another pid namespace than the process that made a cache.
+HostIdentity host_identity() noexcept { return read_identity(); }
 
 ProcessWatch::ProcessWatch(std::int32_t pid) : pid_(pid) {
   if (pid <= 0) throw Error(Errc::invalid_argument, 0, "unimem: no process " + std::to_string(pid) + " to watch");
@@ -75,7 +79,8 @@ ProcessWatch::ProcessWatch(std::int32_t pid) : pid_(pid) {
     return;
   }
   const int e = errno;
-  if (e != ENOSYS) {
+  // ENOSYS: a kernel before 5.3; EPERM: a seccomp filter that predates it.
+  if (e != ENOSYS && e != EPERM) {
     throw Error(errc_of(e), e, "unimem: cannot watch process " + std::to_string(pid) + ": " + detail::errno_text(e));
   }
 #endif
@@ -107,7 +112,7 @@ bool ProcessWatch::alive() const noexcept {
     int n;
     while ((n = ::poll(&p, 1, 0)) < 0 && errno == EINTR) {
     }
-    return n == 0;
+    return n <= 0;  // a failed poll (ENOMEM) says nothing of the process: alive until shown otherwise
   }
   if (pid_ <= 0) return false;
   return ::kill(pid_, 0) == 0 || errno == EPERM;
