@@ -8,6 +8,8 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "copy_crew.hpp"
 #include "remote/beacon.hpp"
@@ -52,6 +54,21 @@ class ProcessCrew {
   std::mutex lock_;
   std::optional<unimem::detail::CopyCrew> crew_;
 };
+
+// True when two copies write the same bytes: a call that names one cell (or
+// one local buffer) several times. Its copies then stay on one thread, where
+// the bytes stay in one core's cache, instead of crew threads writing the
+// same lines in turn.
+bool destinations_overlap(std::span<const SameHostLink::Copy> copies) {
+  std::vector<std::pair<std::uintptr_t, std::size_t>> to;
+  to.reserve(copies.size());
+  for (const auto& c : copies) to.emplace_back(reinterpret_cast<std::uintptr_t>(c.to), c.bytes);
+  std::sort(to.begin(), to.end());
+  for (std::size_t i = 1; i < to.size(); ++i) {
+    if (to[i - 1].first + to[i - 1].second > to[i].first) return true;
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -154,7 +171,7 @@ void SameHostLink::copy(std::span<const Copy> copies) {
     }
     return 0;
   };
-  if (total >= kCrewBytes && ProcessCrew::get().run(total, slice)) return;
+  if (total >= kCrewBytes && !destinations_overlap(copies) && ProcessCrew::get().run(total, slice)) return;
   (void)slice(0, total);
 }
 
