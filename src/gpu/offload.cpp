@@ -16,8 +16,6 @@
 // translates per cell.
 #include "unimem/offload.hpp"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstring>
 #include <mutex>
