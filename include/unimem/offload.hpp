@@ -281,7 +281,7 @@ class OffloadPool {
   // True when the copies route enqueues one cuMemcpyBatchAsync per call
   // (driver 12.8 or later); false: one cuMemcpyAsync per block, or no device.
   bool batched_copies() const noexcept;
-  // The pool's Block: share it with block().id(), send_block, inheritable_handle.
+  // The pool's Block: share it with block().id(), or as a descriptor (unimem/linux.hpp).
   const Block& block() const noexcept;
 
  private:
