@@ -1,6 +1,6 @@
 // src/gpu/loader.cpp — file ranges into GPU memory at the link rate (gpu::Loader).
 //
-// A load cuts the file into chunks (64 MiB, CopyOptions::piece_bytes) and
+// A load cuts the file into chunks (64 MiB, CopyOptions::chunk_bytes) and
 // picks a route per chunk:
 //   * registered (by an earlier load): copied straight from the page cache,
 //     cuMemcpyHtoDAsync from registered memory at the link rate;
@@ -69,7 +69,7 @@ constexpr std::uint64_t kSmallLoad = std::uint64_t{64} << 20;
 constexpr std::size_t kParallelClassify = 4;
 
 // A copy: one range, or a strided rectangle of `rows` rows (a slice of a
-// row-major matrix), into device memory of the Loader's device `lane`.
+// row-major matrix), into device memory of the Loader's device `device_index`.
 struct Piece {
   std::uint64_t file_offset;
   std::uintptr_t device_address;
@@ -77,7 +77,7 @@ struct Piece {
   std::size_t rows;
   std::uint64_t file_pitch;
   std::size_t device_pitch;
-  std::size_t lane;  // index into Loader::State::lanes
+  std::size_t device_index;  // index into Loader::State::device_streams
   // One past the last file byte it reads.
   std::uint64_t end() const { return file_offset + (rows - 1) * file_pitch + width; }
 };
@@ -89,13 +89,14 @@ std::vector<Piece> merge(std::span<const DeviceSegment> segments, std::span<cons
   for (const DeviceSegment& s : segments) {
     if (s.bytes == 0 || s.rows == 0) continue;
     const int device = s.device < 0 ? devices.front() : s.device;
-    const auto lane = static_cast<std::size_t>(std::find(devices.begin(), devices.end(), device) - devices.begin());
-    if (lane == devices.size()) {
+    const auto device_index =
+        static_cast<std::size_t>(std::find(devices.begin(), devices.end(), device) - devices.begin());
+    if (device_index == devices.size()) {
       throw Error(Errc::invalid_argument, 0,
                   "unimem: gpu::Loader: a segment is for device " + std::to_string(device) +
                       ", which is not one of the Loader's");
     }
-    Piece p{s.file_offset, s.device_address, s.bytes, s.rows, s.file_pitch, s.device_pitch, lane};
+    Piece p{s.file_offset, s.device_address, s.bytes, s.rows, s.file_pitch, s.device_pitch, device_index};
     if (p.rows > 1 && (p.file_pitch < p.width || p.device_pitch < p.width)) {
       throw Error(Errc::invalid_argument, 0,
                   "unimem: gpu::Loader: a segment's rows overlap (file_pitch " + std::to_string(p.file_pitch) +
@@ -117,8 +118,8 @@ std::vector<Piece> merge(std::span<const DeviceSegment> segments, std::span<cons
     }
     if (!merged.empty()) {
       Piece& last = merged.back();
-      if (last.rows == 1 && p.rows == 1 && last.lane == p.lane && last.file_offset + last.width == p.file_offset &&
-          last.device_address + last.width == p.device_address) {
+      if (last.rows == 1 && p.rows == 1 && last.device_index == p.device_index &&
+          last.file_offset + last.width == p.file_offset && last.device_address + last.width == p.device_address) {
         last.width += p.width;
         continue;
       }
@@ -199,14 +200,14 @@ struct MappedFile {
 
 struct Loader::State {
   // What each of the Loader's devices copies on.
-  struct Lane {
+  struct DeviceStreams {
     int device;
     CUstream stream = nullptr;          // copies from registered page cache
     CUstream staging_stream = nullptr;  // copies from the staging slots
     std::vector<CUevent> events;        // one per staging slot
   };
   std::vector<int> devices;
-  std::vector<Lane> lanes;  // one per device, in the same order
+  std::vector<DeviceStreams> device_streams;  // one per device, in the same order
   CopyOptions options;
   std::size_t chunk;  // registration chunk and staging slot size
   std::mutex lock;    // one load at a time
@@ -234,8 +235,8 @@ struct Loader::State {
   static constexpr std::size_t kWorkerBytes = kWorkerSlots * kWorkerSlotBytes;
   struct Worker {
     std::byte* slots = nullptr;     // its part of worker_memory, once backed and registered
-    std::vector<CUstream> streams;  // per lane
-    std::vector<CUevent> events;    // [slot * lanes + lane]: the slot's last copies
+    std::vector<CUstream> streams;  // per device
+    std::vector<CUevent> events;    // [slot * devices + device index]: the slot's last copies
   };
   std::vector<Worker> workers;         // one per crew thread once a load staged cached data
   std::optional<Block> worker_memory;  // kWorkerBytes per worker; outlives their registrations
@@ -267,20 +268,21 @@ struct Loader::State {
     Worker& w = workers[index];
     try {
       const detail::Driver& d = detail::driver();
-      w.events.assign(kWorkerSlots * lanes.size(), nullptr);  // first: destroy_worker reads events per stream
-      w.streams.assign(lanes.size(), nullptr);
-      for (std::size_t l = 0; l < lanes.size(); ++l) {
-        detail::ContextScope context(lanes[l].device);
+      w.events.assign(kWorkerSlots * device_streams.size(), nullptr);  // first: destroy_worker reads events per stream
+      w.streams.assign(device_streams.size(), nullptr);
+      for (std::size_t l = 0; l < device_streams.size(); ++l) {
+        detail::ContextScope context(device_streams[l].device);
         check(d.cuStreamCreate(&w.streams[l], detail::kStreamNonBlocking), "cuStreamCreate");
         for (std::size_t k = 0; k < kWorkerSlots; ++k) {
-          check(d.cuEventCreate(&w.events[k * lanes.size() + l], detail::kEventDisableTiming), "cuEventCreate");
+          check(d.cuEventCreate(&w.events[k * device_streams.size() + l], detail::kEventDisableTiming),
+                "cuEventCreate");
         }
       }
       std::byte* const part = worker_memory->data() + index * kWorkerBytes;
       // Backed first: the driver would fault the pages in itself, holding
       // every other thread's calls meanwhile.
       platform::populate(part, kWorkerBytes);
-      detail::ContextScope context(lanes.front().device);  // portable: every device's copies may use it
+      detail::ContextScope context(device_streams.front().device);  // portable: every device's copies may use it
       check(d.cuMemHostRegister(part, kWorkerBytes, detail::kHostRegisterPortable | detail::kHostRegisterDeviceMap),
             "cuMemHostRegister (staging slots)");
       w.slots = part;
@@ -293,19 +295,19 @@ struct Loader::State {
 
   void destroy_worker(Worker& w) noexcept {
     const detail::Driver& d = detail::driver();
-    for (std::size_t l = 0; l < w.streams.size() && l < lanes.size(); ++l) {
+    for (std::size_t l = 0; l < w.streams.size() && l < device_streams.size(); ++l) {
       try {
-        detail::ContextScope context(lanes[l].device);
+        detail::ContextScope context(device_streams[l].device);
         for (std::size_t k = 0; k < kWorkerSlots; ++k) {
-          if (CUevent e = w.events[k * lanes.size() + l]) d.cuEventDestroy(e);
+          if (CUevent e = w.events[k * device_streams.size() + l]) d.cuEventDestroy(e);
         }
         if (w.streams[l]) d.cuStreamDestroy(w.streams[l]);
       } catch (...) {  // no context: nothing more can be released
       }
     }
-    if (w.slots != nullptr && !lanes.empty()) {
+    if (w.slots != nullptr && !device_streams.empty()) {
       try {
-        detail::ContextScope context(lanes.front().device);
+        detail::ContextScope context(device_streams.front().device);
         d.cuMemHostUnregister(w.slots);
       } catch (...) {
       }
@@ -356,21 +358,21 @@ struct Loader::State {
   }
   std::uint64_t clock = 0;  // counts mapped() calls, for last_use
 
-  void destroy_lanes() noexcept {
+  void destroy_device_streams() noexcept {
     destroy_workers(workers);
     const detail::Driver& d = detail::driver();
-    for (Lane& lane : lanes) {
+    for (DeviceStreams& dev : device_streams) {
       try {
-        detail::ContextScope context(lane.device);
-        for (auto e : lane.events) {
+        detail::ContextScope context(dev.device);
+        for (auto e : dev.events) {
           if (e) d.cuEventDestroy(e);
         }
-        if (lane.stream) d.cuStreamDestroy(lane.stream);
-        if (lane.staging_stream) d.cuStreamDestroy(lane.staging_stream);
+        if (dev.stream) d.cuStreamDestroy(dev.stream);
+        if (dev.staging_stream) d.cuStreamDestroy(dev.staging_stream);
       } catch (...) {  // no context: nothing more can be released
       }
     }
-    lanes.clear();
+    device_streams.clear();
   }
 
   // The staging ring and the copy crew, made on the first load that stages.
@@ -415,12 +417,12 @@ Loader::Loader(std::span<const int> devices, const CopyOptions& options) : state
   s.options = options;
   s.options.slots = std::max(1u, options.slots);
   const std::size_t page = Block::page_size();
-  if (options.piece_bytes > (std::size_t{1} << 30) || options.slots > 64) {
+  if (options.chunk_bytes > (std::size_t{1} << 30) || options.slots > 64) {
     throw Error(Errc::invalid_argument, 0,
-                "unimem: gpu::Loader: piece_bytes above 1 GiB or more than 64 slots (" +
-                    std::to_string(options.piece_bytes) + " x " + std::to_string(options.slots) + ")");
+                "unimem: gpu::Loader: chunk_bytes above 1 GiB or more than 64 slots (" +
+                    std::to_string(options.chunk_bytes) + " x " + std::to_string(options.slots) + ")");
   }
-  s.chunk = std::max<std::size_t>(options.piece_bytes / page * page, page);
+  s.chunk = std::max<std::size_t>(options.chunk_bytes / page * page, page);
   if (options.staging != nullptr) {
     if (!options.staging->gpu_visible()) {
       throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: the staging Block is not GPU-visible");
@@ -432,15 +434,15 @@ Loader::Loader(std::span<const int> devices, const CopyOptions& options) : state
   try {
     for (int device : s.devices) {
       detail::ContextScope context(device);
-      State::Lane& lane = s.lanes.emplace_back();
-      lane.device = device;
-      lane.events.assign(s.options.slots, nullptr);
-      check(d.cuStreamCreate(&lane.stream, detail::kStreamNonBlocking), "cuStreamCreate");
-      check(d.cuStreamCreate(&lane.staging_stream, detail::kStreamNonBlocking), "cuStreamCreate");
-      for (auto& e : lane.events) check(d.cuEventCreate(&e, detail::kEventDisableTiming), "cuEventCreate");
+      State::DeviceStreams& dev = s.device_streams.emplace_back();
+      dev.device = device;
+      dev.events.assign(s.options.slots, nullptr);
+      check(d.cuStreamCreate(&dev.stream, detail::kStreamNonBlocking), "cuStreamCreate");
+      check(d.cuStreamCreate(&dev.staging_stream, detail::kStreamNonBlocking), "cuStreamCreate");
+      for (auto& e : dev.events) check(d.cuEventCreate(&e, detail::kEventDisableTiming), "cuEventCreate");
     }
   } catch (...) {
-    s.destroy_lanes();
+    s.destroy_device_streams();
     throw;
   }
 }
@@ -457,7 +459,7 @@ Loader::~Loader() {
     s.files.clear();  // unregisters
   } catch (...) {     // no context: nothing more can be released
   }
-  s.destroy_lanes();
+  s.destroy_device_streams();
 }
 
 void Loader::release() noexcept {
@@ -572,31 +574,31 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   // Whatever happens below, every stream is drained before this returns.
   struct Drain {
     const detail::Driver& d;
-    std::vector<State::Lane>& lanes;
+    std::vector<State::DeviceStreams>& device_streams;
     std::vector<State::Worker>& workers;
     ~Drain() {
-      for (const State::Lane& lane : lanes) {
-        d.cuStreamSynchronize(lane.stream);
-        d.cuStreamSynchronize(lane.staging_stream);
+      for (const State::DeviceStreams& dev : device_streams) {
+        d.cuStreamSynchronize(dev.stream);
+        d.cuStreamSynchronize(dev.staging_stream);
       }
       for (const State::Worker& w : workers) {
         for (CUstream stream : w.streams) d.cuStreamSynchronize(stream);
       }
     }
-  } drain{d, s.lanes, s.workers};
+  } drain{d, s.device_streams, s.workers};
 
   // Copies the part of every piece of `need` that lies in [begin, end) of the
-  // file from `source(offset)`, on each piece's device: on streams[lane]
-  // when given (and marks the lane in `used`), else on the lane's stream.
+  // file from `source(offset)`, on each piece's device: on streams[device
+  // index] when given (and marks that device in `used`), else on its DeviceStreams' stream.
   auto copy_parts = [&](const Need& need, std::uint64_t begin, std::uint64_t end, const CUstream* streams,
                         std::vector<char>* used, auto&& source) {
     for (std::size_t i : need.pieces) {
       const Piece& p = pieces[i];
-      const State::Lane& lane = s.lanes[p.lane];
-      const CUstream stream = streams != nullptr ? streams[p.lane] : lane.stream;
+      const State::DeviceStreams& dev = s.device_streams[p.device_index];
+      const CUstream stream = streams != nullptr ? streams[p.device_index] : dev.stream;
       std::optional<detail::ContextScope> other;  // the caller's context is the first device's
-      if (p.lane != 0) other.emplace(lane.device);
-      const std::string what = "a copy to device " + std::to_string(lane.device);
+      if (p.device_index != 0) other.emplace(dev.device);
+      const std::string what = "a copy to device " + std::to_string(dev.device);
       // One range: [b, e) of row r, wherever the row meets [begin, end).
       auto copy_row_part = [&](std::uint64_t r) {
         const std::uint64_t row = p.file_offset + r * p.file_pitch;
@@ -605,7 +607,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
         if (b >= e) return;
         check(d.cuMemcpyHtoDAsync(p.device_address + r * p.device_pitch + (b - row), source(b), e - b, stream),
               "cuMemcpyHtoDAsync (" + what + ")");
-        if (used) (*used)[p.lane] = 1;
+        if (used) (*used)[p.device_index] = 1;
       };
       if (p.rows == 1) {
         copy_row_part(0);
@@ -630,7 +632,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
         c.WidthInBytes = p.width;
         c.Height = full_end - full_first;
         check(d.cuMemcpy2DAsync(&c, stream), "cuMemcpy2DAsync (" + what + ")");
-        if (used) (*used)[p.lane] = 1;
+        if (used) (*used)[p.device_index] = 1;
       }
       if (full_first > 0) copy_row_part(full_first - 1);
       if (full_end < p.rows && full_end + 1 != full_first) copy_row_part(full_end);
@@ -648,7 +650,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     const std::size_t slot = uses++ % s.options.slots;
     // Always wait (a slot never recorded returns at once): after a staging
     // thread, this thread's first uses of the ring may find its copies running.
-    for (const State::Lane& lane : s.lanes) check(d.cuEventSynchronize(lane.events[slot]), "cuEventSynchronize");
+    for (const State::DeviceStreams& dev : s.device_streams)
+      check(d.cuEventSynchronize(dev.events[slot]), "cuEventSynchronize");
     std::byte* dest = ring.data() + slot * s.chunk;
     const std::size_t n = static_cast<std::size_t>(need.hi - need.lo);
     if (is_cached) {
@@ -671,13 +674,14 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       if (staged_reason.empty()) staged_reason = r.fallback_reason;
       staged_buffered += r.buffered_bytes;
     }
-    std::vector<char> used(s.lanes.size(), 0);
+    std::vector<char> used(s.device_streams.size(), 0);
     std::vector<CUstream> staging_streams;
-    for (const State::Lane& lane : s.lanes) staging_streams.push_back(lane.staging_stream);
+    for (const State::DeviceStreams& dev : s.device_streams) staging_streams.push_back(dev.staging_stream);
     copy_parts(need, need.lo, need.hi, staging_streams.data(), &used,
                [&](std::uint64_t off) { return dest + (off - need.lo); });
-    for (std::size_t l = 0; l < s.lanes.size(); ++l) {
-      if (used[l]) check(d.cuEventRecord(s.lanes[l].events[slot], s.lanes[l].staging_stream), "cuEventRecord");
+    for (std::size_t l = 0; l < s.device_streams.size(); ++l) {
+      if (used[l])
+        check(d.cuEventRecord(s.device_streams[l].events[slot], s.device_streams[l].staging_stream), "cuEventRecord");
     }
     staged += n;
     progress.add(n);
@@ -750,7 +754,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       fail_staging();
       return;
     }
-    const std::size_t lanes = s.lanes.size();
+    const std::size_t device_streams = s.device_streams.size();
     if (detail::LoaderProbe* probe = detail::loader_probe()) probe->workers_starting();
     (void)s.crew->run(s.crew->threads(), [&](std::size_t w, std::size_t) {
       try {
@@ -759,7 +763,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
         detail::LoaderProbe* const probe = detail::loader_probe();  // timed only when one is set
         using Clock = std::chrono::steady_clock;
         Clock::time_point began, waited, read;
-        std::vector<char> used(lanes);
+        std::vector<char> used(device_streams);
         for (std::size_t use = 0; !stop; ++use) {
           const std::optional<Slice> slice = claim_slice();
           if (!slice) break;
@@ -773,8 +777,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
           std::byte* const slots = mine.slots;
           const std::size_t k = use % State::kWorkerSlots;
           if (probe) began = Clock::now();
-          for (std::size_t l = 0; l < lanes; ++l) {
-            check(d.cuEventSynchronize(mine.events[k * lanes + l]), "cuEventSynchronize");
+          for (std::size_t l = 0; l < device_streams; ++l) {
+            check(d.cuEventSynchronize(mine.events[k * device_streams + l]), "cuEventSynchronize");
           }
           if (probe) waited = Clock::now();
           const Need& need = needs[slice->need];
@@ -793,8 +797,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
           std::fill(used.begin(), used.end(), 0);
           copy_parts(need, slice->begin, slice->end, mine.streams.data(), &used,
                      [&](std::uint64_t off) { return dest + (off - slice->begin); });
-          for (std::size_t l = 0; l < lanes; ++l) {
-            if (used[l]) check(d.cuEventRecord(mine.events[k * lanes + l], mine.streams[l]), "cuEventRecord");
+          for (std::size_t l = 0; l < device_streams; ++l) {
+            if (used[l]) check(d.cuEventRecord(mine.events[k * device_streams + l], mine.streams[l]), "cuEventRecord");
           }
           worker_bytes += n;
           progress.add(n);
@@ -888,9 +892,9 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   for (const State::Worker& w : s.workers) {
     for (CUstream stream : w.streams) check(d.cuStreamSynchronize(stream), "cuStreamSynchronize");
   }
-  for (const State::Lane& lane : s.lanes) {
-    check(d.cuStreamSynchronize(lane.stream), "cuStreamSynchronize");
-    check(d.cuStreamSynchronize(lane.staging_stream), "cuStreamSynchronize");
+  for (const State::DeviceStreams& dev : s.device_streams) {
+    check(d.cuStreamSynchronize(dev.stream), "cuStreamSynchronize");
+    check(d.cuStreamSynchronize(dev.staging_stream), "cuStreamSynchronize");
   }
   progress.finish();
   ++file.loads;

@@ -249,7 +249,7 @@ void two_processes(const std::string& size, OffloadPool& pool, const std::vector
   std::vector<pid_t> pids;
   for (int who = 0; who < 2; ++who) {
     pids.push_back(
-        start_child({"--child", pool.block().id().to_string(), sync_block.id().to_string(), std::to_string(who),
+        start_child({"--child", pool.host_block().id().to_string(), sync_block.id().to_string(), std::to_string(who),
                      std::to_string(n), std::to_string(reps), std::to_string(device), route}));
   }
   bool ok = true;

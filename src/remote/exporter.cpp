@@ -144,7 +144,7 @@ Exporter Exporter::create(const SharedGrid& grid, const ExportOptions& options) 
 
 Exporter Exporter::create(const gpu::OffloadPool& pool, const ExportOptions& options) {
   if (pool.blocks() == 0) bad("the OffloadPool is moved-from");
-  const Block& block = pool.block();
+  const Block& block = pool.host_block();
   // The pool's Block is a SharedGrid's (src/shared_grid_header.hpp), laid out
   // for its cell count.
   const auto at = unimem::detail::shared_grid_offsets(pool.blocks(), Block::page_size());
