@@ -23,7 +23,7 @@
 // the copies at or above it (they reach the link rate there, and a store and
 // a fetch at once use both directions of the link). route_taken() says
 // which; the figures are in docs/BENCHMARKS.md.
-// src/gpu/offload_benchmark.cu measures all three against the pinned
+// bench/offload_benchmark.cu measures all three against the pinned
 // cudaMemcpy ceiling and against a cudaMemcpyAsync per block.
 //
 // Ownership of cells: a store or fetch never takes or gives back a cell; the

@@ -1,4 +1,4 @@
-// src/gpu/offload_benchmark.cu — KV-cache offload: gpu::OffloadPool against the ceiling and what servers do now.
+// bench/offload_benchmark.cu — KV-cache offload: gpu::OffloadPool against the ceiling and what servers do now.
 //
 //   unimem_offload_benchmark [--device N] [--gib G] [--reps R] [--sizes K,K,...] [--no-two-process]
 //

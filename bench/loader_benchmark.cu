@@ -1,4 +1,4 @@
-// src/gpu/loader_benchmark.cu — a cached file into GPU memory, every route side by side.
+// bench/loader_benchmark.cu — a cached file into GPU memory, every route side by side.
 //
 //   unimem_loader_benchmark FILE [--device N] [--reps R] [--safetensors] [--trace]
 //   (--first-load-child: the fresh-process row's child, not for callers)
