@@ -156,8 +156,8 @@ class OffloadPool {
   // Pinning::pinned, no_cuda_driver, no_cuda_device, cuda).
   static OffloadPool create(std::size_t block_bytes, std::size_t blocks, int device = 0,
                             const OffloadOptions& options = {});
-  // The pool another process created, in `block` (from Block::attach,
-  // Block::adopt or receive_block): registers this process's mapping with
+  // The pool another process created, in `block` (from Block::attach, or
+  // adopt_block or receive_block of unimem/linux.hpp): registers this process's mapping with
   // the GPUs (unless device is kNoDevice or the Block is GPU-visible already).
   // Throws Error(not_a_block) when the Block is not a pool's,
   // Error(invalid_argument) for a device that does not exist, and what
