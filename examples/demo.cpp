@@ -33,7 +33,7 @@ int main() try {
   auto f32 = block.as_f32_mut();
   std::iota(f32.begin(), f32.end(), 0.0f);
   std::printf("Block   %zu bytes at %p, fd %d, id %s, %s, sum of f32 view = %.0f\n", block.size(),
-              static_cast<void*>(block.data()), block.handle(), block.id().to_string().c_str(),
+              static_cast<void*>(block.data()), unimem::block_descriptor(block), block.id().to_string().c_str(),
               block.pinned() ? "pinned" : "unpinned", std::accumulate(f32.begin(), f32.end(), 0.0));
 
   // Tape: bump allocation, released all at once.

@@ -51,12 +51,6 @@ Block Block::map_file(const std::string& path, const BlockOptions& options) {
   return block;
 }
 
-Block Block::adopt(int fd, const BlockOptions& options) {
-  Block block(platform::adopt_region(fd, 0, options));
-  block.finish_open(options);
-  return block;
-}
-
 void Block::finish_open(const BlockOptions& options) {
   if (options.visibility == Visibility::gpus) {
     make_gpu_visible(options.warm_threads);  // backs every page before it registers
@@ -75,13 +69,7 @@ void Block::back_pages(unsigned threads) {
 
 BlockId Block::id() const noexcept {
   if (region_.object == 0) return {};
-  return {platform::current_pid(), region_.handle, region_.object};
-}
-
-int Block::inheritable_handle() const {
-  if (region_.handle < 0)
-    throw Error(Errc::invalid_argument, 0, "unimem: a non-shareable Block has no handle to inherit");
-  return platform::inheritable_duplicate(region_.handle);
+  return {platform::current_pid(), static_cast<std::int32_t>(region_.handle), region_.object};
 }
 
 Block::Block() noexcept = default;

@@ -7,7 +7,7 @@
 namespace unimem {
 
 std::string BlockId::to_string() const {
-  return "unimem:" + std::to_string(pid) + ":" + std::to_string(fd) + ":" + std::to_string(object);
+  return "unimem:" + std::to_string(process) + ":" + std::to_string(handle) + ":" + std::to_string(object);
 }
 
 BlockId BlockId::parse(std::string_view text) {
@@ -22,12 +22,12 @@ BlockId BlockId::parse(std::string_view text) {
     ok = ec == std::errc() && (last ? next == end : next < end && *next == ':');
     p = next + 1;
   };
-  field(id.pid, false);
-  field(id.fd, false);
+  field(id.process, false);
+  field(id.handle, false);
   field(id.object, true);
-  if (!ok || id.pid <= 0 || id.fd < 0 || id.object == 0) {
+  if (!ok || id.process <= 0 || id.handle < 0 || id.object == 0) {
     throw Error(Errc::invalid_argument, 0,
-                "unimem: '" + std::string(text) + "' is not a Block id (expected unimem:<pid>:<fd>:<object>)");
+                "unimem: '" + std::string(text) + "' is not a Block id (expected unimem:<process>:<handle>:<object>)");
   }
   return id;
 }

@@ -19,6 +19,7 @@
 
 #include "format.hpp"
 #include "testing.hpp"
+#include "unimem/linux.hpp"
 
 namespace unimem {
 namespace {
@@ -92,18 +93,18 @@ TEST(Block, RefusesMoreThanTheMachineCanBack) {
 
 TEST(Block, HandleIsASealedMemfdOfTheBlocksSize) {
   Block b = Block::open(2 * MiB);
-  ASSERT_GE(b.handle(), 0);
+  ASSERT_GE(block_descriptor(b), 0);
   struct stat st {};
-  ASSERT_EQ(::fstat(b.handle(), &st), 0);
+  ASSERT_EQ(::fstat(block_descriptor(b), &st), 0);
   EXPECT_EQ(static_cast<std::size_t>(st.st_size), b.size());
   EXPECT_EQ(b.id().object, static_cast<std::uint64_t>(st.st_ino));
-  EXPECT_EQ(b.id().fd, b.handle());
-  EXPECT_EQ(b.id().pid, ::getpid());
-  const int seals = ::fcntl(b.handle(), F_GET_SEALS);
+  EXPECT_EQ(b.id().handle, block_descriptor(b));
+  EXPECT_EQ(b.id().process, ::getpid());
+  const int seals = ::fcntl(block_descriptor(b), F_GET_SEALS);
   EXPECT_TRUE(seals & F_SEAL_SHRINK);
   EXPECT_TRUE(seals & F_SEAL_GROW);
-  EXPECT_NE(::ftruncate(b.handle(), 0), 0) << "a shared Block must not be truncatable";
-  EXPECT_TRUE(::fcntl(b.handle(), F_GETFD) & FD_CLOEXEC);
+  EXPECT_NE(::ftruncate(block_descriptor(b), 0), 0) << "a shared Block must not be truncatable";
+  EXPECT_TRUE(::fcntl(block_descriptor(b), F_GETFD) & FD_CLOEXEC);
 }
 
 TEST(Block, IdsOfLiveBlocksDiffer) {
@@ -113,7 +114,7 @@ TEST(Block, IdsOfLiveBlocksDiffer) {
 
 TEST(Block, SecondMappingOfTheHandleSeesTheSamePages) {
   Block b = Block::open(MiB);
-  void* other = ::mmap(nullptr, b.size(), PROT_READ | PROT_WRITE, MAP_SHARED, b.handle(), 0);
+  void* other = ::mmap(nullptr, b.size(), PROT_READ | PROT_WRITE, MAP_SHARED, block_descriptor(b), 0);
   ASSERT_NE(other, MAP_FAILED);
   b.as_f32_mut()[1000] = 42.0f;
   EXPECT_EQ(static_cast<float*>(other)[1000], 42.0f);
@@ -162,7 +163,7 @@ TEST(Block, PrivateBlocksHaveNoHandleAndMayGetHugePages) {
   o.backing = Backing::warm;
   Block b = Block::open(16 * MiB + 1, o);
   EXPECT_EQ(b.size(), 16 * MiB + Block::page_size());
-  EXPECT_EQ(b.handle(), -1);
+  EXPECT_EQ(block_descriptor(b), -1);
   EXPECT_FALSE(b.id());
   EXPECT_TRUE(b.pinned());
   EXPECT_EQ(testing::unimem_mappings(), 0) << "a private Block has no memfd";
@@ -178,16 +179,16 @@ TEST(Block, PrivateBlocksHaveNoHandleAndMayGetHugePages) {
 TEST(Block, MoveTransfersOwnershipAndAssignmentReleasesTheOld) {
   Block a = Block::open(MiB);
   std::byte* data = a.data();
-  const int fd = a.handle();
+  const int fd = block_descriptor(a);
   Block b = std::move(a);
   EXPECT_EQ(b.data(), data);
-  EXPECT_EQ(b.handle(), fd);
+  EXPECT_EQ(block_descriptor(b), fd);
   EXPECT_TRUE(a.empty());
   EXPECT_EQ(a.data(), nullptr);
   EXPECT_FALSE(a.contains(data));
 
   Block c = Block::open(MiB);
-  const int old_fd = c.handle();
+  const int old_fd = block_descriptor(c);
   std::byte* old_data = c.data();
   c = std::move(b);
   EXPECT_EQ(c.data(), data);
@@ -201,7 +202,7 @@ TEST(Block, DestructionUnmapsAndClosesEverything) {
   {
     Block b = Block::open(MiB);
     data = b.data();
-    fd = b.handle();
+    fd = block_descriptor(b);
     EXPECT_TRUE(testing::is_mapped(data));
     EXPECT_TRUE(testing::fd_is_open(fd));
   }

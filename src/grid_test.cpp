@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "testing.hpp"
+#include "unimem/linux.hpp"
 
 namespace unimem {
 namespace {
@@ -153,7 +154,7 @@ TEST(Grid, OutlivedByItsCellsKeepsTheirMemoryValid) {
   std::vector<Cell> survivors;
   {
     Grid<> grid(4096, 8);
-    fd = grid.block().handle();
+    fd = block_descriptor(grid.block());
     for (int i = 0; i < 3; ++i) survivors.push_back(grid.take());
   }
   EXPECT_TRUE(testing::fd_is_open(fd)) << "the Block must live while cells are out";
@@ -172,7 +173,7 @@ TEST(Grid, DestroyedWithEveryCellHomeFreesAtOnce) {
   int fd;
   {
     Grid<64, 4> grid;
-    fd = grid.block().handle();
+    fd = block_descriptor(grid.block());
     Cell c = grid.take();
   }
   EXPECT_FALSE(testing::fd_is_open(fd));
@@ -219,7 +220,7 @@ TEST(GridCache, GridDestroyedWhileAnotherThreadCachesItsCells) {
   std::thread worker;
   {
     Grid<> grid(64, cached_grid_cells());
-    fd = grid.block().handle();
+    fd = block_descriptor(grid.block());
     worker = std::thread([&] {
       for (int i = 0; i < 3; ++i) grid.take().reset();
       cached.open = true;
@@ -243,7 +244,7 @@ TEST(GridCache, CellOutlivingItsGridIsReturnedFromAnotherThread) {
   Cell survivor;
   {
     Grid<> grid(64, cached_grid_cells());
-    fd = grid.block().handle();
+    fd = block_descriptor(grid.block());
     survivor = grid.take();
     grid.take().reset();  // and some cached on this thread
   }
@@ -295,7 +296,7 @@ TEST(GridCache, CellsGivenBackByLateThreadLocalsAreNotLost) {
   {
     Grid<> grid(64, cached_grid_cells());
     ASSERT_GT(grid.cache_cells(), 0u);
-    fd = grid.block().handle();
+    fd = block_descriptor(grid.block());
     std::thread([&] {
       cells_held_until_thread_exit.reserve(16);  // constructed first: destroyed last
       for (int i = 0; i < 8; ++i) cells_held_until_thread_exit.push_back(grid.take());
@@ -345,7 +346,7 @@ TEST(GridCacheStress, ThreadsThatExitReturnEverything) {
   int fd;
   {
     Grid<> grid(64, cells);
-    fd = grid.block().handle();
+    fd = block_descriptor(grid.block());
     std::vector<std::atomic<int>> out(cells);
     for (int wave = 0; wave < 20; ++wave) {
       std::vector<std::thread> threads;

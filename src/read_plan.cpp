@@ -3,25 +3,7 @@
 
 #include <algorithm>
 
-namespace unimem {
-
-const char* to_string(ReadPath path) noexcept {
-  switch (path) {
-    case ReadPath::direct_async:
-      return "direct_async";
-    case ReadPath::buffered_async:
-      return "buffered_async";
-    case ReadPath::direct_threads:
-      return "direct_threads";
-    case ReadPath::buffered_threads:
-      return "buffered_threads";
-    case ReadPath::page_cache_registered:
-      return "page_cache_registered";
-  }
-  return "unknown";
-}
-
-namespace detail {
+namespace unimem::detail {
 
 std::uint64_t check_segments(std::span<const ReadSegment> segments, std::uint64_t file_size, const std::string& what) {
   std::uint64_t total = 0;
@@ -78,5 +60,4 @@ std::vector<ReadChunk> plan_reads(std::span<const ReadSegment> segments, bool di
   return chunks;
 }
 
-}  // namespace detail
-}  // namespace unimem
+}  // namespace unimem::detail

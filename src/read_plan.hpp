@@ -1,13 +1,15 @@
 // src/read_plan.hpp — how a read is cut up, apart from how it is carried out.
 //
-// FileReader (file.hpp) has two halves. This one is platform-neutral: it
+// FileReader (file.hpp) is three parts. This one is platform-neutral: it
 // checks the caller's segments against the file and cuts them into chunks,
 // each read either directly (bypassing the page cache: its offset, length and
 // destination meet the file system's alignment) or through the page cache.
-// The platform half (platform/linux/read.cpp: O_DIRECT, io_uring, pread; an
-// Apple port would bring F_NOCACHE and dispatch_io) opens and probes the file
-// and runs the chunks. Keeping the plan here means every platform splits
-// unaligned heads and tails the same way, and the rules are tested once.
+// src/file.cpp decides the route and reports it; the platform's executor
+// (platform/read.hpp; Linux: platform/linux/read.cpp with O_DIRECT, io_uring
+// and pread; an Apple port would bring F_NOCACHE and dispatch_io) opens and
+// probes the file and runs the chunks. Keeping the plan here means every
+// platform splits unaligned heads and tails the same way, and the rules are
+// tested once.
 #pragma once
 
 #include <cstddef>

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "unimem/linux.hpp"
 #include "unimem/share.hpp"
 
 namespace {
@@ -41,7 +42,7 @@ int main(int argc, char** argv) try {
     return check_and_answer(unimem::Block::attach(unimem::BlockId::parse(argv[2])), std::strtoul(argv[3], nullptr, 10));
   }
   if (mode == "adopt" && argc == 4) {
-    return check_and_answer(unimem::Block::adopt(std::atoi(argv[2])), std::strtoul(argv[3], nullptr, 10));
+    return check_and_answer(unimem::adopt_block(std::atoi(argv[2])), std::strtoul(argv[3], nullptr, 10));
   }
   if (mode == "create" && argc == 3) {
     unimem::BlockOptions o;

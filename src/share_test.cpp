@@ -30,6 +30,7 @@
 
 #include "shared_grid_header.hpp"
 #include "testing.hpp"
+#include "unimem/linux.hpp"
 
 namespace unimem {
 namespace {
@@ -146,7 +147,7 @@ TEST(Share, ExecedChildAttachesByIdText) {
 TEST(Share, ExecedChildAdoptsAnInheritedDescriptor) {
   Block a = Block::open(2 * MiB);
   fill(a, 30);
-  const int fd = a.inheritable_handle();
+  const int fd = inheritable_descriptor(a);
   EXPECT_FALSE(::fcntl(fd, F_GETFD) & FD_CLOEXEC);
   const pid_t pid = start_helper({"adopt", std::to_string(fd), "30"});
   ::close(fd);
@@ -222,7 +223,7 @@ TEST(Share, ReceiveRefusesWhatIsNotABlock) {
   ASSERT_EQ(::ftruncate(plain, MiB), 0);
   std::vector<Case> cases = {
       {"closed socket", [](int) {}},
-      {"bad magic", [&](int s) { send_raw(s, a.handle(), bad, a.size(), a.id().object); }},
+      {"bad magic", [&](int s) { send_raw(s, block_descriptor(a), bad, a.size(), a.id().object); }},
       {"no descriptor", [&](int s) { send_raw(s, -1, good, a.size(), a.id().object); }},
       {"not a unimem memfd", [&](int s) { send_raw(s, plain, good, MiB, 1); }},
       {"/dev/null",
@@ -231,7 +232,7 @@ TEST(Share, ReceiveRefusesWhatIsNotABlock) {
          send_raw(s, null, good, a.size(), 1);
          ::close(null);
        }},
-      {"header does not match", [&](int s) { send_raw(s, a.handle(), good, a.size() * 2, a.id().object); }},
+      {"header does not match", [&](int s) { send_raw(s, block_descriptor(a), good, a.size() * 2, a.id().object); }},
   };
   const Errc expected[] = {Errc::disconnected, Errc::not_a_block, Errc::not_a_block,
                            Errc::not_a_block,  Errc::not_a_block, Errc::not_a_block};
@@ -264,13 +265,13 @@ TEST(Share, SendRefusesAPrivateBlock) {
 
 TEST(Share, AdoptRefusesWhatIsNotABlockAndClosesIt) {
   const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-  EXPECT_EQ(error_of([&] { (void)Block::adopt(null); }), Errc::not_a_block);
+  EXPECT_EQ(error_of([&] { (void)adopt_block(null); }), Errc::not_a_block);
   EXPECT_FALSE(testing::fd_is_open(null));
   const int other = ::memfd_create("unimem", MFD_CLOEXEC);  // right name, but its size is not sealed
   ASSERT_EQ(::ftruncate(other, MiB), 0);
-  EXPECT_EQ(error_of([&] { (void)Block::adopt(other); }), Errc::not_a_block);
+  EXPECT_EQ(error_of([&] { (void)adopt_block(other); }), Errc::not_a_block);
   EXPECT_FALSE(testing::fd_is_open(other));
-  EXPECT_EQ(error_of([&] { (void)Block::adopt(-1); }), Errc::invalid_argument);
+  EXPECT_EQ(error_of([&] { (void)adopt_block(-1); }), Errc::invalid_argument);
 }
 
 TEST(Share, WrongAndStaleIdsAreRefused) {
@@ -283,7 +284,7 @@ TEST(Share, WrongAndStaleIdsAreRefused) {
   }
   EXPECT_EQ(error_of([&] { (void)Block::attach(gone); }), Errc::not_found) << "closed descriptor";
   Block reuse = Block::open(MiB);  // most likely takes the same descriptor number
-  if (reuse.handle() == gone.fd) {
+  if (block_descriptor(reuse) == gone.handle) {
     EXPECT_EQ(error_of([&] { (void)Block::attach(gone); }), Errc::not_found) << "descriptor reused by another Block";
   }
   // A process that has exited.
@@ -614,7 +615,7 @@ TEST(SharedGrid, ACellMayOutliveItsGrid) {
   auto grid = std::make_unique<SharedGrid>(SharedGrid::create(std::move(block), 64, 4));
   SharedCell cell = grid->take();
   ASSERT_TRUE(cell);
-  const int fd = grid->block().handle();
+  const int fd = block_descriptor(grid->block());
   grid.reset();
   EXPECT_TRUE(testing::fd_is_open(fd)) << "the cell keeps the Block";
   std::memset(cell.data(), 7, cell.size());  // use after destroy, under ASan, before the fix

@@ -38,30 +38,23 @@
 
 namespace unimem {
 
-// What a Block hands to other devices and processes.
-#if defined(__APPLE__)
-using NativeHandle = struct __IOSurface*;  // IOSurfaceRef
-#else
-using NativeHandle = int;  // memfd file descriptor, owned by the Block
-#endif
-
 // Names a Block so that another process of the same user can attach to it
 // (Block::attach) while the process that handed out the id keeps the Block
-// open. Linux: that process, its descriptor for the Block, and the memfd's
-// inode, which attach checks so that a stale id (descriptor closed or reused)
-// is refused; the kernel refuses other users (/proc/<pid>/fd needs the same
-// user). Apple: the IOSurfaceID in `object`. No name is created anywhere: when
-// the last process holding the Block exits (SIGKILL included), it is gone.
-// A default-constructed BlockId (object 0) names nothing.
+// open: where the Block is held (`process`, and that process's `handle` for
+// it) and which object it is (`object`), which attach checks so that a stale
+// id (handle closed or reused) is refused. What the fields mean on Linux:
+// <unimem/linux.hpp>. No name is created anywhere: when the last process
+// holding the Block exits (SIGKILL included), it is gone. A
+// default-constructed BlockId (object 0) names nothing.
 struct BlockId {
-  std::int32_t pid = 0;
-  std::int32_t fd = -1;
+  std::int32_t process = 0;
+  std::int32_t handle = -1;
   std::uint64_t object = 0;
 
   explicit operator bool() const noexcept { return object != 0; }
   friend bool operator==(const BlockId&, const BlockId&) = default;
 
-  // "unimem:<pid>:<fd>:<object>", for argv, environment variables, files.
+  // "unimem:<process>:<handle>:<object>", for argv, environment variables, files.
   std::string to_string() const;
   // Parses to_string()'s form. Throws Error(invalid_argument) on anything else.
   static BlockId parse(std::string_view text);
@@ -88,7 +81,7 @@ struct BlockOptions {
   // Visibility::gpus implies every page is backed at open (Backing::warm).
   Visibility visibility = Visibility::host;
   // Shareable Blocks are backed by an object other processes can map (Linux:
-  // a memfd). false gives process-private memory: handle() is -1 and id() 0,
+  // a memfd). false gives process-private memory: id() is empty,
   // but transparent huge pages become available where shmem gets none.
   bool shareable = true;
   // Ask the kernel for transparent huge pages: fewer faults, faster backing
@@ -106,16 +99,15 @@ struct BlockOptions {
 
 namespace detail {
 class GpuRegistration;
+struct BlockAccess;
 
 // The platform's description of one mapped region. Internal: fields may change.
 struct Region {
   std::byte* base = nullptr;
   std::size_t size = 0;
-#if defined(__APPLE__)
-  NativeHandle handle = nullptr;
-#else
-  NativeHandle handle = -1;
-#endif
+  // The platform's handle of the shareable object, wide enough for a
+  // descriptor or a pointer (Linux: the memfd); -1: none (a private Block).
+  std::intptr_t handle = -1;
   std::uint64_t object = 0;  // what BlockId::object names
   bool pinned = false;
   bool read_only = false;
@@ -144,7 +136,7 @@ class Block {
 
   // Maps the Block another process named with id(). `options` apply to this
   // process's mapping (pinning, read_only, visibility, backing). Throws Error:
-  //   invalid_argument   the id names nothing (object 0, bad pid or fd)
+  //   invalid_argument   the id names nothing (object 0, bad process or handle)
   //   not_found          no such process or descriptor, or the descriptor now
   //                      names another object (a stale id)
   //   permission_denied  the Block belongs to another user
@@ -163,11 +155,6 @@ class Block {
   // for an empty or non-regular file (which is never opened: a FIFO cannot block
   // it), and what open() throws.
   static Block map_file(const std::string& path, const BlockOptions& options = {});
-
-  // Takes ownership of `fd`, a descriptor of a unimem Block (inherited across
-  // exec, received over a socket), and maps it. Closes `fd` on error. Throws
-  // Error(not_a_block) when it is not one, and what attach() throws.
-  static Block adopt(int fd, const BlockOptions& options = {});
 
   // An empty Block: data() == nullptr, size() == 0. What a moved-from Block is.
   Block() noexcept;
@@ -192,17 +179,11 @@ class Block {
   std::span<const std::uint16_t> as_u16() const noexcept { return view<const std::uint16_t>(); }
   std::span<std::uint16_t> as_u16_mut() const noexcept { return view<std::uint16_t>(); }
 
-  // The shareable object behind the pages (see NativeHandle); -1 (nullptr on
-  // Apple) for a Block opened with shareable = false. Owned by the Block:
-  // duplicate it (dup) to keep it past the Block's life.
-  NativeHandle handle() const noexcept { return region_.handle; }
   // Names the Block for Block::attach in another process (see BlockId); an
-  // empty id for a Block that is not shareable. Never throws.
+  // empty id for a Block that is not shareable. The platform's own handles
+  // (Linux: the memfd, a duplicate for a child, sending over a socket) are in
+  // the platform's header, <unimem/linux.hpp>. Never throws.
   BlockId id() const noexcept;
-  // A duplicate of handle() that survives exec (no close-on-exec), for a
-  // child process to adopt(); the caller owns it. Throws Error(system) when
-  // descriptors run out, Error(invalid_argument) for a non-shareable Block.
-  int inheritable_handle() const;
   // True when this process mapped the pages read-only (BlockOptions::read_only).
   bool read_only() const noexcept { return region_.read_only; }
 
@@ -240,6 +221,7 @@ class Block {
   static std::size_t page_size() noexcept;
 
  private:
+  friend struct detail::BlockAccess;  // the platform's entry points (src/block_access.hpp)
   explicit Block(const detail::Region& region) noexcept;
   // Backing and GPU visibility as `options` ask, after mapping.
   void finish_open(const BlockOptions& options);

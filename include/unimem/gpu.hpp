@@ -93,7 +93,7 @@ struct CopyOptions {
   // The granularity of routes and registrations, and one slot of the ring
   // that files not in the page cache are read into (at most 1 GiB; shrunk
   // to fit a caller's staging Block).
-  std::size_t piece_bytes = std::size_t{64} << 20;
+  std::size_t chunk_bytes = std::size_t{64} << 20;
   unsigned slots = 4;         // ring slots in flight
   unsigned copy_threads = 0;  // staging workers for cached files; 0: the cores, at most 16
   // A GPU-visible Block to stage through (kept by the caller across calls:

@@ -49,7 +49,8 @@
 #include <utility>
 
 #include "unimem/block.hpp"
-#include "unimem/detail/fork_watch.hpp"
+#include "unimem/cell.hpp"
+#include "unimem/internal/grid_core.hpp"
 
 namespace unimem {
 
@@ -59,156 +60,11 @@ inline constexpr std::size_t dynamic = std::numeric_limits<std::size_t>::max();
 // Cell sizes are multiples of this, and cells are aligned to it.
 inline constexpr std::size_t kCellAlign = 64;
 
-enum class [[nodiscard]] GiveStatus : std::uint8_t{
-    ok,            // the cell is back in the grid; the Cell handle is now empty
-    empty_cell,    // the Cell holds nothing (given already, or moved from); nothing changed
-    foreign_cell,  // the Cell belongs to another grid; nothing changed, the Cell still holds it
-};
-
-namespace detail {
-class GridCore;
-class TaggedStack;
-
-// The head of a tagged free list (src/tagged_stack.hpp): the first free
-// index and a tag bumped by every change, swapped together in 16 bytes.
-struct alignas(16) TaggedHead {
-  std::uint64_t index;
-  std::uint64_t tag;
-};
-
-// An owning handle to one cell of a `Pool` (GridCore, SharedGrid). Move-only;
-// returns the cell to its pool when destroyed. An empty handle (default-
-// constructed, moved-from, given, or what take() returns when the pool is
-// exhausted) converts to false. The pool provides cell_size() and
-// give_back(index).
-template <class Pool>
-class CellHandle {
- public:
-  CellHandle() noexcept = default;
-  CellHandle(CellHandle&& other) noexcept
-      : pool_(std::exchange(other.pool_, nullptr)), data_(other.data_), index_(other.index_) {}
-  CellHandle& operator=(CellHandle&& other) noexcept {
-    if (this != &other) {
-      reset();
-      pool_ = std::exchange(other.pool_, nullptr);
-      data_ = other.data_;
-      index_ = other.index_;
-    }
-    return *this;
-  }
-  CellHandle(const CellHandle&) = delete;
-  CellHandle& operator=(const CellHandle&) = delete;
-  ~CellHandle() { reset(); }
-
-  explicit operator bool() const noexcept { return pool_ != nullptr; }
-  // The cell's first byte (64-byte aligned), or nullptr when empty.
-  std::byte* data() const noexcept { return pool_ ? data_ : nullptr; }
-  // The cell's size in bytes, or 0 when empty.
-  std::size_t size() const noexcept { return pool_ ? pool_->cell_size() : 0; }
-  std::span<std::byte> bytes() const noexcept { return {data(), size()}; }
-  // The cell's position in its pool, in [0, cells()). Meaningless when empty.
-  std::uint32_t index() const noexcept { return index_; }
-
-  // The cell as an array of T (T must be implicit-lifetime, e.g. float).
-  template <class T>
-  std::span<T> as() const noexcept {
-    return {reinterpret_cast<T*>(data()), size() / sizeof(T)};
-  }
-
-  // Returns the cell to its pool now; the handle becomes empty. Never throws.
-  void reset() noexcept {
-    if (pool_ != nullptr) std::exchange(pool_, nullptr)->give_back(index_);
-  }
-
- private:
-  friend Pool;
-  // What every pool's give() does: refuses an empty cell or one of another
-  // pool (leaving it untouched), else returns it to `pool`. Never throws.
-  GiveStatus give_to(const Pool* pool) noexcept {
-    if (pool_ == nullptr) return GiveStatus::empty_cell;
-    if (pool_ != pool) return GiveStatus::foreign_cell;
-    reset();
-    return GiveStatus::ok;
-  }
-
-  CellHandle(Pool* pool, std::byte* data, std::uint32_t index) noexcept : pool_(pool), data_(data), index_(index) {}
-
-  Pool* pool_ = nullptr;
-  std::byte* data_ = nullptr;
-  std::uint32_t index_ = 0;
-};
-}  // namespace detail
-
-// A cell of a Grid: see detail::CellHandle.
+// A cell of a Grid, lent out by take(): an owning handle (detail::CellHandle,
+// unimem/cell.hpp) that converts to false when empty, gives data(), size(),
+// bytes(), index() and as<T>(), and goes back to its Grid when destroyed or
+// reset(), from any thread, even after the Grid itself is gone. Move-only.
 using Cell = detail::CellHandle<detail::GridCore>;
-
-namespace detail {
-
-// The size-agnostic implementation behind every Grid<...>. Internal.
-class GridCore {
- public:
-  static constexpr std::uint32_t kMaxCacheCells = 32;
-
-  // Throws Error(invalid_argument) for bad sizes, and Block::open's errors.
-  GridCore(std::size_t cell_size, std::size_t cells, const BlockOptions& options);
-  GridCore(const GridCore&) = delete;
-  GridCore& operator=(const GridCore&) = delete;
-
-  Cell take() noexcept;
-  GiveStatus give(Cell& cell) noexcept;
-  // Called by a Cell returning home. Never throws.
-  void give_back(std::uint32_t index) noexcept;
-  // Called by the owning Grid's destructor: frees the core now, or when the
-  // last cell out or cached comes back.
-  void release_owner() noexcept;
-
-  // The shared list, for thread caches (src/grid_cache.cpp). pop_batch takes
-  // up to `max` cells; flush returns `n` cells and may free the core (when
-  // orphaned and they were the last ones out), so the caller must not touch
-  // the core after it.
-  std::uint32_t pop_batch(std::uint32_t* out, std::uint32_t max) noexcept;
-  void flush(const std::uint32_t* cells, std::uint32_t n) noexcept;
-  Cell make_cell(std::uint32_t index) noexcept;
-  // One cell straight from the shared list, no thread cache. Never throws.
-  Cell take_shared() noexcept;
-
-  std::size_t cell_size() const noexcept { return cell_size_; }
-  std::size_t cells() const noexcept { return cells_; }
-  std::uint32_t cache_cells() const noexcept { return cache_cells_; }
-  std::uint64_t uid() const noexcept { return uid_; }
-  bool orphaned() const noexcept { return orphaned_.load(std::memory_order_acquire); }
-  bool forked() const noexcept { return forked_; }
-  const Block& block() const noexcept { return block_; }
-
- private:
-  ~GridCore() = default;
-  static void on_fork_child(void* core) noexcept;
-  TaggedStack list() noexcept;  // the shared free list over head_ and next_
-
-  void release_refs(std::size_t n) noexcept;
-
-  // Read on every take/give; written once (orphaned_ at most once, forked_
-  // only in a forked child, before any of its threads runs).
-  std::size_t cell_size_;
-  std::size_t cells_;
-  std::uint32_t cache_cells_;
-  bool forked_ = false;
-  std::uint64_t uid_;                  // never reused, unlike addresses: names the core in thread caches
-  std::atomic<bool> orphaned_{false};  // the Grid is gone; cells still out or cached
-  Block block_;
-  std::unique_ptr<std::atomic<std::uint32_t>[]> next_;  // free-list links, one per cell
-  ForkWatch fork_watch_;
-
-  // Written when cells move between the shared list and thread caches or Cells.
-  alignas(64) TaggedHead head_;    // see src/tagged_stack.hpp
-  std::atomic<std::size_t> refs_;  // 1 (the Grid) + cells not in the shared list
-};
-
-inline Cell GridCore::make_cell(std::uint32_t index) noexcept {
-  return Cell(this, block_.data() + std::size_t{index} * cell_size_, index);
-}
-
-}  // namespace detail
 
 template <std::size_t CellSize = dynamic, std::size_t Cells = dynamic>
 class Grid {

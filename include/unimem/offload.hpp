@@ -23,7 +23,7 @@
 // the copies at or above it (they reach the link rate there, and a store and
 // a fetch at once use both directions of the link). route_taken() says
 // which; the figures are in docs/BENCHMARKS.md.
-// src/gpu/offload_benchmark.cu measures all three against the pinned
+// bench/offload_benchmark.cu measures all three against the pinned
 // cudaMemcpy ceiling and against a cudaMemcpyAsync per block.
 //
 // Ownership of cells: a store or fetch never takes or gives back a cell; the
@@ -149,22 +149,22 @@ class OffloadPool {
   // 64) in a new shareable Block (the cells start one or more pages in: the
   // SharedGrid's state comes first; every cell is 64-byte aligned), registered
   // with the GPUs unless device is kNoDevice. The process that creates it
-  // hands out pool.block().id() (or the Block over a socket) to the others.
+  // hands out pool.host_block().id() (or the Block over a socket) to the others.
   // Throws Error(invalid_argument) for bad sizes (0, not a multiple of 64,
   // 2^32 - 1 blocks or more, an overflowing total) or a device that does not
   // exist, and what Block::open throws (out_of_memory, memlock_limit with
   // Pinning::pinned, no_cuda_driver, no_cuda_device, cuda).
   static OffloadPool create(std::size_t block_bytes, std::size_t blocks, int device = 0,
                             const OffloadOptions& options = {});
-  // The pool another process created, in `block` (from Block::attach,
-  // Block::adopt or receive_block): registers this process's mapping with
+  // The pool another process created, in `block` (from Block::attach, or
+  // adopt_block or receive_block of unimem/linux.hpp): registers this process's mapping with
   // the GPUs (unless device is kNoDevice or the Block is GPU-visible already).
   // Throws Error(not_a_block) when the Block is not a pool's,
   // Error(invalid_argument) for a device that does not exist, and what
   // Block::make_gpu_visible throws. A Block attached read-only gives a pool
   // that fetches but neither takes nor stores.
   static OffloadPool attach(Block block, int device = 0, const OffloadOptions& options = {});
-  // The same for the pool another process names by `id` (pool.block().id()):
+  // The same for the pool another process names by `id` (pool.host_block().id()):
   // maps it with options.pinning (unpinned by default: registration pins, and
   // RLIMIT_MEMLOCK, often 8 MiB, would refuse a large pool mapped pinned).
   // Throws what Block::attach throws, and what the overload above throws.
@@ -281,8 +281,10 @@ class OffloadPool {
   // True when the copies route enqueues one cuMemcpyBatchAsync per call
   // (driver 12.8 or later); false: one cuMemcpyAsync per block, or no device.
   bool batched_copies() const noexcept;
-  // The pool's Block: share it with block().id(), send_block, inheritable_handle.
-  const Block& block() const noexcept;
+  // The host memory behind the pool (the SharedGrid's Block; not to be
+  // confused with blocks(), the KV blocks it holds): share it with
+  // host_block().id(), or as a descriptor (unimem/linux.hpp).
+  const Block& host_block() const noexcept;
 
  private:
   explicit OffloadPool(std::unique_ptr<detail::OffloadState> state) noexcept;

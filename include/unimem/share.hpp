@@ -2,12 +2,11 @@
 //
 // Three ways to hand a Block to another process, all mapping the very same
 // pages (writes on either side are seen by the other):
-//   * over a connected Unix domain socket: send_block / receive_block
-//     (SCM_RIGHTS: needs no ptrace permission, unlike pidfd_getfd);
-//   * to a child across fork/exec: pass block.inheritable_handle() and have
-//     the child call Block::adopt(fd);
 //   * by name: block.id().to_string() to any process of the same user, which
-//     calls Block::attach(BlockId::parse(text)) while the owner keeps it open.
+//     calls Block::attach(BlockId::parse(text)) while the owner keeps it open;
+//   * on Linux, as a descriptor (<unimem/linux.hpp>): over a connected Unix
+//     domain socket (send_block / receive_block), or to a child across
+//     fork/exec (inheritable_descriptor, then adopt_block in the child).
 // No named object is ever created: the pages go away when the last process
 // holding them exits, however it exits.
 //
@@ -30,24 +29,13 @@
 #include <utility>
 
 #include "unimem/block.hpp"
-#include "unimem/detail/fork_watch.hpp"
+#include "unimem/cell.hpp"
 #include "unimem/grid.hpp"
+#include "unimem/internal/shared_grid_core.hpp"
 #include "unimem/layout.hpp"
 #include "unimem/tape.hpp"
 
 namespace unimem {
-
-// Sends `block` (its descriptor and a short header naming it) over the
-// connected Unix socket `socket`. The receiver gets its own descriptor.
-// Throws Error(invalid_argument) for a Block that is not shareable,
-// Error(disconnected) when the peer is gone, Error(system) otherwise.
-void send_block(int socket, const Block& block);
-
-// Receives a Block sent with send_block and maps it with `options`.
-// Throws Error(disconnected) when the peer closed the socket first,
-// Error(not_a_block) when what arrived is not a unimem Block or does not match
-// its header, and what Block::adopt throws.
-Block receive_block(int socket, const BlockOptions& options = {});
 
 namespace detail {
 struct SharedTapeHeader;
@@ -107,15 +95,12 @@ class SharedTape {
   std::size_t capacity_ = 0;
 };
 
-namespace detail {
-class SharedGridCore;
-class TaggedStack;
-}  // namespace detail
-
-// A cell of a SharedGrid (see detail::CellHandle): goes back when destroyed.
-// It may outlive the SharedGrid it came from: its memory stays valid (the
-// mapping is kept) until it goes back, and it goes back to the shared list,
-// where every other process can take it again.
+// A cell of a SharedGrid: the same handle as a Grid's Cell (unimem/cell.hpp:
+// data(), size(), index(), as<T>(); converts to false when empty), over the
+// shared list. It goes back when destroyed or reset(). It may outlive the
+// SharedGrid it came from: its memory stays valid (the mapping is kept) until
+// it goes back, and it goes back to the shared list, where every other
+// process can take it again.
 using SharedCell = detail::CellHandle<detail::SharedGridCore>;
 
 // A pool of fixed-size cells whose free list lives in its Block (the tagged
@@ -186,53 +171,6 @@ class SharedGrid {
   explicit SharedGrid(detail::SharedGridCore* core) noexcept : core_(core) {}
   detail::SharedGridCore* core_;  // owned, but may outlive the SharedGrid (its cells)
 };
-
-namespace detail {
-
-// What a SharedGrid and its cells share in this process: the mapping, the
-// sizes validated at attach, and a count of the cells out. Internal.
-class SharedGridCore {
- public:
-  // Formats (cells != 0) or validates (cells == 0) the Block's header.
-  SharedGridCore(Block block, std::size_t cell_size, std::size_t cells);
-  SharedGridCore(const SharedGridCore&) = delete;
-  SharedGridCore& operator=(const SharedGridCore&) = delete;
-
-  SharedCell take() noexcept;
-  GiveStatus give(SharedCell& cell) noexcept;
-  // Pushes a cell back on the shared list (what SharedCell::reset calls).
-  void give_back(std::uint32_t index) noexcept;
-  // The SharedGrid is gone: frees the core now or when the last cell is back.
-  void release_owner() noexcept;
-
-  std::size_t cell_size() const noexcept { return cell_size_; }
-  std::size_t cells() const noexcept { return cells_; }
-  std::size_t offset_of(std::uint32_t index) const noexcept { return data_offset_ + std::size_t{index} * cell_size_; }
-  std::uint64_t generation(std::uint32_t index) const noexcept {
-    return index < cells_ ? generations_[index].load(std::memory_order_acquire) : 0;
-  }
-  std::size_t generations_offset() const noexcept { return generations_offset_; }
-  const Block& block() const noexcept { return block_; }
-  bool forked() const noexcept { return forked_; }
-
- private:
-  ~SharedGridCore() = default;
-  static void on_fork_child(void* core) noexcept;
-  TaggedStack list() const noexcept;
-  void release_refs(std::size_t n) noexcept;
-
-  Block block_;
-  std::size_t data_offset_ = 0;
-  std::size_t cell_size_ = 0;
-  std::size_t cells_ = 0;
-  std::size_t generations_offset_ = 0;
-  std::atomic<std::uint64_t>* generations_ = nullptr;  // in the Block: one per cell
-  bool forked_ = false;                                // set only in a forked child, before any of its threads runs
-  ForkWatch fork_watch_{this, &SharedGridCore::on_fork_child};
-  std::atomic<std::size_t> refs_{1};  // 1 (the SharedGrid) + cells out in this process
-};
-
-}  // namespace detail
 
 // A Layout for several processes: the weights live in a SharedTape that one
 // process loads and the others attach read-only (a write there faults);

@@ -10,6 +10,7 @@
 // GPU visibility: what the CUDA driver offers               <unimem/gpu.hpp>
 // KV-cache offload: GPU blocks to shared host cells and back <unimem/offload.hpp>
 // Errors are reported by one exception type, unimem::Error  <unimem/error.hpp>
+// Linux: a Block as a file descriptor (sockets, exec)       <unimem/linux.hpp>
 #pragma once
 
 #include "unimem/block.hpp"
@@ -24,3 +25,6 @@
 #include "unimem/share.hpp"
 #include "unimem/tape.hpp"
 #include "unimem/version.hpp"
+#if defined(__linux__)
+#include "unimem/linux.hpp"
+#endif

@@ -1,5 +1,5 @@
 """KV-cache offload the way PyTorch users write it, for comparison with
-unimem's gpu::OffloadPool (src/gpu/offload_benchmark.cu prints the same block
+unimem's gpu::OffloadPool (bench/offload_benchmark.cu prints the same block
 sizes, GB/s and ratios for the pool's routes, the pinned ceiling and a
 cudaMemcpyAsync per block).
 

@@ -88,12 +88,17 @@ struct PyTape {
 // it goes back to its pool when the last of the Python object and the arrays
 // made from it goes (give() drops the object's part). The box also keeps the
 // pool alive (for an OffloadPool, its registration) while the cell is out.
+// The host memory a pool lends its cells from: a Grid's Block, or an
+// OffloadPool's host_block() (its blocks() are KV blocks).
+const Block& block_of(const Grid<>& grid) { return grid.block(); }
+const Block& block_of(const gpu::OffloadPool& pool) { return pool.host_block(); }
+
 template <class CellT, class Pool>
 struct PyCellOf {
   struct Box {
     CellT cell;
     std::shared_ptr<const Pool> pool;
-    const Block& block() const { return pool->block(); }
+    const Block& block() const { return block_of(*pool); }
   };
   std::shared_ptr<Box> box;
   const Pool* pool = nullptr;  // identity of the pool it came from
@@ -564,7 +569,7 @@ memory valid after the object they came from is gone.)")
                                                                          : py::object(py::int_(p.pool->device()));
                              })
       .def_property_readonly("route", [](const PyOffloadPool& p) { return gpu::to_string(p.pool->route_taken()); })
-      .def_property_readonly("id", [](const PyOffloadPool& p) { return p.pool->block().id().to_string(); });
+      .def_property_readonly("id", [](const PyOffloadPool& p) { return p.pool->host_block().id().to_string(); });
 #ifdef UNIMEM_PYTHON_REMOTE
   bind_remote(m);  // after OffloadPool: adds OffloadPool.export
 #endif

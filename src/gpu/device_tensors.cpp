@@ -7,6 +7,10 @@
 // 256-byte alignment (what cuBLAS and the CUDA caching allocators align to),
 // and each file goes through the caller's Loader in one load, so adjacent
 // tensors merge into large copies and a reloaded model needs no registration.
+// load_safetensors runs those steps in order: read_model (every header),
+// check_names_unique, plan_parts (each device's part of each tensor, and the
+// bytes each device needs), one allocation per device, one load per file,
+// then convert_parts (dtype conversions in scratch).
 // DeviceMemory is plain RAII over cuMemAlloc/cuMemFree in the device's
 // primary context (the one the CUDA runtime uses), so kernels launched
 // through the runtime see the same addresses.
@@ -23,6 +27,149 @@ namespace {
 
 constexpr std::size_t kTensorAlign = 256;
 constexpr int kErrorOutOfMemory = 2;  // CUDA_ERROR_OUT_OF_MEMORY
+
+// A file of the model, its header, and the tensors wanted from it.
+struct ModelFile {
+  std::string path;
+  SafetensorsHeader header;
+  std::vector<const TensorInfo*> wanted;
+};
+
+// Reads every header of the model at `path` (one file, or an index and its
+// shards), so that nothing is allocated for a model that cannot load; adds
+// the number of tensors wanted to `count`. Throws what
+// safetensors_model_files and read_safetensors_header throw, and
+// Error(not_found) for a tensor the index puts in a file that lacks it.
+std::vector<ModelFile> read_model(const std::string& path, std::size_t& count) {
+  std::vector<ModelFile> files;
+  for (auto& [file, names] : safetensors_model_files(path)) {
+    ModelFile f{file, read_safetensors_header(file), {}};
+    if (names.empty()) {
+      for (const TensorInfo& t : f.header.tensors) f.wanted.push_back(&t);
+    } else {
+      for (const std::string& name : names) {
+        auto it = std::find_if(f.header.tensors.begin(), f.header.tensors.end(),
+                               [&](const TensorInfo& t) { return t.name == name; });
+        if (it == f.header.tensors.end()) {
+          std::string why = "unimem: load_safetensors: ";
+          why.append(path).append(" puts \"").append(name).append("\" in ").append(file).append(", which lacks it");
+          throw Error(Errc::not_found, 0, why);
+        }
+        f.wanted.push_back(&*it);
+      }
+      std::sort(f.wanted.begin(), f.wanted.end(),
+                [](const TensorInfo* a, const TensorInfo* b) { return a->file_offset < b->file_offset; });
+    }
+    count += f.wanted.size();
+    files.push_back(std::move(f));
+  }
+  return files;
+}
+
+// An index names each tensor once: throws Error(bad_format) for a tensor found twice.
+void check_names_unique(const std::vector<ModelFile>& files, std::size_t count) {
+  std::vector<std::pair<std::string_view, const std::string*>> names;
+  names.reserve(count);
+  for (const ModelFile& f : files) {
+    for (const TensorInfo* t : f.wanted) names.emplace_back(t->name, &f.path);
+  }
+  std::sort(names.begin(), names.end());
+  for (std::size_t i = 1; i < names.size(); ++i) {
+    if (names[i].first == names[i - 1].first) {
+      throw Error(Errc::bad_format, 0,
+                  "unimem: load_safetensors: \"" + std::string(names[i].first) + "\" is in both " +
+                      *names[i - 1].second + " and " + *names[i].second);
+    }
+  }
+}
+
+// Each device's part of a tensor: where it comes from in the file and where
+// it goes. Converted parts land in scratch first.
+struct Part {
+  const TensorInfo* tensor;
+  const ModelFile* file;
+  std::size_t device_index;  // into the Loader's devices
+  DeviceTensor out;          // address: an offset into its device's memory until allocated
+  DeviceSegment segment;
+  bool convert;
+  std::uint64_t elements;
+  std::uint64_t scratch_offset;
+};
+
+// Plans every device's part of every wanted tensor (split or replicated, as
+// options.split says), and the bytes each device needs: `total` for the
+// tensors, `scratch_total` for parts loaded before a dtype conversion.
+std::vector<Part> plan_parts(const std::vector<ModelFile>& files, std::span<const int> devices,
+                             const TensorLoadOptions& options, std::size_t count, std::vector<std::uint64_t>& total,
+                             std::vector<std::uint64_t>& scratch_total) {
+  const std::size_t k = devices.size();
+  std::vector<Part> parts;
+  parts.reserve(count * k);
+  auto aligned = [](std::uint64_t n) { return (n + kTensorAlign - 1) / kTensorAlign * kTensorAlign; };
+  for (const ModelFile& f : files) {
+    for (const TensorInfo* t : f.wanted) {
+      const Split split = t->shape.empty() || !options.split ? Split::replicate : options.split(*t);
+      const std::size_t esize = dtype_bytes(t->dtype);
+      const bool convert = options.dtype && *options.dtype != t->dtype && detail::convertible(t->dtype, *options.dtype);
+      const DType dtype = convert ? *options.dtype : t->dtype;
+      for (std::size_t device_index = 0; device_index < k; ++device_index) {
+        Part p{t, &f, device_index, {t->name, dtype, t->shape, 0, 0, f.path, split, 0}, {}, convert, 0, 0};
+        p.segment.device = devices[device_index];
+        if (split == Split::replicate) {
+          p.segment.file_offset = t->file_offset;
+          p.segment.bytes = static_cast<std::size_t>(t->bytes);
+        } else {
+          const std::size_t dim = split == Split::rows ? 0 : t->shape.size() - 1;
+          const std::uint64_t n = t->shape[dim];
+          const std::uint64_t begin = device_index * n / k, end = (device_index + 1) * n / k;
+          p.out.shape[dim] = end - begin;
+          p.out.part_begin = begin;
+          std::uint64_t inner = esize;  // bytes of one step along dim
+          for (std::size_t i = dim + 1; i < t->shape.size(); ++i) inner *= t->shape[i];
+          std::uint64_t outer = 1;  // how many times the dimension repeats
+          for (std::size_t i = 0; i < dim; ++i) outer *= t->shape[i];
+          p.segment.file_offset = t->file_offset + begin * inner;
+          p.segment.bytes = static_cast<std::size_t>((end - begin) * inner);
+          if (outer > 1) {  // columns of a matrix: one row of the slice per outer index
+            p.segment.rows = static_cast<std::size_t>(outer);
+            p.segment.file_pitch = n * inner;
+            p.segment.device_pitch = p.segment.bytes;
+          }
+        }
+        const std::uint64_t stored = static_cast<std::uint64_t>(p.segment.bytes) * p.segment.rows;
+        p.elements = stored / esize;
+        p.out.bytes = p.elements * dtype_bytes(dtype);
+        p.out.address = total[device_index];
+        total[device_index] += aligned(p.out.bytes);
+        if (convert) {
+          p.scratch_offset = scratch_total[device_index];
+          scratch_total[device_index] += aligned(stored);
+        }
+        parts.push_back(std::move(p));
+      }
+    }
+  }
+  return parts;
+}
+
+// Converts every part loaded into scratch into its tensor's dtype, on each
+// device's default stream, and waits for it.
+void convert_parts(const std::vector<Part>& parts, std::span<const int> devices,
+                   const std::vector<std::uint64_t>& scratch_total) {
+  const std::size_t k = devices.size();
+  const detail::Driver& d = detail::driver();
+  for (std::size_t device_index = 0; device_index < k; ++device_index) {
+    if (scratch_total[device_index] == 0) continue;
+    detail::ContextScope context(devices[device_index]);
+    for (const Part& p : parts) {
+      if (p.device_index == device_index && p.convert) {
+        detail::convert(devices[device_index], nullptr, p.segment.device_address, p.out.address, p.elements,
+                        p.tensor->dtype, p.out.dtype);
+      }
+    }
+    detail::check(d.cuStreamSynchronize(nullptr), "cuStreamSynchronize (after dtype conversion)");
+  }
+}
 
 }  // namespace
 
@@ -94,133 +241,36 @@ std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loa
         std::string("unimem: load_safetensors: tensors convert to F32, F16 or BF16, not ") + to_string(*options.dtype));
   }
   // Every header first: nothing is allocated for a model that cannot load.
-  struct File {
-    std::string path;
-    SafetensorsHeader header;
-    std::vector<const TensorInfo*> wanted;
-  };
-  std::vector<File> files;
   std::size_t count = 0;
-  for (auto& [file, names] : safetensors_model_files(path)) {
-    File f{file, read_safetensors_header(file), {}};
-    if (names.empty()) {
-      for (const TensorInfo& t : f.header.tensors) f.wanted.push_back(&t);
-    } else {
-      for (const std::string& name : names) {
-        auto it = std::find_if(f.header.tensors.begin(), f.header.tensors.end(),
-                               [&](const TensorInfo& t) { return t.name == name; });
-        if (it == f.header.tensors.end()) {
-          std::string why = "unimem: load_safetensors: ";
-          why.append(path).append(" puts \"").append(name).append("\" in ").append(file).append(", which lacks it");
-          throw Error(Errc::not_found, 0, why);
-        }
-        f.wanted.push_back(&*it);
-      }
-      std::sort(f.wanted.begin(), f.wanted.end(),
-                [](const TensorInfo* a, const TensorInfo* b) { return a->file_offset < b->file_offset; });
-    }
-    count += f.wanted.size();
-    files.push_back(std::move(f));
-  }
+  const std::vector<ModelFile> files = read_model(path, count);
+  check_names_unique(files, count);
 
-  {  // an index names each tensor once; a tensor found twice is a malformed model
-    std::vector<std::pair<std::string_view, const std::string*>> names;
-    names.reserve(count);
-    for (const File& f : files) {
-      for (const TensorInfo* t : f.wanted) names.emplace_back(t->name, &f.path);
-    }
-    std::sort(names.begin(), names.end());
-    for (std::size_t i = 1; i < names.size(); ++i) {
-      if (names[i].first == names[i - 1].first) {
-        throw Error(Errc::bad_format, 0,
-                    "unimem: load_safetensors: \"" + std::string(names[i].first) + "\" is in both " +
-                        *names[i - 1].second + " and " + *names[i].second);
-      }
-    }
-  }
-
-  // Each device's part of each tensor: where it comes from in the file and
-  // where it goes. Converted parts land in scratch first.
   const std::span<const int> devices = loader.devices();
   const std::size_t k = devices.size();
-  struct Part {
-    const TensorInfo* tensor;
-    const File* file;
-    std::size_t lane;
-    DeviceTensor out;  // address: an offset into its device's memory until allocated
-    DeviceSegment segment;
-    bool convert;
-    std::uint64_t elements;
-    std::uint64_t scratch_offset;
-  };
-  std::vector<Part> parts;
-  parts.reserve(count * k);
   std::vector<std::uint64_t> total(k, 0), scratch_total(k, 0);
-  auto aligned = [](std::uint64_t n) { return (n + kTensorAlign - 1) / kTensorAlign * kTensorAlign; };
-  for (const File& f : files) {
-    for (const TensorInfo* t : f.wanted) {
-      const Split split = t->shape.empty() || !options.split ? Split::replicate : options.split(*t);
-      const std::size_t esize = dtype_bytes(t->dtype);
-      const bool convert = options.dtype && *options.dtype != t->dtype && detail::convertible(t->dtype, *options.dtype);
-      const DType dtype = convert ? *options.dtype : t->dtype;
-      for (std::size_t lane = 0; lane < k; ++lane) {
-        Part p{t, &f, lane, {t->name, dtype, t->shape, 0, 0, f.path, split, 0}, {}, convert, 0, 0};
-        p.segment.device = devices[lane];
-        if (split == Split::replicate) {
-          p.segment.file_offset = t->file_offset;
-          p.segment.bytes = static_cast<std::size_t>(t->bytes);
-        } else {
-          const std::size_t dim = split == Split::rows ? 0 : t->shape.size() - 1;
-          const std::uint64_t n = t->shape[dim];
-          const std::uint64_t begin = lane * n / k, end = (lane + 1) * n / k;
-          p.out.shape[dim] = end - begin;
-          p.out.part_begin = begin;
-          std::uint64_t inner = esize;  // bytes of one step along dim
-          for (std::size_t i = dim + 1; i < t->shape.size(); ++i) inner *= t->shape[i];
-          std::uint64_t outer = 1;  // how many times the dimension repeats
-          for (std::size_t i = 0; i < dim; ++i) outer *= t->shape[i];
-          p.segment.file_offset = t->file_offset + begin * inner;
-          p.segment.bytes = static_cast<std::size_t>((end - begin) * inner);
-          if (outer > 1) {  // columns of a matrix: one row of the slice per outer index
-            p.segment.rows = static_cast<std::size_t>(outer);
-            p.segment.file_pitch = n * inner;
-            p.segment.device_pitch = p.segment.bytes;
-          }
-        }
-        const std::uint64_t stored = static_cast<std::uint64_t>(p.segment.bytes) * p.segment.rows;
-        p.elements = stored / esize;
-        p.out.bytes = p.elements * dtype_bytes(dtype);
-        p.out.address = total[lane];
-        total[lane] += aligned(p.out.bytes);
-        if (convert) {
-          p.scratch_offset = scratch_total[lane];
-          scratch_total[lane] += aligned(stored);
-        }
-        parts.push_back(std::move(p));
-      }
-    }
-  }
+  std::vector<Part> parts = plan_parts(files, devices, options, count, total, scratch_total);
 
   std::vector<DeviceTensors> out(k);
   std::vector<DeviceMemory> scratch(k);
-  for (std::size_t lane = 0; lane < k; ++lane) {
-    out[lane].memory_ = DeviceMemory(devices[lane], static_cast<std::size_t>(total[lane]));
-    if (scratch_total[lane] != 0)
-      scratch[lane] = DeviceMemory(devices[lane], static_cast<std::size_t>(scratch_total[lane]));
-    out[lane].tensors_.reserve(count);
+  for (std::size_t device_index = 0; device_index < k; ++device_index) {
+    out[device_index].memory_ = DeviceMemory(devices[device_index], static_cast<std::size_t>(total[device_index]));
+    if (scratch_total[device_index] != 0)
+      scratch[device_index] =
+          DeviceMemory(devices[device_index], static_cast<std::size_t>(scratch_total[device_index]));
+    out[device_index].tensors_.reserve(count);
   }
   for (Part& p : parts) {
-    p.out.address += out[p.lane].memory_.address();
-    p.segment.device_address = p.convert ? scratch[p.lane].address() + p.scratch_offset : p.out.address;
+    p.out.address += out[p.device_index].memory_.address();
+    p.segment.device_address = p.convert ? scratch[p.device_index].address() + p.scratch_offset : p.out.address;
   }
   // One load per file, for every device at once. Progress counts tensor
   // bytes of the whole model; the last report waits for the conversions.
   std::uint64_t model_bytes = 0;
-  for (const File& f : files) {
+  for (const ModelFile& f : files) {
     for (const TensorInfo* t : f.wanted) model_bytes += t->bytes;
   }
   std::uint64_t loaded = 0, reported = 0;
-  for (const File& f : files) {
+  for (const ModelFile& f : files) {
     std::vector<DeviceSegment> segments;
     for (const Part& p : parts) {
       if (p.file == &f) segments.push_back(p.segment);
@@ -244,21 +294,9 @@ std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loa
     loaded += file_bytes;
     for (DeviceTensors& d : out) d.reports_.push_back(r);
   }
-  // Conversions, on each device's default stream.
-  const detail::Driver& d = detail::driver();
-  for (std::size_t lane = 0; lane < k; ++lane) {
-    if (scratch_total[lane] == 0) continue;
-    detail::ContextScope context(devices[lane]);
-    for (const Part& p : parts) {
-      if (p.lane == lane && p.convert) {
-        detail::convert(devices[lane], nullptr, p.segment.device_address, p.out.address, p.elements, p.tensor->dtype,
-                        p.out.dtype);
-      }
-    }
-    detail::check(d.cuStreamSynchronize(nullptr), "cuStreamSynchronize (after dtype conversion)");
-  }
+  convert_parts(parts, devices, scratch_total);
   if (options.progress && model_bytes != 0) options.progress(model_bytes, model_bytes);
-  for (Part& p : parts) out[p.lane].tensors_.push_back(std::move(p.out));
+  for (Part& p : parts) out[p.device_index].tensors_.push_back(std::move(p.out));
   for (DeviceTensors& t : out) {
     std::sort(t.tensors_.begin(), t.tensors_.end(),
               [](const DeviceTensor& a, const DeviceTensor& b) { return a.name < b.name; });

@@ -268,7 +268,7 @@ TEST(GpuFile, CopiesFileRangesIntoDeviceMemory) {
       const std::uintptr_t dev = gpu_test::device_alloc(device, bytes);
       ASSERT_NE(dev, 0u);
       gpu::CopyOptions o;
-      o.piece_bytes = 8u << 20;
+      o.chunk_bytes = 8u << 20;
       if (cached) o.staging = &staging;  // and the other run makes its own
       // The two halves, given in reverse order.
       const std::size_t half = bytes / 2 / 4096 * 4096;
@@ -330,7 +330,7 @@ TEST(GpuLoader, LoadsThePageCacheInPlaceAndKeepsItsRegistrations) {
   const std::size_t bytes = words * 4;
   write_pattern_file(path, words, 91);
   gpu::CopyOptions o;
-  o.piece_bytes = 8u << 20;
+  o.chunk_bytes = 8u << 20;
   o.register_page_cache = gpu::PageCacheRegistration::always;
   o.both_routes = false;  // every chunk registered, none staged
   gpu::Loader loader(0, o);
@@ -371,7 +371,7 @@ TEST(GpuLoader, LoadsThePageCacheInPlaceAndKeepsItsRegistrations) {
   EXPECT_EQ(testing::error_of([] { gpu::Loader none(gpu_test::device_count()); }), Errc::invalid_argument);
   EXPECT_EQ(testing::error_of([] {
               gpu::CopyOptions huge;
-              huge.piece_bytes = std::size_t{2} << 30;
+              huge.chunk_bytes = std::size_t{2} << 30;
               gpu::Loader too_big(0, huge);
             }),
             Errc::invalid_argument);
@@ -421,7 +421,7 @@ TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {
   const std::size_t bytes = words * 4;
   write_pattern_file(path, words, 94);
   gpu::CopyOptions o;
-  o.piece_bytes = 8u << 20;
+  o.chunk_bytes = 8u << 20;
   o.register_page_cache = gpu::PageCacheRegistration::on_reload;
   o.both_routes = false;  // the second load registers every chunk
   gpu::Loader loader(0, o);
@@ -461,7 +461,7 @@ TEST(GpuLoader, StagesWhatIsNotCachedAndMixesRoutesInOneLoad) {
       std::fclose(f);
     }
     gpu::CopyOptions o;
-    o.piece_bytes = 4u << 20;
+    o.chunk_bytes = 4u << 20;
     o.register_page_cache = mode == 2 ? gpu::PageCacheRegistration::never : gpu::PageCacheRegistration::always;
     const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
     const std::vector<gpu::DeviceSegment> segments = random_cover(bytes, dev, 20 + mode);
@@ -571,7 +571,7 @@ TEST(GpuLoader, CopiesStridedRectanglesByEitherRoute) {
   const std::size_t c0 = 1000, width = 1234;  // the slice: columns [1000, 2234)
   for (auto policy : {gpu::PageCacheRegistration::always, gpu::PageCacheRegistration::never}) {
     gpu::CopyOptions o;
-    o.piece_bytes = 1u << 20;
+    o.chunk_bytes = 1u << 20;
     o.register_page_cache = policy;
     gpu::Loader loader(0, o);
     const std::size_t pitch = width * 4 + 256;  // padded rows on the device
@@ -737,7 +737,7 @@ TEST(GpuLoader, BothRoutesAtOnceLoadEveryByteOnce) {
   write_pattern_file(path, words, 57);
   for (std::size_t piece : {std::size_t{1} << 20, std::size_t{4} << 20}) {
     gpu::CopyOptions o;
-    o.piece_bytes = piece;
+    o.chunk_bytes = piece;
     o.register_page_cache = gpu::PageCacheRegistration::always;
     o.both_routes = true;
     gpu::Loader loader(0, o);
@@ -851,7 +851,7 @@ TEST(GpuLoader, AFileThatShrinksWhileItLoadsIsAnErrorNotACrash) {
     const auto policy = route == 0 ? gpu::PageCacheRegistration::never : gpu::PageCacheRegistration::always;
     write_pattern_file(path, words, 98);
     gpu::CopyOptions o;
-    o.piece_bytes = 1u << 20;
+    o.chunk_bytes = 1u << 20;
     o.register_page_cache = policy;
     o.both_routes = route == 2;
     gpu::Loader loader(0, o);

@@ -1,6 +1,6 @@
 // src/gpu/loader.cpp — file ranges into GPU memory at the link rate (gpu::Loader).
 //
-// A load cuts the file into chunks (64 MiB, CopyOptions::piece_bytes) and
+// A load cuts the file into chunks (64 MiB, CopyOptions::chunk_bytes) and
 // picks a route per chunk:
 //   * registered (by an earlier load): copied straight from the page cache,
 //     cuMemcpyHtoDAsync from registered memory at the link rate;
@@ -24,6 +24,12 @@
 // inode, size, mtime, ctime), so a reload is DMA alone. Events guard slot reuse. A
 // load ends with every stream synchronized, also when it throws: nothing
 // stays in flight.
+//
+// Loader::load runs named steps: merge (segments into pieces), plan_chunks
+// (which chunks the pieces touch), State::classify (registered, cached, not
+// cached), then a Run: copy_registered; stage_uncached on a thread of its
+// own; register_chunks on the loading thread and run_workers on the crew
+// (stage); every copy through State::copy_parts.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -69,7 +75,7 @@ constexpr std::uint64_t kSmallLoad = std::uint64_t{64} << 20;
 constexpr std::size_t kParallelClassify = 4;
 
 // A copy: one range, or a strided rectangle of `rows` rows (a slice of a
-// row-major matrix), into device memory of the Loader's device `lane`.
+// row-major matrix), into device memory of the Loader's device `device_index`.
 struct Piece {
   std::uint64_t file_offset;
   std::uintptr_t device_address;
@@ -77,7 +83,7 @@ struct Piece {
   std::size_t rows;
   std::uint64_t file_pitch;
   std::size_t device_pitch;
-  std::size_t lane;  // index into Loader::State::lanes
+  std::size_t device_index;  // index into Loader::State::device_streams
   // One past the last file byte it reads.
   std::uint64_t end() const { return file_offset + (rows - 1) * file_pitch + width; }
 };
@@ -89,13 +95,14 @@ std::vector<Piece> merge(std::span<const DeviceSegment> segments, std::span<cons
   for (const DeviceSegment& s : segments) {
     if (s.bytes == 0 || s.rows == 0) continue;
     const int device = s.device < 0 ? devices.front() : s.device;
-    const auto lane = static_cast<std::size_t>(std::find(devices.begin(), devices.end(), device) - devices.begin());
-    if (lane == devices.size()) {
+    const auto device_index =
+        static_cast<std::size_t>(std::find(devices.begin(), devices.end(), device) - devices.begin());
+    if (device_index == devices.size()) {
       throw Error(Errc::invalid_argument, 0,
                   "unimem: gpu::Loader: a segment is for device " + std::to_string(device) +
                       ", which is not one of the Loader's");
     }
-    Piece p{s.file_offset, s.device_address, s.bytes, s.rows, s.file_pitch, s.device_pitch, lane};
+    Piece p{s.file_offset, s.device_address, s.bytes, s.rows, s.file_pitch, s.device_pitch, device_index};
     if (p.rows > 1 && (p.file_pitch < p.width || p.device_pitch < p.width)) {
       throw Error(Errc::invalid_argument, 0,
                   "unimem: gpu::Loader: a segment's rows overlap (file_pitch " + std::to_string(p.file_pitch) +
@@ -117,8 +124,8 @@ std::vector<Piece> merge(std::span<const DeviceSegment> segments, std::span<cons
     }
     if (!merged.empty()) {
       Piece& last = merged.back();
-      if (last.rows == 1 && p.rows == 1 && last.lane == p.lane && last.file_offset + last.width == p.file_offset &&
-          last.device_address + last.width == p.device_address) {
+      if (last.rows == 1 && p.rows == 1 && last.device_index == p.device_index &&
+          last.file_offset + last.width == p.file_offset && last.device_address + last.width == p.device_address) {
         last.width += p.width;
         continue;
       }
@@ -195,18 +202,71 @@ struct MappedFile {
   std::uint64_t last_use = 0;  // when a load last asked for it (State::clock)
 };
 
+// The bytes the pieces ask for. Throws Error(invalid_argument) for a piece
+// that reaches past the end of `path` (`file_size` bytes).
+std::uint64_t checked_bytes(const std::vector<Piece>& pieces, std::uint64_t file_size, const std::string& path) {
+  std::uint64_t bytes = 0;
+  for (const Piece& p : pieces) {
+    bytes += static_cast<std::uint64_t>(p.width) * p.rows;
+    if (p.end() > file_size) {
+      throw Error(Errc::invalid_argument, 0,
+                  "unimem: gpu::Loader: bytes " + std::to_string(p.file_offset) + ".." + std::to_string(p.end()) +
+                      " lie outside " + path + " (" + std::to_string(file_size) + " bytes)");
+    }
+  }
+  return bytes;
+}
+
+// Which pieces touch a chunk, and the part [lo, hi) of the chunk they need.
+struct Need {
+  std::size_t chunk;
+  std::uint64_t lo, hi;
+  std::vector<std::size_t> pieces;
+};
+
+// Plans a load: the chunks of `chunk_bytes` (of `chunks` in a file of
+// `file_size` bytes) that the pieces touch, in file order.
+std::vector<Need> plan_chunks(const std::vector<Piece>& pieces, std::size_t chunk_bytes, std::size_t chunks,
+                              std::uint64_t file_size) {
+  std::vector<Need> needs;
+  std::vector<std::vector<std::size_t>> by_chunk(chunks);
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    const std::size_t first = pieces[i].file_offset / chunk_bytes;
+    const std::size_t last = (pieces[i].end() - 1) / chunk_bytes;
+    for (std::size_t k = first; k <= last; ++k) by_chunk[k].push_back(i);
+  }
+  for (std::size_t k = 0; k < by_chunk.size(); ++k) {
+    if (by_chunk[k].empty()) continue;
+    const std::uint64_t begin = k * chunk_bytes, end = std::min<std::uint64_t>(begin + chunk_bytes, file_size);
+    Need n{k, end, begin, std::move(by_chunk[k])};
+    for (std::size_t i : n.pieces) {
+      n.lo = std::min<std::uint64_t>(n.lo, std::max<std::uint64_t>(begin, pieces[i].file_offset));
+      n.hi = std::max<std::uint64_t>(n.hi, std::min<std::uint64_t>(end, pieces[i].end()));
+    }
+    needs.push_back(std::move(n));
+  }
+  return needs;
+}
+
+// The chunks of a load by kind (indices into its needs): registered by an
+// earlier load (DMA only), cached (register in place, or stage), not cached
+// (stage through FileReader).
+struct ChunkKinds {
+  std::vector<std::size_t> registered, cached, uncached;
+};
+
 }  // namespace
 
 struct Loader::State {
   // What each of the Loader's devices copies on.
-  struct Lane {
+  struct DeviceStreams {
     int device;
     CUstream stream = nullptr;          // copies from registered page cache
     CUstream staging_stream = nullptr;  // copies from the staging slots
     std::vector<CUevent> events;        // one per staging slot
   };
   std::vector<int> devices;
-  std::vector<Lane> lanes;  // one per device, in the same order
+  std::vector<DeviceStreams> device_streams;  // one per device, in the same order
   CopyOptions options;
   std::size_t chunk;  // registration chunk and staging slot size
   std::mutex lock;    // one load at a time
@@ -234,8 +294,8 @@ struct Loader::State {
   static constexpr std::size_t kWorkerBytes = kWorkerSlots * kWorkerSlotBytes;
   struct Worker {
     std::byte* slots = nullptr;     // its part of worker_memory, once backed and registered
-    std::vector<CUstream> streams;  // per lane
-    std::vector<CUevent> events;    // [slot * lanes + lane]: the slot's last copies
+    std::vector<CUstream> streams;  // per device
+    std::vector<CUevent> events;    // [slot * devices + device index]: the slot's last copies
   };
   std::vector<Worker> workers;         // one per crew thread once a load staged cached data
   std::optional<Block> worker_memory;  // kWorkerBytes per worker; outlives their registrations
@@ -267,20 +327,21 @@ struct Loader::State {
     Worker& w = workers[index];
     try {
       const detail::Driver& d = detail::driver();
-      w.events.assign(kWorkerSlots * lanes.size(), nullptr);  // first: destroy_worker reads events per stream
-      w.streams.assign(lanes.size(), nullptr);
-      for (std::size_t l = 0; l < lanes.size(); ++l) {
-        detail::ContextScope context(lanes[l].device);
+      w.events.assign(kWorkerSlots * device_streams.size(), nullptr);  // first: destroy_worker reads events per stream
+      w.streams.assign(device_streams.size(), nullptr);
+      for (std::size_t l = 0; l < device_streams.size(); ++l) {
+        detail::ContextScope context(device_streams[l].device);
         check(d.cuStreamCreate(&w.streams[l], detail::kStreamNonBlocking), "cuStreamCreate");
         for (std::size_t k = 0; k < kWorkerSlots; ++k) {
-          check(d.cuEventCreate(&w.events[k * lanes.size() + l], detail::kEventDisableTiming), "cuEventCreate");
+          check(d.cuEventCreate(&w.events[k * device_streams.size() + l], detail::kEventDisableTiming),
+                "cuEventCreate");
         }
       }
       std::byte* const part = worker_memory->data() + index * kWorkerBytes;
       // Backed first: the driver would fault the pages in itself, holding
       // every other thread's calls meanwhile.
       platform::populate(part, kWorkerBytes);
-      detail::ContextScope context(lanes.front().device);  // portable: every device's copies may use it
+      detail::ContextScope context(device_streams.front().device);  // portable: every device's copies may use it
       check(d.cuMemHostRegister(part, kWorkerBytes, detail::kHostRegisterPortable | detail::kHostRegisterDeviceMap),
             "cuMemHostRegister (staging slots)");
       w.slots = part;
@@ -293,19 +354,19 @@ struct Loader::State {
 
   void destroy_worker(Worker& w) noexcept {
     const detail::Driver& d = detail::driver();
-    for (std::size_t l = 0; l < w.streams.size() && l < lanes.size(); ++l) {
+    for (std::size_t l = 0; l < w.streams.size() && l < device_streams.size(); ++l) {
       try {
-        detail::ContextScope context(lanes[l].device);
+        detail::ContextScope context(device_streams[l].device);
         for (std::size_t k = 0; k < kWorkerSlots; ++k) {
-          if (CUevent e = w.events[k * lanes.size() + l]) d.cuEventDestroy(e);
+          if (CUevent e = w.events[k * device_streams.size() + l]) d.cuEventDestroy(e);
         }
         if (w.streams[l]) d.cuStreamDestroy(w.streams[l]);
       } catch (...) {  // no context: nothing more can be released
       }
     }
-    if (w.slots != nullptr && !lanes.empty()) {
+    if (w.slots != nullptr && !device_streams.empty()) {
       try {
-        detail::ContextScope context(lanes.front().device);
+        detail::ContextScope context(device_streams.front().device);
         d.cuMemHostUnregister(w.slots);
       } catch (...) {
       }
@@ -356,21 +417,21 @@ struct Loader::State {
   }
   std::uint64_t clock = 0;  // counts mapped() calls, for last_use
 
-  void destroy_lanes() noexcept {
+  void destroy_device_streams() noexcept {
     destroy_workers(workers);
     const detail::Driver& d = detail::driver();
-    for (Lane& lane : lanes) {
+    for (DeviceStreams& dev : device_streams) {
       try {
-        detail::ContextScope context(lane.device);
-        for (auto e : lane.events) {
+        detail::ContextScope context(dev.device);
+        for (auto e : dev.events) {
           if (e) d.cuEventDestroy(e);
         }
-        if (lane.stream) d.cuStreamDestroy(lane.stream);
-        if (lane.staging_stream) d.cuStreamDestroy(lane.staging_stream);
+        if (dev.stream) d.cuStreamDestroy(dev.stream);
+        if (dev.staging_stream) d.cuStreamDestroy(dev.staging_stream);
       } catch (...) {  // no context: nothing more can be released
       }
     }
-    lanes.clear();
+    device_streams.clear();
   }
 
   // The staging ring and the copy crew, made on the first load that stages.
@@ -390,6 +451,94 @@ struct Loader::State {
       staging = &*own_staging;
     }
     ensure_crew();
+  }
+
+  struct Run;  // one load's staging and registration (below)
+
+  // Sorts a load's chunks by kind. Asking the kernel which pages are cached
+  // costs about 30 ms per 4 GiB of 4 KiB folios (mincore looks each page up),
+  // so a large load asks with the crew's threads, all at once, before the
+  // workers start.
+  ChunkKinds classify(const MappedFile& file, const std::vector<Need>& needs) {
+    std::vector<char> resident(needs.size(), 0);
+    auto classify_range = [&](std::size_t begin, std::size_t end) {
+      for (std::size_t n = begin; n < end; ++n) {
+        const Need& need = needs[n];
+        resident[n] =
+            file.chunks[need.chunk] != MappedFile::Chunk::registered &&
+            platform::resident_fraction(file.map.data() + need.lo, static_cast<std::size_t>(need.hi - need.lo)) >= 0.9;
+      }
+      return 0;
+    };
+    if (crew || needs.size() > kParallelClassify) {
+      ensure_crew();
+      (void)crew->run(needs.size(), classify_range);
+    } else {
+      classify_range(0, needs.size());
+    }
+    ChunkKinds kinds;
+    for (std::size_t n = 0; n < needs.size(); ++n) {
+      if (file.chunks[needs[n].chunk] == MappedFile::Chunk::registered) {
+        kinds.registered.push_back(n);
+      } else {
+        (resident[n] ? kinds.cached : kinds.uncached).push_back(n);
+      }
+    }
+    return kinds;
+  }
+
+  // Copies the part of every piece of `need` that lies in [begin, end) of the
+  // file from `source(offset)`, on each piece's device: on streams[device
+  // index] when given (and marks that device in `used`), else on its
+  // DeviceStreams' stream. Called under the first device's context.
+  template <class Source>
+  void copy_parts(const detail::Driver& d, const std::vector<Piece>& pieces, const Need& need, std::uint64_t begin,
+                  std::uint64_t end, const CUstream* streams, std::vector<char>* used, Source&& source) const {
+    for (std::size_t i : need.pieces) {
+      const Piece& p = pieces[i];
+      const DeviceStreams& dev = device_streams[p.device_index];
+      const CUstream stream = streams != nullptr ? streams[p.device_index] : dev.stream;
+      std::optional<detail::ContextScope> other;  // the caller's context is the first device's
+      if (p.device_index != 0) other.emplace(dev.device);
+      const std::string what = "a copy to device " + std::to_string(dev.device);
+      // One range: [b, e) of row r, wherever the row meets [begin, end).
+      auto copy_row_part = [&](std::uint64_t r) {
+        const std::uint64_t row = p.file_offset + r * p.file_pitch;
+        const std::uint64_t b = std::max<std::uint64_t>(begin, row);
+        const std::uint64_t e = std::min<std::uint64_t>(end, row + p.width);
+        if (b >= e) return;
+        check(d.cuMemcpyHtoDAsync(p.device_address + r * p.device_pitch + (b - row), source(b), e - b, stream),
+              "cuMemcpyHtoDAsync (" + what + ")");
+        if (used) (*used)[p.device_index] = 1;
+      };
+      if (p.rows == 1) {
+        copy_row_part(0);
+        continue;
+      }
+      // Rows wholly inside [begin, end) in one strided copy, and at most one
+      // cut row at either edge.
+      const std::uint64_t full_first =
+          begin <= p.file_offset ? 0 : (begin - p.file_offset + p.file_pitch - 1) / p.file_pitch;
+      const std::uint64_t full_end =
+          end < p.file_offset + p.width
+              ? 0
+              : std::min<std::uint64_t>(p.rows, (end - p.file_offset - p.width) / p.file_pitch + 1);
+      if (full_first < full_end) {
+        detail::Memcpy2D c;
+        c.srcMemoryType = detail::kMemoryTypeHost;
+        c.srcHost = source(p.file_offset + full_first * p.file_pitch);
+        c.srcPitch = p.file_pitch;
+        c.dstMemoryType = detail::kMemoryTypeDevice;
+        c.dstDevice = p.device_address + full_first * p.device_pitch;
+        c.dstPitch = p.device_pitch;
+        c.WidthInBytes = p.width;
+        c.Height = full_end - full_first;
+        check(d.cuMemcpy2DAsync(&c, stream), "cuMemcpy2DAsync (" + what + ")");
+        if (used) (*used)[p.device_index] = 1;
+      }
+      if (full_first > 0) copy_row_part(full_first - 1);
+      if (full_end < p.rows && full_end + 1 != full_first) copy_row_part(full_end);
+    }
   }
 };
 
@@ -415,12 +564,12 @@ Loader::Loader(std::span<const int> devices, const CopyOptions& options) : state
   s.options = options;
   s.options.slots = std::max(1u, options.slots);
   const std::size_t page = Block::page_size();
-  if (options.piece_bytes > (std::size_t{1} << 30) || options.slots > 64) {
+  if (options.chunk_bytes > (std::size_t{1} << 30) || options.slots > 64) {
     throw Error(Errc::invalid_argument, 0,
-                "unimem: gpu::Loader: piece_bytes above 1 GiB or more than 64 slots (" +
-                    std::to_string(options.piece_bytes) + " x " + std::to_string(options.slots) + ")");
+                "unimem: gpu::Loader: chunk_bytes above 1 GiB or more than 64 slots (" +
+                    std::to_string(options.chunk_bytes) + " x " + std::to_string(options.slots) + ")");
   }
-  s.chunk = std::max<std::size_t>(options.piece_bytes / page * page, page);
+  s.chunk = std::max<std::size_t>(options.chunk_bytes / page * page, page);
   if (options.staging != nullptr) {
     if (!options.staging->gpu_visible()) {
       throw Error(Errc::invalid_argument, 0, "unimem: gpu::Loader: the staging Block is not GPU-visible");
@@ -432,15 +581,15 @@ Loader::Loader(std::span<const int> devices, const CopyOptions& options) : state
   try {
     for (int device : s.devices) {
       detail::ContextScope context(device);
-      State::Lane& lane = s.lanes.emplace_back();
-      lane.device = device;
-      lane.events.assign(s.options.slots, nullptr);
-      check(d.cuStreamCreate(&lane.stream, detail::kStreamNonBlocking), "cuStreamCreate");
-      check(d.cuStreamCreate(&lane.staging_stream, detail::kStreamNonBlocking), "cuStreamCreate");
-      for (auto& e : lane.events) check(d.cuEventCreate(&e, detail::kEventDisableTiming), "cuEventCreate");
+      State::DeviceStreams& dev = s.device_streams.emplace_back();
+      dev.device = device;
+      dev.events.assign(s.options.slots, nullptr);
+      check(d.cuStreamCreate(&dev.stream, detail::kStreamNonBlocking), "cuStreamCreate");
+      check(d.cuStreamCreate(&dev.staging_stream, detail::kStreamNonBlocking), "cuStreamCreate");
+      for (auto& e : dev.events) check(d.cuEventCreate(&e, detail::kEventDisableTiming), "cuEventCreate");
     }
   } catch (...) {
-    s.destroy_lanes();
+    s.destroy_device_streams();
     throw;
   }
 }
@@ -457,7 +606,7 @@ Loader::~Loader() {
     s.files.clear();  // unregisters
   } catch (...) {     // no context: nothing more can be released
   }
-  s.destroy_lanes();
+  s.destroy_device_streams();
 }
 
 void Loader::release() noexcept {
@@ -482,160 +631,32 @@ int Loader::device() const noexcept { return state_->devices.front(); }
 
 std::span<const int> Loader::devices() const noexcept { return state_->devices; }
 
-ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> segments, const LoadOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
-  State& s = *state_;
-  if (s.forked.forked()) {
-    throw Error(Errc::invalid_argument, 0,
-                "unimem: gpu::Loader::load in a fork() child of the process that made the Loader: its streams and "
-                "registrations are the parent's (make a Loader in this process)");
-  }
-  std::lock_guard hold(s.lock);
-  const detail::Driver& d = detail::driver();
+// One load's staging and registration, once its chunks are planned and
+// classified: what the loading thread, the stager thread and the crew's
+// workers share while the load runs, and the step each of them runs.
+struct Loader::State::Run {
+  State& s;
+  const detail::Driver& d;
+  const std::string& path;
+  MappedFile& file;
+  const std::vector<Piece>& pieces;
+  const std::vector<Need>& needs;
+  const std::vector<std::size_t>& cached;  // indices into needs
+  unimem::detail::LoadProgress& progress;
 
-  const std::vector<Piece> pieces = merge(segments, s.devices);
-  ReadReport report;
-  if (pieces.empty()) return report;
-  const platform::FileIdentity id = platform::file_identity(path);
-  for (const Piece& p : pieces) {
-    report.bytes += static_cast<std::uint64_t>(p.width) * p.rows;
-    if (p.end() > id.size) {
-      throw Error(Errc::invalid_argument, 0,
-                  "unimem: gpu::Loader: bytes " + std::to_string(p.file_offset) + ".." + std::to_string(p.end()) +
-                      " lie outside " + path + " (" + std::to_string(id.size) + " bytes)");
-    }
-  }
-
-  // Registrations are made under the first device's context, PORTABLE: every
-  // context may copy from them.
-  detail::ContextScope context(s.devices.front());
-  MappedFile& file = s.mapped(path, id);
-  // Which pieces touch which chunk, and the part of each chunk they need.
-  struct Need {
-    std::size_t chunk;
-    std::uint64_t lo, hi;
-    std::vector<std::size_t> pieces;
-  };
-  std::vector<Need> needs;
-  {
-    std::vector<std::vector<std::size_t>> by_chunk(file.chunks.size());
-    for (std::size_t i = 0; i < pieces.size(); ++i) {
-      const std::size_t first = pieces[i].file_offset / s.chunk;
-      const std::size_t last = (pieces[i].end() - 1) / s.chunk;
-      for (std::size_t k = first; k <= last; ++k) by_chunk[k].push_back(i);
-    }
-    for (std::size_t k = 0; k < by_chunk.size(); ++k) {
-      if (by_chunk[k].empty()) continue;
-      const std::uint64_t begin = k * s.chunk, end = std::min<std::uint64_t>(begin + s.chunk, id.size);
-      Need n{k, end, begin, std::move(by_chunk[k])};
-      for (std::size_t i : n.pieces) {
-        n.lo = std::min<std::uint64_t>(n.lo, std::max<std::uint64_t>(begin, pieces[i].file_offset));
-        n.hi = std::max<std::uint64_t>(n.hi, std::min<std::uint64_t>(end, pieces[i].end()));
-      }
-      needs.push_back(std::move(n));
-    }
-  }
-  // Three kinds of chunk: registered already (free: DMA only), cached (register
-  // in place, or stage), not cached (stage: FileReader).
-  // Asking the kernel which pages are cached costs about 30 ms per 4 GiB of
-  // 4 KiB folios (mincore looks each page up), so a large load asks with the
-  // crew's threads, all at once, before the workers start.
-  std::vector<char> resident(needs.size(), 0);
-  auto classify = [&](std::size_t begin, std::size_t end) {
-    for (std::size_t n = begin; n < end; ++n) {
-      const Need& need = needs[n];
-      resident[n] =
-          file.chunks[need.chunk] != MappedFile::Chunk::registered &&
-          platform::resident_fraction(file.map.data() + need.lo, static_cast<std::size_t>(need.hi - need.lo)) >= 0.9;
-    }
-    return 0;
-  };
-  if (s.crew || needs.size() > kParallelClassify) {
-    s.ensure_crew();
-    (void)s.crew->run(needs.size(), classify);
-  } else {
-    classify(0, needs.size());
-  }
-  std::vector<std::size_t> registered, cached, uncached;  // indices into needs
-  for (std::size_t n = 0; n < needs.size(); ++n) {
-    if (file.chunks[needs[n].chunk] == MappedFile::Chunk::registered) {
-      registered.push_back(n);
-    } else {
-      (resident[n] ? cached : uncached).push_back(n);
-    }
-  }
-
-  std::uint64_t needed = 0;
-  for (const Need& need : needs) needed += need.hi - need.lo;
-  unimem::detail::LoadProgress progress(options.progress, needed);
-
-  // Whatever happens below, every stream is drained before this returns.
-  struct Drain {
-    const detail::Driver& d;
-    std::vector<State::Lane>& lanes;
-    std::vector<State::Worker>& workers;
-    ~Drain() {
-      for (const State::Lane& lane : lanes) {
-        d.cuStreamSynchronize(lane.stream);
-        d.cuStreamSynchronize(lane.staging_stream);
-      }
-      for (const State::Worker& w : workers) {
-        for (CUstream stream : w.streams) d.cuStreamSynchronize(stream);
-      }
-    }
-  } drain{d, s.lanes, s.workers};
-
-  // Copies the part of every piece of `need` that lies in [begin, end) of the
-  // file from `source(offset)`, on each piece's device: on streams[lane]
-  // when given (and marks the lane in `used`), else on the lane's stream.
-  auto copy_parts = [&](const Need& need, std::uint64_t begin, std::uint64_t end, const CUstream* streams,
-                        std::vector<char>* used, auto&& source) {
-    for (std::size_t i : need.pieces) {
-      const Piece& p = pieces[i];
-      const State::Lane& lane = s.lanes[p.lane];
-      const CUstream stream = streams != nullptr ? streams[p.lane] : lane.stream;
-      std::optional<detail::ContextScope> other;  // the caller's context is the first device's
-      if (p.lane != 0) other.emplace(lane.device);
-      const std::string what = "a copy to device " + std::to_string(lane.device);
-      // One range: [b, e) of row r, wherever the row meets [begin, end).
-      auto copy_row_part = [&](std::uint64_t r) {
-        const std::uint64_t row = p.file_offset + r * p.file_pitch;
-        const std::uint64_t b = std::max<std::uint64_t>(begin, row);
-        const std::uint64_t e = std::min<std::uint64_t>(end, row + p.width);
-        if (b >= e) return;
-        check(d.cuMemcpyHtoDAsync(p.device_address + r * p.device_pitch + (b - row), source(b), e - b, stream),
-              "cuMemcpyHtoDAsync (" + what + ")");
-        if (used) (*used)[p.lane] = 1;
-      };
-      if (p.rows == 1) {
-        copy_row_part(0);
-        continue;
-      }
-      // Rows wholly inside [begin, end) in one strided copy, and at most one
-      // cut row at either edge.
-      const std::uint64_t full_first =
-          begin <= p.file_offset ? 0 : (begin - p.file_offset + p.file_pitch - 1) / p.file_pitch;
-      const std::uint64_t full_end =
-          end < p.file_offset + p.width
-              ? 0
-              : std::min<std::uint64_t>(p.rows, (end - p.file_offset - p.width) / p.file_pitch + 1);
-      if (full_first < full_end) {
-        detail::Memcpy2D c;
-        c.srcMemoryType = detail::kMemoryTypeHost;
-        c.srcHost = source(p.file_offset + full_first * p.file_pitch);
-        c.srcPitch = p.file_pitch;
-        c.dstMemoryType = detail::kMemoryTypeDevice;
-        c.dstDevice = p.device_address + full_first * p.device_pitch;
-        c.dstPitch = p.device_pitch;
-        c.WidthInBytes = p.width;
-        c.Height = full_end - full_first;
-        check(d.cuMemcpy2DAsync(&c, stream), "cuMemcpy2DAsync (" + what + ")");
-        if (used) (*used)[p.lane] = 1;
-      }
-      if (full_first > 0) copy_row_part(full_first - 1);
-      if (full_end < p.rows && full_end + 1 != full_first) copy_row_part(full_end);
-    }
-  };
+  Run(State& state, const detail::Driver& driver, const std::string& file_path, MappedFile& mapped,
+      const std::vector<Piece>& load_pieces, const std::vector<Need>& load_needs,
+      const std::vector<std::size_t>& cached_needs, unimem::detail::LoadProgress& load_progress)
+      : s(state),
+        d(driver),
+        path(file_path),
+        file(mapped),
+        pieces(load_pieces),
+        needs(load_needs),
+        cached(cached_needs),
+        progress(load_progress) {}
+  Run(const Run&) = delete;
+  Run& operator=(const Run&) = delete;
 
   std::atomic<bool> stop{false};
   std::atomic<std::size_t> in_place{0}, newly_registered{0}, staged{0}, staged_buffered{0};
@@ -643,12 +664,51 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   std::string staged_reason;
   std::optional<FileReader> reader;  // for chunks not in the page cache
 
-  auto stage = [&](const Need& need, bool is_cached, std::size_t& uses) {
+  // Cached chunks registered in place by the loading thread (chunk by chunk
+  // from the front of the file) while the workers stage slices from the
+  // back; without registration the workers take every slice in file order.
+  bool register_cached = false;
+  struct Slice {
+    std::size_t need;
+    std::uint64_t begin, end;
+  };
+  std::vector<Slice> slices;  // the cached chunks' ranges cut into worker slots, in file order
+  std::vector<std::size_t> first_slice = std::vector<std::size_t>(1, 0);  // of cached[i]: .. first_slice[i + 1]
+  std::mutex claims;
+  std::size_t front = 0;       // cached[front] is the next chunk to register
+  std::size_t back = 0;        // slices[.. back) are unclaimed
+  std::size_t next_slice = 0;  // without registration the workers take slices in file order
+  std::atomic<std::uint64_t> worker_bytes{0};
+  std::mutex errors;
+  std::exception_ptr staging_error;
+  double workers_made_ms = -1;  // the longest a worker took to make its slots and streams in this load
+
+  template <class Source>
+  void copy_parts(const Need& need, std::uint64_t begin, std::uint64_t end, const CUstream* streams,
+                  std::vector<char>* used, Source&& source) {
+    s.copy_parts(d, pieces, need, begin, end, streams, used, source);
+  }
+
+  // Chunks an earlier load registered: DMA only, whatever the policy.
+  void copy_registered(const std::vector<std::size_t>& registered) {
+    for (std::size_t n : registered) {
+      copy_parts(needs[n], needs[n].lo, needs[n].hi, nullptr, nullptr,
+                 [&](std::uint64_t off) { return file.map.data() + off; });
+      in_place += needs[n].hi - needs[n].lo;
+      progress.add(needs[n].hi - needs[n].lo);
+    }
+  }
+
+  // One chunk through the staging ring: read (pread for a cached chunk the
+  // driver refused to register, FileReader for one not cached) into the
+  // ring's next slot, then copied to every device that needs it.
+  void stage(const Need& need, bool is_cached, std::size_t& uses) {
     const Block& ring = *s.staging;
     const std::size_t slot = uses++ % s.options.slots;
     // Always wait (a slot never recorded returns at once): after a staging
     // thread, this thread's first uses of the ring may find its copies running.
-    for (const State::Lane& lane : s.lanes) check(d.cuEventSynchronize(lane.events[slot]), "cuEventSynchronize");
+    for (const State::DeviceStreams& dev : s.device_streams)
+      check(d.cuEventSynchronize(dev.events[slot]), "cuEventSynchronize");
     std::byte* dest = ring.data() + slot * s.chunk;
     const std::size_t n = static_cast<std::size_t>(need.hi - need.lo);
     if (is_cached) {
@@ -671,86 +731,58 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       if (staged_reason.empty()) staged_reason = r.fallback_reason;
       staged_buffered += r.buffered_bytes;
     }
-    std::vector<char> used(s.lanes.size(), 0);
+    std::vector<char> used(s.device_streams.size(), 0);
     std::vector<CUstream> staging_streams;
-    for (const State::Lane& lane : s.lanes) staging_streams.push_back(lane.staging_stream);
+    for (const State::DeviceStreams& dev : s.device_streams) staging_streams.push_back(dev.staging_stream);
     copy_parts(need, need.lo, need.hi, staging_streams.data(), &used,
                [&](std::uint64_t off) { return dest + (off - need.lo); });
-    for (std::size_t l = 0; l < s.lanes.size(); ++l) {
-      if (used[l]) check(d.cuEventRecord(s.lanes[l].events[slot], s.lanes[l].staging_stream), "cuEventRecord");
+    for (std::size_t l = 0; l < s.device_streams.size(); ++l) {
+      if (used[l])
+        check(d.cuEventRecord(s.device_streams[l].events[slot], s.device_streams[l].staging_stream), "cuEventRecord");
     }
     staged += n;
     progress.add(n);
-  };
-
-  // Chunks an earlier load registered: DMA only, whatever the policy.
-  for (std::size_t n : registered) {
-    copy_parts(needs[n], needs[n].lo, needs[n].hi, nullptr, nullptr,
-               [&](std::uint64_t off) { return file.map.data() + off; });
-    in_place += needs[n].hi - needs[n].lo;
-    progress.add(needs[n].hi - needs[n].lo);
   }
 
-  // Cached chunks: registered in place by this thread (chunk by chunk from
-  // the front of the file) where the policy says so, and staged by the
-  // workers (slice by slice from the back), both at once by default; the two
-  // meet where their rates on this machine and file put the line. A load of
-  // little cached data before any worker exists registers it: making the
-  // workers' slots would cost more than it saves.
-  std::uint64_t cached_bytes = 0;
-  for (std::size_t n : cached) cached_bytes += needs[n].hi - needs[n].lo;
-  const PageCacheRegistration policy = s.options.register_page_cache;
-  const bool small = !s.any_worker_made() && cached_bytes <= kSmallLoad && policy != PageCacheRegistration::never;
-  // Pages registered (pinned) could not be dropped afterwards.
-  const bool register_cached =
-      !options.drop_page_cache && (small || policy == PageCacheRegistration::always ||
-                                   (policy == PageCacheRegistration::on_reload && file.loads != 0));
-  const bool workers_stage = !cached.empty() && (!register_cached || (s.options.both_routes && !small));
-  struct Slice {
-    std::size_t need;
-    std::uint64_t begin, end;
-  };
-  std::vector<Slice> slices;                   // the cached chunks' ranges cut into worker slots, in file order
-  std::vector<std::size_t> first_slice(1, 0);  // of cached[i]: first_slice[i] .. first_slice[i + 1]
-  for (std::size_t n : cached) {
-    for (std::uint64_t b = needs[n].lo; b < needs[n].hi; b += State::kWorkerSlotBytes) {
-      slices.push_back({n, b, std::min<std::uint64_t>(b + State::kWorkerSlotBytes, needs[n].hi)});
+  // Cuts the cached chunks into worker slices (after register_cached is set).
+  void cut_slices() {
+    for (std::size_t n : cached) {
+      for (std::uint64_t b = needs[n].lo; b < needs[n].hi; b += State::kWorkerSlotBytes) {
+        slices.push_back({n, b, std::min<std::uint64_t>(b + State::kWorkerSlotBytes, needs[n].hi)});
+      }
+      first_slice.push_back(slices.size());
     }
-    first_slice.push_back(slices.size());
+    back = slices.size();
   }
-  std::mutex claims;
-  std::size_t front = 0;                                    // cached[front] is the next chunk to register
-  std::size_t back = slices.size();                         // slices[.. back) are unclaimed
-  auto claim_chunk = [&]() -> std::optional<std::size_t> {  // a whole chunk no worker touched
+
+  std::optional<std::size_t> claim_chunk() {  // a whole chunk no worker touched
     std::lock_guard hold(claims);
     if (front == cached.size() || first_slice[front + 1] > back) return std::nullopt;
     return cached[front++];
-  };
-  std::size_t next_slice = 0;  // without registration the workers take slices in file order
-  auto claim_slice = [&]() -> std::optional<Slice> {
+  }
+
+  std::optional<Slice> claim_slice() {
     std::lock_guard hold(claims);
     if (!register_cached) return next_slice < slices.size() ? std::optional<Slice>(slices[next_slice++]) : std::nullopt;
     if (back == first_slice[front]) return std::nullopt;
     return slices[--back];
-  };
-  std::atomic<std::uint64_t> worker_bytes{0};
-  std::mutex errors;
-  std::exception_ptr staging_error;
-  auto fail_staging = [&] {
+  }
+
+  void fail_staging() {
     std::lock_guard hold(errors);
     if (!staging_error) staging_error = std::current_exception();
     stop = true;
-  };
+  }
+
   // The workers' part: every crew thread takes slices until none is left.
-  double workers_made_ms = -1;  // the longest a worker took to make its slots and streams in this load
-  auto run_workers = [&] {
+  void run_workers() {
     try {
       s.ensure_workers();
     } catch (...) {
       fail_staging();
       return;
     }
-    const std::size_t lanes = s.lanes.size();
+    const std::size_t device_streams = s.device_streams.size();
     if (detail::LoaderProbe* probe = detail::loader_probe()) probe->workers_starting();
     (void)s.crew->run(s.crew->threads(), [&](std::size_t w, std::size_t) {
       try {
@@ -759,7 +791,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
         detail::LoaderProbe* const probe = detail::loader_probe();  // timed only when one is set
         using Clock = std::chrono::steady_clock;
         Clock::time_point began, waited, read;
-        std::vector<char> used(lanes);
+        std::vector<char> used(device_streams);
         for (std::size_t use = 0; !stop; ++use) {
           const std::optional<Slice> slice = claim_slice();
           if (!slice) break;
@@ -773,8 +805,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
           std::byte* const slots = mine.slots;
           const std::size_t k = use % State::kWorkerSlots;
           if (probe) began = Clock::now();
-          for (std::size_t l = 0; l < lanes; ++l) {
-            check(d.cuEventSynchronize(mine.events[k * lanes + l]), "cuEventSynchronize");
+          for (std::size_t l = 0; l < device_streams; ++l) {
+            check(d.cuEventSynchronize(mine.events[k * device_streams + l]), "cuEventSynchronize");
           }
           if (probe) waited = Clock::now();
           const Need& need = needs[slice->need];
@@ -793,8 +825,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
           std::fill(used.begin(), used.end(), 0);
           copy_parts(need, slice->begin, slice->end, mine.streams.data(), &used,
                      [&](std::uint64_t off) { return dest + (off - slice->begin); });
-          for (std::size_t l = 0; l < lanes; ++l) {
-            if (used[l]) check(d.cuEventRecord(mine.events[k * lanes + l], mine.streams[l]), "cuEventRecord");
+          for (std::size_t l = 0; l < device_streams; ++l) {
+            if (used[l]) check(d.cuEventRecord(mine.events[k * device_streams + l], mine.streams[l]), "cuEventRecord");
           }
           worker_bytes += n;
           progress.add(n);
@@ -809,44 +841,26 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       }
       return 0;
     });
-  };
-
-  // The disk's chunks, through the staging ring on a thread of their own
-  // (FileReader: O_DIRECT where allowed), while the page cache's move.
-  if (workers_stage || !uncached.empty()) s.ensure_crew();  // here: the threads below would race to make it
-  std::optional<std::thread> stager, staffing;
-  if (!uncached.empty()) {
-    stager.emplace([&] {
-      try {
-        detail::ContextScope worker_context(s.devices.front());
-        s.ensure_staging();
-        std::size_t uses = 0;
-        for (std::size_t n : uncached) {
-          if (stop) return;
-          stage(needs[n], false, uses);
-        }
-      } catch (...) {
-        fail_staging();
-      }
-    });
   }
-  struct Join {
-    std::optional<std::thread>& a;
-    std::optional<std::thread>& b;
-    std::atomic<bool>& stop;
-    ~Join() {
-      for (auto* t : {&a, &b}) {
-        if (*t && (*t)->joinable()) {
-          stop = true;
-          (*t)->join();
-        }
+
+  // The disk's chunks, through the staging ring (on a thread of its own).
+  void stage_uncached(const std::vector<std::size_t>& uncached) {
+    try {
+      detail::ContextScope worker_context(s.devices.front());
+      s.ensure_staging();
+      std::size_t uses = 0;
+      for (std::size_t n : uncached) {
+        if (stop) return;
+        stage(needs[n], false, uses);
       }
+    } catch (...) {
+      fail_staging();
     }
-  } join{stager, staffing, stop};
-  if (!register_cached) {
-    if (workers_stage) run_workers();  // this thread is one of them
-  } else {
-    if (workers_stage) staffing.emplace(run_workers);
+  }
+
+  // The loading thread's part when registering: claims whole chunks from the
+  // front and registers them in place, staging those the driver refuses.
+  void register_chunks(std::optional<std::thread>& stager) {
     std::size_t uses = 0;  // ring slots for chunks the driver refuses to register
     while (!stop) {
       const std::optional<std::size_t> n = claim_chunk();
@@ -867,12 +881,10 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       progress.add(need.hi - need.lo);
     }
   }
-  for (auto* t : {&stager, &staffing}) {
-    if (*t) (*t)->join();
-    t->reset();
-  }
-  if (staging_error) std::rethrow_exception(staging_error);
-  if (worker_bytes != 0) {
+
+  // After every thread is joined: what the workers staged, in the counts and the reason.
+  void count_workers() {
+    if (worker_bytes == 0) return;
     staged += worker_bytes;
     staged_buffered += worker_bytes;
     staged_path = ReadPath::buffered_threads;
@@ -885,12 +897,110 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       staged_reason += made;
     }
   }
+};
+
+ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> segments, const LoadOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  State& s = *state_;
+  if (s.forked.forked()) {
+    throw Error(Errc::invalid_argument, 0,
+                "unimem: gpu::Loader::load in a fork() child of the process that made the Loader: its streams and "
+                "registrations are the parent's (make a Loader in this process)");
+  }
+  std::lock_guard hold(s.lock);
+  const detail::Driver& d = detail::driver();
+
+  const std::vector<Piece> pieces = merge(segments, s.devices);
+  ReadReport report;
+  if (pieces.empty()) return report;
+  const platform::FileIdentity id = platform::file_identity(path);
+  report.bytes = checked_bytes(pieces, id.size, path);
+
+  // Registrations are made under the first device's context, PORTABLE: every
+  // context may copy from them.
+  detail::ContextScope context(s.devices.front());
+  MappedFile& file = s.mapped(path, id);
+  const std::vector<Need> needs = plan_chunks(pieces, s.chunk, file.chunks.size(), id.size);
+  const ChunkKinds kinds = s.classify(file, needs);
+  const std::vector<std::size_t>& registered = kinds.registered;
+  const std::vector<std::size_t>& cached = kinds.cached;
+  const std::vector<std::size_t>& uncached = kinds.uncached;
+
+  std::uint64_t needed = 0;
+  for (const Need& need : needs) needed += need.hi - need.lo;
+  unimem::detail::LoadProgress progress(options.progress, needed);
+
+  // Whatever happens below, every stream is drained before this returns.
+  struct Drain {
+    const detail::Driver& d;
+    std::vector<State::DeviceStreams>& device_streams;
+    std::vector<State::Worker>& workers;
+    ~Drain() {
+      for (const State::DeviceStreams& dev : device_streams) {
+        d.cuStreamSynchronize(dev.stream);
+        d.cuStreamSynchronize(dev.staging_stream);
+      }
+      for (const State::Worker& w : workers) {
+        for (CUstream stream : w.streams) d.cuStreamSynchronize(stream);
+      }
+    }
+  } drain{d, s.device_streams, s.workers};
+
+  State::Run run(s, d, path, file, pieces, needs, cached, progress);
+  run.copy_registered(registered);
+
+  // Cached chunks: registered in place by this thread (chunk by chunk from
+  // the front of the file) where the policy says so, and staged by the
+  // workers (slice by slice from the back), both at once by default; the two
+  // meet where their rates on this machine and file put the line. A load of
+  // little cached data before any worker exists registers it: making the
+  // workers' slots would cost more than it saves.
+  std::uint64_t cached_bytes = 0;
+  for (std::size_t n : cached) cached_bytes += needs[n].hi - needs[n].lo;
+  const PageCacheRegistration policy = s.options.register_page_cache;
+  const bool small = !s.any_worker_made() && cached_bytes <= kSmallLoad && policy != PageCacheRegistration::never;
+  // Pages registered (pinned) could not be dropped afterwards.
+  run.register_cached = !options.drop_page_cache && (small || policy == PageCacheRegistration::always ||
+                                                     (policy == PageCacheRegistration::on_reload && file.loads != 0));
+  const bool workers_stage = !cached.empty() && (!run.register_cached || (s.options.both_routes && !small));
+  run.cut_slices();
+
+  // The disk's chunks, through the staging ring on a thread of their own
+  // (FileReader: O_DIRECT where allowed), while the page cache's move.
+  if (workers_stage || !uncached.empty()) s.ensure_crew();  // here: the threads below would race to make it
+  std::optional<std::thread> stager, staffing;
+  if (!uncached.empty()) stager.emplace([&] { run.stage_uncached(uncached); });
+  struct Join {
+    std::optional<std::thread>& a;
+    std::optional<std::thread>& b;
+    std::atomic<bool>& stop;
+    ~Join() {
+      for (auto* t : {&a, &b}) {
+        if (*t && (*t)->joinable()) {
+          stop = true;
+          (*t)->join();
+        }
+      }
+    }
+  } join{stager, staffing, run.stop};
+  if (!run.register_cached) {
+    if (workers_stage) run.run_workers();  // this thread is one of them
+  } else {
+    if (workers_stage) staffing.emplace([&] { run.run_workers(); });
+    run.register_chunks(stager);
+  }
+  for (auto* t : {&stager, &staffing}) {
+    if (*t) (*t)->join();
+    t->reset();
+  }
+  if (run.staging_error) std::rethrow_exception(run.staging_error);
+  run.count_workers();
   for (const State::Worker& w : s.workers) {
     for (CUstream stream : w.streams) check(d.cuStreamSynchronize(stream), "cuStreamSynchronize");
   }
-  for (const State::Lane& lane : s.lanes) {
-    check(d.cuStreamSynchronize(lane.stream), "cuStreamSynchronize");
-    check(d.cuStreamSynchronize(lane.staging_stream), "cuStreamSynchronize");
+  for (const State::DeviceStreams& dev : s.device_streams) {
+    check(d.cuStreamSynchronize(dev.stream), "cuStreamSynchronize");
+    check(d.cuStreamSynchronize(dev.staging_stream), "cuStreamSynchronize");
   }
   progress.finish();
   ++file.loads;
@@ -905,12 +1015,12 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     for (const Need& need : needs) (void)reader.drop_cached(need.lo, need.hi - need.lo);
   }
 
-  report.buffered_bytes = std::min<std::uint64_t>(report.bytes, in_place + staged_buffered);
-  report.path = in_place != 0 ? ReadPath::page_cache_registered : staged_path;
-  if (in_place != 0) {
-    report.fallback_reason = describe(in_place, newly_registered, staged, staged_path);
+  report.buffered_bytes = std::min<std::uint64_t>(report.bytes, run.in_place + run.staged_buffered);
+  report.path = run.in_place != 0 ? ReadPath::page_cache_registered : run.staged_path;
+  if (run.in_place != 0) {
+    report.fallback_reason = describe(run.in_place, run.newly_registered, run.staged, run.staged_path);
   } else {
-    report.fallback_reason = staged_reason;
+    report.fallback_reason = run.staged_reason;
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

@@ -16,8 +16,6 @@
 // translates per cell.
 #include "unimem/offload.hpp"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -423,7 +421,7 @@ int OffloadPool::device() const noexcept { return state_ ? state_->device : kNoD
 OffloadRoute OffloadPool::route() const noexcept { return state_ ? state_->route_option : OffloadOptions{}.route; }
 OffloadRoute OffloadPool::route_taken() const noexcept { return state_ ? state_->route : OffloadRoute::kernel; }
 bool OffloadPool::batched_copies() const noexcept { return state_ && state_->batched; }
-const Block& OffloadPool::block() const noexcept {
+const Block& OffloadPool::host_block() const noexcept {
   return state_ ? state_->grid.block() : unimem::detail::empty_block();
 }
 

@@ -123,7 +123,7 @@ void round_trip(OffloadRoute route, std::size_t bytes, std::size_t n, std::uint6
   gpu::OffloadOptions o;
   o.route = route;
   OffloadPool pool = OffloadPool::create(bytes, n + 5, 0, o);
-  ASSERT_TRUE(pool.block().gpu_visible());
+  ASSERT_TRUE(pool.host_block().gpu_visible());
   std::mt19937_64 rng(seed);
   const std::size_t area_size = area_bytes(n, bytes);
   DeviceArea area(area_size);
@@ -925,7 +925,7 @@ TEST(OffloadGpu, AnotherProcessFetchesWhatThisOneStoredAndStoresWhatItChecks) {
   }
   pool.store(blocks, bytes, std::span<const SharedCell>(a)).wait();
   std::ostringstream args;
-  args << "peer " << pool.block().id().to_string() << " " << n;
+  args << "peer " << pool.host_block().id().to_string() << " " << n;
   for (const SharedCell& c : a) args << " " << c.index();
   for (const SharedCell& c : b) args << " " << c.index();
   ASSERT_EQ(run_child(args.str()), 0) << "2: attach, 3: fetched A differs, 4: a take failed, 5: a give failed";
@@ -1014,7 +1014,7 @@ int peer_child(const std::string& args) {
   const int device = cuda_devices() - 1;
   OffloadPool pool = OffloadPool::attach(BlockId::parse(id), device);
   const std::size_t bytes = pool.block_bytes();
-  if (!pool.block().gpu_visible() || pool.blocks() != 3 * n) return 2;
+  if (!pool.host_block().gpu_visible() || pool.blocks() != 3 * n) return 2;
   std::mt19937_64 rng(5);
   DeviceArea area(area_bytes(n, bytes), device);
   if (area.p == nullptr) return 2;

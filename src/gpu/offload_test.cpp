@@ -67,9 +67,9 @@ TEST(OffloadPool, AHostOnlyPoolHandsOutItsCells) {
   EXPECT_EQ(pool.route(), gpu::OffloadRoute::automatic) << "the default";
   EXPECT_EQ(pool.route_taken(), gpu::OffloadRoute::kernel) << "16 KiB is below kAutomaticRouteThreshold";
   EXPECT_FALSE(pool.batched_copies());
-  EXPECT_FALSE(pool.block().gpu_visible()) << "kNoDevice registers nothing";
-  EXPECT_TRUE(pool.block().id()) << "the pool is shareable";
-  EXPECT_GE(pool.block().size(), 12u * 16 * 1024 + Block::page_size());
+  EXPECT_FALSE(pool.host_block().gpu_visible()) << "kNoDevice registers nothing";
+  EXPECT_TRUE(pool.host_block().id()) << "the pool is shareable";
+  EXPECT_GE(pool.host_block().size(), 12u * 16 * 1024 + Block::page_size());
   std::set<std::uint32_t> seen;
   std::vector<SharedCell> cells;
   for (SharedCell c = pool.take(); c; c = pool.take()) {
@@ -78,7 +78,7 @@ TEST(OffloadPool, AHostOnlyPoolHandsOutItsCells) {
     const std::span<std::byte> same = pool.cell(c.index());
     EXPECT_EQ(same.data(), c.data());
     EXPECT_EQ(same.size(), c.size());
-    EXPECT_TRUE(pool.block().contains(c.data() + c.size() - 1));
+    EXPECT_TRUE(pool.host_block().contains(c.data() + c.size() - 1));
     EXPECT_TRUE(seen.insert(c.index()).second);
     cells.push_back(std::move(c));
   }
@@ -240,7 +240,7 @@ TEST(OffloadPool, ReadOnlyAndMovedFromPoolsRefuseWhatTheyCannotDo) {
   stamp(mine.bytes(), 0x33);
   BlockOptions ro;
   ro.read_only = true;
-  OffloadPool reader = OffloadPool::attach(Block::attach(pool.block().id(), ro), kNoDevice);
+  OffloadPool reader = OffloadPool::attach(Block::attach(pool.host_block().id(), ro), kNoDevice);
   EXPECT_EQ(reader.blocks(), 4u);
   EXPECT_TRUE(stamped(reader.cell(mine.index()), 0x33)) << "the same pages";
   EXPECT_FALSE(reader.take());
@@ -256,7 +256,7 @@ TEST(OffloadPool, ReadOnlyAndMovedFromPoolsRefuseWhatTheyCannotDo) {
   OffloadPool moved = std::move(pool);
   EXPECT_EQ(pool.blocks(), 0u);
   EXPECT_EQ(pool.block_bytes(), 0u);
-  EXPECT_TRUE(pool.block().empty());
+  EXPECT_TRUE(pool.host_block().empty());
   EXPECT_FALSE(pool.take());
   EXPECT_EQ(pool.take(two), TakeStatus::invalid_size);
   EXPECT_EQ(pool.give(std::move(mine)), GiveStatus::foreign_cell);
@@ -299,8 +299,9 @@ TEST(OffloadPool, AttachRefusesWhatIsNotAPool) {
   EXPECT_EQ(error_of([] { (void)OffloadPool::attach(Block::open(1 << 20), kNoDevice); }), Errc::not_a_block);
   EXPECT_EQ(error_of([] { (void)OffloadPool::attach(Block(), kNoDevice); }), Errc::not_a_block);
   OffloadPool pool = OffloadPool::create(4096, 4, kNoDevice);
-  EXPECT_EQ(error_of([&] { (void)OffloadPool::attach(Block::attach(pool.block().id()), -7); }), Errc::invalid_argument);
-  EXPECT_EQ(error_of([&] { (void)OffloadPool::attach(pool.block().id(), -7); }), Errc::invalid_argument);
+  EXPECT_EQ(error_of([&] { (void)OffloadPool::attach(Block::attach(pool.host_block().id()), -7); }),
+            Errc::invalid_argument);
+  EXPECT_EQ(error_of([&] { (void)OffloadPool::attach(pool.host_block().id(), -7); }), Errc::invalid_argument);
   EXPECT_EQ(error_of([] { (void)OffloadPool::attach(BlockId{::getpid(), 1000, 7}, kNoDevice); }), Errc::not_found);
 }
 
@@ -311,7 +312,7 @@ TEST(OffloadPool, ProcessesShareOnePoolByItsId) {
   std::vector<SharedCell> mine(8);
   ASSERT_EQ(server.take(mine), TakeStatus::ok);
   for (const SharedCell& c : mine) stamp(c.bytes(), static_cast<std::uint8_t>(c.index()));
-  const BlockId id = server.block().id();
+  const BlockId id = server.host_block().id();
   std::vector<std::uint32_t> indices;
   for (const SharedCell& c : mine) indices.push_back(c.index());
   EXPECT_EQ(in_child([&] {
@@ -346,7 +347,7 @@ TEST(OffloadPool, ASigkilledProcessLosesOnlyTheCellsItHeld) {
   OffloadPool server = OffloadPool::create(4096, 16, kNoDevice);
   SharedCell held = server.take();
   ASSERT_TRUE(held);
-  const BlockId id = server.block().id();
+  const BlockId id = server.host_block().id();
   int ready[2];
   ASSERT_EQ(::pipe(ready), 0);
   const pid_t pid = ::fork();

@@ -96,14 +96,14 @@ std::optional<detail::SameHost> same_host_section(const Region& region, std::uin
   detail::SameHost h;
   h.boot = host.boot;
   h.pid_namespace = host.pid_namespace;
-  h.pid = id.pid;
-  h.block_fd = id.fd;
+  h.pid = id.process;
+  h.block_fd = id.handle;
   h.block_object = id.object;
   h.block_bytes = region.block->size();
   h.cells_offset = static_cast<std::uint64_t>(region.cells - region.block->data());
   h.generations_offset =
       region.generations != nullptr ? static_cast<std::uint64_t>(region.generations - region.block->data()) : 0;
-  h.beacon_fd = beacon_id.fd;
+  h.beacon_fd = beacon_id.handle;
   h.beacon_object = beacon_id.object;
   return h;
 }
@@ -212,7 +212,7 @@ Exporter Exporter::create(const SharedGrid& grid, const ExportOptions& options) 
 
 Exporter Exporter::create(const gpu::OffloadPool& pool, const ExportOptions& options) {
   if (pool.blocks() == 0) bad("the OffloadPool is moved-from");
-  const Block& block = pool.block();
+  const Block& block = pool.host_block();
   // The pool's Block is a SharedGrid's (src/shared_grid_header.hpp), laid out
   // for its cell count.
   const auto at = unimem::detail::shared_grid_offsets(pool.blocks(), Block::page_size());

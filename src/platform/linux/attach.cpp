@@ -28,10 +28,10 @@ namespace unimem::platform {
 int current_pid() noexcept { return static_cast<int>(::getpid()); }
 
 int open_by_id(const BlockId& id, bool read_only) {
-  if (!id || id.pid <= 0 || id.fd < 0) {
+  if (!id || id.process <= 0 || id.handle < 0) {
     throw Error(Errc::invalid_argument, 0, "unimem: Block::attach: '" + id.to_string() + "' names no Block");
   }
-  const std::string path = "/proc/" + std::to_string(id.pid) + "/fd/" + std::to_string(id.fd);
+  const std::string path = "/proc/" + std::to_string(id.process) + "/fd/" + std::to_string(id.handle);
   const OpenedFile file = open_regular_file(path.c_str(), read_only ? O_RDONLY : O_RDWR);
   if (file.fd >= 0) return file.fd;
   const int err = file.err;
@@ -51,8 +51,8 @@ int open_by_id(const BlockId& id, bool read_only) {
   }
   if (code == Errc::not_found) {
     throw Error(Errc::not_found, err,
-                "unimem: no Block " + id.to_string() + ": process " + std::to_string(id.pid) +
-                    " has exited or closed descriptor " + std::to_string(id.fd) + " (a stale id?)");
+                "unimem: no Block " + id.to_string() + ": process " + std::to_string(id.process) +
+                    " has exited or closed descriptor " + std::to_string(id.handle) + " (a stale id?)");
   }
   throw Error(Errc::system, err, "unimem: cannot open " + path + ": " + detail::errno_text(err));
 }

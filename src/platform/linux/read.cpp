@@ -1,15 +1,15 @@
-// src/platform/linux/read.cpp — FileReader on Linux: io_uring + O_DIRECT, with fallbacks.
+// src/platform/linux/read.cpp — FileReader's executors on Linux: io_uring, pread, O_DIRECT, statx.
 //
-// A FileReader opens the file once, through the page cache. The first read
-// that wants O_DIRECT probes the file system's direct-I/O alignment (statx
-// STATX_DIOALIGN where the kernel reports it, 4 KiB otherwise) and opens the
-// path a second time with O_DIRECT; the first read that wants io_uring makes
-// the ring. All of it is kept for later reads. read_plan.cpp cuts each read
-// into chunks: this file keeps queue_depth of them in flight with io_uring,
-// or, where io_uring cannot be set up (old kernel, seccomp,
-// io_uring_disabled), runs pread on threads over the same list. Short reads
-// are resubmitted for the rest; a read of 0 bytes means the file shrank,
-// which is an error.
+// The portable half (src/file.cpp) decides which route a read takes and
+// reports it; this file carries routes out (platform/read.hpp). The file is
+// opened once through the page cache. open_direct probes the file system's
+// direct-I/O alignment (statx STATX_DIOALIGN where the kernel reports it,
+// 4 KiB otherwise) and opens the path a second time with O_DIRECT;
+// open_async makes the io_uring. run_async keeps queue_depth chunks in
+// flight on the ring; run_threads runs pread on threads over the same list
+// (where io_uring cannot be set up: old kernel, seccomp, io_uring_disabled).
+// Short reads are resubmitted for the rest; a read of 0 bytes means the file
+// shrank, which is an error.
 //
 // A submit the kernel refuses (EAGAIN, ENOMEM) leaves the reads it was
 // given in the submission queue, where no API takes them back: the next
@@ -24,15 +24,15 @@
 // may free the destinations as soon as we throw (Safetensors::load gives them
 // back to its Tape). So on any error the loop stops submitting, reaps every
 // completion still owed, and only then throws; the ring is then empty and
-// stays usable. The pread fallback joins its threads before it throws, for the
+// stays usable. The pread route joins its threads before it throws, for the
 // same reason.
 //
 // Paths are opened only when they name a regular file (open_file.hpp): a FIFO
 // would block the open forever.
 //
 // io_uring is compiled in only where the build found liburing
-// (UNIMEM_HAVE_IO_URING, CMake's UNIMEM_IO_URING): without it every read takes
-// the pread route, and the report says why.
+// (UNIMEM_HAVE_IO_URING, CMake's UNIMEM_IO_URING): without it open_async
+// says so, and every read takes the pread route.
 #include <fcntl.h>
 #if UNIMEM_HAVE_IO_URING
 #include <liburing.h>
@@ -57,9 +57,8 @@
 #include "platform/io_uring_status.hpp"
 #include "platform/linux/errc.hpp"
 #include "platform/linux/open_file.hpp"
+#include "platform/read.hpp"
 #include "platform/read_probe.hpp"
-#include "read_plan.hpp"
-#include "unimem/file.hpp"
 
 namespace unimem {
 namespace detail {
@@ -95,7 +94,7 @@ platform::OpenedFile open_regular(const std::string& path, int flags) {
 // (mincore over a read-only mapping of just that range: no I/O, a byte per
 // page). O_DIRECT would bypass them and go to the disk, so a cached range is
 // read through the cache instead.
-double cached_fraction(int fd, std::uint64_t begin, std::uint64_t end) {
+double cached_fraction_of(int fd, std::uint64_t begin, std::uint64_t end) {
   const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   begin = begin / page * page;
   if (end <= begin) return 0;
@@ -131,7 +130,7 @@ struct Descriptors {
 #if UNIMEM_HAVE_IO_URING
 // Runs the chunks on `ring` (of `depth` entries); on return nothing is in flight.
 void run_io_uring(const std::string& path, io_uring& ring, unsigned depth, Descriptors f, std::vector<Chunk>& chunks,
-                  const ReadOptions& o, std::uint64_t total) {
+                  const platform::ReadProgress& progress, std::uint64_t total) {
   detail::ReadRingProbe* const probe = detail::read_ring_probe;
 
   std::vector<std::size_t> pending;  // chunk indices still to submit (resubmits go last)
@@ -220,9 +219,9 @@ void run_io_uring(const std::string& path, io_uring& ring, unsigned depth, Descr
       }
     }
     io_uring_cq_advance(&ring, seen);
-    if (o.progress && error < 0 && !thrown) {
+    if (progress && error < 0 && !thrown) {
       try {
-        o.progress(done, total);
+        progress(done, total);
       } catch (...) {
         thrown = std::current_exception();
       }
@@ -234,7 +233,7 @@ void run_io_uring(const std::string& path, io_uring& ring, unsigned depth, Descr
 #endif  // UNIMEM_HAVE_IO_URING
 
 // Reads one segment through the page cache with pread, in this thread.
-void read_buffered(const std::string& path, int fd, const ReadSegment& s) {
+void pread_segment(const std::string& path, int fd, const ReadSegment& s) {
   std::byte* dest = s.dest;
   std::uint64_t offset = s.file_offset;
   for (std::size_t left = s.bytes; left != 0;) {
@@ -248,17 +247,9 @@ void read_buffered(const std::string& path, int fd, const ReadSegment& s) {
   }
 }
 
-void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>& chunks, const ReadOptions& o,
-               std::uint64_t total) {
-  // A thread in an O_DIRECT read waits on the device, not on a core: keep as
-  // many reads in flight as the ring would (queue_depth), or a machine with
-  // few cores leaves the disk idle (2 cores, a cold file: 0.55x the ring's
-  // rate). Buffered reads are copies from the page cache: a thread per core.
-  const bool any_direct = std::any_of(chunks.begin(), chunks.end(), [](const Chunk& c) { return c.direct; });
-  unsigned threads = o.threads    ? o.threads
-                     : any_direct ? std::clamp(o.queue_depth, 1u, 64u)
-                                  : std::min(16u, std::max(1u, std::thread::hardware_concurrency()));
-  threads = static_cast<unsigned>(std::min<std::size_t>(threads, std::max<std::size_t>(1, chunks.size())));
+void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>& chunks, unsigned threads,
+               const platform::ReadProgress& progress, std::uint64_t total) {
+  threads = std::max(threads, 1u);
   std::atomic<std::size_t> next{0};
   std::atomic<std::uint64_t> done{0};
   std::mutex error_lock;
@@ -286,7 +277,7 @@ void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>&
     }
   };
   // With a progress callback the calling thread reports while the others read.
-  const unsigned readers = o.progress ? threads : threads - 1;
+  const unsigned readers = progress ? threads : threads - 1;
   std::vector<std::thread> pool;
   pool.reserve(readers);
   try {
@@ -295,7 +286,7 @@ void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>&
     // No more threads (RLIMIT_NPROC, a pids limit): read with those that started.
   }
   std::exception_ptr reporting;  // from the progress callback
-  if (o.progress && !pool.empty()) {
+  if (progress && !pool.empty()) {
     try {
       // Reported as reads complete, as the ring does: a (0, total) before any
       // byte arrived would follow a loader's earlier read (Safetensors::load
@@ -303,7 +294,7 @@ void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>&
       std::uint64_t reported = 0;
       while (next.load() < chunks.size()) {
         if (const std::uint64_t d = done.load(); d != reported) {
-          o.progress(d, total);
+          progress(d, total);
           reported = d;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -318,42 +309,23 @@ void run_pread(const std::string& path, Descriptors f, const std::vector<Chunk>&
   for (auto& t : pool) t.join();  // no read is in flight past this line
   if (error) std::rethrow_exception(error);
   if (reporting) std::rethrow_exception(reporting);
-  if (o.progress) o.progress(done.load(), total);
+  if (progress) progress(done.load(), total);
 }
 
 }  // namespace
 
-double page_cache_fraction(const std::string& path, std::uint64_t begin, std::uint64_t end) {
-  const int fd = open_regular(path, O_RDONLY).fd;
-  const double f = cached_fraction(fd, begin, end);
-  ::close(fd);
-  return f;
-}
+namespace platform {
 
-std::uint64_t file_size(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) fail_open(path, errno);
-  return static_cast<std::uint64_t>(st.st_size);
-}
-
-struct FileReader::State {
+struct ReadExecutor::State {
   std::string path;
-  ReadOptions options;
-  std::mutex lock;            // one read at a time
-  platform::OpenedFile file;  // through the page cache
-  // O_DIRECT: probed and opened on the first read that wants it.
-  bool direct_probed = false;
-  int direct = -1;
-  std::size_t align = 4096;  // for offsets and addresses alike
-  std::string no_direct;     // why direct is -1
-  // io_uring: made on the first read that wants it.
-  bool ring_tried = false;
+  OpenedFile file;  // through the page cache
+  int direct = -1;  // O_DIRECT, once open_direct() succeeded
+  std::size_t align = 4096;
   bool has_ring = false;
 #if UNIMEM_HAVE_IO_URING
   io_uring ring{};
 #endif
   unsigned depth = 0;
-  std::string no_ring;  // why has_ring is false
 
   ~State() {
 #if UNIMEM_HAVE_IO_URING
@@ -363,32 +335,6 @@ struct FileReader::State {
     if (file.fd >= 0) ::close(file.fd);
   }
 
-  void probe_direct() {
-    direct_probed = true;
-#ifdef STATX_DIOALIGN
-    struct statx sx {};
-    if (::statx(file.fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
-      if (sx.stx_dio_mem_align == 0) {
-        no_direct = "the file system does not support O_DIRECT for this file";
-        return;
-      }
-      align = std::max<std::size_t>({sx.stx_dio_mem_align, sx.stx_dio_offset_align, 512});
-    }
-#endif
-    // A second open of the path: it must still name the same file.
-    const platform::OpenedFile d = platform::open_regular_file(path.c_str(), O_RDONLY | O_DIRECT);
-    if (d.fd >= 0 && (d.st.st_dev != file.st.st_dev || d.st.st_ino != file.st.st_ino)) {
-      ::close(d.fd);
-      no_direct = "the file was replaced after it was opened";
-    } else if (d.fd >= 0) {
-      direct = d.fd;
-    } else if (!d.regular) {
-      no_direct = "the file was replaced after it was opened";
-    } else {
-      no_direct = "O_DIRECT refused (" + errno_text(d.err) + ")";
-    }
-  }
-
   // After a read on the ring: a ring holding entries the kernel never took
   // (a refused submit) is dropped, so that they are never submitted.
 #if UNIMEM_HAVE_IO_URING
@@ -396,139 +342,92 @@ struct FileReader::State {
     if (!has_ring || io_uring_sq_ready(&ring) == 0) return;
     io_uring_queue_exit(&ring);
     ring = io_uring{};
-    has_ring = false;
-    ring_tried = false;  // the next read that wants a ring makes a new one
+    has_ring = false;  // the next read that wants a ring makes a new one
   }
 #endif
-
-  void make_ring() {
-    ring_tried = true;
-#if !UNIMEM_HAVE_IO_URING
-    no_ring = detail::kNoIoUringBuilt;
-#else
-    depth = std::clamp(options.queue_depth, 1u, 4096u);
-    if (const int err = io_uring_queue_init(depth, &ring, 0); err < 0) {
-      no_ring = "io_uring unavailable (" + errno_text(-err) + ")";
-      return;
-    }
-    has_ring = true;
-    if (detail::read_ring_probe) ++detail::read_ring_probe->rings_made;
-#endif
-  }
 };
 
-FileReader::FileReader(const std::string& path, const ReadOptions& options) : state_(std::make_unique<State>()) {
-  if (options.chunk_bytes > detail::kMaxReadChunk) {
-    throw Error(Errc::invalid_argument, 0,
-                "unimem: read_file: ReadOptions::chunk_bytes is " + std::to_string(options.chunk_bytes) +
-                    "; it must be at most 1 GiB (" + std::to_string(detail::kMaxReadChunk) + ")");
-  }
+ReadExecutor::ReadExecutor(const std::string& path) : state_(std::make_unique<State>()) {
   state_->path = path;
-  state_->options = options;
   state_->file = open_regular(path, O_RDONLY);
 }
 
-FileReader::~FileReader() = default;
-FileReader::FileReader(FileReader&&) noexcept = default;
-FileReader& FileReader::operator=(FileReader&&) noexcept = default;
+ReadExecutor::~ReadExecutor() = default;
 
-std::uint64_t FileReader::size() const noexcept { return static_cast<std::uint64_t>(state_->file.st.st_size); }
-const std::string& FileReader::path() const noexcept { return state_->path; }
+std::uint64_t ReadExecutor::size() const noexcept { return static_cast<std::uint64_t>(state_->file.st.st_size); }
 
-ReadReport FileReader::read(std::span<const ReadSegment> segments) {
-  return read(segments, state_->options.progress);  // options never change after construction
+double ReadExecutor::cached_fraction(std::uint64_t begin, std::uint64_t end) const {
+  return cached_fraction_of(state_->file.fd, begin, end);
 }
 
-ReadReport FileReader::read(std::span<const ReadSegment> segments,
-                            const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
-  const auto start = std::chrono::steady_clock::now();
+std::string ReadExecutor::open_direct() {
   State& st = *state_;
-  std::lock_guard hold(st.lock);
-  ReadOptions options = st.options;
-  options.progress = progress;
-  const std::string& path = st.path;
-  ReadReport report;
-  report.bytes = detail::check_segments(segments, size(), "read_file of " + path);
-  const Descriptors fds{st.file.fd, -1};
-  // Small reads: a ring, a crew of threads and O_DIRECT alignment cost more
-  // to set up than the read itself (a 3 MiB safetensors file: 6.6 ms through
-  // them, 0.7 ms with read()). Read them in this thread through the cache.
-  if (report.bytes <= options.small_read_bytes && !options.progress) {
-    for (const ReadSegment& s : segments) read_buffered(path, fds.buffered, s);
-    report.buffered_bytes = report.bytes;
-    report.path = ReadPath::buffered_threads;
-    report.fallback_reason =
-        "a small read (ReadOptions::small_read_bytes): pread through the page cache in the calling thread";
-    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    return report;
+#ifdef STATX_DIOALIGN
+  struct statx sx {};
+  if (::statx(st.file.fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
+    if (sx.stx_dio_mem_align == 0) return "the file system does not support O_DIRECT for this file";
+    st.align = std::max<std::size_t>({sx.stx_dio_mem_align, sx.stx_dio_offset_align, 512});
   }
-  // Direct, unless not asked for or the range is in the page cache (O_DIRECT
-  // would bypass the cache and go to the disk, many times slower).
-  std::string why;
-  bool direct = false;
-  if (!options.direct) {
-    why = "O_DIRECT not asked for";
-  } else {
-    std::uint64_t lo = 0, hi = 0;
-    detail::segment_span(segments, size(), lo, hi);
-    if (const double cached = cached_fraction(fds.buffered, lo, hi); cached >= 0.9) {
-      why = "the file is in the page cache (" + std::to_string(static_cast<int>(cached * 100)) +
-            "%): read from there, not the disk";
-    } else {
-      if (!st.direct_probed) st.probe_direct();
-      direct = st.direct >= 0;
-      why = st.no_direct;
-    }
-  }
-  const std::size_t chunk = std::max<std::size_t>(options.chunk_bytes / 4096 * 4096, 4096);
-  std::vector<Chunk> chunks = detail::plan_reads(segments, direct, st.align, chunk, report.buffered_bytes);
-  const bool any_direct = std::any_of(chunks.begin(), chunks.end(), [](const Chunk& c) { return c.direct; });
-  if (direct && !any_direct && report.bytes != 0) why = "no piece is aligned for O_DIRECT";
-  const Descriptors with_direct{fds.buffered, st.direct};
-
-  bool ring = false;
-  if (options.io_uring) {
-    if (!st.ring_tried) st.make_ring();
-    ring = st.has_ring;
-    if (ring) {
-#if UNIMEM_HAVE_IO_URING
-      struct Clean {
-        State& st;
-        ~Clean() { st.drop_ring_if_dirty(); }
-      } clean{st};
-      run_io_uring(path, st.ring, st.depth, with_direct, chunks, options, report.bytes);
 #endif
-    } else {
-      why = why.empty() ? st.no_ring : st.no_ring + "; " + why;
-    }
-  } else {
-    why = why.empty() ? "io_uring not asked for" : "io_uring not asked for; " + why;
+  // A second open of the path: it must still name the same file.
+  const OpenedFile d = open_regular_file(st.path.c_str(), O_RDONLY | O_DIRECT);
+  if (d.fd >= 0 && (d.st.st_dev != st.file.st.st_dev || d.st.st_ino != st.file.st.st_ino)) {
+    ::close(d.fd);
+    return "the file was replaced after it was opened";
   }
-  if (!ring) run_pread(path, with_direct, chunks, options, report.bytes);
-  report.path = ring ? (any_direct ? ReadPath::direct_async : ReadPath::buffered_async)
-                     : (any_direct ? ReadPath::direct_threads : ReadPath::buffered_threads);
-  report.fallback_reason = report.path == ReadPath::direct_async ? "" : why;
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return report;
+  if (d.fd >= 0) {
+    st.direct = d.fd;
+    return "";
+  }
+  if (!d.regular) return "the file was replaced after it was opened";
+  return "O_DIRECT refused (" + errno_text(d.err) + ")";
 }
 
-ReadReport FileReader::read(std::uint64_t offset, std::span<std::byte> dest) {
-  const ReadSegment segment{offset, dest.data(), dest.size()};
-  return read(std::span<const ReadSegment>(&segment, 1));
+std::size_t ReadExecutor::direct_align() const noexcept { return state_->align; }
+
+std::string ReadExecutor::open_async([[maybe_unused]] unsigned queue_depth) {
+#if !UNIMEM_HAVE_IO_URING
+  return detail::kNoIoUringBuilt;
+#else
+  State& st = *state_;
+  st.depth = std::clamp(queue_depth, 1u, 4096u);
+  if (const int err = io_uring_queue_init(st.depth, &st.ring, 0); err < 0) {
+    return "io_uring unavailable (" + errno_text(-err) + ")";
+  }
+  st.has_ring = true;
+  if (detail::read_ring_probe) ++detail::read_ring_probe->rings_made;
+  return "";
+#endif
 }
 
-ReadReport read_file(const std::string& path, std::span<const ReadSegment> segments, const ReadOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
-  FileReader reader(path, options);
-  ReadReport r = reader.read(segments);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return r;
+bool ReadExecutor::has_async() const noexcept { return state_->has_ring; }
+
+void ReadExecutor::read_buffered(const ReadSegment& segment) const {
+  pread_segment(state_->path, state_->file.fd, segment);
 }
 
-ReadReport read_file(const std::string& path, std::uint64_t offset, std::span<std::byte> dest,
-                     const ReadOptions& options) {
-  const ReadSegment segment{offset, dest.data(), dest.size()};
-  return read_file(path, std::span<const ReadSegment>(&segment, 1), options);
+void ReadExecutor::run_async([[maybe_unused]] std::vector<detail::ReadChunk>& chunks,
+                             [[maybe_unused]] const ReadProgress& progress, [[maybe_unused]] std::uint64_t total) {
+#if UNIMEM_HAVE_IO_URING
+  State& st = *state_;
+  struct Clean {
+    State& st;
+    ~Clean() { st.drop_ring_if_dirty(); }
+  } clean{st};
+  run_io_uring(st.path, st.ring, st.depth, Descriptors{st.file.fd, st.direct}, chunks, progress, total);
+#endif
 }
 
+void ReadExecutor::run_threads(const std::vector<detail::ReadChunk>& chunks, unsigned threads,
+                               const ReadProgress& progress, std::uint64_t total) {
+  run_pread(state_->path, Descriptors{state_->file.fd, state_->direct}, chunks, threads, progress, total);
+}
+
+std::uint64_t size_at(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail_open(path, errno);
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+}  // namespace platform
 }  // namespace unimem

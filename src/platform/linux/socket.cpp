@@ -13,7 +13,7 @@
 #include <string>
 
 #include "format.hpp"
-#include "unimem/share.hpp"
+#include "unimem/linux.hpp"
 
 namespace unimem {
 namespace {
@@ -44,7 +44,7 @@ void send_block(int socket, const Block& block) {
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int));
-  const int fd = block.handle();
+  const int fd = block_descriptor(block);
   std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
   ssize_t n;
   do {
@@ -96,7 +96,7 @@ Block receive_block(int socket, const BlockOptions& options) {
     refuse(Errc::not_a_block, 0, "the message is not a unimem Block header");
   }
   if (fd < 0) refuse(Errc::not_a_block, 0, "the message carried no descriptor");
-  Block block = Block::adopt(fd, options);  // checks it is a unimem Block; closes fd on error
+  Block block = adopt_block(fd, options);  // checks it is a unimem Block; closes fd on error
   if (block.size() != header.size || block.id().object != header.object) {
     throw Error(Errc::not_a_block, 0,
                 "unimem: receive_block: the descriptor does not match its header (size " +

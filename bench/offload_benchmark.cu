@@ -1,4 +1,4 @@
-// src/gpu/offload_benchmark.cu — KV-cache offload: gpu::OffloadPool against the ceiling and what servers do now.
+// bench/offload_benchmark.cu — KV-cache offload: gpu::OffloadPool against the ceiling and what servers do now.
 //
 //   unimem_offload_benchmark [--device N] [--gib G] [--reps R] [--sizes K,K,...] [--no-two-process]
 //
@@ -249,7 +249,7 @@ void two_processes(const std::string& size, OffloadPool& pool, const std::vector
   std::vector<pid_t> pids;
   for (int who = 0; who < 2; ++who) {
     pids.push_back(
-        start_child({"--child", pool.block().id().to_string(), sync_block.id().to_string(), std::to_string(who),
+        start_child({"--child", pool.host_block().id().to_string(), sync_block.id().to_string(), std::to_string(who),
                      std::to_string(n), std::to_string(reps), std::to_string(device), route}));
   }
   bool ok = true;

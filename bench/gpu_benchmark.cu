@@ -1,4 +1,4 @@
-// src/gpu/gpu_benchmark.cu — GPU visibility against what users pick instead,
+// bench/gpu_benchmark.cu — GPU visibility against what users pick instead,
 // side by side in one run, printed as a table of medians and ratios.
 //
 //   pin        time until memory is pinned and GPU-visible: Block::open(gpus)

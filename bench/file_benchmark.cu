@@ -1,4 +1,4 @@
-// src/file_benchmark.cu — storage to memory and to the GPU, side by side.
+// bench/file_benchmark.cu — storage to memory and to the GPU, side by side.
 //
 //   unimem_file_benchmark --dir DIR [--gib N] [--st-gib M]
 // Makes DIR/bench.bin (N GiB of pseudo-random bytes) and DIR/bench.safetensors

@@ -1,4 +1,4 @@
-// src/gpu/staging_probe.cu — what bounds a first load of a cached file.
+// bench/staging_probe.cu — what bounds a first load of a cached file.
 //
 //   unimem_staging_probe FILE
 // FILE must be in the page cache (the probe reads it once first). Prints, in

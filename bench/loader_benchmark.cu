@@ -1,4 +1,4 @@
-// src/gpu/loader_benchmark.cu — a cached file into GPU memory, every route side by side.
+// bench/loader_benchmark.cu — a cached file into GPU memory, every route side by side.
 //
 //   unimem_loader_benchmark FILE [--device N] [--reps R] [--safetensors] [--trace]
 //   (--first-load-child: the fresh-process row's child, not for callers)
@@ -445,10 +445,10 @@ int main(int argc, char** argv) {
 
   // Baselines.
   {
-    constexpr std::size_t kPiece = 64u << 20;
+    constexpr std::size_t kChunk = 64u << 20;
     void* buf[2] = {nullptr, nullptr};
-    CHECK(cudaMallocHost(&buf[0], kPiece));
-    CHECK(cudaMallocHost(&buf[1], kPiece));
+    CHECK(cudaMallocHost(&buf[0], kChunk));
+    CHECK(cudaMallocHost(&buf[1], kChunk));
     cudaStream_t stream;
     cudaEvent_t done[2];
     CHECK(cudaStreamCreate(&stream));
@@ -458,8 +458,8 @@ int main(int argc, char** argv) {
           const int fd = ::open(path.c_str(), O_RDONLY);
           int k = 0;
           for (const auto& s : segments) {
-            for (std::size_t off = 0; off < s.bytes; off += kPiece, k ^= 1) {
-              const std::size_t n = std::min(kPiece, s.bytes - off);
+            for (std::size_t off = 0; off < s.bytes; off += kChunk, k ^= 1) {
+              const std::size_t n = std::min(kChunk, s.bytes - off);
               CHECK(cudaEventSynchronize(done[k]));
               read_exact(fd, static_cast<std::byte*>(buf[k]), n, s.file_offset + off);
               CHECK(cudaMemcpyAsync(reinterpret_cast<void*>(s.device_address + off), buf[k], n, cudaMemcpyHostToDevice,

@@ -1,4 +1,4 @@
-// src/benchmark_util.hpp — shared by the *_benchmark.cpp files (never part of the library).
+// bench/benchmark_util.hpp — shared by the *_benchmark.cpp files (never part of the library).
 //
 // Benchmarks are registered by name as "<group>/<implementation>/<parameter>"
 // so that unimem-bench can pair each unimem row with its peers: rows of one
