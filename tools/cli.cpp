@@ -28,7 +28,6 @@
 #include <cpuid.h>
 #include <fcntl.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,7 +46,7 @@
 #include <unimem/unimem.hpp>
 
 #include "format.hpp"
-#include "platform/linux/open_file.hpp"
+#include "platform/files.hpp"
 
 namespace {
 
@@ -223,28 +222,8 @@ struct Bar {
 // Refuses what `load` cannot read to the end: anything but a regular file,
 // and a file whose size the kernel does not report (it says 0 but has bytes).
 void check_loadable(const std::string& path) {
-  const std::uint64_t size = unimem::file_size(path);  // not_found, permission_denied
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    throw unimem::Error(unimem::Errc::system, errno, "unimem load: cannot stat " + path + ": " + errno_text(errno));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    throw unimem::Error(
-        unimem::Errc::invalid_argument, 0,
-        "unimem load: " + path + " is not a regular file (it is " + unimem::platform::file_kind(st.st_mode) + ")");
-  }
-  if (size == 0) {
-    const unimem::platform::OpenedFile f = unimem::platform::open_regular_file(path.c_str(), O_RDONLY | O_NONBLOCK);
-    char byte;
-    const bool has_bytes = f.fd >= 0 && ::read(f.fd, &byte, 1) > 0;
-    if (f.fd >= 0) ::close(f.fd);
-    if (has_bytes) {
-      throw unimem::Error(unimem::Errc::invalid_argument, 0,
-                          "unimem load: " + path +
-                              " reports a size of 0 bytes but is not empty (a /proc or /sys file?); "
-                              "unimem load reads files whose size is known");
-    }
-  }
+  (void)unimem::file_size(path);  // not_found, permission_denied, in the library's words
+  unimem::platform::check_loadable_file(path, "unimem load");
 }
 
 // FILEs into the memory of every device in `devices` at once, through one

@@ -29,6 +29,14 @@ struct FileIdentity {
 // file that is not a regular file. Never opens the file (a FIFO cannot block).
 FileIdentity file_identity(const std::string& path);
 
+// Checks that `path` can be loaded as a whole: a regular file (else
+// Error(invalid_argument) naming what it is: a FIFO, a directory, ...) whose
+// size is what reading it gives (else Error(invalid_argument): a /proc or
+// /sys file reports 0 bytes and has some). `who` starts the messages.
+// Throws Error(not_found, permission_denied, system) as stat does. Never
+// blocks on a FIFO.
+void check_loadable_file(const std::string& path, const std::string& who);
+
 // A regular file open for reading; closed when destroyed. Move-only.
 class ReadableFile {
  public:

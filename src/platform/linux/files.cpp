@@ -30,6 +30,28 @@ FileIdentity file_identity(const std::string& path) {
           static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec};
 }
 
+void check_loadable_file(const std::string& path, const std::string& who) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    const int e = errno;
+    throw Error(errc_of(e), e, who + ": cannot stat " + path + ": " + detail::errno_text(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    throw Error(Errc::invalid_argument, 0,
+                who + ": " + path + " is not a regular file (it is " + file_kind(st.st_mode) + ")");
+  }
+  if (st.st_size != 0) return;
+  const OpenedFile f = open_regular_file(path.c_str(), O_RDONLY);
+  char byte;
+  const bool has_bytes = f.fd >= 0 && ::read(f.fd, &byte, 1) > 0;
+  if (f.fd >= 0) ::close(f.fd);
+  if (has_bytes) {
+    throw Error(Errc::invalid_argument, 0,
+                who + ": " + path + " reports a size of 0 bytes but is not empty (a /proc or /sys file?); " + who +
+                    " reads files whose size is known");
+  }
+}
+
 ReadableFile::ReadableFile(const std::string& path, const FileIdentity& expected) {
   const OpenedFile f = open_regular_file(path.c_str(), O_RDONLY);
   if (!f.regular) throw Error(Errc::invalid_argument, 0, "unimem: " + path + " is not a regular file");
