@@ -5,14 +5,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <mutex>
-#include <optional>
+#include <functional>
 #include <thread>
 #include <utility>
 #include <vector>
 
-#include "copy_crew.hpp"
 #include "remote/beacon.hpp"
+#include "remote/copy_helpers.hpp"
 #include "unimem/detail/fork_watch.hpp"
 #include "unimem/error.hpp"
 
@@ -21,43 +20,39 @@ namespace {
 
 using Words = BeaconWords;
 
-// Below this a call copies on its own thread: a crew's copy costs a few
-// microseconds to start, one thread's memcpy moves ~10 GB/s.
-constexpr std::size_t kCrewBytes = std::size_t{4} << 20;
+// Below this a call copies on its own thread: waking helpers costs a few
+// microseconds, one thread's memcpy moves ~10 GB/s.
+constexpr std::size_t kHelpedBytes = std::size_t{4} << 20;
 
 [[noreturn]] void gone(const std::string& why) { throw Error(Errc::disconnected, 0, "unimem: RemotePool: " + why); }
 
-// One crew of copy threads for the process (every link's large calls), made
-// at the first one, used by one call at a time; the others copy on their own
-// threads meanwhile, which is as parallel. Not in a fork() child, where its
-// threads do not exist.
-class ProcessCrew {
+// Slices of a large call, claimed one at a time by the caller and helpers.
+constexpr std::size_t kSliceBytes = std::size_t{1} << 20;
+
+// The process's copy helpers (every link's large calls), started at the
+// first one; a call that finds them busy copies on its own thread, which is
+// as parallel. Not in a fork() child, where their threads do not exist.
+class ProcessHelpers {
  public:
-  static ProcessCrew& get() {
-    static ProcessCrew crew;  // NOLINT(misc-use-anonymous-namespace): one per process
-    return crew;
+  static ProcessHelpers& get() {
+    static ProcessHelpers helpers;  // NOLINT(misc-use-anonymous-namespace): one per process
+    return helpers;
   }
-  // Runs `copy_all` on the crew and returns true, or returns false when the
-  // crew is busy, cannot help (one core) or is the parent's.
-  template <class Work>
-  bool run(std::size_t bytes, Work&& work) {
+  // Runs slice(i) for i in [0, slices) with the helpers and returns true, or
+  // returns false when they cannot help (busy, one core, the parent's).
+  bool run(std::size_t slices, const std::function<void(std::size_t)>& slice) {
     if (forked_.forked() || std::thread::hardware_concurrency() < 2) return false;
-    std::unique_lock hold(lock_, std::try_to_lock);
-    if (!hold.owns_lock()) return false;
-    if (!crew_) crew_.emplace(std::min(8u, std::thread::hardware_concurrency()));
-    (void)crew_->run(bytes, std::forward<Work>(work));
-    return true;
+    return helpers_.run(slices, slice);
   }
 
  private:
   unimem::detail::ForkedFlag forked_;
-  std::mutex lock_;
-  std::optional<unimem::detail::CopyCrew> crew_;
+  CopyHelpers helpers_{std::min(7u, std::thread::hardware_concurrency() - 1)};
 };
 
 // True when two copies write the same bytes: a call that names one cell (or
 // one local buffer) several times. Its copies then stay on one thread, where
-// the bytes stay in one core's cache, instead of crew threads writing the
+// the bytes stay in one core's cache, instead of helper threads writing the
 // same lines in turn.
 bool destinations_overlap(std::span<const SameHostLink::Copy> copies) {
   std::vector<std::pair<std::uintptr_t, std::size_t>> to;
@@ -159,9 +154,8 @@ SameHostLink::Call::~Call() {
 void SameHostLink::copy(std::span<const Copy> copies) {
   std::size_t total = 0;
   for (const Copy& c : copies) total += c.bytes;
-  // Slice the call's bytes as if its copies were one range; each slice walks
-  // the copies it overlaps.
-  auto slice = [copies](std::size_t begin, std::size_t end) {
+  // Bytes [begin, end) of the call's copies taken as one range.
+  auto copy_range = [copies](std::size_t begin, std::size_t end) {
     std::size_t at = 0;
     for (const Copy& c : copies) {
       const std::size_t b = std::max(begin, at), e = std::min(end, at + c.bytes);
@@ -169,10 +163,15 @@ void SameHostLink::copy(std::span<const Copy> copies) {
       at += c.bytes;
       if (at >= end) break;
     }
-    return 0;
   };
-  if (total >= kCrewBytes && !destinations_overlap(copies) && ProcessCrew::get().run(total, slice)) return;
-  (void)slice(0, total);
+  if (total >= kHelpedBytes && !destinations_overlap(copies)) {
+    const std::size_t slices = (total + kSliceBytes - 1) / kSliceBytes;
+    const std::function<void(std::size_t)> slice = [&](std::size_t i) {
+      copy_range(i * kSliceBytes, std::min(total, (i + 1) * kSliceBytes));
+    };
+    if (ProcessHelpers::get().run(slices, slice)) return;
+  }
+  copy_range(0, total);
 }
 
 }  // namespace unimem::remote::detail

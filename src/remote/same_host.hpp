@@ -6,7 +6,7 @@
 // worker (posix/sysv "bcopy"; UCX 1.13-1.16 choose no zero-copy lane for it),
 // a few percent of memory speed. unimem's Block is shareable already: the
 // reader attaches it (Block::attach: same user, /proc/<pid>/fd rights) and
-// copies the cells itself, on a crew of threads for large calls. What UCX
+// copies the cells itself, with helper threads for large calls. What UCX
 // would otherwise tell it, this link watches itself: the exporting process
 // (a pidfd: its death shows at once, where shared memory alone never shows
 // it) and the export (the beacon, src/remote/beacon.hpp, by which the
@@ -66,10 +66,10 @@ class SameHostLink {
   std::byte* cells() const noexcept { return cells_; }
   const std::uint64_t* generations() const noexcept { return generations_; }
 
-  // Performs every copy of one call: on the calling thread, or on the
-  // process's crew of copy threads when the call is large and the crew is
-  // free. Any thread. Nothing can fail (both sides are mapped); throws only
-  // std::bad_alloc, making the crew.
+  // Performs every copy of one call: on the calling thread, with the
+  // process's copy helpers (src/remote/copy_helpers.hpp) when the call is
+  // large and they are free. Any thread. Nothing can fail (both sides are
+  // mapped); throws only std::bad_alloc.
   static void copy(std::span<const Copy> copies);
 
  private:
