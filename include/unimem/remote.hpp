@@ -157,7 +157,7 @@ struct RemoteOptions {
   // can be attached here (the same user). Then no UCX endpoint is made; each
   // call checks that the exporting process lives and the Exporter stands
   // (a dead exporter is noticed at once, where UCX over shared memory alone
-  // cannot notice it), copies the cells on the calling thread (on a crew of
+  // cannot notice it), copies the cells on the calling thread (with helper
   // threads for calls of 4 MiB and more), and returns a transfer that is
   // already done; destroying the Exporter waits for calls copying. Note that
   // the reader's mapping keeps the exporter's pages alive: after the
