@@ -14,9 +14,9 @@
 #                                            own libraries) and the remote -> pool -> GPU chain
 #                                            beside the local fetch alone; logs go to $OUT when
 #                                            set, else DIR/logs
-# Success: remote_test.txt ends "[  PASSED  ] 20 tests." (one skipped: a killed exporter
-# over shared memory alone), and remote_benchmark.txt has a ratio for every row and
-# "gpu chain" lines with GB/s.
+# Success: remote_test.txt has no FAILED line (the skips are the cases UCX over shared
+# memory alone cannot detect), and remote_benchmark.txt has a ratio for every row (tcp, sm
+# and the same-host route) and "gpu chain" lines with GB/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step=${1:?build or run}
