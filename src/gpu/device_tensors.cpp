@@ -28,8 +28,9 @@ namespace {
 constexpr std::size_t kTensorAlign = 256;
 constexpr int kErrorOutOfMemory = 2;  // CUDA_ERROR_OUT_OF_MEMORY
 
-// A file of the model, its header, and the tensors wanted from it.
-struct ModelFile {
+// A file of the model, its header, and the tensors wanted from it (not the
+// public ModelFile, which names a file and its tensors only).
+struct ShardPlan {
   std::string path;
   SafetensorsHeader header;
   std::vector<const TensorInfo*> wanted;
@@ -40,10 +41,10 @@ struct ModelFile {
 // the number of tensors wanted to `count`. Throws what
 // safetensors_model_files and read_safetensors_header throw, and
 // Error(not_found) for a tensor the index puts in a file that lacks it.
-std::vector<ModelFile> read_model(const std::string& path, std::size_t& count) {
-  std::vector<ModelFile> files;
+std::vector<ShardPlan> read_model(const std::string& path, std::size_t& count) {
+  std::vector<ShardPlan> files;
   for (auto& [file, names] : safetensors_model_files(path)) {
-    ModelFile f{file, read_safetensors_header(file), {}};
+    ShardPlan f{file, read_safetensors_header(file), {}};
     if (names.empty()) {
       for (const TensorInfo& t : f.header.tensors) f.wanted.push_back(&t);
     } else {
@@ -67,10 +68,10 @@ std::vector<ModelFile> read_model(const std::string& path, std::size_t& count) {
 }
 
 // An index names each tensor once: throws Error(bad_format) for a tensor found twice.
-void check_names_unique(const std::vector<ModelFile>& files, std::size_t count) {
+void check_names_unique(const std::vector<ShardPlan>& files, std::size_t count) {
   std::vector<std::pair<std::string_view, const std::string*>> names;
   names.reserve(count);
-  for (const ModelFile& f : files) {
+  for (const ShardPlan& f : files) {
     for (const TensorInfo* t : f.wanted) names.emplace_back(t->name, &f.path);
   }
   std::sort(names.begin(), names.end());
@@ -87,7 +88,7 @@ void check_names_unique(const std::vector<ModelFile>& files, std::size_t count) 
 // it goes. Converted parts land in scratch first.
 struct Part {
   const TensorInfo* tensor;
-  const ModelFile* file;
+  const ShardPlan* file;
   std::size_t device_index;  // into the Loader's devices
   DeviceTensor out;          // address: an offset into its device's memory until allocated
   DeviceSegment segment;
@@ -99,14 +100,14 @@ struct Part {
 // Plans every device's part of every wanted tensor (split or replicated, as
 // options.split says), and the bytes each device needs: `total` for the
 // tensors, `scratch_total` for parts loaded before a dtype conversion.
-std::vector<Part> plan_parts(const std::vector<ModelFile>& files, std::span<const int> devices,
+std::vector<Part> plan_parts(const std::vector<ShardPlan>& files, std::span<const int> devices,
                              const TensorLoadOptions& options, std::size_t count, std::vector<std::uint64_t>& total,
                              std::vector<std::uint64_t>& scratch_total) {
   const std::size_t k = devices.size();
   std::vector<Part> parts;
   parts.reserve(count * k);
   auto aligned = [](std::uint64_t n) { return (n + kTensorAlign - 1) / kTensorAlign * kTensorAlign; };
-  for (const ModelFile& f : files) {
+  for (const ShardPlan& f : files) {
     for (const TensorInfo* t : f.wanted) {
       const Split split = t->shape.empty() || !options.split ? Split::replicate : options.split(*t);
       const std::size_t esize = dtype_bytes(t->dtype);
@@ -242,7 +243,7 @@ std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loa
   }
   // Every header first: nothing is allocated for a model that cannot load.
   std::size_t count = 0;
-  const std::vector<ModelFile> files = read_model(path, count);
+  const std::vector<ShardPlan> files = read_model(path, count);
   check_names_unique(files, count);
 
   const std::span<const int> devices = loader.devices();
@@ -266,11 +267,11 @@ std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loa
   // One load per file, for every device at once. Progress counts tensor
   // bytes of the whole model; the last report waits for the conversions.
   std::uint64_t model_bytes = 0;
-  for (const ModelFile& f : files) {
+  for (const ShardPlan& f : files) {
     for (const TensorInfo* t : f.wanted) model_bytes += t->bytes;
   }
   std::uint64_t loaded = 0, reported = 0;
-  for (const ModelFile& f : files) {
+  for (const ShardPlan& f : files) {
     std::vector<DeviceSegment> segments;
     for (const Part& p : parts) {
       if (p.file == &f) segments.push_back(p.segment);

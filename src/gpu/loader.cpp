@@ -654,7 +654,9 @@ struct Loader::State::Run {
         pieces(load_pieces),
         needs(load_needs),
         cached(cached_needs),
-        progress(load_progress) {}
+        progress(load_progress) {
+    cut_slices();  // before any thread can claim
+  }
   Run(const Run&) = delete;
   Run& operator=(const Run&) = delete;
 
@@ -667,6 +669,7 @@ struct Loader::State::Run {
   // Cached chunks registered in place by the loading thread (chunk by chunk
   // from the front of the file) while the workers stage slices from the
   // back; without registration the workers take every slice in file order.
+  // Set by load() before it starts any thread.
   bool register_cached = false;
   struct Slice {
     std::size_t need;
@@ -744,7 +747,8 @@ struct Loader::State::Run {
     progress.add(n);
   }
 
-  // Cuts the cached chunks into worker slices (after register_cached is set).
+  // Cuts the cached chunks into worker slices. From the constructor: the
+  // claims below read them.
   void cut_slices() {
     for (std::size_t n : cached) {
       for (std::uint64_t b = needs[n].lo; b < needs[n].hi; b += State::kWorkerSlotBytes) {
@@ -946,6 +950,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     }
   } drain{d, s.device_streams, s.workers};
 
+  // Declared between `drain` and `join`: on any throw the threads are joined
+  // first, then the run (its FileReader) goes, then the streams are drained.
   State::Run run(s, d, path, file, pieces, needs, cached, progress);
   run.copy_registered(registered);
 
@@ -963,7 +969,6 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   run.register_cached = !options.drop_page_cache && (small || policy == PageCacheRegistration::always ||
                                                      (policy == PageCacheRegistration::on_reload && file.loads != 0));
   const bool workers_stage = !cached.empty() && (!run.register_cached || (s.options.both_routes && !small));
-  run.cut_slices();
 
   // The disk's chunks, through the staging ring on a thread of their own
   // (FileReader: O_DIRECT where allowed), while the page cache's move.
@@ -1008,7 +1013,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     // Released and unmapped first: the kernel drops no page that is pinned
     // or mapped. Advice only: a refusal changes nothing loaded.
     platform::ReadableFile reader = std::move(file.reader);
-    // Every mapping of the same file goes, under whatever path it was loaded.
+    // Every mapping of the same file goes, under whatever path it was loaded
+    // (`file`, and run.file, dangle from here: nothing below may use them).
     std::erase_if(s.files, [&](const std::unique_ptr<MappedFile>& f) {
       return f->identity.device == id.device && f->identity.inode == id.inode;
     });
