@@ -34,8 +34,28 @@ TEST(CopyHelpers, EverySliceOnceFromManyCallersAtOnce) {
     });
   }
   for (auto& t : callers) t.join();
-  EXPECT_GT(refused.load(), 0) << "four callers at once: some found the helpers busy";
   EXPECT_LE(helpers.helpers(), 3u);
+}
+
+// While one run is in progress, another caller is refused at once (and does
+// its work itself), then is served once the first is done.
+TEST(CopyHelpers, ASecondRunWhileOneIsInProgressIsRefused) {
+  CopyHelpers helpers(1);
+  std::atomic<bool> inside{false}, release{false};
+  const std::function<void(std::size_t)> blocking = [&](std::size_t) {
+    inside.store(true);
+    while (!release.load()) std::this_thread::yield();
+  };
+  std::thread first([&] { EXPECT_TRUE(helpers.run(1, blocking)); });
+  while (!inside.load()) std::this_thread::yield();
+  int calls = 0;
+  const std::function<void(std::size_t)> counting = [&](std::size_t) { ++calls; };
+  EXPECT_FALSE(helpers.run(3, counting));
+  EXPECT_EQ(calls, 0) << "a refused run calls nothing";
+  release.store(true);
+  first.join();
+  EXPECT_TRUE(helpers.run(3, counting));
+  EXPECT_EQ(calls, 3);
 }
 
 TEST(CopyHelpers, HelpersShareTheWork) {
