@@ -62,10 +62,22 @@ TEST(CopyHelpers, HelpersShareTheWork) {
   CopyHelpers helpers(2);
   std::set<std::thread::id> ids;
   std::mutex ids_lock;
+  // Each slice waits (up to 10 s, for a loaded machine) until a second
+  // thread has taken one: only a helper can be that thread.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   const std::function<void(std::size_t)> slice = [&](std::size_t) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // long enough for helpers to wake
-    std::lock_guard hold(ids_lock);
-    ids.insert(std::this_thread::get_id());
+    {
+      std::lock_guard hold(ids_lock);
+      ids.insert(std::this_thread::get_id());
+    }
+    for (;;) {
+      {
+        std::lock_guard hold(ids_lock);
+        if (ids.size() >= 2) return;
+      }
+      if (std::chrono::steady_clock::now() > deadline) return;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
   };
   ASSERT_TRUE(helpers.run(64, slice));
   EXPECT_GE(ids.size(), 2u) << "the caller and at least one helper";
