@@ -148,24 +148,30 @@ remote::RemotePool connect(const std::vector<std::byte>& descriptor, const std::
   return far;
 }
 
+// GB/s of `once()`, which moves `bytes`: three untimed calls, then as many
+// as fit in o.seconds.
+template <class Once>
+double rate(const Options& o, std::size_t bytes, Once&& once) {
+  for (int i = 0; i < 3; ++i) once();  // warm: connection, caches, first touch
+  std::size_t calls = 0;
+  const auto start = clock_type::now();
+  double elapsed = 0;
+  while (elapsed < o.seconds) {
+    once();
+    ++calls;
+    elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
+  }
+  return static_cast<double>(calls * bytes) / elapsed / 1e9;
+}
+
 // One thread's memcpy of a batch of `batch` cells of `size` bytes between two
 // buffers of this process (every other cell, as unimem_rate): the ceiling of
 // any same-host route, in GB/s.
 double memcpy_rate(const Options& o, std::size_t size) {
   std::vector<std::byte> from(2 * o.batch * size, std::byte{1}), to(2 * o.batch * size, std::byte{2});
-  auto once = [&] {
+  return rate(o, o.batch * size, [&] {
     for (std::size_t i = 0; i < o.batch; ++i) std::memcpy(to.data() + 2 * i * size, from.data() + 2 * i * size, size);
-  };
-  for (int i = 0; i < 3; ++i) once();
-  std::size_t batches = 0;
-  const auto start = clock_type::now();
-  double elapsed = 0;
-  while (elapsed < o.seconds) {
-    once();
-    ++batches;
-    elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
-  }
-  return static_cast<double>(batches * o.batch * size) / elapsed / 1e9;
+  });
 }
 
 // ucx_perftest's overall bandwidth in GB/s for `test` (ucp_get, ucp_put), or -1.
@@ -209,17 +215,7 @@ double unimem_rate(remote::RemotePool& far, const Options& o, bool put, std::siz
     where[i] = distinct ? local.data() + 2 * i * size : local.data();
   }
   std::vector<const std::byte*> from(where.begin(), where.end());
-  auto once = [&] { (put ? far.put(remote, from) : far.get(remote, where)).wait(); };
-  for (int i = 0; i < 3; ++i) once();  // warm: connection, registration caches
-  std::size_t batches = 0;
-  const auto start = clock_type::now();
-  double elapsed = 0;
-  while (elapsed < o.seconds) {
-    once();
-    ++batches;
-    elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
-  }
-  return static_cast<double>(batches * o.batch * size) / elapsed / 1e9;
+  return rate(o, o.batch * size, [&] { (put ? far.put(remote, from) : far.get(remote, where)).wait(); });
 }
 
 #ifdef UNIMEM_REMOTE_BENCH_CUDA
@@ -251,18 +247,11 @@ void gpu_chain(const Options& o, const char* self) {
         remote[i] = static_cast<std::uint32_t>(2 * i);
       }
       auto run = [&](bool with_remote) {
-        std::size_t n = 0;
-        const auto start = clock_type::now();
-        double elapsed = 0;
-        while (elapsed < o.seconds) {
+        return rate(o, o.batch * size, [&] {
           if (with_remote) far.get(remote, local).wait();
           pool.fetch(local, blocks, size, stream).wait();
-          ++n;
-          elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
-        }
-        return static_cast<double>(n * o.batch * size) / elapsed / 1e9;
+        });
       };
-      run(true);
       const double chain = run(true), alone = run(false);
       std::printf("gpu chain  %-7s %8zu KiB  remote->pool->GPU %7.2f GB/s   pool->GPU alone %7.2f GB/s   %.2fx\n",
                   tls.c_str(), size >> 10, chain, alone, chain / alone);

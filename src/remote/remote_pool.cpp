@@ -481,12 +481,12 @@ void run_locally(detail::RemoteState& s, detail::RemoteOperation& op) {
 RemoteTransfer detail::RemoteState::start(const std::shared_ptr<RemoteState>& state,
                                           std::shared_ptr<RemoteOperation> op) {
   RemoteState& s = *state;
-  if (op->cells == 0 && s.local) {  // moves nothing: done, whatever became of the exporter
-    op->round = detail::RemoteOperation::Round::done;
-    return RemoteTransfer(state, std::move(op));
-  }
   if (s.local) {
-    run_locally(s, *op);
+    if (op->cells == 0) {
+      op->round = detail::RemoteOperation::Round::done;  // moves nothing: done, whatever became of the exporter
+    } else {
+      run_locally(s, *op);
+    }
     return RemoteTransfer(state, std::move(op));
   }
   std::lock_guard hold(s.lock);

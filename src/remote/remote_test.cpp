@@ -366,7 +366,7 @@ TEST_P(RemoteOver, NoPutLandsAfterTheExporterIsDestroyed) {
   EXPECT_EQ(std::memcmp(cell.data(), zeros.data(), kSize), 0) << "a put landed after ~Exporter returned";
 }
 
-// Several threads with large calls at once: the process's copy crew serves
+// Several threads with large calls at once: the process's copy helpers serve
 // one, the others copy on their own threads; every byte lands where it should.
 TEST_P(RemoteOver, LargeCallsFromSeveralThreadsAtOnce) {
   constexpr std::size_t kCells = 8, kSize = 2048 * KiB;
