@@ -95,6 +95,11 @@ struct ExportOptions {
 // Block's) must outlive the Exporter. Destroying the Exporter unmaps the
 // region from UCX and closes its worker: peers' later operations fail with
 // Error(disconnected) (or, on transports that cannot tell, time out).
+//
+// fork(): the export stays the parent's. A child's copy of an Exporter does
+// nothing when destroyed (it touches none of the parent's UCX objects or
+// threads, and ends nothing the parent exported); progress() there is
+// undefined: export again in the child.
 class Exporter {
  public:
   // Exports every cell of `grid`, and its generations (read-only, always),

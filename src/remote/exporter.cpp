@@ -150,6 +150,15 @@ struct Exporter::State {
   }
 
   ~State() {
+    if (forked.forked()) {
+      // A fork() child's copy: the UCX objects and the progress thread are
+      // the parent's (the thread does not even exist here), and so is the
+      // beacon. Let go of them untouched, as the Loader does its CUDA handles.
+      (void)thread.release();
+      worker.abandon();
+      context.abandon();
+      return;
+    }
     close_beacon();
     thread.reset();  // the worker is this thread's again
     if (generations_memh != nullptr) (void)ucp_mem_unmap(context.get(), generations_memh);
@@ -159,10 +168,9 @@ struct Exporter::State {
   State& operator=(const State&) = delete;
 
   // Same-host readers: no call starts from now on, and those copying finish
-  // first (src/remote/beacon.hpp). Not in a fork() child, whose copy of this
-  // object must not end the parent's export.
+  // first (src/remote/beacon.hpp).
   void close_beacon() noexcept {
-    if (!beacon || forked.forked()) return;
+    if (!beacon) return;
     using Words = detail::BeaconWords;
     Words::at(*beacon, Words::kLive).store(0, std::memory_order_seq_cst);
     const auto deadline = std::chrono::steady_clock::now() + detail::kBeaconDrainLimit;

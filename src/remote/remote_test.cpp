@@ -503,6 +503,34 @@ TEST(Remote, ExportsRefuseBadLayoutsAndChecksNeedGenerations) {
   EXPECT_EQ(error_of([&] { (void)RemotePool::connect(d); }), Errc::bad_format);
 }
 
+// A fork() child that destroys its copy of an Exporter (one with a progress
+// thread, which does not exist in the child) returns, and leaves the
+// parent's export standing for same-host readers.
+TEST(Remote, AForkedChildDestroyingItsExporterLeavesTheParentsExport) {
+  ::setenv("UCX_TLS", "tcp", 1);
+  SharedGrid grid = SharedGrid::create(Block::open(SharedGrid::state_bytes(2) + 2 * 4096), 4096, 2);
+  SharedCell cell = grid.take();
+  fill(cell.bytes(), cell.index(), 33);
+  auto exporter = std::make_unique<Exporter>(Exporter::create(grid));
+  RemotePool far = RemotePool::connect(exporter->descriptor());
+  ASSERT_EQ(far.route(), Route::same_host);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::alarm(20);  // a hang here fails the test (SIGALRM), instead of hanging it
+    exporter.reset();
+    std::_Exit(7);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7) << "the child did not return from ~Exporter";
+  ::unsetenv("UCX_TLS");
+  std::vector<std::byte> local(4096);
+  std::byte* p = local.data();
+  std::uint32_t index = cell.index();
+  EXPECT_NO_THROW(far.get(std::span(&index, 1), std::span(&p, 1)).wait());
+  EXPECT_TRUE(holds(local, index, 33));
+}
+
 // The same-host route is taken where the descriptor says this host and the
 // Block can be attached, and nowhere else: then UCX carries the bytes.
 TEST(Remote, TheSameHostRouteIsTakenOnlyWhereItCan) {

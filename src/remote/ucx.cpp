@@ -42,7 +42,9 @@ Context::Context(bool wakeup, std::chrono::milliseconds keepalive) {
   check("ucp_init", status);
 }
 
-Context::~Context() { ucp_cleanup(context_); }
+Context::~Context() {
+  if (context_ != nullptr) ucp_cleanup(context_);
+}
 
 Worker::Worker(const Context& context) {
   ucp_worker_params_t params{};
@@ -51,6 +53,8 @@ Worker::Worker(const Context& context) {
   check("ucp_worker_create", ucp_worker_create(context.get(), &params, &worker_));
 }
 
-Worker::~Worker() { ucp_worker_destroy(worker_); }
+Worker::~Worker() {
+  if (worker_ != nullptr) ucp_worker_destroy(worker_);
+}
 
 }  // namespace unimem::remote::detail

@@ -35,6 +35,9 @@ class Context {
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
   ucp_context_h get() const noexcept { return context_; }
+  // Forgets the context without cleaning it up (a fork() child's copy of the
+  // parent's). Never throws.
+  void abandon() noexcept { context_ = nullptr; }
 
  private:
   ucp_context_h context_ = nullptr;
@@ -48,6 +51,9 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ucp_worker_h get() const noexcept { return worker_; }
+  // Forgets the worker without destroying it (a fork() child's copy of the
+  // parent's). Never throws.
+  void abandon() noexcept { worker_ = nullptr; }
 
  private:
   ucp_worker_h worker_ = nullptr;
