@@ -51,7 +51,7 @@ status=0
   echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"
   echo "UCX the binaries load: $(ldd "$dir/unimem_remote_test" | grep libucp)"
   ls /usr/lib/x86_64-linux-gnu/libucp.so.* 2>/dev/null || true
-  command -v ucx_info >/dev/null && ucx_info -v
+  if command -v ucx_info >/dev/null; then ucx_info -v; else echo "ucx_info: not installed"; fi
 } 2>&1 | tee "$logs/remote_machine.txt"
 "$dir/unimem_remote_test" 2>&1 | tee "$logs/remote_test.txt" | grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) " || status=1
 grep -q "^\[  PASSED  \]" "$logs/remote_test.txt" && ! grep -q "^\[  FAILED  \]" "$logs/remote_test.txt" || status=1

@@ -71,11 +71,17 @@ struct DeviceSegment {
 // threads copying the page cache into pinned slots of their own, each slot's
 // copy queued as soon as it is full) runs near the link rate from the first
 // load. So by default a file is staged on its first load and registered from
-// its second on.
+// its second on, where registering it runs near staging's rate: the second
+// load times registering 16 MiB of the file (then lets it go) against the
+// rate staging reached on it (a staged load of at least 256 MiB), and a file
+// that registers at less than 0.8x that (typically one whose page cache
+// holds 4 KiB folios: 0.2-0.4x, measured) stays staged, on that load and
+// every later one of the same Loader (ReadReport::fallback_reason gives
+// both rates on the load that timed them).
 // docs/BENCHMARKS.md has the figures.
 enum class PageCacheRegistration {
   always,     // from the first load
-  on_reload,  // from a file's second load by the same Loader on (the default)
+  on_reload,  // from a file's second load by the same Loader on, where fast enough (the default)
   never,      // always stage
 };
 

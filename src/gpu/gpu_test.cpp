@@ -444,6 +444,62 @@ TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {
   std::remove(path.c_str());
 }
 
+// Sleeps in one timed part of the reload's registration probe: part 1 makes
+// registering look slow, part 0 fast.
+struct SkewRegistrationTiming : gpu::detail::LoaderProbe {
+  int part = 1;
+  std::atomic<int> calls{0};
+  void timing_registration(int p) noexcept override {
+    ++calls;
+    if (p == part) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+};
+
+// The default reload registers a file only where registering runs near the
+// rate staging reached on it: the second load times registering 16 MiB of it
+// (slowed here, or sped up, by a probe in the timed parts), then stages every
+// chunk of a file that registers slowly, on that load and later ones, and
+// registers every chunk of one that registers fast. Bytes exact throughout.
+TEST(GpuLoader, AReloadRegistersOnlyAFileThatRegistersNearItsStagedRate) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_loader_timed_" + std::to_string(::getpid());
+  const std::size_t words = (320u << 20) / 4 + 3;  // 5 chunks and a bit: above the 256 MiB that sets a rate
+  const std::size_t bytes = words * 4;
+  write_pattern_file(path, words, 61);
+  const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
+  const gpu::DeviceSegment all[] = {{0, dev, bytes}};
+  for (int slow_part : {1, 0}) {
+    const bool slow = slow_part == 1;
+    gpu::Loader loader(0);  // defaults: on_reload, 64 MiB chunks
+    SkewRegistrationTiming skew;
+    skew.part = slow_part;
+    gpu::detail::set_loader_probe(&skew);
+    for (int load = 0; load < 3; ++load) {
+      ASSERT_EQ(gpu_test::fill(0, reinterpret_cast<std::uint32_t*>(dev), words, 7), "");  // not the file's bytes
+      const ReadReport r = loader.load(path, all);
+      unsigned long long bad = ~0ull;
+      ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 61, &bad), "");
+      EXPECT_EQ(bad, 0u) << "load " << load;
+      std::printf("GpuLoader timed registration (%s), load %d: %s: %s\n", slow ? "slow" : "fast", load,
+                  to_string(r.path), r.fallback_reason.c_str());
+      const bool timed_here = r.fallback_reason.find("registering this file timed at") != std::string::npos;
+      EXPECT_EQ(timed_here, load == 1) << r.fallback_reason;
+      EXPECT_EQ(skew.calls.load(), load == 0 ? 0 : 2) << "timed once per file, on its second load";
+      if (load == 0 || slow) {
+        EXPECT_EQ(r.path, ReadPath::buffered_threads) << "load " << load << ": " << r.fallback_reason;
+        EXPECT_EQ(loader.registered_bytes(), 0u) << "load " << load << ": the probe's registrations let go";
+      } else {
+        EXPECT_EQ(r.path, ReadPath::page_cache_registered) << "load " << load << ": " << r.fallback_reason;
+        EXPECT_GE(loader.registered_bytes(), bytes) << "load " << load << ": every chunk (page-rounded)";
+        EXPECT_LT(loader.registered_bytes(), bytes + Block::page_size()) << "load " << load;
+      }
+    }
+    gpu::detail::set_loader_probe(nullptr);
+  }
+  gpu_test::device_free(0, dev);
+  std::remove(path.c_str());
+}
+
 TEST(GpuLoader, StagesWhatIsNotCachedAndMixesRoutesInOneLoad) {
   UNIMEM_REQUIRE_GPUS(1);
   const std::string path = "/tmp/unimem_gpu_loader_mix_" + std::to_string(::getpid());

@@ -33,8 +33,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -60,6 +62,9 @@ LoaderProbe* loader_probe() noexcept { return installed_probe.load(std::memory_o
 void loader_probe_before(std::size_t chunk) {
   if (LoaderProbe* p = loader_probe()) p->before_chunk(chunk);
 }
+void loader_probe_step(const char* what) noexcept {
+  if (LoaderProbe* p = loader_probe()) p->step(what);
+}
 }  // namespace detail
 
 namespace {
@@ -73,6 +78,15 @@ using detail::CUstream;
 constexpr std::uint64_t kSmallLoad = std::uint64_t{64} << 20;
 // Loads of more chunks than this ask which are cached with the copy crew.
 constexpr std::size_t kParallelClassify = 4;
+// A staged load of at least this much sets the rate registering must beat
+// (smaller loads time mostly their setup).
+constexpr std::uint64_t kRateSample = std::uint64_t{256} << 20;
+// A reload keeps registering a file where its registration runs at least at
+// this fraction of the rate staging reached on it: that load then costs at
+// most 1/0.8 of a staged one and every later load is DMA alone (1.0x the
+// link against staging's ~0.9x), so it pays for itself within a few loads.
+// A page cache of 4 KiB folios registers at 0.2-0.4x (measured): staged.
+constexpr double kRegisterAtLeast = 0.8;
 
 // A copy: one range, or a strided rectangle of `rows` rows (a slice of a
 // row-major matrix), into device memory of the Loader's device `device_index`.
@@ -181,6 +195,35 @@ struct MappedFile {
     return true;
   }
 
+  // Times registering the start of chunk k (at least kProbeBytes long) and
+  // lets it go again: two registrations, of kProbeBytes / 4 and the next
+  // 3 * kProbeBytes / 4, whose difference in time is the rate (the driver's
+  // cost per call cancels). Costs the time of registering kProbeBytes once,
+  // where timing a whole chunk would cost a chunk's (64 MiB at 8 GB/s on a
+  // page cache of 4 KiB folios: 8 ms, measured). A refusal, or a difference
+  // lost in the clock's noise, reads as fast: registering then goes as the
+  // policy says, a refused chunk staged as always. Under the caller's context.
+  static constexpr std::size_t kProbeBytes = std::size_t{16} << 20;
+  void time_registration(std::size_t k) {
+    const detail::Driver& d = detail::driver();
+    const unsigned flags = detail::kHostRegisterPortable | detail::kHostRegisterReadOnly;
+    std::byte* const a = map.data() + k * chunk;
+    std::byte* const b = a + kProbeBytes / 4;
+    using Clock = std::chrono::steady_clock;
+    const auto t0 = Clock::now();
+    if (detail::LoaderProbe* p = detail::loader_probe()) p->timing_registration(0);
+    const bool ok_a = d.cuMemHostRegister(a, kProbeBytes / 4, flags) == 0;
+    const auto t1 = Clock::now();
+    if (detail::LoaderProbe* p = detail::loader_probe()) p->timing_registration(1);
+    const bool ok_b = d.cuMemHostRegister(b, kProbeBytes - kProbeBytes / 4, flags) == 0;
+    const auto t2 = Clock::now();
+    if (ok_a) d.cuMemHostUnregister(a);
+    if (ok_b) d.cuMemHostUnregister(b);
+    const double extra = std::chrono::duration<double>((t2 - t1) - (t1 - t0)).count();
+    registration_rate = ok_a && ok_b && extra > 0 ? static_cast<double>(kProbeBytes) / 2 / extra
+                                                  : std::numeric_limits<double>::infinity();
+  }
+
   void unregister_all() noexcept {
     if (registered_bytes == 0) return;
     const detail::Driver& d = detail::driver();
@@ -198,7 +241,12 @@ struct MappedFile {
   Block map;
   std::vector<Chunk> chunks;
   std::size_t registered_bytes = 0;
-  unsigned loads = 0;          // completed loads of this file (the on_reload policy)
+  unsigned loads = 0;  // completed loads of this file (the on_reload policy)
+  // What loads of this file measured, for the on_reload policy (bytes/s):
+  // the rate the workers staged it at (0 before a large enough staged load),
+  // and the rate registering it runs at (0 before time_registration).
+  double staged_rate = 0;
+  double registration_rate = 0;
   std::uint64_t last_use = 0;  // when a load last asked for it (State::clock)
 };
 
@@ -320,10 +368,22 @@ struct Loader::State {
   }
 
   // Makes worker `index`'s slots, streams and events, on that worker's
-  // thread. Returns the seconds it took. Throws Error(cuda) and
+  // thread. Returns the seconds each part took. Throws Error(cuda) and
   // Error(out_of_memory), leaving the worker as it was (unmade).
-  double make_worker(std::size_t index) {
-    const auto start = std::chrono::steady_clock::now();
+  struct WorkerTimes {
+    double streams = 0, backing = 0, registering = 0;
+    double total() const noexcept { return streams + backing + registering; }
+  };
+  WorkerTimes make_worker(std::size_t index) {
+    using Clock = std::chrono::steady_clock;
+    auto since = [](Clock::time_point& t) {
+      const auto now = Clock::now();
+      const double s = std::chrono::duration<double>(now - t).count();
+      t = now;
+      return s;
+    };
+    WorkerTimes times;
+    auto t = Clock::now();
     Worker& w = workers[index];
     try {
       const detail::Driver& d = detail::driver();
@@ -337,19 +397,22 @@ struct Loader::State {
                 "cuEventCreate");
         }
       }
+      times.streams = since(t);
       std::byte* const part = worker_memory->data() + index * kWorkerBytes;
       // Backed first: the driver would fault the pages in itself, holding
       // every other thread's calls meanwhile.
       platform::populate(part, kWorkerBytes);
+      times.backing = since(t);
       detail::ContextScope context(device_streams.front().device);  // portable: every device's copies may use it
       check(d.cuMemHostRegister(part, kWorkerBytes, detail::kHostRegisterPortable | detail::kHostRegisterDeviceMap),
             "cuMemHostRegister (staging slots)");
+      times.registering = since(t);
       w.slots = part;
     } catch (...) {
       destroy_worker(w);
       throw;
     }
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return times;
   }
 
   void destroy_worker(Worker& w) noexcept {
@@ -456,22 +519,27 @@ struct Loader::State {
   struct Run;  // one load's staging and registration (below)
 
   // Sorts a load's chunks by kind. Asking the kernel which pages are cached
-  // costs about 30 ms per 4 GiB of 4 KiB folios (mincore looks each page up),
-  // so a large load asks with the crew's threads, all at once, before the
-  // workers start.
+  // costs about 30 ms per 4 GiB of 4 KiB folios with mincore (it looks each
+  // page up; cachestat, asked first, walks the page cache once: about 2x
+  // faster), so a large load asks with the crew's threads, all at once,
+  // before the workers start.
   ChunkKinds classify(const MappedFile& file, const std::vector<Need>& needs) {
     std::vector<char> resident(needs.size(), 0);
     auto classify_range = [&](std::size_t begin, std::size_t end) {
       for (std::size_t n = begin; n < end; ++n) {
         const Need& need = needs[n];
-        resident[n] =
-            file.chunks[need.chunk] != MappedFile::Chunk::registered &&
-            platform::resident_fraction(file.map.data() + need.lo, static_cast<std::size_t>(need.hi - need.lo)) >= 0.9;
+        if (file.chunks[need.chunk] == MappedFile::Chunk::registered) continue;
+        double cached = file.reader.cached_fraction(need.lo, need.hi - need.lo);
+        if (cached < 0) {
+          cached = platform::resident_fraction(file.map.data() + need.lo, static_cast<std::size_t>(need.hi - need.lo));
+        }
+        resident[n] = cached >= 0.9;
       }
       return 0;
     };
     if (crew || needs.size() > kParallelClassify) {
       ensure_crew();
+      detail::loader_probe_step("crew ready");
       (void)crew->run(needs.size(), classify_range);
     } else {
       classify_range(0, needs.size());
@@ -801,8 +869,9 @@ struct Loader::State::Run {
           if (!slice) break;
           // Made on the worker's first slice, not before: a worker with none costs nothing.
           if (mine.slots == nullptr) {
-            const double made = s.make_worker(w);
-            if (probe) probe->worker_made(w, made);
+            const State::WorkerTimes times = s.make_worker(w);
+            const double made = times.total();
+            if (probe) probe->worker_made(w, made, times.streams, times.backing, times.registering);
             std::lock_guard hold(errors);
             workers_made_ms = std::max(workers_made_ms, made * 1e3);
           }
@@ -924,8 +993,10 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   // context may copy from them.
   detail::ContextScope context(s.devices.front());
   MappedFile& file = s.mapped(path, id);
+  detail::loader_probe_step("mapped");
   const std::vector<Need> needs = plan_chunks(pieces, s.chunk, file.chunks.size(), id.size);
   const ChunkKinds kinds = s.classify(file, needs);
+  detail::loader_probe_step("classified");
   const std::vector<std::size_t>& registered = kinds.registered;
   const std::vector<std::size_t>& cached = kinds.cached;
   const std::vector<std::size_t>& uncached = kinds.uncached;
@@ -965,14 +1036,36 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   for (std::size_t n : cached) cached_bytes += needs[n].hi - needs[n].lo;
   const PageCacheRegistration policy = s.options.register_page_cache;
   const bool small = !s.any_worker_made() && cached_bytes <= kSmallLoad && policy != PageCacheRegistration::never;
+  // On a reload, registering must run near the rate staging reached on the
+  // file (kRegisterAtLeast): it is timed once per file (MappedFile::
+  // time_registration; a page cache of 4 KiB folios registers at a fifth to
+  // a third of that rate, large folios near it), and below the bar the file
+  // stays staged.
+  bool reloading = policy == PageCacheRegistration::on_reload && file.loads != 0 && !options.drop_page_cache;
+  bool timed_now = false;
+  if (reloading && !small && file.staged_rate > 0 && file.registration_rate == 0) {
+    for (std::size_t n : cached) {
+      const std::size_t k = needs[n].chunk;
+      if (file.chunk_length(k) >= MappedFile::kProbeBytes && file.chunks[k] == MappedFile::Chunk::unregistered) {
+        file.time_registration(k);
+        timed_now = true;
+        break;
+      }
+    }
+  }
+  if (reloading && file.registration_rate != 0 && file.registration_rate < kRegisterAtLeast * file.staged_rate) {
+    reloading = false;
+  }
   // Pages registered (pinned) could not be dropped afterwards.
-  run.register_cached = !options.drop_page_cache && (small || policy == PageCacheRegistration::always ||
-                                                     (policy == PageCacheRegistration::on_reload && file.loads != 0));
+  run.register_cached = !options.drop_page_cache && (small || policy == PageCacheRegistration::always || reloading);
   const bool workers_stage = !cached.empty() && (!run.register_cached || (s.options.both_routes && !small));
 
   // The disk's chunks, through the staging ring on a thread of their own
   // (FileReader: O_DIRECT where allowed), while the page cache's move.
-  if (workers_stage || !uncached.empty()) s.ensure_crew();  // here: the threads below would race to make it
+  if (workers_stage || !uncached.empty()) {
+    s.ensure_crew();  // here: the threads below would race to make it
+    detail::loader_probe_step("crew");
+  }
   std::optional<std::thread> stager, staffing;
   if (!uncached.empty()) stager.emplace([&] { run.stage_uncached(uncached); });
   struct Join {
@@ -988,6 +1081,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
       }
     }
   } join{stager, staffing, run.stop};
+  const auto staging_began = std::chrono::steady_clock::now();
   if (!run.register_cached) {
     if (workers_stage) run.run_workers();  // this thread is one of them
   } else {
@@ -1009,6 +1103,10 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   }
   progress.finish();
   ++file.loads;
+  if (!run.register_cached && uncached.empty() && run.worker_bytes >= kRateSample) {
+    file.staged_rate = static_cast<double>(run.worker_bytes) /
+                       std::chrono::duration<double>(std::chrono::steady_clock::now() - staging_began).count();
+  }
   if (options.drop_page_cache) {
     // Released and unmapped first: the kernel drops no page that is pinned
     // or mapped. Advice only: a refusal changes nothing loaded.
@@ -1027,6 +1125,20 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     report.fallback_reason = describe(run.in_place, run.newly_registered, run.staged, run.staged_path);
   } else {
     report.fallback_reason = run.staged_reason;
+  }
+  if (timed_now) {
+    char rate[64], why[240];
+    if (std::isinf(file.registration_rate)) {
+      std::snprintf(rate, sizeof rate, "too fast to tell from the driver's cost per call");
+    } else {
+      std::snprintf(rate, sizeof rate, "%.1f GB/s", file.registration_rate / 1e9);
+    }
+    std::snprintf(why, sizeof why,
+                  "; registering this file timed at %s, against the %.1f GB/s staging reached on it: %s", rate,
+                  file.staged_rate / 1e9,
+                  run.register_cached ? "registered, for DMA alone from the next load on"
+                                      : "staged, as later loads of it will be");
+    report.fallback_reason += why;
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

@@ -3,7 +3,7 @@
 // The loader (src/gpu/loader.cpp) plans routes and keeps registrations; it
 // needs to know whether a file is still the one it registered and which of
 // its pages are in the page cache. Linux answers in platform/linux/files.cpp
-// (stat, mincore); another platform answers here without touching the loader.
+// (stat, cachestat, mincore); another platform answers here without touching the loader.
 #pragma once
 
 #include <cstddef>
@@ -62,6 +62,12 @@ class ReadableFile {
   // bytes) (clean pages no process maps). Advice: 0, or the errno of a
   // refusal. Never throws.
   int drop_cached(std::uint64_t offset, std::uint64_t bytes) const noexcept;
+  // The fraction of [offset, offset + bytes) in the page cache, in [0, 1],
+  // asked of the file itself (no mapping needed, and cheaper than
+  // resident_fraction below where the kernel answers); negative when the
+  // kernel will not say (then ask resident_fraction). Never throws; any
+  // number of threads may ask at once.
+  double cached_fraction(std::uint64_t offset, std::uint64_t bytes) const noexcept;
 
  private:
   int fd_ = -1;

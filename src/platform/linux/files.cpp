@@ -1,11 +1,14 @@
 // src/platform/linux/files.cpp — file identity (stat), page-cache residency
-// of a mapping (mincore) and reads that fail cleanly on a shrunk file
-// (pread), for the GPU loader.
+// (cachestat on the file, else mincore on a mapping) and reads that fail
+// cleanly on a shrunk file (pread), for the GPU loader.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <vector>
 
@@ -84,6 +87,39 @@ int ReadableFile::read_at(std::byte* dest, std::size_t n, std::uint64_t offset) 
     offset += static_cast<std::uint64_t>(r);
   }
   return 0;
+}
+
+// cachestat(2) (Linux 6.5): counts a range's cached pages by walking the
+// file's page cache once, folio by folio, where mincore on a mapping looks
+// every 4 KiB page up from the top (measured on a 2 GiB file of 4 KiB
+// folios: 20 ms against 45-52 ms). Called through syscall(): glibc 2.36 has
+// no wrapper. Older kernels (ENOSYS) and seccomp filters that refuse it
+// (EPERM) are remembered, so each costs one failed call per process.
+namespace {
+#ifndef SYS_cachestat
+#define SYS_cachestat 451  // the same number on every architecture
+#endif
+struct CachestatRange {
+  std::uint64_t off, len;
+};
+struct Cachestat {
+  std::uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+std::atomic<bool> cachestat_refused{false};
+}  // namespace
+
+double ReadableFile::cached_fraction(std::uint64_t offset, std::uint64_t bytes) const noexcept {
+  if (bytes == 0) return 1.0;
+  if (cachestat_refused.load(std::memory_order_relaxed)) return -1.0;
+  CachestatRange range{offset, bytes};
+  Cachestat stat{};
+  if (::syscall(SYS_cachestat, fd_, &range, &stat, 0) != 0) {
+    if (errno == ENOSYS || errno == EPERM) cachestat_refused.store(true, std::memory_order_relaxed);
+    return -1.0;
+  }
+  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t first = offset / page, pages = (offset + bytes + page - 1) / page - first;
+  return std::min(1.0, static_cast<double>(stat.nr_cache) / static_cast<double>(pages));
 }
 
 int ReadableFile::drop_cached(std::uint64_t offset, std::uint64_t bytes) const noexcept {
