@@ -3,7 +3,8 @@
 //
 // An intrusive list under one mutex: allocators are created and destroyed
 // rarely, and linking must not allocate (Tape's move constructor is noexcept).
-// pthread_atfork holds the mutex across fork(), so the child inherits a list
+// The fork handlers (platform::at_fork: pthread_atfork on Linux) hold the
+// mutex across fork(), so the child inherits a list
 // no thread was halfway through changing; the child, single-threaded at that
 // point, calls every hook and releases the mutex.
 //
@@ -15,11 +16,11 @@
 // handler or an atfork handler (the mutex is not reentrant).
 #include "unimem/detail/fork_watch.hpp"
 
-#include <pthread.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+
+#include "platform/fork.hpp"
 
 namespace unimem::detail {
 
@@ -58,8 +59,8 @@ constinit ForkWatchList ForkWatchList::list{};
 
 namespace {
 const bool handlers_registered = [] {
-  if (::pthread_atfork(&ForkWatchList::prepare, &ForkWatchList::parent, &ForkWatchList::child) != 0) {
-    std::fputs("unimem: pthread_atfork failed: cannot protect allocators across fork()\n", stderr);
+  if (!platform::at_fork(&ForkWatchList::prepare, &ForkWatchList::parent, &ForkWatchList::child)) {
+    std::fputs("unimem: registering fork handlers failed: cannot protect allocators across fork()\n", stderr);
     std::abort();
   }
   return true;

@@ -71,13 +71,19 @@ struct DeviceSegment {
 // threads copying the page cache into pinned slots of their own, each slot's
 // copy queued as soon as it is full) runs near the link rate from the first
 // load. So by default a file is staged on its first load and registered from
-// its second on, where registering it runs near staging's rate: the second
-// load times registering 16 MiB of the file (then lets it go) against the
-// rate staging reached on it (a staged load of at least 256 MiB), and a file
-// that registers at less than 0.8x that (typically one whose page cache
-// holds 4 KiB folios: 0.2-0.4x, measured) stays staged, on that load and
-// every later one of the same Loader (ReadReport::fallback_reason gives
-// both rates on the load that timed them).
+// its second on, where registering it runs near staging's rate: the first
+// reload after a staged load of at least 256 MiB times registering 16 MiB
+// of the file (twice, then lets it go) against the rate that staging
+// reached, and a file that registers at less than 0.8x that (typically one
+// whose page cache holds 4 KiB folios: 0.2-0.4x, measured), whose
+// registration the driver refuses, or whose whole chunks then register
+// below 0.8x (the load stops registering after the first such chunk and
+// stages the rest) stays staged, on that load and every later one, for as long as the Loader keeps the file (until release(), the
+// file changes, or 64 other files were loaded since). ReadReport::
+// fallback_reason gives both rates on the load that timed them. While a
+// file has no staging rate (its loads so far were smaller, or read from the
+// disk), a reload of at least 256 MiB is staged, and sets one; a smaller
+// reload registers untimed.
 // docs/BENCHMARKS.md has the figures.
 enum class PageCacheRegistration {
   always,     // from the first load

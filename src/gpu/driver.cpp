@@ -1,13 +1,13 @@
-// src/gpu/driver.cpp — dlopen of libcuda.so.1, once per process.
+// src/gpu/driver.cpp — libcuda.so.1 loaded at run time (platform::
+// open_library), once per process.
 #include "gpu/driver.hpp"
-
-#include <dlfcn.h>
 
 #include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <vector>
 
+#include "platform/library.hpp"
 #include "unimem/error.hpp"
 
 namespace unimem::gpu::detail {
@@ -21,22 +21,21 @@ struct Loaded {
 
 template <class F>
 bool bind(void* library, const char* name, F*& slot) {
-  slot = reinterpret_cast<F*>(::dlsym(library, name));
+  slot = reinterpret_cast<F*>(platform::library_symbol(library, name));
   return slot != nullptr;
 }
 
-// Runs once (the static in driver() below), so the process-global getenv and
-// dlerror are not raced by another load.
+// Runs once (the static in driver() below), so the process-global getenv is
+// not raced by another load.
 Loaded load() {
   Loaded out;
   const char* override_path = std::getenv("UNIMEM_CUDA_DRIVER");  // NOLINT(concurrency-mt-unsafe): once
   const std::string path = override_path && *override_path ? override_path : "libcuda.so.1";
   // The handle is never closed: registered memory and contexts live until exit.
-  void* library = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  void* library = platform::open_library(path);
   if (library == nullptr) {
-    const char* why = ::dlerror();  // NOLINT(concurrency-mt-unsafe): once
     out.failure = Errc::no_cuda_driver;
-    out.message = "unimem: no CUDA driver: cannot load " + path + " (" + (why ? why : "unknown error") +
+    out.message = "unimem: no CUDA driver: cannot load " + path + " (" + platform::library_error() +
                   "). Install the NVIDIA driver, or keep the Block host-only (Visibility::host)";
     return out;
   }
@@ -69,12 +68,11 @@ Loaded load() {
   if (!bound) {
     out.failure = Errc::no_cuda_driver;
     out.message = "unimem: no usable CUDA driver: " + path + " lacks a driver API entry point (" +
-                  ::dlerror() +  // NOLINT(concurrency-mt-unsafe): once
-                  "). Update the NVIDIA driver";
+                  platform::library_error() + "). Update the NVIDIA driver";
     return out;
   }
   // Optional entry points, absent from older drivers (unimem works without
-  // them); bound after the check above, whose message reads dlerror().
+  // them); bound after the check above, whose message reads library_error().
   if (!bind(library, "cuMemcpyBatchAsync_v2", d.cuMemcpyBatchAsync_v2)) {
     bind(library, "cuMemcpyBatchAsync", d.cuMemcpyBatchAsync_v1);
   }

@@ -446,20 +446,44 @@ TEST(GpuLoader, RegistersAFileWhenItIsLoadedAgain) {
 
 // Sleeps in one timed part of the reload's registration probe: part 1 makes
 // registering look slow, part 0 fast.
+// With slow_chunk armed, the next chunk the loading thread registers (its
+// before_chunk counts in the timing) takes 200 ms as well.
 struct SkewRegistrationTiming : gpu::detail::LoaderProbe {
   int part = 1;
   std::atomic<int> calls{0};
+  std::atomic<bool> slow_chunk{false};
   void timing_registration(int p) noexcept override {
     ++calls;
     if (p == part) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  void before_chunk(std::size_t) override {
+    if (slow_chunk.exchange(false)) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
 };
+
+// Installs a LoaderProbe for a scope: removed also when an assertion returns early.
+struct ProbeInstalled {
+  explicit ProbeInstalled(gpu::detail::LoaderProbe* p) { gpu::detail::set_loader_probe(p); }
+  ~ProbeInstalled() { gpu::detail::set_loader_probe(nullptr); }
+  ProbeInstalled(const ProbeInstalled&) = delete;
+  ProbeInstalled& operator=(const ProbeInstalled&) = delete;
+};
+
+// The GB/s a report gives for the timed registration ("timed at X GB/s"), or -1.
+double timed_rate(const std::string& reason) {
+  const std::size_t at = reason.find("timed at ");
+  if (at == std::string::npos) return -1;
+  return std::strtod(reason.c_str() + at + 9, nullptr);
+}
 
 // The default reload registers a file only where registering runs near the
 // rate staging reached on it: the second load times registering 16 MiB of it
-// (slowed here, or sped up, by a probe in the timed parts), then stages every
-// chunk of a file that registers slowly, on that load and later ones, and
-// registers every chunk of one that registers fast. Bytes exact throughout.
+// twice (slowed here, or sped up, by a probe in the timed parts), then stages
+// every chunk of a file that registers slowly, on that load and later ones,
+// and registers every chunk of one that registers fast, unless its whole
+// chunks then register slowly (a probe slows the first): it stops after
+// that chunk and the rest is staged, then and later. Bytes exact
+// throughout, and the rate it reports is the rate it timed.
 TEST(GpuLoader, AReloadRegistersOnlyAFileThatRegistersNearItsStagedRate) {
   UNIMEM_REQUIRE_GPUS(1);
   const std::string path = "/tmp/unimem_gpu_loader_timed_" + std::to_string(::getpid());
@@ -468,33 +492,48 @@ TEST(GpuLoader, AReloadRegistersOnlyAFileThatRegistersNearItsStagedRate) {
   write_pattern_file(path, words, 61);
   const std::uintptr_t dev = gpu_test::device_alloc(0, bytes);
   const gpu::DeviceSegment all[] = {{0, dev, bytes}};
-  for (int slow_part : {1, 0}) {
-    const bool slow = slow_part == 1;
+  enum Case { slow_trial, fast, slow_chunks };
+  for (Case c : {slow_trial, fast, slow_chunks}) {
+    const bool slow = c == slow_trial;
     gpu::Loader loader(0);  // defaults: on_reload, 64 MiB chunks
     SkewRegistrationTiming skew;
-    skew.part = slow_part;
-    gpu::detail::set_loader_probe(&skew);
+    skew.part = slow ? 1 : 0;
+    const ProbeInstalled installed(&skew);
     for (int load = 0; load < 3; ++load) {
       ASSERT_EQ(gpu_test::fill(0, reinterpret_cast<std::uint32_t*>(dev), words, 7), "");  // not the file's bytes
+      if (c == slow_chunks && load == 1) skew.slow_chunk = true;
       const ReadReport r = loader.load(path, all);
       unsigned long long bad = ~0ull;
       ASSERT_EQ(gpu_test::count_mismatches(0, reinterpret_cast<const std::uint32_t*>(dev), words, 61, &bad), "");
       EXPECT_EQ(bad, 0u) << "load " << load;
-      std::printf("GpuLoader timed registration (%s), load %d: %s: %s\n", slow ? "slow" : "fast", load,
-                  to_string(r.path), r.fallback_reason.c_str());
+      std::printf("GpuLoader timed registration (%s), load %d: %s: %s\n",
+                  c == slow_trial ? "slow"
+                  : c == fast     ? "fast"
+                                  : "fast trial, slow chunks",
+                  load, to_string(r.path), r.fallback_reason.c_str());
       const bool timed_here = r.fallback_reason.find("registering this file timed at") != std::string::npos;
       EXPECT_EQ(timed_here, load == 1) << r.fallback_reason;
-      EXPECT_EQ(skew.calls.load(), load == 0 ? 0 : 2) << "timed once per file, on its second load";
+      EXPECT_EQ(skew.calls.load(), load == 0 ? 0 : 4) << "timed once per file (two samples), on its second load";
+      if (load == 1 && slow) {
+        // 8 MiB (the longer part less the shorter) over the 200 ms slept, plus the registrations' own time.
+        const double gbps = timed_rate(r.fallback_reason);
+        EXPECT_GT(gbps, 0.02) << r.fallback_reason;
+        EXPECT_LT(gbps, 8.4e6 / 0.2 / 1e9 * 1.01) << r.fallback_reason;
+      }
       if (load == 0 || slow) {
         EXPECT_EQ(r.path, ReadPath::buffered_threads) << "load " << load << ": " << r.fallback_reason;
         EXPECT_EQ(loader.registered_bytes(), 0u) << "load " << load << ": the probe's registrations let go";
+      } else if (c == slow_chunks) {
+        EXPECT_EQ(loader.registered_bytes(), 64 * MiB) << "load " << load << ": the slow chunk alone";
+        EXPECT_NE(r.fallback_reason.find("staged"), std::string::npos) << r.fallback_reason;
+        EXPECT_EQ(r.fallback_reason.find("its chunks registered at") != std::string::npos, load == 1)
+            << r.fallback_reason;
       } else {
         EXPECT_EQ(r.path, ReadPath::page_cache_registered) << "load " << load << ": " << r.fallback_reason;
         EXPECT_GE(loader.registered_bytes(), bytes) << "load " << load << ": every chunk (page-rounded)";
         EXPECT_LT(loader.registered_bytes(), bytes + Block::page_size()) << "load " << load;
       }
     }
-    gpu::detail::set_loader_probe(nullptr);
   }
   gpu_test::device_free(0, dev);
   std::remove(path.c_str());

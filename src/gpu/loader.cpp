@@ -195,33 +195,44 @@ struct MappedFile {
     return true;
   }
 
-  // Times registering the start of chunk k (at least kProbeBytes long) and
-  // lets it go again: two registrations, of kProbeBytes / 4 and the next
-  // 3 * kProbeBytes / 4, whose difference in time is the rate (the driver's
-  // cost per call cancels). Costs the time of registering kProbeBytes once,
-  // where timing a whole chunk would cost a chunk's (64 MiB at 8 GB/s on a
-  // page cache of 4 KiB folios: 8 ms, measured). A refusal, or a difference
-  // lost in the clock's noise, reads as fast: registering then goes as the
-  // policy says, a refused chunk staged as always. Under the caller's context.
+  // Times registering `bytes` (page-aligned, at least kMinProbeBytes, all
+  // in the page cache) at `offset` and lets them go again: two registrations,
+  // of a quarter and the next three quarters, whose difference in time is
+  // the rate (the driver's cost per call cancels), twice, keeping the slower
+  // rate: a verdict of "fast" needs both to agree (a thread preempted in the
+  // short part reads as fast). Costs the time of registering `bytes` twice
+  // (16 MiB at 8 GB/s on a page cache of 4 KiB folios: 4 ms), where timing a
+  // whole 64 MiB chunk cost 8 ms there, measured. A refusal reads as slow
+  // (-1: the file stays staged, by the workers); a difference lost in the
+  // clock's noise, as fast (infinity). Under the caller's context.
   static constexpr std::size_t kProbeBytes = std::size_t{16} << 20;
-  void time_registration(std::size_t k) {
+  static constexpr std::size_t kMinProbeBytes = std::size_t{1} << 20;
+  void time_registration(std::uint64_t offset, std::size_t bytes) {
     const detail::Driver& d = detail::driver();
     const unsigned flags = detail::kHostRegisterPortable | detail::kHostRegisterReadOnly;
-    std::byte* const a = map.data() + k * chunk;
-    std::byte* const b = a + kProbeBytes / 4;
+    const std::size_t first = bytes / 4 / Block::page_size() * Block::page_size();
+    std::byte* const a = map.data() + offset;
+    std::byte* const b = a + first;
     using Clock = std::chrono::steady_clock;
-    const auto t0 = Clock::now();
-    if (detail::LoaderProbe* p = detail::loader_probe()) p->timing_registration(0);
-    const bool ok_a = d.cuMemHostRegister(a, kProbeBytes / 4, flags) == 0;
-    const auto t1 = Clock::now();
-    if (detail::LoaderProbe* p = detail::loader_probe()) p->timing_registration(1);
-    const bool ok_b = d.cuMemHostRegister(b, kProbeBytes - kProbeBytes / 4, flags) == 0;
-    const auto t2 = Clock::now();
-    if (ok_a) d.cuMemHostUnregister(a);
-    if (ok_b) d.cuMemHostUnregister(b);
-    const double extra = std::chrono::duration<double>((t2 - t1) - (t1 - t0)).count();
-    registration_rate = ok_a && ok_b && extra > 0 ? static_cast<double>(kProbeBytes) / 2 / extra
-                                                  : std::numeric_limits<double>::infinity();
+    double slowest = std::numeric_limits<double>::infinity();
+    for (int sample = 0; sample < 2; ++sample) {
+      const auto t0 = Clock::now();
+      if (detail::LoaderProbe* p = detail::loader_probe()) p->timing_registration(0);
+      const bool ok_a = d.cuMemHostRegister(a, first, flags) == 0;
+      const auto t1 = Clock::now();
+      if (detail::LoaderProbe* p = detail::loader_probe()) p->timing_registration(1);
+      const bool ok_b = d.cuMemHostRegister(b, bytes - first, flags) == 0;
+      const auto t2 = Clock::now();
+      if (ok_a) d.cuMemHostUnregister(a);
+      if (ok_b) d.cuMemHostUnregister(b);
+      if (!ok_a || !ok_b) {
+        registration_rate = -1;
+        return;
+      }
+      const double extra = std::chrono::duration<double>((t2 - t1) - (t1 - t0)).count();
+      if (extra > 0) slowest = std::min(slowest, static_cast<double>(bytes - 2 * first) / extra);
+    }
+    registration_rate = slowest;
   }
 
   void unregister_all() noexcept {
@@ -244,7 +255,8 @@ struct MappedFile {
   unsigned loads = 0;  // completed loads of this file (the on_reload policy)
   // What loads of this file measured, for the on_reload policy (bytes/s):
   // the rate the workers staged it at (0 before a large enough staged load),
-  // and the rate registering it runs at (0 before time_registration).
+  // and the rate registering it runs at (0 before time_registration; -1
+  // where the driver refused).
   double staged_rate = 0;
   double registration_rate = 0;
   std::uint64_t last_use = 0;  // when a load last asked for it (State::clock)
@@ -750,6 +762,11 @@ struct Loader::State::Run {
   std::size_t back = 0;        // slices[.. back) are unclaimed
   std::size_t next_slice = 0;  // without registration the workers take slices in file order
   std::atomic<std::uint64_t> worker_bytes{0};
+  // > 0: register_chunks stops registering, once it has registered a chunk's
+  // worth, when its registrations run below this rate (bytes/s), and sets
+  // stopped_registering. Set by load() before it starts any thread.
+  double registration_bar = 0;
+  bool stopped_registering = false;
   std::mutex errors;
   std::exception_ptr staging_error;
   double workers_made_ms = -1;  // the longest a worker took to make its slots and streams in this load
@@ -934,11 +951,14 @@ struct Loader::State::Run {
   // The loading thread's part when registering: claims whole chunks from the
   // front and registers them in place, staging those the driver refuses.
   void register_chunks(std::optional<std::thread>& stager) {
-    std::size_t uses = 0;  // ring slots for chunks the driver refuses to register
+    std::size_t uses = 0;      // ring slots for chunks the driver refuses to register
+    double registering_s = 0;  // this load's registrations, for registration_bar
+    std::size_t registered_now = 0;
     while (!stop) {
       const std::optional<std::size_t> n = claim_chunk();
       if (!n) break;
       const Need& need = needs[*n];
+      const auto began = std::chrono::steady_clock::now();  // the probe's time counts: the tests slow it so
       detail::loader_probe_before(need.chunk);
       if (!file.register_chunk(need.chunk)) {
         if (stager) stager->join();  // the ring is the stager's until it is done
@@ -948,10 +968,21 @@ struct Loader::State::Run {
         stage(need, true, uses);
         continue;
       }
+      registering_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+      registered_now += file.chunk_length(need.chunk);
       newly_registered += file.chunk_length(need.chunk);
       copy_parts(need, need.lo, need.hi, nullptr, nullptr, [&](std::uint64_t off) { return file.map.data() + off; });
       in_place += need.hi - need.lo;
       progress.add(need.hi - need.lo);
+      // Whole chunks registering slower than the bar, although the trial
+      // passed (16 MiB at the file's start need not be like the rest): stop;
+      // the workers stage what is left, and later loads stage the file.
+      if (registration_bar > 0 && registered_now >= s.chunk &&
+          static_cast<double>(registered_now) / registering_s < registration_bar) {
+        file.registration_rate = static_cast<double>(registered_now) / registering_s;
+        stopped_registering = true;
+        return;
+      }
     }
   }
 
@@ -971,6 +1002,31 @@ struct Loader::State::Run {
     }
   }
 };
+
+namespace {
+// Times registering part of `file` (MappedFile::time_registration) inside a
+// cached range the load asks for: page-aligned, wholly in the page cache
+// (a page read from the disk inside the timing would time the disk), at
+// most kProbeBytes. Returns whether it timed (false: no such range).
+bool time_registration_in(MappedFile& file, const std::vector<Need>& needs, const std::vector<std::size_t>& cached) {
+  const std::uint64_t page = Block::page_size();
+  for (std::size_t n : cached) {
+    const Need& need = needs[n];
+    if (file.chunks[need.chunk] != MappedFile::Chunk::unregistered) continue;
+    const std::uint64_t begin = (need.lo + page - 1) / page * page;
+    const std::uint64_t end = std::min<std::uint64_t>(need.hi / page * page, begin + MappedFile::kProbeBytes);
+    if (end <= begin || end - begin < MappedFile::kMinProbeBytes) continue;
+    const double in_cache = file.reader.cached_fraction(begin, end - begin);
+    const double resident =
+        in_cache >= 0 ? in_cache
+                      : platform::resident_fraction(file.map.data() + begin, static_cast<std::size_t>(end - begin));
+    if (resident < 1.0) continue;
+    file.time_registration(begin, static_cast<std::size_t>(end - begin));
+    return true;
+  }
+  return false;
+}
+}  // namespace
 
 ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> segments, const LoadOptions& options) {
   const auto start = std::chrono::steady_clock::now();
@@ -1041,28 +1097,25 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   // time_registration; a page cache of 4 KiB folios registers at a fifth to
   // a third of that rate, large folios near it), and below the bar the file
   // stays staged.
+  // A large load with no staging rate yet (the file's first load came from
+  // the disk, or was small) is staged, and sets one.
   bool reloading = policy == PageCacheRegistration::on_reload && file.loads != 0 && !options.drop_page_cache;
+  if (reloading && !small && file.staged_rate == 0 && cached_bytes >= kRateSample) reloading = false;
   bool timed_now = false;
   if (reloading && !small && file.staged_rate > 0 && file.registration_rate == 0) {
-    for (std::size_t n : cached) {
-      const std::size_t k = needs[n].chunk;
-      if (file.chunk_length(k) >= MappedFile::kProbeBytes && file.chunks[k] == MappedFile::Chunk::unregistered) {
-        file.time_registration(k);
-        timed_now = true;
-        break;
-      }
-    }
+    timed_now = time_registration_in(file, needs, cached);
   }
   if (reloading && file.registration_rate != 0 && file.registration_rate < kRegisterAtLeast * file.staged_rate) {
     reloading = false;
   }
   // Pages registered (pinned) could not be dropped afterwards.
   run.register_cached = !options.drop_page_cache && (small || policy == PageCacheRegistration::always || reloading);
+  if (reloading && !small && file.staged_rate > 0) run.registration_bar = kRegisterAtLeast * file.staged_rate;
   const bool workers_stage = !cached.empty() && (!run.register_cached || (s.options.both_routes && !small));
 
   // The disk's chunks, through the staging ring on a thread of their own
   // (FileReader: O_DIRECT where allowed), while the page cache's move.
-  if (workers_stage || !uncached.empty()) {
+  if (workers_stage || !uncached.empty() || run.registration_bar > 0) {
     s.ensure_crew();  // here: the threads below would race to make it
     detail::loader_probe_step("crew");
   }
@@ -1087,6 +1140,9 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   } else {
     if (workers_stage) staffing.emplace([&] { run.run_workers(); });
     run.register_chunks(stager);
+    // Registering proved slower: the workers stage what it left (from the
+    // back, as beside registrations), this thread one of them.
+    if (run.stopped_registering && !workers_stage && !run.stop) run.run_workers();
   }
   for (auto* t : {&stager, &staffing}) {
     if (*t) (*t)->join();
@@ -1104,8 +1160,12 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   progress.finish();
   ++file.loads;
   if (!run.register_cached && uncached.empty() && run.worker_bytes >= kRateSample) {
-    file.staged_rate = static_cast<double>(run.worker_bytes) /
-                       std::chrono::duration<double>(std::chrono::steady_clock::now() - staging_began).count();
+    // Net of making the workers (on a first load they start over up to
+    // 16 ms: half of that, the mean worker's wait, is taken off): the rate
+    // of the route, which a reload compares with.
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - staging_began).count();
+    const double net = std::max(seconds - std::max(run.workers_made_ms, 0.0) / 2e3, seconds / 2);
+    file.staged_rate = std::max(file.staged_rate, static_cast<double>(run.worker_bytes) / net);
   }
   if (options.drop_page_cache) {
     // Released and unmapped first: the kernel drops no page that is pinned
@@ -1130,14 +1190,24 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     char rate[64], why[240];
     if (std::isinf(file.registration_rate)) {
       std::snprintf(rate, sizeof rate, "too fast to tell from the driver's cost per call");
+    } else if (file.registration_rate < 0) {
+      std::snprintf(rate, sizeof rate, "refused by the driver");
     } else {
-      std::snprintf(rate, sizeof rate, "%.1f GB/s", file.registration_rate / 1e9);
+      std::snprintf(rate, sizeof rate, "%.3g GB/s", file.registration_rate / 1e9);
     }
     std::snprintf(why, sizeof why,
                   "; registering this file timed at %s, against the %.1f GB/s staging reached on it: %s", rate,
                   file.staged_rate / 1e9,
                   run.register_cached ? "registered, for DMA alone from the next load on"
                                       : "staged, as later loads of it will be");
+    report.fallback_reason += why;
+  }
+  if (run.stopped_registering) {
+    char why[200];
+    std::snprintf(why, sizeof why,
+                  "; its chunks registered at %.3g GB/s, below %.0f%% of the %.1f GB/s staging reached on it: the "
+                  "rest staged, as later loads of it will be",
+                  file.registration_rate / 1e9, kRegisterAtLeast * 100, file.staged_rate / 1e9);
     report.fallback_reason += why;
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

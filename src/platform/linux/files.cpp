@@ -93,11 +93,13 @@ int ReadableFile::read_at(std::byte* dest, std::size_t n, std::uint64_t offset) 
 // file's page cache once, folio by folio, where mincore on a mapping looks
 // every 4 KiB page up from the top (measured on a 2 GiB file of 4 KiB
 // folios: 20 ms against 45-52 ms). Called through syscall(): glibc 2.36 has
-// no wrapper. Older kernels (ENOSYS) and seccomp filters that refuse it
-// (EPERM) are remembered, so each costs one failed call per process.
+// no wrapper. A kernel without it (ENOSYS, also what seccomp filters that do
+// not know it answer) is remembered, so it costs one failed call per
+// process; EPERM is per file (since Linux 6.14 the caller must own or be
+// able to write the file, mincore's rule) and falls back each time.
 namespace {
 #ifndef SYS_cachestat
-#define SYS_cachestat 451  // the same number on every architecture
+#define SYS_cachestat 451  // the unified number (every architecture but alpha, whose headers define it)
 #endif
 struct CachestatRange {
   std::uint64_t off, len;
@@ -114,7 +116,7 @@ double ReadableFile::cached_fraction(std::uint64_t offset, std::uint64_t bytes) 
   CachestatRange range{offset, bytes};
   Cachestat stat{};
   if (::syscall(SYS_cachestat, fd_, &range, &stat, 0) != 0) {
-    if (errno == ENOSYS || errno == EPERM) cachestat_refused.store(true, std::memory_order_relaxed);
+    if (errno == ENOSYS) cachestat_refused.store(true, std::memory_order_relaxed);
     return -1.0;
   }
   const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
