@@ -78,13 +78,13 @@ struct DeviceSegment {
 // whose page cache holds 4 KiB folios: 0.2-0.4x, measured), whose
 // registration the driver refuses, or whose whole chunks then register
 // below 0.8x (the load stops registering after the first such chunk and
-// stages the rest) stays staged, on that load and every later one, for as long as the Loader keeps the file (until release(), the
-// file changes, or 64 other files were loaded since). ReadReport::
-// fallback_reason gives both rates on the load that timed them. While a
-// file has no staging rate (its loads so far were smaller, or read from the
-// disk), a reload of at least 256 MiB is staged, and sets one; a smaller
-// reload registers untimed.
-// docs/BENCHMARKS.md has the figures.
+// stages the rest) stays staged, on that load and every later one, for as
+// long as the Loader keeps the file (until release(), the file changes, or
+// 64 other files were loaded since). The load that timed it gives both
+// rates in ReadReport's fallback_reason. While a file has no staging rate
+// (its loads so far were smaller, or read from the disk), a reload of at
+// least 256 MiB is staged, and sets one; a smaller reload registers
+// untimed. docs/BENCHMARKS.md has the figures.
 enum class PageCacheRegistration {
   always,     // from the first load
   on_reload,  // from a file's second load by the same Loader on, where fast enough (the default)
