@@ -1093,24 +1093,23 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   const PageCacheRegistration policy = s.options.register_page_cache;
   const bool small = !s.any_worker_made() && cached_bytes <= kSmallLoad && policy != PageCacheRegistration::never;
   // On a reload, registering must run near the rate staging reached on the
-  // file (kRegisterAtLeast): it is timed once per file (MappedFile::
-  // time_registration; a page cache of 4 KiB folios registers at a fifth to
-  // a third of that rate, large folios near it), and below the bar the file
-  // stays staged.
-  // A large load with no staging rate yet (the file's first load came from
-  // the disk, or was small) is staged, and sets one.
+  // file (kRegisterAtLeast): it is timed once per file (time_registration_in;
+  // a page cache of 4 KiB folios registers at a fifth to a third of that
+  // rate, large folios near it), and below the bar the file stays staged;
+  // register_chunks then times every chunk against the same bar. A large
+  // load with no staging rate yet (the file's first load came from the
+  // disk, or was small) is staged, and sets one.
   bool reloading = policy == PageCacheRegistration::on_reload && file.loads != 0 && !options.drop_page_cache;
   if (reloading && !small && file.staged_rate == 0 && cached_bytes >= kRateSample) reloading = false;
   bool timed_now = false;
   if (reloading && !small && file.staged_rate > 0 && file.registration_rate == 0) {
     timed_now = time_registration_in(file, needs, cached);
   }
-  if (reloading && file.registration_rate != 0 && file.registration_rate < kRegisterAtLeast * file.staged_rate) {
-    reloading = false;
-  }
+  const double bar = kRegisterAtLeast * file.staged_rate;  // 0 while the file has no staging rate
+  if (reloading && file.registration_rate != 0 && file.registration_rate < bar) reloading = false;
   // Pages registered (pinned) could not be dropped afterwards.
   run.register_cached = !options.drop_page_cache && (small || policy == PageCacheRegistration::always || reloading);
-  if (reloading && !small && file.staged_rate > 0) run.registration_bar = kRegisterAtLeast * file.staged_rate;
+  if (reloading && !small) run.registration_bar = bar;
   const bool workers_stage = !cached.empty() && (!run.register_cached || (s.options.both_routes && !small));
 
   // The disk's chunks, through the staging ring on a thread of their own
@@ -1198,8 +1197,8 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     std::snprintf(why, sizeof why,
                   "; registering this file timed at %s, against the %.1f GB/s staging reached on it: %s", rate,
                   file.staged_rate / 1e9,
-                  run.register_cached ? "registered, for DMA alone from the next load on"
-                                      : "staged, as later loads of it will be");
+                  run.register_cached && !run.stopped_registering ? "registered, for DMA alone from the next load on"
+                                                                  : "staged, as later loads of it will be");
     report.fallback_reason += why;
   }
   if (run.stopped_registering) {
