@@ -528,6 +528,8 @@ TEST(GpuLoader, AReloadRegistersOnlyAFileThatRegistersNearItsStagedRate) {
         EXPECT_NE(r.fallback_reason.find("staged"), std::string::npos) << r.fallback_reason;
         EXPECT_EQ(r.fallback_reason.find("its chunks registered at") != std::string::npos, load == 1)
             << r.fallback_reason;
+        EXPECT_EQ(r.fallback_reason.find("registered, for DMA alone"), std::string::npos)
+            << "the trial's verdict, overruled by the chunks: " << r.fallback_reason;
       } else {
         EXPECT_EQ(r.path, ReadPath::page_cache_registered) << "load " << load << ": " << r.fallback_reason;
         EXPECT_GE(loader.registered_bytes(), bytes) << "load " << load << ": every chunk (page-rounded)";
