@@ -1,7 +1,8 @@
 // bench/loader_benchmark.cu — a cached file into GPU memory, every route side by side.
 //
 //   unimem_loader_benchmark FILE [--device N] [--reps R] [--safetensors] [--trace]
-//   (--first-load-child: the fresh-process row's child, not for callers)
+//   (--first-load-child: the fresh-process row's child, not for callers;
+//   with --trace it also prints where its one load's time went)
 // --trace: only where a staged load's time goes, per staging worker (waiting
 // for its slot, reading, queueing copies), for a fresh and a kept Loader.
 // FILE must be in the page cache (the benchmark reads it once first). One run
@@ -308,10 +309,19 @@ int main(int argc, char** argv) {
   CHECK(cudaSetDevice(device));
   if (first_load_child) {  // one first load, in this fresh process, after the context exists
     CHECK(cudaFree(nullptr));
+    Trace probe;  // with --trace: where this first load's time goes
+    if (tracing) unimem::gpu::detail::set_loader_probe(&probe);
     const auto t = Clock::now();
     unimem::gpu::Loader loader(device);
     const unimem::gpu::DeviceTensors tensors = unimem::gpu::load_safetensors(path, loader);
-    std::printf("first-load-seconds %.6f\n", std::chrono::duration<double>(Clock::now() - t).count());
+    const double seconds = std::chrono::duration<double>(Clock::now() - t).count();
+    std::printf("first-load-seconds %.6f\n", seconds);
+    if (tracing) {
+      unimem::gpu::detail::set_loader_probe(nullptr);
+      std::size_t moved = 0;
+      for (const auto& x : tensors.tensors()) moved += x.bytes;
+      probe.print("fresh process, load_safetensors", t, seconds, moved);
+    }
     return tensors.tensors().empty() ? 1 : 0;
   }
   const std::size_t bytes = unimem::file_size(path);

@@ -20,6 +20,7 @@
 #include "format.hpp"
 #include "gpu/convert.hpp"
 #include "gpu/driver.hpp"
+#include "gpu/loader_probe.hpp"
 #include "unimem/gpu.hpp"
 
 namespace unimem::gpu {
@@ -245,6 +246,7 @@ std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loa
   std::size_t count = 0;
   const std::vector<ShardPlan> files = read_model(path, count);
   check_names_unique(files, count);
+  detail::loader_probe_step("headers");
 
   const std::span<const int> devices = loader.devices();
   const std::size_t k = devices.size();
@@ -260,6 +262,7 @@ std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loa
           DeviceMemory(devices[device_index], static_cast<std::size_t>(scratch_total[device_index]));
     out[device_index].tensors_.reserve(count);
   }
+  detail::loader_probe_step("allocated");
   for (Part& p : parts) {
     p.out.address += out[p.device_index].memory_.address();
     p.segment.device_address = p.convert ? scratch[p.device_index].address() + p.scratch_offset : p.out.address;

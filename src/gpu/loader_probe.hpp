@@ -28,7 +28,9 @@ struct LoaderProbe {
   virtual void timing_registration(int /*part*/) noexcept {}
   // Called by the loading thread as a load passes its first steps: "mapped"
   // (the file), "crew ready" (its threads, made if new, before they ask which
-  // chunks are cached), "classified" (its chunks), "crew" (before staging).
+  // chunks are cached), "classified" (its chunks), "crew" (before staging);
+  // gpu::load_safetensors adds "headers" (every header read) and "allocated"
+  // (the device memory taken) before its loads.
   virtual void step(const char* /*what*/) noexcept {}
   // Called as the staging workers are set going (on the loading thread, or
   // the thread that runs them beside registrations).
