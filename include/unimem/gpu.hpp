@@ -245,9 +245,11 @@ enum class Split : std::uint8_t {
               // Loader's order gets part i): contiguous in the file
   columns,    // the last dimension is cut likewise: strided copies
 };
-// Parts of a dimension of n split k ways: part i is [i*n/k, (i+1)*n/k), so
-// sizes differ by at most one. A tensor of rank 0 is always replicated; for
-// rank 1, rows and columns are the same cut.
+// Parts of a dimension of n split k ways: part i is [i*n/k, (i+1)*n/k). n
+// must be a multiple of k (tensor parallelism needs equal parts):
+// load_safetensors throws Error(invalid_argument) naming the tensor
+// otherwise, before it allocates anything. A tensor of rank 0 is always
+// replicated; for rank 1, rows and columns are the same cut.
 
 struct TensorLoadOptions {
   // Floating-point tensors (F32, F16, BF16) arrive in this dtype, converted on
@@ -315,7 +317,8 @@ DeviceTensors load_safetensors(const std::string& path, Loader& loader);
 // split as options.split says, converted to options.dtype on the GPU: one
 // DeviceTensors per device, in the Loader's order. Every file is read (and
 // registered) once for all devices. Also throws Error(invalid_argument) when
-// options.dtype is not F32, F16 or BF16.
+// options.dtype is not F32, F16 or BF16, or a split does not divide (see
+// Split), before any device memory is taken.
 std::vector<DeviceTensors> load_safetensors(const std::string& path, Loader& loader, const TensorLoadOptions& options);
 
 }  // namespace unimem::gpu

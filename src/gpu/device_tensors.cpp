@@ -21,6 +21,7 @@
 #include "gpu/convert.hpp"
 #include "gpu/driver.hpp"
 #include "gpu/loader_probe.hpp"
+#include "gpu/split_part.hpp"
 #include "unimem/gpu.hpp"
 
 namespace unimem::gpu {
@@ -117,26 +118,15 @@ std::vector<Part> plan_parts(const std::vector<ShardPlan>& files, std::span<cons
       for (std::size_t device_index = 0; device_index < k; ++device_index) {
         Part p{t, &f, device_index, {t->name, dtype, t->shape, 0, 0, f.path, split, 0}, {}, convert, 0, 0};
         p.segment.device = devices[device_index];
-        if (split == Split::replicate) {
-          p.segment.file_offset = t->file_offset;
-          p.segment.bytes = static_cast<std::size_t>(t->bytes);
-        } else {
-          const std::size_t dim = split == Split::rows ? 0 : t->shape.size() - 1;
-          const std::uint64_t n = t->shape[dim];
-          const std::uint64_t begin = device_index * n / k, end = (device_index + 1) * n / k;
-          p.out.shape[dim] = end - begin;
-          p.out.part_begin = begin;
-          std::uint64_t inner = esize;  // bytes of one step along dim
-          for (std::size_t i = dim + 1; i < t->shape.size(); ++i) inner *= t->shape[i];
-          std::uint64_t outer = 1;  // how many times the dimension repeats
-          for (std::size_t i = 0; i < dim; ++i) outer *= t->shape[i];
-          p.segment.file_offset = t->file_offset + begin * inner;
-          p.segment.bytes = static_cast<std::size_t>((end - begin) * inner);
-          if (outer > 1) {  // columns of a matrix: one row of the slice per outer index
-            p.segment.rows = static_cast<std::size_t>(outer);
-            p.segment.file_pitch = n * inner;
-            p.segment.device_pitch = p.segment.bytes;
-          }
+        const detail::SplitPart part = detail::split_part(*t, split, k, device_index);
+        p.out.shape = part.shape;
+        p.out.part_begin = part.part_begin;
+        p.segment.file_offset = part.file_offset;
+        p.segment.bytes = static_cast<std::size_t>(part.bytes);
+        if (part.rows > 1) {
+          p.segment.rows = static_cast<std::size_t>(part.rows);
+          p.segment.file_pitch = static_cast<std::size_t>(part.file_pitch);
+          p.segment.device_pitch = p.segment.bytes;
         }
         const std::uint64_t stored = static_cast<std::uint64_t>(p.segment.bytes) * p.segment.rows;
         p.elements = stored / esize;

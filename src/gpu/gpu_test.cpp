@@ -1031,7 +1031,7 @@ TEST(GpuLoader, AModelThatDoesNotFitLeavesNoDeviceMemoryTaken) {
 TEST(GpuLoader, SplitsAModelAcrossTwoGpusFromOneRegistration) {
   UNIMEM_REQUIRE_GPUS(2);
   const std::string path = "/tmp/unimem_gpu_split_" + std::to_string(::getpid()) + ".safetensors";
-  const std::size_t r = 1001, c = 4097;
+  const std::size_t r = 1000, c = 4098;  // even: a split must divide
   std::vector<std::uint32_t> m(r * c), bias(c);
   for (std::size_t i = 0; i < m.size(); ++i) m[i] = pattern(i, 300);
   for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = pattern(i, 301);
@@ -1047,6 +1047,31 @@ TEST(GpuLoader, SplitsAModelAcrossTwoGpusFromOneRegistration) {
     return t.name == "cols" ? gpu::Split::columns : t.name == "rows" ? gpu::Split::rows : gpu::Split::replicate;
   };
   EXPECT_EQ(testing::error_of([&] { (void)gpu::load_safetensors(path, loader); }), Errc::invalid_argument);
+  {
+    // A cut that does not divide is refused before any device memory is
+    // taken: the tensor (a sparse file) is larger than any GPU, so a refusal
+    // that came after the allocation would read out_of_memory.
+    const std::string odd = path + ".odd";
+    const std::uint64_t cols = (std::uint64_t{1} << 36) + 1, bytes = 3 * cols * 4;
+    std::string header = R"({"cols":{"dtype":"U32","shape":[3,)" + std::to_string(cols) + R"(],"data_offsets":[0,)" +
+                         std::to_string(bytes) + "]}}";
+    while (header.size() % 8 != 0) header += ' ';
+    const std::uint64_t n = header.size();
+    std::FILE* f = std::fopen(odd.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::fwrite(&n, 8, 1, f);
+    std::fwrite(header.data(), 1, header.size(), f);
+    std::fclose(f);
+    if (::truncate(odd.c_str(), static_cast<off_t>(8 + n + bytes)) == 0) {
+      const testing::Thrown e = testing::thrown_by([&] { (void)gpu::load_safetensors(odd, loader, o); });
+      EXPECT_EQ(e.code, Errc::invalid_argument) << e.message;
+      EXPECT_NE(e.message.find("not a multiple of 2"), std::string::npos) << e.message;
+    } else {
+      std::printf("GpuLoader split: no sparse file here (%s); the refusal is checked by SplitPart tests\n",
+                  std::strerror(errno));
+    }
+    std::remove(odd.c_str());
+  }
   for (int round = 0; round < 2; ++round) {
     const std::vector<gpu::DeviceTensors> out = gpu::load_safetensors(path, loader, o);
     ASSERT_EQ(out.size(), 2u);
