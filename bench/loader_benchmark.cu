@@ -85,7 +85,10 @@ unimem::SafetensorsHeader header_of(const std::string& path, std::size_t file_by
 
 // The model onto two GPUs at once: replicated, and split for tensor
 // parallelism, against the aggregate ceiling (pinned cudaMemcpyAsync to both
-// devices at once) and two Loaders (one per GPU) on two threads.
+// devices at once) and two Loaders (one per GPU) on two threads. Then per
+// GPU for replicated loads, against one link's ceiling: host to each GPU,
+// and CopyOptions::peer_exchange (half over each link, half GPU to GPU),
+// with the peer copy's own rate printed as that route's bound.
 void two_gpus(const std::string& path, int device, int reps, void* pinned, std::size_t moved) {
   const int other = device == 0 ? 1 : 0;
   const int both[] = {device, other};
@@ -106,6 +109,41 @@ void two_gpus(const std::string& path, int device, int reps, void* pinned, std::
         for (int i = 0; i < 2; ++i) CHECK(cudaMemcpyAsync(dev[i], pinned, moved, cudaMemcpyHostToDevice, stream[i]));
         for (int i = 0; i < 2; ++i) CHECK(cudaStreamSynchronize(stream[i]));
       }));
+  // Per GPU, for replicated loads: one link's ceiling, and the bound of the
+  // peer exchange (each GPU takes half over its link, the other half from
+  // its peer): the peer copy's rate, one way and both ways at once.
+  std::vector<Row> per_gpu;
+  auto per = [&](const std::string& what, double seconds) {
+    per_gpu.push_back({what, moved / seconds / 1e9});
+    std::printf("  %-72s %7.2f GB/s per GPU\n", what.c_str(), per_gpu.back().gbps);
+    std::fflush(stdout);
+  };
+  per("ceiling: one link, cudaMemcpyAsync from cudaMallocHost memory", best_of(reps, [&] {
+        CHECK(cudaMemcpyAsync(dev[0], pinned, moved, cudaMemcpyHostToDevice, stream[0]));
+        CHECK(cudaStreamSynchronize(stream[0]));
+      }));
+  int peer_ok = 0, back_ok = 0;
+  CHECK(cudaDeviceCanAccessPeer(&peer_ok, both[0], both[1]));
+  CHECK(cudaDeviceCanAccessPeer(&back_ok, both[1], both[0]));
+  if (peer_ok && back_ok) {
+    for (int i = 0; i < 2; ++i) {
+      CHECK(cudaSetDevice(both[i]));
+      const cudaError_t e = cudaDeviceEnablePeerAccess(both[1 - i], 0);
+      if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) CHECK(e);
+      (void)cudaGetLastError();
+    }
+    per("bound: peer copy GPU to GPU, one way (cudaMemcpyPeerAsync)", best_of(reps, [&] {
+          CHECK(cudaMemcpyPeerAsync(dev[1], both[1], dev[0], both[0], moved, stream[0]));
+          CHECK(cudaStreamSynchronize(stream[0]));
+        }));
+    per("bound: peer copy both ways at once (each GPU's rate)", best_of(reps, [&] {
+          CHECK(cudaMemcpyPeerAsync(dev[1], both[1], dev[0], both[0], moved, stream[0]));
+          CHECK(cudaMemcpyPeerAsync(dev[0], both[0], dev[1], both[1], moved, stream[1]));
+          for (int i = 0; i < 2; ++i) CHECK(cudaStreamSynchronize(stream[i]));
+        }));
+  } else {
+    std::printf("  no peer access between GPUs %d and %d: peer exchange cannot run here\n", both[0], both[1]);
+  }
   for (int i = 0; i < 2; ++i) {
     CHECK(cudaSetDevice(both[i]));
     CHECK(cudaFree(dev[i]));
@@ -147,9 +185,34 @@ void two_gpus(const std::string& path, int device, int reps, void* pinned, std::
     row("baseline: two Loaders (one per GPU, each registering) on two threads, replicated", 2 * moved,
         best_of(reps, both_at_once));
   }
+  // Replicated loads per GPU, with and without the peer exchange.
+  unimem::gpu::CopyOptions exchange;
+  exchange.peer_exchange = true;
+  per("unimem: one Loader, both GPUs, replicated, first load (fresh Loader), host to each", best_of(reps, [&] {
+        unimem::gpu::Loader fresh(both);
+        (void)unimem::gpu::load_safetensors(path, fresh, replicate);
+      }));
+  if (peer_ok && back_ok) {
+    per("unimem: the same with peer_exchange (half over each link, half GPU to GPU)", best_of(reps, [&] {
+          unimem::gpu::Loader fresh(both, exchange);
+          (void)unimem::gpu::load_safetensors(path, fresh, replicate);
+        }));
+    unimem::gpu::Loader kept(both, exchange);
+    const std::string why =
+        unimem::gpu::load_safetensors(path, kept, replicate).front().reports().front().fallback_reason;
+    std::printf("    with peer_exchange: %s\n", why.c_str());
+    (void)unimem::gpu::load_safetensors(path, kept, replicate);  // registers
+    per("unimem: kept Loader with peer_exchange, later loads",
+        best_of(reps, [&] { (void)unimem::gpu::load_safetensors(path, kept, replicate); }));
+  }
+  per("unimem: kept Loader, host to each, later loads",
+      best_of(reps, [&] { (void)unimem::gpu::load_safetensors(path, loader, replicate); }));
   const double ceiling = rows.front().gbps;
   std::printf("\n| two GPUs | GB/s (aggregate) | x ceiling |\n|---|---|---|\n");
   for (const Row& r : rows) std::printf("| %s | %.2f | %.2f |\n", r.what.c_str(), r.gbps, r.gbps / ceiling);
+  const double link = per_gpu.front().gbps;
+  std::printf("\n| replicated, per GPU | GB/s per GPU | x one link |\n|---|---|---|\n");
+  for (const Row& r : per_gpu) std::printf("| %s | %.2f | %.2f |\n", r.what.c_str(), r.gbps, r.gbps / link);
 }
 
 // Where a staged load's time goes: per worker, the time it waited for its

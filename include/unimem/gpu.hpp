@@ -102,6 +102,21 @@ struct CopyOptions {
   // and the workers starved (measured slower than either route alone;
   // docs/BENCHMARKS.md, "First loads on the H200").
   bool both_routes = false;
+  // Several devices: a file range more than one of them wants (a replicated
+  // tensor) crosses the host's links once in all, not once per device. It is
+  // dealt out in 4 MiB granules, round-robin over the devices that want it;
+  // each device receives its granules over its own link and copies them to
+  // the others over peer access (NVLink), on the same stream, so the devices
+  // together read the file at up to N links' rate. Needs peer access between
+  // every pair of the Loader's devices (enabled for the process, and left
+  // enabled); where a pair lacks it, every device's copy comes from the host
+  // and ReadReport::fallback_reason says why (it also says how many bytes
+  // went GPU to GPU). Strided rectangles (columns splits) always come from
+  // the host. Destinations must be memory every device may write: cuMemAlloc
+  // / cudaMalloc memory, or a cuMemMap mapping whose access (cuMemSetAccess)
+  // includes the other devices. Off by default: not yet measured on a
+  // machine with several GPUs (issue #26).
+  bool peer_exchange = false;
   // The granularity of routes and registrations, and one slot of the ring
   // that files not in the page cache are read into (at most 1 GiB; shrunk
   // to fit a caller's staging Block).

@@ -81,6 +81,8 @@ Loaded load() {
   // stream calls bound above do.
   bind(library, "cuStreamIsCapturing", d.cuStreamIsCapturing);
   bind(library, "cuThreadExchangeStreamCaptureMode", d.cuThreadExchangeStreamCaptureMode);
+  bind(library, "cuDeviceCanAccessPeer", d.cuDeviceCanAccessPeer);
+  bind(library, "cuCtxEnablePeerAccess", d.cuCtxEnablePeerAccess);
   if (CUresult r = d.cuInit(0); r != 0) {
     const char* name = nullptr;
     d.cuGetErrorName(r, &name);

@@ -46,16 +46,17 @@ inline constexpr unsigned kMemoryTypeDevice = 2;  // CU_MEMORYTYPE_DEVICE
 inline constexpr unsigned kStreamNonBlocking = 0x1;   // CU_STREAM_NON_BLOCKING
 inline constexpr unsigned kEventDisableTiming = 0x2;  // CU_EVENT_DISABLE_TIMING
 
-inline constexpr unsigned kHostRegisterPortable = 0x01;   // CU_MEMHOSTREGISTER_PORTABLE
-inline constexpr unsigned kHostRegisterDeviceMap = 0x02;  // CU_MEMHOSTREGISTER_DEVICEMAP
-inline constexpr unsigned kHostRegisterReadOnly = 0x08;   // CU_MEMHOSTREGISTER_READ_ONLY
-inline constexpr int kAttrUnifiedAddressing = 41;         // CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING
-inline constexpr int kAttrHostPointerForRegistered = 91;  // ..._CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM
-inline constexpr int kAttrHostRegisterSupported = 99;     // CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED
-inline constexpr CUresult kErrorNoDevice = 100;           // CUDA_ERROR_NO_DEVICE
-inline constexpr CUresult kErrorNotReady = 600;           // CUDA_ERROR_NOT_READY
-inline constexpr CUresult kErrorCaptureImplicit = 906;    // CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
-inline constexpr int kAttrMultiprocessorCount = 16;       // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+inline constexpr unsigned kHostRegisterPortable = 0x01;          // CU_MEMHOSTREGISTER_PORTABLE
+inline constexpr unsigned kHostRegisterDeviceMap = 0x02;         // CU_MEMHOSTREGISTER_DEVICEMAP
+inline constexpr unsigned kHostRegisterReadOnly = 0x08;          // CU_MEMHOSTREGISTER_READ_ONLY
+inline constexpr int kAttrUnifiedAddressing = 41;                // CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING
+inline constexpr int kAttrHostPointerForRegistered = 91;         // ..._CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM
+inline constexpr int kAttrHostRegisterSupported = 99;            // CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED
+inline constexpr CUresult kErrorNoDevice = 100;                  // CUDA_ERROR_NO_DEVICE
+inline constexpr CUresult kErrorNotReady = 600;                  // CUDA_ERROR_NOT_READY
+inline constexpr CUresult kErrorCaptureImplicit = 906;           // CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
+inline constexpr CUresult kErrorPeerAccessAlreadyEnabled = 704;  // CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
+inline constexpr int kAttrMultiprocessorCount = 16;              // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
 
 // CUpointer_attribute values (cuPointerGetAttributes), for checking device ranges.
 inline constexpr int kPointerMemoryType = 2;     // CU_POINTER_ATTRIBUTE_MEMORY_TYPE (unsigned: CUmemorytype)
@@ -177,6 +178,11 @@ struct Driver {
   // stream is capturing, and this thread's capture mode.
   CUresult (*cuStreamIsCapturing)(CUstream stream, int* status);
   CUresult (*cuThreadExchangeStreamCaptureMode)(int* mode);
+  // Optional (nullptr: no peer exchange), for gpu::Loader's peer exchange:
+  // whether one device reads another's memory, and letting the current
+  // context do so.
+  CUresult (*cuDeviceCanAccessPeer)(int* can, CUdevice device, CUdevice peer);
+  CUresult (*cuCtxEnablePeerAccess)(CUcontext peer, unsigned flags);
 
   int version = 0;       // e.g. 13000 for CUDA 13.0
   int device_count = 0;  // at least 1 once driver() returned

@@ -1105,6 +1105,78 @@ TEST(GpuLoader, SplitsAModelAcrossTwoGpusFromOneRegistration) {
   std::remove(path.c_str());
 }
 
+// CopyOptions::peer_exchange: a range several devices want crosses the
+// host's links once (each device takes its 4 MiB granules from the host and
+// passes them on over peer access). Every byte must land on every device that
+// asked for it: ranges that overlap only in part, bytes one device wants
+// twice, a size that is no multiple of the granule; staged (one worker, so
+// its two slots are reused), registered, and from the disk (evicted); first
+// loads and reloads. On one GPU the option must change nothing.
+TEST(GpuLoader, PeerExchangePutsEveryReplicatedByteOnEveryDevice) {
+  UNIMEM_REQUIRE_GPUS(1);
+  const std::string path = "/tmp/unimem_gpu_exchange_" + std::to_string(::getpid());
+  const std::size_t words = (40u << 20) / 4 + 333;
+  const std::size_t bytes = words * 4;
+  write_pattern_file(path, words, 310);
+  const bool two = gpu_test::device_count() >= 2;
+  const bool exchanging = two && gpu_test::peers(0, 1);
+  std::vector<int> devices = {0};
+  if (two) devices.push_back(1);
+  // Device 0 wants [0, 30 MiB), [38 MiB, end) and [0, 1 MiB) again; device 1
+  // [5 MiB + 12, 37 MiB + 4) and [0, 1 MiB): shared only in part.
+  struct Want {
+    int device;
+    std::uint64_t file_offset, bytes, at;  // at: offset in that device's buffer
+  };
+  const std::uint64_t tail = bytes - 38 * MiB;
+  std::vector<Want> wants = {{0, 0, 30 * MiB, 0}, {0, 38 * MiB, tail, 30 * MiB}, {0, 0, MiB, 30 * MiB + tail}};
+  if (two) wants.insert(wants.end(), {{1, 5 * MiB + 12, 32 * MiB - 8, 0}, {1, 0, MiB, 32 * MiB - 8}});
+  const std::size_t buffer[2] = {31 * MiB + tail, 33 * MiB};
+  auto file_byte = [](std::uint64_t at) {
+    return static_cast<std::uint8_t>((pattern(static_cast<std::size_t>(at / 4), 310) >> (8 * (at % 4))) & 0xffu);
+  };
+  for (const auto policy :
+       {gpu::PageCacheRegistration::never, gpu::PageCacheRegistration::always, gpu::PageCacheRegistration::on_reload}) {
+    gpu::CopyOptions o;
+    o.peer_exchange = true;
+    o.register_page_cache = policy;
+    o.chunk_bytes = 8 * MiB;
+    if (policy == gpu::PageCacheRegistration::never) o.copy_threads = 1;
+    gpu::Loader loader(devices, o);
+    for (int round = 0; round < 3; ++round) {  // 2: from the disk
+      if (round == 2) evict(path, 0, 0);
+      std::uintptr_t on[2] = {0, 0};
+      for (int d : devices) on[d] = gpu_test::device_alloc(d, buffer[d]);
+      std::vector<gpu::DeviceSegment> segments;
+      for (const Want& w : wants) {
+        segments.push_back({w.file_offset, on[w.device] + w.at, static_cast<std::size_t>(w.bytes), 1, 0, 0, w.device});
+      }
+      const ReadReport r = loader.load(path, segments);
+      for (int d : devices) {
+        std::vector<std::uint8_t> got(buffer[d]);
+        ASSERT_EQ(gpu_test::copy_to_host(d, got.data(), on[d], got.size()), "");
+        std::size_t wrong = 0;
+        for (const Want& w : wants) {
+          if (w.device != d) continue;
+          for (std::uint64_t i = 0; i < w.bytes; ++i) wrong += got[w.at + i] != file_byte(w.file_offset + i);
+        }
+        EXPECT_EQ(wrong, 0u) << "device " << d << ", policy " << static_cast<int>(policy) << ", round " << round;
+        gpu_test::device_free(d, on[d]);
+      }
+      if (exchanging) {
+        EXPECT_NE(r.fallback_reason.find("copied GPU to GPU"), std::string::npos) << r.fallback_reason;
+        EXPECT_EQ(r.fallback_reason.find("no peer exchange"), std::string::npos) << r.fallback_reason;
+      } else {
+        EXPECT_EQ(r.fallback_reason.find("copied GPU to GPU"), std::string::npos) << r.fallback_reason;
+      }
+      std::printf("GpuLoader exchange, %zu device(s), policy %d, round %d: %s: %s\n", devices.size(),
+                  static_cast<int>(policy), round, to_string(r.path), r.fallback_reason.c_str());
+    }
+  }
+  std::remove(path.c_str());
+  if (!two) GTEST_SKIP() << "skipped: fewer than 2 CUDA devices (the one-device loads with the option ran and matched)";
+}
+
 TEST(GpuShare, ReadOnlyAttachIsRegisteredReadOnlyAndReadByKernels) {
   UNIMEM_REQUIRE_GPUS(1);
   Block a = Block::open(8 * MiB);

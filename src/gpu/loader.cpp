@@ -328,8 +328,13 @@ struct Loader::State {
   std::vector<int> devices;
   std::vector<DeviceStreams> device_streams;  // one per device, in the same order
   CopyOptions options;
-  std::size_t chunk;  // registration chunk and staging slot size
-  std::mutex lock;    // one load at a time
+  // CopyOptions::peer_exchange asked for and possible (every pair of devices
+  // has peer access, now enabled); else why not, for the report.
+  bool exchange = false;
+  std::string exchange_off;
+  mutable std::atomic<std::uint64_t> exchanged{0};  // bytes peer-copied by this load, for its report
+  std::size_t chunk;                                // registration chunk and staging slot size
+  std::mutex lock;                                  // one load at a time
   // Set in a fork() child: the streams, events and registrations are the
   // parent's, and `lock` may have been copied held.
   unimem::detail::ForkedFlag forked;
@@ -528,6 +533,105 @@ struct Loader::State {
     ensure_crew();
   }
 
+  // Enables peer access between every pair of devices for
+  // CopyOptions::peer_exchange; returns "" when done, else why not.
+  std::string enable_peer_access() const {
+    const detail::Driver& d = detail::driver();
+    if (d.cuDeviceCanAccessPeer == nullptr || d.cuCtxEnablePeerAccess == nullptr) {
+      return "this CUDA driver lacks peer access";
+    }
+    for (int a : devices) {
+      for (int b : devices) {
+        if (a == b) continue;
+        detail::CUdevice da = 0, db = 0;
+        int can = 0;
+        check(d.cuDeviceGet(&da, a), "cuDeviceGet");
+        check(d.cuDeviceGet(&db, b), "cuDeviceGet");
+        check(d.cuDeviceCanAccessPeer(&can, da, db), "cuDeviceCanAccessPeer");
+        if (!can) return "device " + std::to_string(a) + " cannot read device " + std::to_string(b) + "'s memory";
+      }
+    }
+    for (int a : devices) {
+      detail::ContextScope context(a);
+      for (int b : devices) {
+        if (a == b) continue;
+        const detail::CUresult r = d.cuCtxEnablePeerAccess(detail::primary_context(b), 0);
+        if (r != 0 && r != detail::kErrorPeerAccessAlreadyEnabled) {
+          const char* name = nullptr;
+          d.cuGetErrorName(r, &name);
+          return "enabling device " + std::to_string(a) + "'s access to device " + std::to_string(b) +
+                 " failed: " + (name ? name : std::to_string(r));
+        }
+      }
+    }
+    return "";
+  }
+
+  // With exchange: the parts of `need`'s pieces in [begin, end) that several
+  // devices want, each copied from `source` to one of them (its owner: the
+  // 4 MiB granules of the file dealt round-robin over the devices that want
+  // the bytes) and from there to the others, all on the owner's stream (the
+  // peer copies after the host copy they read). Strided pieces go to `rest`,
+  // for the host route; so do none of the others.
+  static constexpr std::uint64_t kExchangeGranule = std::uint64_t{4} << 20;
+  template <class Source>
+  void exchange_parts(const detail::Driver& d, const std::vector<Piece>& pieces, const Need& need, std::uint64_t begin,
+                      std::uint64_t end, const CUstream* streams, std::vector<char>* used, Source&& source,
+                      std::vector<std::size_t>& rest) const {
+    struct Part {
+      std::uint64_t b, e;
+      std::size_t piece;
+    };
+    std::vector<Part> parts;
+    std::vector<std::uint64_t> cuts;
+    for (std::size_t i : need.pieces) {
+      const Piece& p = pieces[i];
+      if (p.rows != 1) {
+        rest.push_back(i);
+        continue;
+      }
+      const std::uint64_t b = std::max<std::uint64_t>(begin, p.file_offset);
+      const std::uint64_t e = std::min<std::uint64_t>(end, p.file_offset + p.width);
+      if (b >= e) continue;
+      parts.push_back({b, e, i});
+      cuts.push_back(b);
+      cuts.push_back(e);
+    }
+    if (parts.empty()) return;
+    for (std::uint64_t g = (begin / kExchangeGranule + 1) * kExchangeGranule; g < end; g += kExchangeGranule) {
+      cuts.push_back(g);
+    }
+    std::sort(cuts.begin(), cuts.end());
+    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+    std::vector<const Part*> covering;
+    for (std::size_t k = 0; k + 1 < cuts.size(); ++k) {
+      const std::uint64_t x = cuts[k], y = cuts[k + 1];
+      covering.clear();
+      for (const Part& q : parts) {
+        if (q.b <= x && y <= q.e) covering.push_back(&q);
+      }
+      if (covering.empty()) continue;
+      const Part* owner = covering[(x / kExchangeGranule) % covering.size()];
+      const Piece& op = pieces[owner->piece];
+      const DeviceStreams& dev = device_streams[op.device_index];
+      const CUstream stream = streams != nullptr ? streams[op.device_index] : dev.stream;
+      std::optional<detail::ContextScope> other;  // the caller's context is the first device's
+      if (op.device_index != 0) other.emplace(dev.device);
+      const detail::CUdeviceptr at = op.device_address + (x - op.file_offset);
+      check(d.cuMemcpyHtoDAsync(at, source(x), y - x, stream),
+            "cuMemcpyHtoDAsync (a copy to device " + std::to_string(dev.device) + ")");
+      for (const Part* q : covering) {
+        if (q == owner) continue;
+        const Piece& qp = pieces[q->piece];
+        check(d.cuMemcpyAsync(qp.device_address + (x - qp.file_offset), at, y - x, stream),
+              "cuMemcpyAsync (device " + std::to_string(dev.device) + " to device " +
+                  std::to_string(device_streams[qp.device_index].device) + ")");
+        exchanged.fetch_add(y - x, std::memory_order_relaxed);
+      }
+      if (used) (*used)[op.device_index] = 1;
+    }
+  }
+
   struct Run;  // one load's staging and registration (below)
 
   // Sorts a load's chunks by kind. Asking the kernel which pages are cached
@@ -574,7 +678,9 @@ struct Loader::State {
   template <class Source>
   void copy_parts(const detail::Driver& d, const std::vector<Piece>& pieces, const Need& need, std::uint64_t begin,
                   std::uint64_t end, const CUstream* streams, std::vector<char>* used, Source&& source) const {
-    for (std::size_t i : need.pieces) {
+    std::vector<std::size_t> host_route;  // with exchange: the pieces it leaves to the host route
+    if (exchange) exchange_parts(d, pieces, need, begin, end, streams, used, source, host_route);
+    for (std::size_t i : exchange ? host_route : need.pieces) {
       const Piece& p = pieces[i];
       const DeviceStreams& dev = device_streams[p.device_index];
       const CUstream stream = streams != nullptr ? streams[p.device_index] : dev.stream;
@@ -667,6 +773,10 @@ Loader::Loader(std::span<const int> devices, const CopyOptions& options) : state
       check(d.cuStreamCreate(&dev.stream, detail::kStreamNonBlocking), "cuStreamCreate");
       check(d.cuStreamCreate(&dev.staging_stream, detail::kStreamNonBlocking), "cuStreamCreate");
       for (auto& e : dev.events) check(d.cuEventCreate(&e, detail::kEventDisableTiming), "cuEventCreate");
+    }
+    if (options.peer_exchange && s.devices.size() > 1) {
+      s.exchange_off = s.enable_peer_access();
+      s.exchange = s.exchange_off.empty();
     }
   } catch (...) {
     s.destroy_device_streams();
@@ -834,10 +944,14 @@ struct Loader::State::Run {
 
   // Cuts the cached chunks into worker slices. From the constructor: the
   // claims below read them.
+  // Slices end on multiples of their size in the file, so that with peer
+  // exchange (4 MiB granules) a slice goes whole to one device.
   void cut_slices() {
+    static_assert(State::kWorkerSlotBytes == State::kExchangeGranule);
     for (std::size_t n : cached) {
-      for (std::uint64_t b = needs[n].lo; b < needs[n].hi; b += State::kWorkerSlotBytes) {
-        slices.push_back({n, b, std::min<std::uint64_t>(b + State::kWorkerSlotBytes, needs[n].hi)});
+      for (std::uint64_t b = needs[n].lo, e; b < needs[n].hi; b = e) {
+        e = std::min<std::uint64_t>((b / State::kWorkerSlotBytes + 1) * State::kWorkerSlotBytes, needs[n].hi);
+        slices.push_back({n, b, e});
       }
       first_slice.push_back(slices.size());
     }
@@ -1038,6 +1152,7 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   }
   std::lock_guard hold(s.lock);
   const detail::Driver& d = detail::driver();
+  s.exchanged = 0;  // an earlier load that threw may have left a count
 
   const std::vector<Piece> pieces = merge(segments, s.devices);
   ReadReport report;
@@ -1208,6 +1323,13 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
                   "rest staged, as later loads of it will be",
                   file.registration_rate / 1e9, kRegisterAtLeast * 100, file.staged_rate / 1e9);
     report.fallback_reason += why;
+  }
+  auto add_reason = [&](const std::string& why) {
+    report.fallback_reason += (report.fallback_reason.empty() ? "" : "; ") + why;
+  };
+  if (!s.exchange_off.empty()) add_reason("no peer exchange: " + s.exchange_off);
+  if (const std::uint64_t x = s.exchanged.exchange(0); x != 0) {
+    add_reason("peer exchange: " + unimem::detail::format_bytes(x) + " copied GPU to GPU");
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

@@ -44,7 +44,9 @@ SplitPart split_part(const TensorInfo& t, Split split, std::size_t devices, std:
   p.part_begin = begin;
   p.file_offset = t.file_offset + begin * inner;
   p.bytes = (end - begin) * inner;
-  if (outer > 1) {  // columns of a matrix: one row of the part per outer index
+  if (outer == 0) {  // an empty tensor (an outer dimension of 0): nothing to read
+    p.bytes = 0;
+  } else if (outer > 1) {  // columns of a matrix: one row of the part per outer index
     p.rows = outer;
     p.file_pitch = n * inner;
   }

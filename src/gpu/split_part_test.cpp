@@ -108,6 +108,10 @@ TEST(SplitPart, ACutThatDoesNotDivideOrAScalarCutIsRefused) {
               std::string::npos)
         << e.what();
   }
+  // An empty tensor cut by columns reads nothing (not the next tensor's bytes).
+  const SplitPart empty = split_part(tensor({0, 4}), Split::columns, 2, 1);
+  EXPECT_EQ(empty.bytes * empty.rows, 0u);
+  EXPECT_EQ(empty.shape, (std::vector<std::uint64_t>{0, 2}));
   // The other cut of the same tensor divides: not refused.
   EXPECT_EQ(split_part(tensor({1000, 4097}), Split::rows, 2, 1).part_begin, 500u);
 }

@@ -39,6 +39,12 @@ int device_count() {
   return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
 }
 
+bool peers(int a, int b) {
+  int ab = 0, ba = 0;
+  return cudaDeviceCanAccessPeer(&ab, a, b) == cudaSuccess && cudaDeviceCanAccessPeer(&ba, b, a) == cudaSuccess && ab &&
+         ba;
+}
+
 std::string fill(int device, std::uint32_t* p, std::size_t n, std::uint32_t seed) {
   UNIMEM_TRY(cudaSetDevice(device));
   fill_kernel<<<264, 256>>>(p, n, seed);

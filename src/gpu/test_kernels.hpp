@@ -38,6 +38,9 @@ std::size_t free_device_memory(int device);
 // cudaMemcpy device to host; "" on success, else the error.
 std::string copy_to_host(int device, void* dst, std::uintptr_t src, std::size_t bytes);
 
+// cudaDeviceCanAccessPeer both ways (false on error).
+bool peers(int a, int b);
+
 // True when the runtime reports `p` as registered (page-locked) host memory.
 bool is_registered_host_memory(const void* p);
 
