@@ -143,6 +143,10 @@ def test_two_gpus_split_and_replicated(tmp_path):
     assert [p["w"].device.index for p in parts] == [0, 1]
     assert torch.equal(torch.cat([parts[0]["w"].cpu(), parts[1]["w"].cpu()], dim=1), w)
     assert torch.equal(parts[1]["bias"].cpu(), parts[0]["bias"].cpu())
+    # A cut that does not divide is refused (tensor parallelism needs equal parts).
+    st.save_file({"odd": torch.randn(4, 31)}, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(ValueError, match="not a multiple of 2"):
+        unimem.load_safetensors(str(tmp_path / "odd.safetensors"), device=["cuda:0", "cuda:1"], split="columns")
 
 
 def test_offload_pool_moves_torch_kv_blocks_both_ways_byte_exact():

@@ -45,6 +45,7 @@
 #include "copy_crew.hpp"
 #include "format.hpp"
 #include "gpu/driver.hpp"
+#include "gpu/exchange_plan.hpp"
 #include "gpu/loader_probe.hpp"
 #include "load_progress.hpp"
 #include "platform/files.hpp"
@@ -567,23 +568,17 @@ struct Loader::State {
     return "";
   }
 
-  // With exchange: the parts of `need`'s pieces in [begin, end) that several
-  // devices want, each copied from `source` to one of them (its owner: the
-  // 4 MiB granules of the file dealt round-robin over the devices that want
-  // the bytes) and from there to the others, all on the owner's stream (the
-  // peer copies after the host copy they read). Strided pieces go to `rest`,
-  // for the host route; so do none of the others.
+  // With exchange: the parts of `need`'s pieces in [begin, end), copied as
+  // plan_exchange says (each interval from `source` to one device that wants
+  // it, then from there to the others), all on the owner's stream, so each
+  // peer copy follows the host copy it reads. Strided pieces go to `rest`,
+  // for the host route.
   static constexpr std::uint64_t kExchangeGranule = std::uint64_t{4} << 20;
   template <class Source>
   void exchange_parts(const detail::Driver& d, const std::vector<Piece>& pieces, const Need& need, std::uint64_t begin,
                       std::uint64_t end, const CUstream* streams, std::vector<char>* used, Source&& source,
                       std::vector<std::size_t>& rest) const {
-    struct Part {
-      std::uint64_t b, e;
-      std::size_t piece;
-    };
-    std::vector<Part> parts;
-    std::vector<std::uint64_t> cuts;
+    std::vector<detail::WantedRange> wanted;
     for (std::size_t i : need.pieces) {
       const Piece& p = pieces[i];
       if (p.rows != 1) {
@@ -592,43 +587,26 @@ struct Loader::State {
       }
       const std::uint64_t b = std::max<std::uint64_t>(begin, p.file_offset);
       const std::uint64_t e = std::min<std::uint64_t>(end, p.file_offset + p.width);
-      if (b >= e) continue;
-      parts.push_back({b, e, i});
-      cuts.push_back(b);
-      cuts.push_back(e);
+      if (b < e) wanted.push_back({b, e, i});
     }
-    if (parts.empty()) return;
-    for (std::uint64_t g = (begin / kExchangeGranule + 1) * kExchangeGranule; g < end; g += kExchangeGranule) {
-      cuts.push_back(g);
-    }
-    std::sort(cuts.begin(), cuts.end());
-    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
-    std::vector<const Part*> covering;
-    for (std::size_t k = 0; k + 1 < cuts.size(); ++k) {
-      const std::uint64_t x = cuts[k], y = cuts[k + 1];
-      covering.clear();
-      for (const Part& q : parts) {
-        if (q.b <= x && y <= q.e) covering.push_back(&q);
-      }
-      if (covering.empty()) continue;
-      const Part* owner = covering[(x / kExchangeGranule) % covering.size()];
-      const Piece& op = pieces[owner->piece];
-      const DeviceStreams& dev = device_streams[op.device_index];
-      const CUstream stream = streams != nullptr ? streams[op.device_index] : dev.stream;
+    for (const detail::ExchangeCopy& c : detail::plan_exchange(wanted, kExchangeGranule)) {
+      const Piece& to = pieces[c.to];
+      const Piece& from = pieces[c.from];
+      const DeviceStreams& dev = device_streams[from.device_index];
+      const CUstream stream = streams != nullptr ? streams[from.device_index] : dev.stream;
       std::optional<detail::ContextScope> other;  // the caller's context is the first device's
-      if (op.device_index != 0) other.emplace(dev.device);
-      const detail::CUdeviceptr at = op.device_address + (x - op.file_offset);
-      check(d.cuMemcpyHtoDAsync(at, source(x), y - x, stream),
-            "cuMemcpyHtoDAsync (a copy to device " + std::to_string(dev.device) + ")");
-      for (const Part* q : covering) {
-        if (q == owner) continue;
-        const Piece& qp = pieces[q->piece];
-        check(d.cuMemcpyAsync(qp.device_address + (x - qp.file_offset), at, y - x, stream),
+      if (from.device_index != 0) other.emplace(dev.device);
+      const detail::CUdeviceptr dst = to.device_address + (c.begin - to.file_offset);
+      if (c.from_host()) {
+        check(d.cuMemcpyHtoDAsync(dst, source(c.begin), c.end - c.begin, stream),
+              "cuMemcpyHtoDAsync (a copy to device " + std::to_string(dev.device) + ")");
+        if (used) (*used)[from.device_index] = 1;
+      } else {
+        check(d.cuMemcpyAsync(dst, from.device_address + (c.begin - from.file_offset), c.end - c.begin, stream),
               "cuMemcpyAsync (device " + std::to_string(dev.device) + " to device " +
-                  std::to_string(device_streams[qp.device_index].device) + ")");
-        exchanged.fetch_add(y - x, std::memory_order_relaxed);
+                  std::to_string(device_streams[to.device_index].device) + ")");
+        exchanged.fetch_add(c.end - c.begin, std::memory_order_relaxed);
       }
-      if (used) (*used)[op.device_index] = 1;
     }
   }
 
