@@ -48,14 +48,14 @@ TEST(CopyHelpers, ASecondRunWhileOneIsInProgressIsRefused) {
   };
   std::thread first([&] { EXPECT_TRUE(helpers.run(1, blocking)); });
   while (!inside.load()) std::this_thread::yield();
-  int calls = 0;
+  std::atomic<int> calls{0};  // the helper and the caller may both count
   const std::function<void(std::size_t)> counting = [&](std::size_t) { ++calls; };
   EXPECT_FALSE(helpers.run(3, counting));
-  EXPECT_EQ(calls, 0) << "a refused run calls nothing";
+  EXPECT_EQ(calls.load(), 0) << "a refused run calls nothing";
   release.store(true);
   first.join();
   EXPECT_TRUE(helpers.run(3, counting));
-  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(calls.load(), 3);
 }
 
 TEST(CopyHelpers, HelpersShareTheWork) {
