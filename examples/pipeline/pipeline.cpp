@@ -338,14 +338,17 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
   }
 
   Runner run(c, pl, mm);
-  {  // Untimed: oneDNN's primitives, CUDA's kernels and its memory pool are made on first use.
-    const std::unique_ptr<Path> warm_up = make_standard_path(file, c, pl, x16, StandardStyle::competent);
-    converse(*warm_up, c, run);
-  }
+  // Untimed: oneDNN's primitives, CUDA's kernels and its memory pool are made
+  // on first use. Kept until every contender has loaded: its freed heap
+  // would otherwise hand the next path's weights pages already faulted in,
+  // a head start no process loading its model once gets.
+  std::unique_ptr<Path> warm_up = make_standard_path(file, c, pl, x16, StandardStyle::competent);
+  converse(*warm_up, c, run);
   std::vector<Contender> paths;
   paths.push_back({"naive", "naive/u", make_standard_path(file, c, pl, x16, StandardStyle::naive), {}, {}, {}});
   paths.push_back({"standard", "std/u", make_standard_path(file, c, pl, x16, StandardStyle::competent), {}, {}, {}});
   paths.push_back({"unimem", "", make_unimem_path(file, c, pl, x16, opt.unimem_gpu), {}, {}, {}});
+  warm_up.reset();
   // Conversations of the paths alternate, --repeat times; each path's median
   // (by generation time) is reported. Stage times come from one more
   // conversation each, which waits for the GPU after every stage.
