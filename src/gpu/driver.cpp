@@ -114,12 +114,15 @@ const Driver& driver() {
   return l.driver;
 }
 
-void check(CUresult r, const std::string& what) {
-  if (r == 0) return;
+std::string error_name(CUresult r) {
   const char* name = nullptr;
   if (loaded().driver.cuGetErrorName) loaded().driver.cuGetErrorName(r, &name);
-  throw Error(Errc::cuda, 0,
-              "unimem: " + what + " failed: " + (name ? name : "CUDA error") + " (" + std::to_string(r) + ")");
+  return std::string(name ? name : "CUDA error") + " (" + std::to_string(r) + ")";
+}
+
+void check(CUresult r, const std::string& what) {
+  if (r == 0) return;
+  throw Error(Errc::cuda, 0, "unimem: " + what + " failed: " + error_name(r));
 }
 
 CUcontext primary_context(int ordinal) {

@@ -197,6 +197,10 @@ const Driver& driver();
 // Throws Error(cuda) naming `what` and the driver's error when r != 0.
 void check(CUresult r, const std::string& what);
 
+// The driver's name for `r` and its number, e.g. "CUDA_ERROR_OUT_OF_MEMORY
+// (2)". Throws std::bad_alloc only.
+std::string error_name(CUresult r);
+
 // The primary context of `ordinal`, retained for the rest of the process (as
 // the CUDA runtime does), so kernels launched through the runtime API see
 // everything registered through it. Throws Error(cuda).

@@ -182,6 +182,13 @@ struct MappedFile {
 
   std::size_t chunk_length(std::size_t k) const { return std::min(chunk, map.size() - k * chunk); }
 
+  // The fraction of [offset, offset + bytes) in the page cache: asked of the
+  // file (cachestat), else of the mapping (mincore). Never throws.
+  double cached_fraction(std::uint64_t offset, std::uint64_t bytes) const noexcept {
+    const double cached = reader.cached_fraction(offset, bytes);
+    return cached >= 0 ? cached : platform::resident_fraction(map.data() + offset, static_cast<std::size_t>(bytes));
+  }
+
   // Registers chunk k (under the caller's context); false when the driver refuses.
   bool register_chunk(std::size_t k) {
     if (chunks[k] != Chunk::unregistered) return chunks[k] == Chunk::registered;
@@ -558,10 +565,8 @@ struct Loader::State {
         if (a == b) continue;
         const detail::CUresult r = d.cuCtxEnablePeerAccess(detail::primary_context(b), 0);
         if (r != 0 && r != detail::kErrorPeerAccessAlreadyEnabled) {
-          const char* name = nullptr;
-          d.cuGetErrorName(r, &name);
           return "enabling device " + std::to_string(a) + "'s access to device " + std::to_string(b) +
-                 " failed: " + (name ? name : std::to_string(r));
+                 " failed: " + detail::error_name(r);
         }
       }
     }
@@ -623,11 +628,7 @@ struct Loader::State {
       for (std::size_t n = begin; n < end; ++n) {
         const Need& need = needs[n];
         if (file.chunks[need.chunk] == MappedFile::Chunk::registered) continue;
-        double cached = file.reader.cached_fraction(need.lo, need.hi - need.lo);
-        if (cached < 0) {
-          cached = platform::resident_fraction(file.map.data() + need.lo, static_cast<std::size_t>(need.hi - need.lo));
-        }
-        resident[n] = cached >= 0.9;
+        resident[n] = file.cached_fraction(need.lo, need.hi - need.lo) >= 0.9;
       }
       return 0;
     };
@@ -1108,11 +1109,7 @@ bool time_registration_in(MappedFile& file, const std::vector<Need>& needs, cons
     const std::uint64_t begin = (need.lo + page - 1) / page * page;
     const std::uint64_t end = std::min<std::uint64_t>(need.hi / page * page, begin + MappedFile::kProbeBytes);
     if (end <= begin || end - begin < MappedFile::kMinProbeBytes) continue;
-    const double in_cache = file.reader.cached_fraction(begin, end - begin);
-    const double resident =
-        in_cache >= 0 ? in_cache
-                      : platform::resident_fraction(file.map.data() + begin, static_cast<std::size_t>(end - begin));
-    if (resident < 1.0) continue;
+    if (file.cached_fraction(begin, end - begin) < 1.0) continue;
     file.time_registration(begin, static_cast<std::size_t>(end - begin));
     return true;
   }
@@ -1278,6 +1275,9 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
   } else {
     report.fallback_reason = run.staged_reason;
   }
+  auto add_reason = [&](const std::string& why) {
+    report.fallback_reason += (report.fallback_reason.empty() ? "" : "; ") + why;
+  };
   if (timed_now) {
     char rate[64], why[240];
     if (std::isinf(file.registration_rate)) {
@@ -1287,24 +1287,20 @@ ReadReport Loader::load(const std::string& path, std::span<const DeviceSegment> 
     } else {
       std::snprintf(rate, sizeof rate, "%.3g GB/s", file.registration_rate / 1e9);
     }
-    std::snprintf(why, sizeof why,
-                  "; registering this file timed at %s, against the %.1f GB/s staging reached on it: %s", rate,
-                  file.staged_rate / 1e9,
+    std::snprintf(why, sizeof why, "registering this file timed at %s, against the %.1f GB/s staging reached on it: %s",
+                  rate, file.staged_rate / 1e9,
                   run.register_cached && !run.stopped_registering ? "registered, for DMA alone from the next load on"
                                                                   : "staged, as later loads of it will be");
-    report.fallback_reason += why;
+    add_reason(why);
   }
   if (run.stopped_registering) {
     char why[200];
     std::snprintf(why, sizeof why,
-                  "; its chunks registered at %.3g GB/s, below %.0f%% of the %.1f GB/s staging reached on it: the "
+                  "its chunks registered at %.3g GB/s, below %.0f%% of the %.1f GB/s staging reached on it: the "
                   "rest staged, as later loads of it will be",
                   file.registration_rate / 1e9, kRegisterAtLeast * 100, file.staged_rate / 1e9);
-    report.fallback_reason += why;
+    add_reason(why);
   }
-  auto add_reason = [&](const std::string& why) {
-    report.fallback_reason += (report.fallback_reason.empty() ? "" : "; ") + why;
-  };
   if (!s.exchange_off.empty()) add_reason("no peer exchange: " + s.exchange_off);
   if (const std::uint64_t x = s.exchanged.exchange(0); x != 0) {
     add_reason("peer exchange: " + unimem::detail::format_bytes(x) + " copied GPU to GPU");

@@ -16,6 +16,7 @@
 #include "platform/files.hpp"
 #include "platform/linux/errc.hpp"
 #include "platform/linux/open_file.hpp"
+#include "platform/region.hpp"
 #include "unimem/error.hpp"
 
 namespace unimem::platform {
@@ -119,7 +120,7 @@ double ReadableFile::cached_fraction(std::uint64_t offset, std::uint64_t bytes) 
     if (errno == ENOSYS) cachestat_refused.store(true, std::memory_order_relaxed);
     return -1.0;
   }
-  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t page = page_size();
   const std::uint64_t first = offset / page, pages = (offset + bytes + page - 1) / page - first;
   return std::min(1.0, static_cast<double>(stat.nr_cache) / static_cast<double>(pages));
 }
@@ -130,7 +131,7 @@ int ReadableFile::drop_cached(std::uint64_t offset, std::uint64_t bytes) const n
 
 double resident_fraction(const std::byte* p, std::size_t bytes) noexcept {
   if (bytes == 0) return 1.0;
-  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::size_t page = page_size();
   const auto begin = reinterpret_cast<std::uintptr_t>(p) / page * page;
   const std::size_t span = reinterpret_cast<std::uintptr_t>(p) + bytes - begin;
   try {
