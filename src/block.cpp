@@ -34,7 +34,23 @@ Block Block::open(std::size_t bytes, const BlockOptions& options) {
         "unimem: Block::open(" + std::to_string(bytes) + "): the size overflows when rounded up to the page size");
   }
   const std::size_t rounded = (bytes + page - 1) / page * page;
-  Block block(platform::map_region(rounded, options));  // released on any throw below
+  // Whole huge pages: the last, partial window of a Block would otherwise
+  // fault 4 KiB pages (a 3 MiB model's weights: a third of its faults).
+  std::size_t size = rounded;
+  const std::size_t unit = options.huge_pages ? platform::huge_page_unit(options.shareable) : 0;
+  if (unit != 0 && rounded >= unit && rounded <= std::numeric_limits<std::size_t>::max() - (unit - 1)) {
+    size = (rounded + unit - 1) / unit * unit;
+  }
+  detail::Region region;
+  try {
+    region = platform::map_region(size, options);
+  } catch (const Error& e) {
+    // The rounding must never be why an open fails: the caller asked for
+    // `rounded`, which may still fit under the memlock limit or in memory.
+    if (size == rounded || (e.code() != Errc::memlock_limit && e.code() != Errc::out_of_memory)) throw;
+    region = platform::map_region(rounded, options);
+  }
+  Block block(std::move(region));  // released on any throw below
   block.finish_open(options);
   return block;
 }

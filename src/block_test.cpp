@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "format.hpp"
+#include "platform/region.hpp"
 #include "testing.hpp"
 #include "unimem/linux.hpp"
 
@@ -162,7 +163,8 @@ TEST(Block, PrivateBlocksHaveNoHandleAndMayGetHugePages) {
   o.huge_pages = true;
   o.backing = Backing::warm;
   Block b = Block::open(16 * MiB + 1, o);
-  EXPECT_EQ(b.size(), 16 * MiB + Block::page_size());
+  const std::size_t unit = platform::huge_page_unit(false);
+  EXPECT_EQ(b.size(), unit ? (16 * MiB + unit) / unit * unit : 16 * MiB + Block::page_size());
   EXPECT_EQ(block_descriptor(b), -1);
   EXPECT_FALSE(b.id());
   EXPECT_TRUE(b.pinned());
@@ -174,6 +176,43 @@ TEST(Block, PrivateBlocksHaveNoHandleAndMayGetHugePages) {
   EXPECT_LE(huge, b.size());
   EXPECT_EQ(huge % (2 * MiB), 0u);
   std::printf("private Block: %zu of %zu bytes in huge pages\n", huge, b.size());
+}
+
+// A huge page is one aligned window wholly inside a mapping. A Block asked
+// for huge pages starts on a window's edge and ends on one, where the system
+// gives that kind of memory huge pages; otherwise, and below one huge page,
+// it is sized as any Block. (Before: a 3 MiB Block at whatever address mmap
+// chose got at most one huge page, often none.)
+TEST(Block, AskingForHugePagesAlignsAndRoundsToThem) {
+  const std::size_t page = Block::page_size();
+  for (const bool shareable : {false, true}) {
+    const std::size_t unit = platform::huge_page_unit(shareable);
+    BlockOptions o = unpinned();
+    o.shareable = shareable;
+    o.huge_pages = true;
+    o.backing = Backing::warm;
+    for (const std::size_t bytes : {std::size_t{1}, MiB + 1, 2 * MiB, 3 * MiB + 1, 5 * MiB, 9 * MiB + 1}) {
+      Block b = Block::open(bytes, o);
+      const std::size_t paged = (bytes + page - 1) / page * page;
+      const bool whole = unit != 0 && paged >= unit;
+      EXPECT_EQ(b.size(), whole ? (paged + unit - 1) / unit * unit : paged)
+          << bytes << " bytes, shareable " << shareable;
+      if (whole) {
+        EXPECT_EQ(reinterpret_cast<std::uintptr_t>(b.data()) % unit, 0u) << bytes << " bytes, shareable " << shareable;
+      }
+      const std::size_t huge = b.huge_page_bytes();
+      EXPECT_LE(huge, b.size());
+      for (std::size_t i = 0; i < b.size(); i += page) ASSERT_EQ(b.bytes()[i], std::byte{0});
+      b.bytes()[b.size() - 1] = std::byte{1};  // the rounded part is the Block's too
+      if (bytes == 3 * MiB + 1) {
+        std::printf("%s Block of 3 MiB + 1: %zu bytes, %zu of them in huge pages (unit %zu)\n",
+                    shareable ? "shareable" : "private", b.size(), huge, unit);
+      }
+    }
+    // Without huge pages asked for, nothing changes.
+    o.huge_pages = false;
+    EXPECT_EQ(Block::open(3 * MiB + 1, o).size(), 3 * MiB + page);
+  }
 }
 
 TEST(Block, MoveTransfersOwnershipAndAssignmentReleasesTheOld) {
@@ -292,6 +331,46 @@ int open_fds() {
 
 TEST(BlockDeathTest, MemlockLimitGivesAClearErrorAndLeavesNothing) {
   EXPECT_EXIT(open_past_the_memlock_limit(), ::testing::ExitedWithCode(0), "");
+}
+
+// Runs in a forked child, as an unprivileged user: rounding a pinned Block up
+// to whole huge pages must not make it exceed a memlock limit that its own
+// size fits under; it then keeps its page-rounded size.
+[[noreturn]] void open_huge_pages_just_under_the_memlock_limit(std::size_t unit) {
+  if (::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+                           ::setresuid(65534, 65534, 65534) != 0)) {
+    std::_Exit(3);
+  }
+  ::prctl(PR_SET_DUMPABLE, 1);
+  rlimit limit{};
+  ::getrlimit(RLIMIT_MEMLOCK, &limit);
+  const std::size_t page = Block::page_size();
+  const std::size_t want = 3 * unit + unit / 2;  // rounds up to 4 units, past the limit
+  const std::size_t bound = want + page + platform::locked_bytes();
+  if (limit.rlim_max != RLIM_INFINITY && limit.rlim_max < bound) std::_Exit(0);  // cannot set up; nothing to test
+  limit.rlim_cur = bound;
+  if (::setrlimit(RLIMIT_MEMLOCK, &limit) != 0) std::_Exit(3);
+  BlockOptions o;
+  o.shareable = false;
+  o.huge_pages = true;
+  try {
+    Block b = Block::open(want, o);
+    if (b.size() != want || !b.pinned()) {
+      std::fprintf(stderr, "got %zu bytes, pinned %d\n", b.size(), b.pinned());
+      std::_Exit(4);
+    }
+    b.bytes()[want - 1] = std::byte{1};
+  } catch (const Error& e) {
+    std::fprintf(stderr, "open failed: %s\n", e.what());
+    std::_Exit(5);
+  }
+  std::_Exit(0);
+}
+
+TEST(BlockDeathTest, RoundingToHugePagesNeverCostsAnOpenUnderTheMemlockLimit) {
+  const std::size_t unit = platform::huge_page_unit(false);
+  if (unit == 0) GTEST_SKIP() << "private memory gets no huge pages here (transparent_hugepage/enabled)";
+  EXPECT_EXIT(open_huge_pages_just_under_the_memlock_limit(unit), ::testing::ExitedWithCode(0), "");
 }
 
 // The code and message of the unimem::Error `f` throws.

@@ -88,6 +88,7 @@ struct BlockOptions {
   // and GPU registration. Linux gives shareable (memfd) pages huge pages only
   // where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows, private
   // pages where .../enabled allows; huge_page_bytes() tells what was obtained.
+  // Where they are allowed, open() aligns and rounds the Block to them.
   bool huge_pages = false;
   // Threads used to back pages (Backing::warm, Visibility::gpus). 0 picks from
   // the size and the machine: one thread per 4 MiB, at most one per core.
@@ -123,7 +124,12 @@ const Block& empty_block() noexcept;
 class Block {
  public:
   // Opens a Block of at least `bytes` bytes, rounded up to the page size;
-  // size() reports the real size. The memory reads as zeros.
+  // size() reports the real size. The memory reads as zeros. With
+  // options.huge_pages, where the system gives this kind of memory huge
+  // pages, a Block of at least one huge page (2 MiB on x86-64) starts on a
+  // huge-page boundary and is rounded up to whole huge pages, so every page
+  // of it can be huge; where pinning that much more is refused
+  // (RLIMIT_MEMLOCK) or cannot be backed, it keeps the page-rounded size.
   // Throws Error:
   //   invalid_argument  bytes == 0, or rounding up overflows
   //   out_of_memory     larger than the machine can back (or pin), or no address space

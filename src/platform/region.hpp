@@ -18,7 +18,9 @@ std::size_t page_size() noexcept;
 
 // Creates and maps a fresh shareable region of exactly `bytes` bytes, which the
 // caller has already validated as non-zero and a multiple of page_size().
-// Applies options.pinning and options.huge_pages; pages stay unbacked (the
+// Applies options.pinning and options.huge_pages (with huge pages, a region
+// of at least huge_page_unit() bytes starts on a multiple of it, so that its
+// aligned windows can each be one huge page); pages stay unbacked (the
 // caller populates them for Backing::warm). Throws Error; on throw, nothing
 // stays created, mapped or open.
 detail::Region map_region(std::size_t bytes, const BlockOptions& options);
@@ -34,6 +36,14 @@ void populate(std::byte* base, std::size_t bytes, bool for_writing = true);
 // refuses outright; whether huge pages were obtained shows in
 // huge_page_bytes() once the pages are backed. Never throws.
 bool advise_huge_pages(std::byte* base, std::size_t bytes) noexcept;
+
+// The size of the huge pages a Block of this kind (shareable: the
+// platform's shareable object; else private memory) can get when it asks
+// (BlockOptions::huge_pages), or 0 where the system gives that kind none.
+// Such a Block is mapped at an address aligned to it (map_region,
+// adopt_region), and Block::open rounds its size up to whole huge pages.
+// Never throws.
+std::size_t huge_page_unit(bool shareable) noexcept;
 
 // Bytes this process has pinned in all (Linux: VmLck), or 0 when unknown.
 std::size_t locked_bytes();

@@ -10,10 +10,13 @@
 // Huge pages: memfd memory is shmem, which gets transparent huge pages only
 // where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows (advise,
 // within_size or always). We ask with MADV_HUGEPAGE and report what we got
-// from /proc/self/smaps rather than predicting it.
+// from /proc/self/smaps rather than predicting it. A huge page covers one
+// aligned huge-page-sized window that lies wholly inside one mapping, so
+// huge_page_unit() tells the region code what to align and round to.
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -58,6 +61,41 @@ void populate(std::byte* base, std::size_t bytes, bool for_writing) {
 
 bool advise_no_fork_copy(std::byte* base, std::size_t bytes) noexcept {
   return ::madvise(base, bytes, MADV_DONTFORK) == 0;
+}
+
+namespace {
+
+// The selected word of a THP policy file ("always [madvise] never"), or ""
+// where the file cannot be read (no THP in this kernel).
+std::string thp_policy(const char* path) {
+  std::ifstream in(path);
+  std::string word;
+  while (in >> word) {
+    if (word.size() > 2 && word.front() == '[' && word.back() == ']') return word.substr(1, word.size() - 2);
+  }
+  return "";
+}
+
+}  // namespace
+
+std::size_t huge_page_unit(bool shareable) noexcept {
+  // Read once: the policy is the administrator's; a Block opened after a
+  // change is at worst aligned for nothing, or gets 4 KiB pages as before.
+  static const std::array<std::size_t, 2> unit = []() noexcept -> std::array<std::size_t, 2> {
+    try {
+      std::size_t pmd = 0;
+      std::ifstream size("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
+      if (!(size >> pmd) || pmd <= page_size() || (pmd & (pmd - 1)) != 0) return {0, 0};
+      const std::string priv = thp_policy("/sys/kernel/mm/transparent_hugepage/enabled");
+      const std::string shmem = thp_policy("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+      const bool private_huge = priv == "always" || priv == "madvise";
+      const bool shmem_huge = shmem == "always" || shmem == "within_size" || shmem == "advise" || shmem == "force";
+      return {private_huge ? pmd : 0, shmem_huge ? pmd : 0};
+    } catch (...) {  // no memory for a string: no huge pages, as without THP
+      return {0, 0};
+    }
+  }();
+  return unit[shareable ? 1 : 0];
 }
 
 bool advise_huge_pages(std::byte* base, std::size_t bytes) noexcept {
