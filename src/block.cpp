@@ -5,6 +5,7 @@
 // teardown order: unregister, then unmap and close.
 #include "unimem/block.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <limits>
@@ -15,6 +16,11 @@
 #include "platform/region.hpp"
 
 namespace unimem {
+
+namespace {
+// Padding to whole huge pages always allowed; more only up to an eighth of the size.
+constexpr std::size_t kMaxHugePagePadding = std::size_t{2} << 20;
+}  // namespace
 
 std::size_t Block::page_size() noexcept { return platform::page_size(); }
 
@@ -35,18 +41,21 @@ Block Block::open(std::size_t bytes, const BlockOptions& options) {
   }
   const std::size_t rounded = (bytes + page - 1) / page * page;
   // Whole huge pages: the last, partial window of a Block would otherwise
-  // fault 4 KiB pages (a 3 MiB model's weights: a third of its faults).
+  // fault 4 KiB pages (the demo's 3 MB weights: a third of them). The
+  // padding is capped where huge pages are large (arm64 with 64 KiB pages:
+  // 512 MiB) at an eighth of the size.
   std::size_t size = rounded;
   const std::size_t unit = options.huge_pages ? platform::huge_page_unit(options.shareable) : 0;
   if (unit != 0 && rounded >= unit && rounded <= std::numeric_limits<std::size_t>::max() - (unit - 1)) {
-    size = (rounded + unit - 1) / unit * unit;
+    const std::size_t whole = (rounded + unit - 1) / unit * unit;
+    if (whole - rounded <= std::max(kMaxHugePagePadding, rounded / 8)) size = whole;
   }
   detail::Region region;
   try {
     region = platform::map_region(size, options);
   } catch (const Error& e) {
-    // The rounding must never be why an open fails: the caller asked for
-    // `rounded`, which may still fit under the memlock limit or in memory.
+    // The padding must not be why mapping or pinning fails: `rounded` may
+    // still fit under the memlock limit, or in the machine.
     if (size == rounded || (e.code() != Errc::memlock_limit && e.code() != Errc::out_of_memory)) throw;
     region = platform::map_region(rounded, options);
   }

@@ -88,7 +88,8 @@ struct BlockOptions {
   // and GPU registration. Linux gives shareable (memfd) pages huge pages only
   // where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows, private
   // pages where .../enabled allows; huge_page_bytes() tells what was obtained.
-  // Where they are allowed, open() aligns and rounds the Block to them.
+  // Where they are allowed, open() aligns a Block of at least one huge page
+  // to them and rounds its size up (see open()).
   bool huge_pages = false;
   // Threads used to back pages (Backing::warm, Visibility::gpus). 0 picks from
   // the size and the machine: one thread per 4 MiB, at most one per core.
@@ -127,9 +128,11 @@ class Block {
   // size() reports the real size. The memory reads as zeros. With
   // options.huge_pages, where the system gives this kind of memory huge
   // pages, a Block of at least one huge page (2 MiB on x86-64) starts on a
-  // huge-page boundary and is rounded up to whole huge pages, so every page
-  // of it can be huge; where pinning that much more is refused
-  // (RLIMIT_MEMLOCK) or cannot be backed, it keeps the page-rounded size.
+  // huge-page boundary and is rounded up to whole huge pages, so that every
+  // page of it can be huge: at most 2 MiB more, or an eighth of the size
+  // where huge pages are larger. Where mapping or pinning that much more is
+  // refused (RLIMIT_MEMLOCK, more than the machine has), it keeps the
+  // page-rounded size.
   // Throws Error:
   //   invalid_argument  bytes == 0, or rounding up overflows
   //   out_of_memory     larger than the machine can back (or pin), or no address space

@@ -12,8 +12,10 @@
 // within_size or always). We ask with MADV_HUGEPAGE and report what we got
 // from /proc/self/smaps rather than predicting it. A huge page covers one
 // aligned huge-page-sized window that lies wholly inside one mapping, so
-// huge_page_unit() tells the region code what to align and round to.
+// huge_page_unit() tells the region code what to align private memory to,
+// and Block::open what to round sizes up to.
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <array>
@@ -79,15 +81,23 @@ std::string thp_policy(const char* path) {
 }  // namespace
 
 std::size_t huge_page_unit(bool shareable) noexcept {
-  // Read once: the policy is the administrator's; a Block opened after a
-  // change is at worst aligned for nothing, or gets 4 KiB pages as before.
+  // The policy is read once: it is the administrator's, and a Block opened
+  // after a change is at worst padded for nothing, or not padded, as before.
   static const std::array<std::size_t, 2> unit = []() noexcept -> std::array<std::size_t, 2> {
     try {
+      const std::string thp = "/sys/kernel/mm/transparent_hugepage/";
       std::size_t pmd = 0;
-      std::ifstream size("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
+      std::ifstream size(thp + "hpage_pmd_size");
       if (!(size >> pmd) || pmd <= page_size() || (pmd & (pmd - 1)) != 0) return {0, 0};
-      const std::string priv = thp_policy("/sys/kernel/mm/transparent_hugepage/enabled");
-      const std::string shmem = thp_policy("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+      // Linux 6.8+ (6.11+ for shmem) also has a policy per huge page size,
+      // which wins unless it says "inherit"; older kernels have none ("").
+      const std::string per_size = thp + "hugepages-" + std::to_string(pmd >> 10) + "kB/";
+      auto policy = [&](const char* name) {
+        const std::string own = thp_policy((per_size + name).c_str());
+        return own.empty() || own == "inherit" ? thp_policy((thp + name).c_str()) : own;
+      };
+      const std::string priv = policy("enabled");
+      const std::string shmem = policy("shmem_enabled");
       const bool private_huge = priv == "always" || priv == "madvise";
       const bool shmem_huge = shmem == "always" || shmem == "within_size" || shmem == "advise" || shmem == "force";
       return {private_huge ? pmd : 0, shmem_huge ? pmd : 0};
@@ -95,6 +105,9 @@ std::size_t huge_page_unit(bool shareable) noexcept {
       return {0, 0};
     }
   }();
+  // A process may have opted out (prctl PR_SET_THP_DISABLE, inherited
+  // across fork and exec): asked each time, as it may change.
+  if (::prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) > 0) return 0;
   return unit[shareable ? 1 : 0];
 }
 

@@ -15,12 +15,13 @@
 //   * mlock2(MLOCK_ONFAULT) pins lazily: the call itself is O(1) and checks
 //     RLIMIT_MEMLOCK for the whole range up front, then each page is locked
 //     when first touched. Plain mlock would fault every page in, in one thread.
-//   * With huge pages asked for, the mapping starts on a huge-page boundary
-//     (mmap aligns only some lengths, on some kernels): a huge page is one
-//     aligned window inside the mapping, so a 3 MiB Block at an arbitrary
-//     address may get none of them, and a first load into it faults 4 KiB
-//     pages (on the dev VM, 3 MiB read into it: 1.3-1.5 ms against 0.4
-//     aligned and rounded to whole huge pages, which Block::open does).
+//   * With huge pages asked for, private memory is mapped on a huge-page
+//     boundary (the kernel aligns shmem itself, anonymous memory only for
+//     some lengths since 6.7): a huge page is one aligned window inside the
+//     mapping, so a 3 MiB Block at mmap's address got one huge page or none,
+//     and a first load into it faulted 4 KiB pages for the rest (dev VM, 3
+//     MB read into fresh memory: 0.72-2.86 ms there, 0.37-0.50 aligned and
+//     rounded up to whole huge pages, which Block::open does).
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -143,31 +144,23 @@ struct RegionGuard {
   }
 };
 
-// mmap(nullptr, bytes, ...) at an address that is a multiple of `align` (a
-// power of two): reserve `align` more than needed without access, map over
-// the aligned part of it, give back the rest. MAP_FAILED (errno set) when
-// either mmap fails.
-void* map_aligned(std::size_t bytes, std::size_t align, int prot, int flags, int fd) {
-  const std::size_t span = bytes + align;
-  if (span < bytes) {
-    errno = ENOMEM;
-    return MAP_FAILED;
-  }
-  void* reserved = ::mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (reserved == MAP_FAILED) return MAP_FAILED;
-  const auto lo = reinterpret_cast<std::uintptr_t>(reserved);
+// Private anonymous memory of `bytes` at a multiple of `align` (a power of
+// two above the page size): maps align - page more, then gives back the
+// unaligned head and the rest of the tail. Never MAP_FIXED: a failed
+// MAP_FIXED can leave a hole in the range on kernels before 6.12, which
+// another thread's mmap may take and our cleanup would then unmap.
+// nullptr where the larger mapping is refused; the caller maps plainly.
+void* map_private_aligned(std::size_t bytes, std::size_t align, int prot) noexcept {
+  const std::size_t extra = align - page_size();
+  if (bytes > SIZE_MAX - extra) return nullptr;
+  void* m = ::mmap(nullptr, bytes + extra, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  const auto lo = reinterpret_cast<std::uintptr_t>(m);
   const std::uintptr_t at = (lo + align - 1) & ~(std::uintptr_t{align} - 1);
-  // MAP_FIXED replaces our own reservation, never anyone else's mapping.
-  void* base = ::mmap(reinterpret_cast<void*>(at), bytes, prot, flags | MAP_FIXED, fd, 0);
-  if (base == MAP_FAILED) {
-    const int err = errno;
-    ::munmap(reserved, span);
-    errno = err;
-    return MAP_FAILED;
-  }
-  if (at > lo) ::munmap(reserved, at - lo);
-  if (lo + span > at + bytes) ::munmap(reinterpret_cast<void*>(at + bytes), lo + span - (at + bytes));
-  return base;
+  const std::size_t head = at - lo;
+  if (head != 0) ::munmap(m, head);
+  if (extra > head) ::munmap(reinterpret_cast<void*>(at + bytes), extra - head);
+  return reinterpret_cast<void*>(at);
 }
 
 // Maps region.handle (or anonymous memory when it is -1) and applies the
@@ -176,9 +169,11 @@ void map_and_pin(detail::Region& region, const BlockOptions& options) {
   const std::size_t bytes = region.size;
   const int flags = region.handle >= 0 ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS;
   const int prot = options.read_only ? PROT_READ : PROT_READ | PROT_WRITE;
-  const std::size_t unit = options.huge_pages ? huge_page_unit(region.handle >= 0) : 0;
-  void* base = unit != 0 && bytes >= unit ? map_aligned(bytes, unit, prot, flags, static_cast<int>(region.handle))
-                                          : ::mmap(nullptr, bytes, prot, flags, static_cast<int>(region.handle), 0);
+  // Shareable (shmem) mappings need nothing here: the kernel aligns them
+  // itself wherever shmem gets huge pages (shmem_get_unmapped_area).
+  const std::size_t unit = options.huge_pages && region.handle < 0 ? huge_page_unit(false) : 0;
+  void* base = unit != 0 && bytes >= unit ? map_private_aligned(bytes, unit, prot) : nullptr;
+  if (base == nullptr) base = ::mmap(nullptr, bytes, prot, flags, static_cast<int>(region.handle), 0);
   if (base == MAP_FAILED) {
     const int err = errno;
     fail(err == ENOMEM ? Errc::out_of_memory : Errc::system, err,
