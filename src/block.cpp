@@ -59,7 +59,7 @@ Block Block::open(std::size_t bytes, const BlockOptions& options) {
     if (size == rounded || (e.code() != Errc::memlock_limit && e.code() != Errc::out_of_memory)) throw;
     region = platform::map_region(rounded, options);
   }
-  Block block(std::move(region));  // released on any throw below
+  Block block(region);  // released on any throw below
   block.finish_open(options);
   return block;
 }

@@ -155,12 +155,12 @@ void* map_private_aligned(std::size_t bytes, std::size_t align, int prot) noexce
   if (bytes > SIZE_MAX - extra) return nullptr;
   void* m = ::mmap(nullptr, bytes + extra, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) return nullptr;
-  const auto lo = reinterpret_cast<std::uintptr_t>(m);
-  const std::uintptr_t at = (lo + align - 1) & ~(std::uintptr_t{align} - 1);
-  const std::size_t head = at - lo;
+  const std::size_t misalign = reinterpret_cast<std::uintptr_t>(m) & (align - 1);
+  const std::size_t head = misalign == 0 ? 0 : align - misalign;
+  std::byte* const base = static_cast<std::byte*>(m) + head;
   if (head != 0) ::munmap(m, head);
-  if (extra > head) ::munmap(reinterpret_cast<void*>(at + bytes), extra - head);
-  return reinterpret_cast<void*>(at);
+  if (extra > head) ::munmap(base + bytes, extra - head);
+  return base;
 }
 
 // Maps region.handle (or anonymous memory when it is -1) and applies the
