@@ -4,7 +4,8 @@
 #                                          copy the test and benchmark binaries into DIR
 #   bash scripts/gpu-check.sh run DIR [ARGS]  (on the GPU machine) run the tests, the GPU
 #                                          benchmark (ARGS go to it), the loader benchmark
-#                                          (scripts/loader-bench.sh), the KV offload benchmarks
+#                                          (scripts/loader-bench.sh), CPU loads by page size,
+#                                          the KV offload benchmarks
 #                                          (C++, and torch's routes where torch imports) and
 #                                          unimem-bench; logs go to $OUT when set, else DIR/logs
 set -euo pipefail
@@ -22,6 +23,7 @@ if [ "$step" = build ]; then
      build/device/bench/unimem_gpu_benchmark build/device/bench/unimem_file_benchmark build/device/unimem \
      build/device/bench/unimem_loader_benchmark build/device/bench/unimem_offload_benchmark \
      build/device/bench/unimem_block_benchmark build/device/bench/unimem_alloc_benchmark* \
+     build/device/bench/unimem_host_load_benchmark \
      build/device/bench/unimem-bench build/device/examples/unimem_pipeline "$dir"/
   # The shared libraries they need that the GPU machine lacks.
   for lib in libbenchmark.so.1debian libmimalloc.so.2 libjemalloc.so.2 liburing.so.2 libdnnl.so.2 libOpenCL.so.1 \
@@ -48,6 +50,14 @@ status=0
 "$dir/unimem_test" --gtest_death_test_style=threadsafe 2>&1 | tee "$logs/unit_test.txt" | tail -3 || status=1
 "$dir/unimem_gpu_benchmark" "${@:3}" 2>&1 | tee "$logs/gpu_benchmark.txt" || status=1
 bash scripts/loader-bench.sh "$dir" 4 2>&1 | tee "$logs/loader_bench.txt" || status=1
+# CPU loads by page size, back to back (hot) and after idling (cold): which
+# pages the CPU loads should ask for (docs/BENCHMARKS.md, "CPU loads: ...").
+mkdir -p .bench
+[ -f .bench/host.bin ] || head -c $((1 << 30)) /dev/urandom > .bench/host.bin
+{
+  "$dir/unimem_host_load_benchmark" .bench/host.bin --reps 5
+  "$dir/unimem_host_load_benchmark" .bench/host.bin --reps 3 --cool 5 --only naive,malloc,4k,huge,huge-pinned,ceiling
+} 2>&1 | tee "$logs/host_load.txt" || status=1
 "$dir/unimem_offload_benchmark" 2>&1 | tee "$logs/offload_benchmark.txt" || status=1
 if python3 -c "import torch" 2>/dev/null; then
   python3 python/benchmarks/offload_torch.py 2>&1 | tee "$logs/offload_torch.txt" || status=1
