@@ -140,4 +140,9 @@ std::size_t Block::huge_page_bytes() const {
   return empty() ? 0 : platform::huge_page_bytes(region_.base, region_.size);
 }
 
+bool huge_pages_pay_off_for_loads(bool shareable) noexcept {
+  static const bool returns = platform::free_memory_returns_to_host("/sys/bus/virtio/devices");
+  return !returns && platform::huge_page_unit(shareable) != 0;
+}
+
 }  // namespace unimem

@@ -3,7 +3,7 @@
 # shell: a working directory that is gone, a file in the way of the O_DIRECT
 # probe, a FIFO, a /proc file, a misplaced option.
 #
-#   sh tests/tool_test.sh TOOL CASE     (CASE: cwd_gone probe_file bogus_option proc_file fifo gpu_without_gpu index)
+#   sh tests/tool_test.sh TOOL CASE     (CASE: cwd_gone probe_file bogus_option proc_file fifo huge_pages gpu_without_gpu index)
 #
 # Every failure of the tool must be one line on stderr and an exit code
 # between 1 and 125, never a signal (an abort is 134 in the shell).
@@ -54,6 +54,26 @@ probe_file)
   [ "$(cat "$work/dir/.unimem_direct_probe")" = "keep me" ] || fail "the probe changed an existing file"
   [ "$(ls -A "$work/dir" | wc -l)" -eq 1 ] || fail "the probe left files behind: $(ls -A "$work/dir")"
   grep -q "O_DIRECT in $work/dir" "$work/out" || fail "no O_DIRECT line for the directory"
+  ;;
+huge_pages)
+  # load takes private huge pages where they back a load faster (THP on, and
+  # not a VM whose host takes free memory back), says how much of its Block
+  # they back, and says why where it did not ask for them.
+  policy=$(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)
+  reports=no
+  for d in /sys/bus/virtio/devices/*; do
+    [ "$(cat "$d/device" 2>/dev/null)" = 0x0005 ] && [ "$(cut -c6 "$d/features" 2>/dev/null)" = 1 ] && reports=yes
+  done
+  head -c $((12 << 20)) /dev/urandom > "$work/file"
+  "$tool" load "$work/file" > "$work/out" 2> "$work/err"
+  rc=$?
+  [ "$rc" -eq 0 ] || fail "exit code $rc"
+  grep -q "of it on huge pages" "$work/out" || fail "load did not say what backs its Block"
+  if { [ "$policy" = always ] || [ "$policy" = madvise ]; } && [ "$reports" = no ]; then
+    grep -q " 0 B of it on huge pages" "$work/out" && fail "THP is '$policy' and no host takes memory back, yet no huge page"
+  else
+    grep -q "not asked for" "$work/out" || fail "no huge pages asked for (THP '$policy', reporting $reports) and no why"
+  fi
   ;;
 gpu_without_gpu)
   # --gpu where there is no GPU: one line that says so, exit 1.

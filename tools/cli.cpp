@@ -272,11 +272,23 @@ int load_gpu(const std::vector<std::string>& files, const std::vector<int>& devi
   return 0;
 }
 
+// What backs the loaded bytes, and why: the first touch of fresh memory is
+// most of a CPU load, and huge pages decide it.
+void print_pages(const unimem::Tape& tape) {
+  std::printf("  %s Block, %s of it on huge pages%s\n", format_bytes(tape.block().size()).c_str(),
+              format_bytes(tape.block().huge_page_bytes()).c_str(),
+              unimem::huge_pages_pay_off_for_loads() ? ""
+                                                     : " (not asked for: none here, or a VM whose host takes "
+                                                       "free memory back, where they fault in slower)");
+}
+
 int load(const std::string& path, bool direct, bool ring) {
   check_loadable(path);
   const std::uint64_t size = unimem::file_size(path);
   unimem::BlockOptions o;
   o.pinning = unimem::Pinning::unpinned;  // large files exceed non-root memlock limits
+  o.shareable = false;                    // nobody else maps it; private memory gets huge pages
+  o.huge_pages = unimem::huge_pages_pay_off_for_loads();
   unimem::ReadOptions r;
   r.direct = direct;
   r.io_uring = ring;
@@ -314,6 +326,7 @@ int load(const std::string& path, bool direct, bool ring) {
     std::printf("%s: %zu files, %zu tensors, %s in %.3f s (%.2f GB/s with setup) via %s\n", path.c_str(), files.size(),
                 tensors, format_bytes(report.bytes).c_str(), seconds, report.bytes / seconds / 1e9,
                 unimem::to_string(report.path));
+    print_pages(tape);
     return 0;
   }
   unimem::Tape tape = unimem::Tape::start(size + (16u << 20), o);  // room for per-tensor alignment
@@ -332,6 +345,7 @@ int load(const std::string& path, bool direct, bool ring) {
               report.bytes / seconds / 1e9, unimem::to_string(report.path), report.fallback_reason.empty() ? "" : " — ",
               report.fallback_reason.c_str());
   if (safetensors) std::printf("  %zu tensors, %s\n", tensors, in_place ? "read in place" : "read per tensor");
+  print_pages(tape);
   return 0;
 }
 

@@ -249,4 +249,14 @@ class Block {
   std::unique_ptr<detail::GpuRegistration> gpu_;  // null while host-only
 };
 
+// Whether to ask for huge pages (BlockOptions::huge_pages) for a Block that
+// is written in full right after it is opened, such as a file loaded into
+// it: true where that kind of memory (private, or shareable) gets huge pages
+// here and free memory is not handed back to a VM host. Where it is (a
+// virtio balloon reporting free pages), faulting huge pages in costs several
+// times what base pages cost; elsewhere they back memory faster
+// (docs/BENCHMARKS.md, "CPU loads by page size"). Python's CPU loads and
+// `unimem load` follow it. Reads the system's settings once. Never throws.
+bool huge_pages_pay_off_for_loads(bool shareable = false) noexcept;
+
 }  // namespace unimem

@@ -48,8 +48,10 @@ std::vector<std::pair<std::string, View>> load_host(const std::string& path, boo
         (*callback)(done, total);
       };
     }
+    // Private memory, on huge pages where they back a load faster.
+    const bool huge = huge_pages_pay_off_for_loads();
     Tape tape = with_pinning(pinned, "load_safetensors", [&](bool pin) {
-      return Tape::start(std::max<std::size_t>(bytes, 1), block_options(gpu_visible, false, false, pin));
+      return Tape::start(std::max<std::size_t>(bytes, 1), block_options(gpu_visible, false, huge, pin));
     });
     py::gil_scoped_release released;
     m = std::make_shared<HostModel>(HostModel{std::move(tape), {}});

@@ -282,8 +282,9 @@ def load_safetensors(paths: Union[str, os.PathLike, Iterable[Union[str, os.PathL
 
     paths: a .safetensors file, a sharded model's model.safetensors.index.json,
         or a list of them.
-    device: "cpu" (the tensors live in a pinned Block, read with O_DIRECT where
-        the file is not cached), "cuda" / "cuda:N" / N (one device allocation
+    device: "cpu" (the tensors live in a pinned Block, of huge pages where
+        they back a load faster, read with O_DIRECT where the file is not
+        cached), "cuda" / "cuda:N" / N (one device allocation
         through a gpu::Loader kept between calls, so a cached file loads at the
         PCIe link rate from its second load on), or a list of CUDA devices (one
         dict per device, in that order).

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "unimem/block.hpp"
 
@@ -44,6 +45,13 @@ bool advise_huge_pages(std::byte* base, std::size_t bytes) noexcept;
 // adopt_region), and Block::open rounds its size up to whole huge pages.
 // Never throws.
 std::size_t huge_page_unit(bool shareable) noexcept;
+
+// True where this machine is a VM that hands free memory back to its host
+// (Linux: a virtio balloon with free page reporting, read from
+// `virtio_devices`, normally /sys/bus/virtio/devices). The host takes back
+// free blocks of 2 MiB and more, so touching them again is slow, and huge
+// pages are always such blocks. Never throws.
+bool free_memory_returns_to_host(const std::string& virtio_devices) noexcept;
 
 // Bytes this process has pinned in all (Linux: VmLck), or 0 when unknown.
 std::size_t locked_bytes();

@@ -13,7 +13,9 @@
 // from /proc/self/smaps rather than predicting it. A huge page covers one
 // aligned huge-page-sized window that lies wholly inside one mapping, so
 // huge_page_unit() tells the region code what to align private memory to,
-// and Block::open what to round sizes up to.
+// and Block::open what to round sizes up to. free_memory_returns_to_host()
+// says whether huge pages pay off for memory written once in full (a load):
+// not in a VM whose host takes free 2 MiB blocks back.
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -23,6 +25,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -79,6 +82,22 @@ std::string thp_policy(const char* path) {
 }
 
 }  // namespace
+
+bool free_memory_returns_to_host(const std::string& virtio_devices) noexcept {
+  try {
+    std::error_code ec;
+    for (const auto& d : std::filesystem::directory_iterator(virtio_devices, ec)) {
+      std::ifstream device(d.path() / "device"), features(d.path() / "features");
+      std::string id, bits;
+      // Device 5 is the balloon; its feature bit 5 is VIRTIO_BALLOON_F_REPORTING
+      // (the file lists the bits from bit 0 on, one character each).
+      if (!(device >> id) || id != "0x0005" || !(features >> bits)) continue;
+      if (bits.size() > 5 && bits[5] == '1') return true;
+    }
+  } catch (...) {  // an unreadable tree: no evidence of a balloon
+  }
+  return false;
+}
 
 std::size_t huge_page_unit(bool shareable) noexcept {
   // The policy is read once: it is the administrator's, and a Block opened
