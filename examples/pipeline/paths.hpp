@@ -120,6 +120,9 @@ class Path {
   const Weights& weights() const { return weights_; }
   Counters counters;
   double load_seconds = 0;
+  // Of load_seconds, the part spent making host memory the GPU can copy
+  // from or read (pinned buffers; unimem: the Layout opened and registered).
+  double gpu_setup_seconds = 0;
   bool timed = true;  // off while allocations are replayed on their own
 
  protected:

@@ -421,6 +421,11 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
       "ms", 1e3, " %9.2f %s");
   row(
       "loading the weights", [](const Contender& p) { return p.path->load_seconds; }, "ms", 1e3, " %9.2f %s");
+  if (mode != Mode::cpu) {  // what each path pays up front so that its per-token copies are cheap (no ratio)
+    std::printf("%-34s", "  of which: memory set up for GPU");
+    for (const Contender& p : paths) std::printf(" %9.2f ms", p.path->gpu_setup_seconds * 1e3);
+    std::printf("\n");
+  }
   // Two timed sections per token (obtain, release); their clock reads are
   // not the allocator's cost. Allocation figures come from the stage-timed
   // conversation's counters as much as the others': the same calls.

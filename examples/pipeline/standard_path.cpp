@@ -48,6 +48,7 @@ class StandardPath final : public Path {
       weights_.rope_gpu = static_cast<const float*>(upload(rope_.data(), rope_.size() * sizeof(float)));
     }
     if (competent_ && pl.uses(Where::gpu)) {
+      const auto pinning = Clock::now();
       // Host tensors that cross to the GPU live in pinned memory, taken
       // once and handed out per step (the KV cache's host rows too, when the
       // CPU runs attention): the copy engines read and write them directly.
@@ -57,6 +58,7 @@ class StandardPath final : public Path {
         for (float*& kv : kv_pinned_)
           kv = static_cast<float*>(gpu::malloc_pinned(c.positions() * c.dim * sizeof(float)));
       }
+      gpu_setup_seconds = since(pinning);
     }
     load_seconds = since(t);
   }

@@ -49,6 +49,7 @@ class UnimemPath final : public Path {
       mirror_[1] = gpu::DeviceBuffer(layout_.history().total());
     }
     load_seconds = since(t) + open_seconds_;
+    if (pl.uses(Where::gpu)) gpu_setup_seconds = open_seconds_;
   }
   void begin_conversation() override {
     AllocTimer timer{*this};
