@@ -86,10 +86,11 @@ struct BlockOptions {
   bool shareable = true;
   // Ask the kernel for transparent huge pages: fewer faults, faster backing
   // and GPU registration (though on a VM whose host takes free memory back,
-  // faulting huge pages in again can cost more than base pages: DESIGN.md,
-  // "Huge pages are not always the fast choice"). Linux gives shareable (memfd) pages huge pages only
-  // where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows, private
-  // pages where .../enabled allows; huge_page_bytes() tells what was obtained.
+  // faulting huge pages in again can cost more than base pages: see
+  // huge_pages_pay_off_for_loads()). Linux gives shareable (memfd) pages
+  // huge pages only where /sys/kernel/mm/transparent_hugepage/shmem_enabled
+  // allows, private pages where .../enabled allows; huge_page_bytes() tells
+  // what was obtained.
   // Where they are allowed, open() aligns a Block of at least one huge page
   // to them and rounds its size up (see open()).
   bool huge_pages = false;
