@@ -5,6 +5,7 @@
 #   bash scripts/gpu-check.sh run DIR [ARGS]  (on the GPU machine) run the tests, the GPU
 #                                          benchmark (ARGS go to it), the loader benchmark
 #                                          (scripts/loader-bench.sh), CPU loads by page size,
+#                                          a process's first pinned memory by route,
 #                                          the KV offload benchmarks
 #                                          (C++, and torch's routes where torch imports) and
 #                                          unimem-bench; logs go to $OUT when set, else DIR/logs
@@ -23,7 +24,7 @@ if [ "$step" = build ]; then
      build/device/bench/unimem_gpu_benchmark build/device/bench/unimem_file_benchmark build/device/unimem \
      build/device/bench/unimem_loader_benchmark build/device/bench/unimem_offload_benchmark \
      build/device/bench/unimem_block_benchmark build/device/bench/unimem_alloc_benchmark* \
-     build/device/bench/unimem_host_load_benchmark \
+     build/device/bench/unimem_host_load_benchmark build/device/bench/unimem_pinned_setup_benchmark \
      build/device/bench/unimem-bench build/device/examples/unimem_pipeline "$dir"/
   # The shared libraries they need that the GPU machine lacks.
   for lib in libbenchmark.so.1debian libmimalloc.so.2 libjemalloc.so.2 liburing.so.2 libdnnl.so.2 libOpenCL.so.1 \
@@ -58,6 +59,9 @@ mkdir -p .bench
   "$dir/unimem_host_load_benchmark" .bench/host.bin --reps 5
   "$dir/unimem_host_load_benchmark" .bench/host.bin --reps 3 --cool 5 --only naive,malloc,4k,huge,huge-pinned,ceiling
 } 2>&1 | tee "$logs/host_load.txt" || status=1
+# A fresh process's first host memory for the GPU, by route (the demo's
+# default-size loading row in GPU modes).
+"$dir/unimem_pinned_setup_benchmark" 2>&1 | tee "$logs/pinned_setup.txt" || status=1
 "$dir/unimem_offload_benchmark" 2>&1 | tee "$logs/offload_benchmark.txt" || status=1
 if python3 -c "import torch" 2>/dev/null; then
   python3 python/benchmarks/offload_torch.py 2>&1 | tee "$logs/offload_torch.txt" || status=1

@@ -338,11 +338,15 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
   }
 
   Runner run(c, pl, mm);
-  // Untimed: oneDNN's primitives, CUDA's kernels and its memory pool are made
-  // on first use. Kept until every contender has loaded: its freed heap
-  // would otherwise hand the next path's weights pages already faulted in,
-  // a head start no process loading its model once gets.
-  std::unique_ptr<Path> warm_up = make_standard_path(file, c, pl, x16, StandardStyle::competent);
+  // Untimed: oneDNN's primitives and CUDA's kernels are made on first use.
+  // Kept until every contender has loaded: its freed heap would otherwise
+  // hand the next path's weights pages already faulted in, a head start no
+  // process loading its model once gets. The naive style, which pins
+  // nothing: the driver serves small pinned allocations from chunks it
+  // pinned before, so a warm-up's cudaHostAlloc made the standard path's
+  // 0.03 ms where a process's first costs 1.1-1.6 ms
+  // (unimem_pinned_setup_benchmark on the H200 machine, 2026-12-05).
+  std::unique_ptr<Path> warm_up = make_standard_path(file, c, pl, x16, StandardStyle::naive);
   converse(*warm_up, c, run);
   std::vector<Contender> paths;
   paths.push_back({"naive", "naive/u", make_standard_path(file, c, pl, x16, StandardStyle::naive), {}, {}, {}});
