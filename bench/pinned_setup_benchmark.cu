@@ -10,7 +10,9 @@
 //              activations, 212 KiB, and two 48 KiB KV rows, split mode)
 //   layout     Layout::open of the demo's unimem path (weights 4 MiB, scratch
 //              212 KiB, history 100 KiB; private, Visibility::gpus)
-//   block      one Block of the same 4.3 MiB, Visibility::gpus
+//   block      one Block of the same 4.3 MiB, Visibility::gpus, and its two
+//              parts: pin (backed and locked, host only) and register
+//              (make_gpu_visible() of such a Block, timed alone)
 // and each of them again after one untimed cudaHostAlloc of 212 KiB kept
 // alive ("after a warm-up"), as the demo's untimed warm-up path did before its
 // contenders were made until it took the naive style. The driver serves small
@@ -55,6 +57,20 @@ int child(const std::string& route, bool warm) {
     layout.emplace(unimem::Layout::open(4096 * kKiB, 212 * kKiB, 100 * kKiB, o));
   } else if (route == "block") {
     block.emplace(unimem::Block::open((4096 + 212 + 100) * kKiB, o));
+  } else if (route == "pin") {  // the same Block's pages backed and locked, for the CPU only
+    unimem::BlockOptions host = o;
+    host.visibility = unimem::Visibility::host;
+    host.backing = unimem::Backing::warm;
+    block.emplace(unimem::Block::open((4096 + 212 + 100) * kKiB, host));
+  } else if (route == "register") {  // its registration alone, the pages already backed and locked
+    unimem::BlockOptions host = o;
+    host.visibility = unimem::Visibility::host;
+    host.backing = unimem::Backing::warm;
+    block.emplace(unimem::Block::open((4096 + 212 + 100) * kKiB, host));
+    const auto r = Clock::now();
+    block->make_gpu_visible();
+    std::printf("%.4f\n", std::chrono::duration<double, std::milli>(Clock::now() - r).count());
+    return 0;
   } else {
     std::fprintf(stderr, "unknown route %s\n", route.c_str());
     return 2;
@@ -96,6 +112,8 @@ int main(int argc, char** argv) {
       {"  the same after a warm-up's cudaHostAlloc", "layout", true, {}},
       {"one Block of 4.3 MiB, gpus", "block", false, {}},
       {"  the same after a warm-up's cudaHostAlloc", "block", true, {}},
+      {"  of which: its pages backed and locked (host only)", "pin", false, {}},
+      {"  of which: make_gpu_visible() of those pages", "register", false, {}},
   };
   for (int r = 0; r < reps; ++r) {  // rows alternate: drift on the host hits each alike
     for (Row& row : rows) {
