@@ -40,13 +40,17 @@ int child(const std::string& route, bool warm) {
   CHECK(cudaFree(nullptr));
   void* warm_up = nullptr;
   if (warm) CHECK(cudaHostAlloc(&warm_up, 212 * kKiB, cudaHostAllocDefault));
-  const auto t = Clock::now();
   std::vector<void*> pinned;
   std::optional<unimem::Layout> layout;
   std::optional<unimem::Block> block;
   unimem::BlockOptions o;
   o.shareable = false;
   o.visibility = unimem::Visibility::gpus;
+  unimem::BlockOptions host = o;  // the same pages backed and locked, for the CPU only
+  host.visibility = unimem::Visibility::host;
+  host.backing = unimem::Backing::warm;
+  constexpr std::size_t kBlockBytes = (4096 + 212 + 100) * kKiB;
+  const auto t = Clock::now();
   if (route == "hostalloc") {
     for (std::size_t bytes : {212 * kKiB, 48 * kKiB, 48 * kKiB}) {
       void* p = nullptr;
@@ -56,17 +60,11 @@ int child(const std::string& route, bool warm) {
   } else if (route == "layout") {
     layout.emplace(unimem::Layout::open(4096 * kKiB, 212 * kKiB, 100 * kKiB, o));
   } else if (route == "block") {
-    block.emplace(unimem::Block::open((4096 + 212 + 100) * kKiB, o));
-  } else if (route == "pin") {  // the same Block's pages backed and locked, for the CPU only
-    unimem::BlockOptions host = o;
-    host.visibility = unimem::Visibility::host;
-    host.backing = unimem::Backing::warm;
-    block.emplace(unimem::Block::open((4096 + 212 + 100) * kKiB, host));
-  } else if (route == "register") {  // its registration alone, the pages already backed and locked
-    unimem::BlockOptions host = o;
-    host.visibility = unimem::Visibility::host;
-    host.backing = unimem::Backing::warm;
-    block.emplace(unimem::Block::open((4096 + 212 + 100) * kKiB, host));
+    block.emplace(unimem::Block::open(kBlockBytes, o));
+  } else if (route == "pin") {
+    block.emplace(unimem::Block::open(kBlockBytes, host));
+  } else if (route == "register") {  // the registration alone, the pages already backed and locked
+    block.emplace(unimem::Block::open(kBlockBytes, host));
     const auto r = Clock::now();
     block->make_gpu_visible();
     std::printf("%.4f\n", std::chrono::duration<double, std::milli>(Clock::now() - r).count());

@@ -344,7 +344,7 @@ bool run_mode(Mode mode, const Options& opt, const std::string& file, const std:
   // process loading its model once gets. The naive style, which pins
   // nothing: the driver serves small pinned allocations from chunks it
   // pinned before, so a warm-up's cudaHostAlloc made the standard path's
-  // 0.03 ms where a process's first costs 1.1-1.6 ms
+  // 0.03 ms where a process's first costs 0.9-3.7 ms, median 1.3
   // (unimem_pinned_setup_benchmark on the H200 machine, 2026-12-05).
   std::unique_ptr<Path> warm_up = make_standard_path(file, c, pl, x16, StandardStyle::naive);
   converse(*warm_up, c, run);

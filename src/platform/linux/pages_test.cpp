@@ -25,7 +25,6 @@ class VirtioTree : public ::testing::Test {
   void TearDown() override { fs::remove_all(root_); }
   // A device as sysfs lists it: its id ("0x0005" is the balloon) and its
   // feature bits, bit 0 first.
-  fs::path root_path() const { return root_; }
   void device(const std::string& name, const std::string& id, const std::string& features) {
     fs::create_directories(root_ / name);
     std::ofstream(root_ / name / "device") << id << "\n";
@@ -56,7 +55,7 @@ TEST_F(VirtioTree, AnUnreadableTreeMeansNo) {
   EXPECT_FALSE(free_memory_returns_to_host(root() + "/missing"));
   device("virtio0", "0x0005", "0110");  // too short to have bit 5
   EXPECT_FALSE(free_memory_returns_to_host(root()));
-  fs::create_directories(root_path() / "virtio9");  // no files in it
+  fs::create_directories(fs::path(root()) / "virtio9");  // no files in it
   EXPECT_FALSE(free_memory_returns_to_host(root()));
 }
 
